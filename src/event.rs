@@ -1,0 +1,148 @@
+//! `EngineEvent`: the one schema for what happened in a session.
+//!
+//! The same type is the live feed, the recording line and the replay input,
+//! so a consumer never knows which source it reads.
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::continuation::ContinuationMode;
+use crate::failure::{Failure, FailureClass};
+use crate::request::Usage;
+
+/// One thing that happened in a session.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EngineEvent {
+    /// The session it belongs to.
+    pub session: Uuid,
+    /// Milliseconds since the session started.
+    pub t_ms: u64,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// What happened.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum EventKind {
+    /// The splicer took a request.
+    SessionStarted {
+        /// Messages in the conversation.
+        messages: usize,
+    },
+    /// An upstream attempt began.
+    AttemptOpened {
+        /// The route.
+        route: String,
+        /// The upstream model.
+        model: String,
+        /// Attempt number in the session, from 1.
+        attempt: u32,
+        /// How the prefix is continued.
+        mode: ContinuationMode,
+        /// Bytes of prefix handed to it.
+        prefix_bytes: u64,
+    },
+    /// The attempt's first content arrived.
+    FirstToken {
+        /// The route.
+        route: String,
+        /// Since the attempt opened.
+        ttft_ms: u64,
+    },
+    /// Text sent to the client.
+    Delta {
+        /// The route that wrote it.
+        route: String,
+        /// The text.
+        text: String,
+    },
+    /// An attempt failed.
+    Failure {
+        /// What failed, where and when.
+        failure: Failure,
+    },
+    /// The same route is tried again after a pause.
+    Retry {
+        /// The route.
+        route: String,
+        /// The pause.
+        delay_ms: u64,
+    },
+    /// Another route took over and its first text reached the client.
+    Handover {
+        /// The route that failed.
+        from: String,
+        /// The route that continued.
+        to: String,
+        /// Class of the failure that caused it.
+        class: FailureClass,
+        /// Label of that failure.
+        reason: String,
+        /// Bytes the client had before the handover.
+        prefix_bytes: u64,
+        /// From the failure's detection to the continuation's first byte.
+        gap_ms: u64,
+    },
+    /// The answer is complete.
+    Finished {
+        /// The last route's finish reason.
+        finish_reason: String,
+        /// The routes that wrote the answer, in order.
+        route_chain: Vec<String>,
+        /// Bytes sent to the client.
+        bytes: u64,
+        /// Token counts summed over the contributing attempts.
+        usage: Usage,
+    },
+    /// The session ended without a complete answer.
+    Failed {
+        /// Why.
+        error: String,
+        /// Bytes the client had received.
+        bytes: u64,
+    },
+}
+
+/// Stamps and publishes the events of one session.
+#[derive(Clone, Debug)]
+pub struct SessionLog {
+    session: Uuid,
+    started: Instant,
+    events: broadcast::Sender<EngineEvent>,
+}
+
+impl SessionLog {
+    /// Starts the clock for `session`.
+    pub fn new(session: Uuid, events: broadcast::Sender<EngineEvent>) -> Self {
+        SessionLog {
+            session,
+            started: Instant::now(),
+            events,
+        }
+    }
+
+    /// Milliseconds since the session started.
+    pub fn t_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Whether anyone listens (cheap: lets the per-token path skip building events).
+    pub fn listened(&self) -> bool {
+        self.events.receiver_count() > 0
+    }
+
+    /// Publishes `kind`; an event nobody listens to is dropped.
+    pub fn emit(&self, kind: EventKind) {
+        if self.listened() {
+            let _ = self.events.send(EngineEvent {
+                session: self.session,
+                t_ms: self.t_ms(),
+                kind,
+            });
+        }
+    }
+}

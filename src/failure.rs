@@ -1,0 +1,225 @@
+//! What went wrong with one upstream attempt, and which class of failure it is.
+//!
+//! The class decides what the ladder does next (see [`crate::ladder`]):
+//! technical failures are retried or handed over, policy failures are never
+//! retried on the same route, business failures move to a route that fits,
+//! quality failures hand over with the prefix cut back.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The four failure classes of the seed documents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureClass {
+    /// The transport or the upstream broke: connect, 429/5xx, deadlines, truncation, garbage.
+    Technical,
+    /// The provider refused on policy grounds: never retried on the same route.
+    Policy,
+    /// A budget, latency or context-window limit was hit.
+    Business,
+    /// The answer itself went bad (a repetition loop).
+    Quality,
+}
+
+impl FailureClass {
+    /// Lower-case name, as used in events and summaries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureClass::Technical => "technical",
+            FailureClass::Policy => "policy",
+            FailureClass::Business => "business",
+            FailureClass::Quality => "quality",
+        }
+    }
+}
+
+/// What happened to one upstream stream.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FailureKind {
+    /// The TCP/TLS connection could not be made.
+    #[error("connect failed: {detail}")]
+    Connect {
+        /// Transport error text.
+        detail: String,
+    },
+    /// The connection was reset or closed before response headers arrived.
+    #[error("connection reset before headers: {detail}")]
+    Reset {
+        /// Transport error text.
+        detail: String,
+    },
+    /// HTTP 429.
+    #[error("rate limited (429){}", retry_after_text(*retry_after))]
+    RateLimited {
+        /// The server's `Retry-After`, when it sent one.
+        retry_after: Option<Duration>,
+    },
+    /// HTTP 5xx.
+    #[error("server error ({status}){}", retry_after_text(*retry_after))]
+    ServerError {
+        /// The status code.
+        status: u16,
+        /// The server's `Retry-After`, when it sent one.
+        retry_after: Option<Duration>,
+    },
+    /// HTTP 400 saying the prompt does not fit the model's context window.
+    #[error("context length exceeded: {message}")]
+    ContextLength {
+        /// The provider's message.
+        message: String,
+    },
+    /// The provider refused the request or the answer on content-policy grounds.
+    #[error("content policy: {message}")]
+    ContentPolicy {
+        /// The provider's reason, passed on to the caller.
+        message: String,
+    },
+    /// The route does not accept a final assistant message (prefill).
+    #[error("prefill rejected: {message}")]
+    PrefillRejected {
+        /// The provider's message.
+        message: String,
+    },
+    /// HTTP 401/403: the route's key is missing or wrong.
+    #[error("unauthorized ({status}): {message}")]
+    Auth {
+        /// The status code.
+        status: u16,
+        /// The provider's message.
+        message: String,
+    },
+    /// Any other HTTP error status.
+    #[error("rejected ({status}): {message}")]
+    Rejected {
+        /// The status code.
+        status: u16,
+        /// The provider's message.
+        message: String,
+    },
+    /// No content arrived within the time-to-first-token deadline.
+    #[error("no first token within {} ms", after.as_millis())]
+    FirstTokenTimeout {
+        /// The deadline that fired.
+        after: Duration,
+    },
+    /// The stream went silent for longer than the stall deadline.
+    #[error("stalled for {} ms", after.as_millis())]
+    Stall {
+        /// The deadline that fired.
+        after: Duration,
+    },
+    /// The whole attempt took longer than its total deadline.
+    #[error("total deadline of {} ms exceeded", after.as_millis())]
+    TotalTimeout {
+        /// The deadline that fired.
+        after: Duration,
+    },
+    /// The stream ended (EOF, reset, cut body) without a finish reason.
+    #[error("stream ended without a finish reason{}", detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default())]
+    Truncated {
+        /// Transport error text, when the end was an error rather than EOF.
+        detail: Option<String>,
+    },
+    /// A chunk that is not valid SSE/JSON of the expected shape.
+    #[error("malformed chunk: {detail}")]
+    Malformed {
+        /// What was wrong with it.
+        detail: String,
+    },
+    /// The upstream sent an error object inside the stream.
+    #[error("error event in stream: {message}")]
+    ErrorEvent {
+        /// The provider's message.
+        message: String,
+    },
+}
+
+fn retry_after_text(retry_after: Option<Duration>) -> String {
+    retry_after
+        .map(|d| format!(", retry after {} ms", d.as_millis()))
+        .unwrap_or_default()
+}
+
+impl FailureKind {
+    /// The class that decides the next action.
+    pub fn class(&self) -> FailureClass {
+        match self {
+            FailureKind::ContentPolicy { .. } => FailureClass::Policy,
+            FailureKind::ContextLength { .. } => FailureClass::Business,
+            _ => FailureClass::Technical,
+        }
+    }
+
+    /// A short stable label (`stall`, `http_429`, …) for events, metrics and summaries.
+    pub fn label(&self) -> &'static str {
+        match self {
+            FailureKind::Connect { .. } => "connect",
+            FailureKind::Reset { .. } => "reset",
+            FailureKind::RateLimited { .. } => "rate_limited",
+            FailureKind::ServerError { .. } => "server_error",
+            FailureKind::ContextLength { .. } => "context_length",
+            FailureKind::ContentPolicy { .. } => "content_policy",
+            FailureKind::PrefillRejected { .. } => "prefill_rejected",
+            FailureKind::Auth { .. } => "auth",
+            FailureKind::Rejected { .. } => "rejected",
+            FailureKind::FirstTokenTimeout { .. } => "first_token_timeout",
+            FailureKind::Stall { .. } => "stall",
+            FailureKind::TotalTimeout { .. } => "total_timeout",
+            FailureKind::Truncated { .. } => "truncated",
+            FailureKind::Malformed { .. } => "malformed",
+            FailureKind::ErrorEvent { .. } => "error_event",
+        }
+    }
+
+    /// The server's `Retry-After`, for the failures that carry one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            FailureKind::RateLimited { retry_after } | FailureKind::ServerError { retry_after, .. } => {
+                *retry_after
+            }
+            _ => None,
+        }
+    }
+}
+
+/// One failed attempt, with where and when it happened.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// The route the attempt ran on.
+    pub route: String,
+    /// The failure class.
+    pub class: FailureClass,
+    /// The short label of the kind (`stall`, `rate_limited`, …).
+    pub kind: String,
+    /// Human-readable description.
+    pub detail: String,
+    /// Text deltas this attempt had produced before it failed.
+    pub tokens: u64,
+    /// Bytes the client had received in the whole session when it failed.
+    pub bytes: u64,
+    /// Milliseconds since the session started.
+    pub at_ms: u64,
+}
+
+impl Failure {
+    /// Describes `kind` as a failure on `route`.
+    pub fn new(kind: &FailureKind, route: &str, tokens: u64, bytes: u64, at_ms: u64) -> Self {
+        Failure {
+            route: route.to_string(),
+            class: kind.class(),
+            kind: kind.label().to_string(),
+            detail: kind.to_string(),
+            tokens,
+            bytes,
+            at_ms,
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {} ({})", self.route, self.detail, self.class.as_str())
+    }
+}

@@ -1,0 +1,61 @@
+//! baton: mid-stream handover for LLM token streams.
+//!
+//! When a model's streamed answer breaks — it stalls, is cut off, sends
+//! garbage or an error, or never starts — baton hands the conversation, with
+//! the text the user already has, to the next model on a ladder, which
+//! continues from exactly that point. The caller sees one unbroken stream.
+//!
+//! # Layout
+//!
+//! * [`splice`]: the [`Splicer`], which runs one request along a ladder and
+//!   yields one client stream.
+//! * [`watchdog`]: deadlines and shape checks around one upstream stream.
+//! * [`ladder`]: routes, retry policy, and the pure decision after a failure.
+//! * [`failure`]: failure kinds and their classes.
+//! * [`continuation`]: how a route is asked to continue a prefix.
+//! * [`overlap`]: the overlap trim at the seam.
+//! * [`provider`]: upstream wire formats (`openai`, `mock`).
+//! * [`oracle`]: the mock oracle, its fault scripts and its HTTP server.
+//! * [`event`]: [`EngineEvent`], the one schema of what happened.
+//! * [`request`]: the caller's conversation.
+//! * [`demo`]: the headless demo run (`baton demo --headless`).
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use baton::{ChatRequest, Ladder, Message, Role, Route, Splicer};
+//! use baton::provider::openai::OpenAiProvider;
+//!
+//! # async fn run() {
+//! let client = OpenAiProvider::default_client();
+//! let primary = Arc::new(OpenAiProvider::new(client.clone(), "http://127.0.0.1:9001/v1", None));
+//! let fallback = Arc::new(OpenAiProvider::new(client, "http://127.0.0.1:9002/v1", None));
+//! let splicer = Splicer::new(Ladder::new(vec![
+//!     Route::new("primary", "big-model", primary),
+//!     Route::new("fallback", "small-model", fallback),
+//! ]));
+//! let done = splicer.collect(ChatRequest::new(vec![Message::new(Role::User, "hi")])).await;
+//! println!("{}", done.text);
+//! # }
+//! ```
+
+pub mod continuation;
+pub mod demo;
+pub mod event;
+pub mod failure;
+pub mod ladder;
+pub mod oracle;
+pub mod overlap;
+pub mod provider;
+pub mod request;
+pub mod splice;
+pub mod watchdog;
+
+pub use continuation::ContinuationMode;
+pub use event::{EngineEvent, EventKind};
+pub use failure::{Failure, FailureClass, FailureKind};
+pub use ladder::{Ladder, Route};
+pub use request::{ChatRequest, Message, Role, Usage};
+pub use splice::{ClientItem, Splicer};
+pub use watchdog::Deadlines;

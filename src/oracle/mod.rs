@@ -1,0 +1,262 @@
+//! The mock oracle: an upstream whose answer is a pure function of the conversation.
+//!
+//! Given a prefix of its own answer (as a final assistant message, or as an
+//! assistant message followed by a "continue" instruction), it streams the rest,
+//! optionally repeating the last few words first. That is what makes "nothing
+//! lost, nothing doubled" checkable: whatever faults were injected, a client
+//! of the splicer must end with exactly [`answer`] of its conversation.
+//!
+//! * [`fault`]: fault scripts (`stall@5`, `429:1`, `noprefill` …) and plans.
+//! * [`script`]: the wire-level steps one request produces, faults applied.
+//! * [`server`]: those steps served as OpenAI-compatible SSE over HTTP.
+
+pub mod fault;
+pub mod script;
+pub mod server;
+
+use crate::overlap::MIN_OVERLAP;
+use crate::request::{Message, Role};
+
+/// The visible answer to a continuation whose prefix is not a prefix of the oracle's answer.
+pub const MISMATCH: &str = "[[baton-oracle: prefix mismatch]]";
+
+/// The words answers are made of: multi-byte characters included, and no word
+/// that repeats itself inside, so no accidental overlap can look like a repeat.
+const WORDS: &[&str] = &[
+    "baton", "river", "signal", "café", "naïve", "über", "relay", "stream", "token", "garden",
+    "日本語", "mañana", "façade", "résumé", "océan", "Zürich", "runner", "lantern", "harbor",
+    "copper", "meadow", "silent", "orbit", "quartz", "falcon", "ember", "glacier", "canyon", "pixel",
+    "velvet", "thunder", "willow", "crystal", "nimbus", "saffron", "tundra", "smørbrød", "añejo",
+    "crème", "δέλτα", "λόγος", "ветер", "🚀", "harvest", "compass", "beacon", "marble", "juniper",
+    "ocelot", "zephyr", "granite", "prairie", "sparrow", "cobalt", "kestrel", "mistral", "obsidian",
+    "paprika", "quiver", "ribbon", "sextant", "trellis",
+];
+
+/// A small deterministic generator (SplitMix64), so answers never depend on a crate's version.
+#[derive(Clone, Debug)]
+pub struct SplitMix(u64);
+
+impl SplitMix {
+    /// A generator seeded with `seed`.
+    pub fn new(seed: u64) -> Self {
+        SplitMix(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (`n` > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+}
+
+/// FNV-1a over the conversation: stable across runs, versions and platforms.
+pub fn conversation_hash(messages: &[Message]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for m in messages {
+        eat(format!("{:?}", m.role).as_bytes());
+        eat(&[0]);
+        eat(m.content.as_bytes());
+        eat(&[0x1e]);
+    }
+    h
+}
+
+/// The oracle's full answer to `conversation`: a few hundred bytes of sentences.
+pub fn answer(conversation: &[Message]) -> String {
+    let mut rng = SplitMix::new(conversation_hash(conversation));
+    let target = 300 + rng.below(300) as usize;
+    let mut out = String::new();
+    let mut recent: Vec<usize> = Vec::new();
+    let mut in_sentence = 0;
+    while out.len() < target {
+        // No word twice within ten words: keeps the text free of short periods.
+        let word = loop {
+            let w = rng.below(WORDS.len() as u64) as usize;
+            if !recent.contains(&w) {
+                break w;
+            }
+        };
+        recent.push(word);
+        if recent.len() > 10 {
+            recent.remove(0);
+        }
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(WORDS[word]);
+        in_sentence += 1;
+        if in_sentence >= 5 && rng.below(4) == 0 {
+            out.push(if rng.below(3) == 0 { ',' } else { '.' });
+            in_sentence = 0;
+        }
+    }
+    out.push('.');
+    out
+}
+
+/// How the oracle phrases a continuation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Style {
+    /// Repeat this many of the prefix's last words before continuing (0: none).
+    pub repeat_words: usize,
+    /// Start the continuation with a space even when the prefix ends with one.
+    pub extra_space: bool,
+}
+
+/// What the oracle streams for one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// The text to stream.
+    pub text: String,
+    /// Whether the request ended with an assistant message (prefill).
+    pub prefill: bool,
+}
+
+/// The oracle's reply to `messages`: a fresh answer, the rest of a prefix, or [`MISMATCH`].
+pub fn reply(messages: &[Message], style: Style) -> Reply {
+    let n = messages.len();
+    let last = messages.last();
+    let prefill = last.is_some_and(|m| m.role == Role::Assistant);
+    let (conversation, prefix) = if prefill {
+        (&messages[..n - 1], messages[n - 1].content.as_str())
+    } else if n >= 2
+        && last.is_some_and(|m| m.role == Role::User)
+        && messages[n - 2].role == Role::Assistant
+        && !messages[n - 2].content.is_empty()
+        && answer(&messages[..n - 2]).starts_with(&messages[n - 2].content)
+    {
+        (&messages[..n - 2], messages[n - 2].content.as_str())
+    } else {
+        (messages, "")
+    };
+    let full = answer(conversation);
+    if !full.starts_with(prefix) {
+        return Reply {
+            text: MISMATCH.to_string(),
+            prefill,
+        };
+    }
+    let start = repeat_start(&full, prefix.len(), style.repeat_words);
+    let mut text = String::new();
+    if style.extra_space && !prefix.is_empty() && prefix.ends_with(' ') {
+        text.push(' ');
+    }
+    text.push_str(&full[start..]);
+    Reply { text, prefill }
+}
+
+/// Where a continuation of `full[..at]` starts when it repeats the last `words` words.
+///
+/// A repeat always starts at a word start and is at least [`MIN_OVERLAP`]
+/// bytes long (more words are taken if needed): shorter echoes are what the
+/// overlap trim keeps as genuine text, so the oracle never produces one.
+pub fn repeat_start(full: &str, at: usize, words: usize) -> usize {
+    if words == 0 || at == 0 {
+        return at;
+    }
+    let bytes = full.as_bytes();
+    let is_word_start = |p: usize| p == 0 || (bytes[p - 1] == b' ' && bytes[p] != b' ');
+    let mut start = at;
+    let mut taken = 0;
+    while start > 0 && (taken < words || at - start < MIN_OVERLAP) {
+        start -= 1;
+        while start > 0 && !(full.is_char_boundary(start) && is_word_start(start)) {
+            start -= 1;
+        }
+        taken += 1;
+    }
+    if at - start < MIN_OVERLAP {
+        at
+    } else {
+        start
+    }
+}
+
+/// Cuts `text` into chunks of 1–9 bytes at character boundaries (mid-word included).
+pub fn chunks(text: &str, seed: u64) -> Vec<&str> {
+    let mut rng = SplitMix::new(seed ^ text.len() as u64);
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < text.len() {
+        let mut end = (at + 1 + rng.below(9) as usize).min(text.len());
+        while !text.is_char_boundary(end) {
+            end += 1;
+        }
+        out.push(&text[at..end]);
+        at = end;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conv() -> Vec<Message> {
+        vec![Message::new(Role::System, "be brief"), Message::new(Role::User, "tell me")]
+    }
+
+    #[test]
+    fn answer_is_pure_and_varies_with_the_conversation() {
+        let a = answer(&conv());
+        assert_eq!(a, answer(&conv()));
+        assert!(a.len() >= 300 && a.len() < 700, "{}", a.len());
+        let mut other = conv();
+        other[1].content.push('!');
+        assert_ne!(a, answer(&other));
+    }
+
+    #[test]
+    fn continues_a_prefix_in_both_modes() {
+        let full = answer(&conv());
+        let cut = full.char_indices().nth(57).map(|(i, _)| i).unwrap_or(0);
+        let mut prefill = conv();
+        prefill.push(Message::new(Role::Assistant, &full[..cut]));
+        let r = reply(&prefill, Style::default());
+        assert!(r.prefill);
+        assert_eq!(format!("{}{}", &full[..cut], r.text), full);
+
+        let mut instruct = conv();
+        instruct.push(Message::new(Role::Assistant, &full[..cut]));
+        instruct.push(Message::new(Role::User, "continue"));
+        let r = reply(&instruct, Style::default());
+        assert!(!r.prefill);
+        assert_eq!(format!("{}{}", &full[..cut], r.text), full);
+
+        let mut wrong = conv();
+        wrong.push(Message::new(Role::Assistant, "not my words"));
+        assert_eq!(reply(&wrong, Style::default()).text, MISMATCH);
+    }
+
+    #[test]
+    fn repeats_start_at_word_starts_and_are_long_enough() {
+        let full = "alpha beta gamma delta";
+        // "ga" alone is shorter than MIN_OVERLAP, so the repeat reaches back to "beta ga".
+        assert_eq!(repeat_start(full, 13, 1), 6);
+        assert_eq!(repeat_start(full, 16, 1), 11);
+        assert_eq!(repeat_start(full, 16, 2), 6);
+        assert_eq!(repeat_start(full, 2, 1), 2);
+    }
+
+    #[test]
+    fn chunks_cover_the_text_at_char_boundaries() {
+        let text = answer(&conv());
+        let parts = chunks(&text, 9);
+        assert_eq!(parts.concat(), text);
+        assert!(parts.iter().all(|p| !p.is_empty() && p.len() <= 12));
+    }
+}

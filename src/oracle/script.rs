@@ -1,0 +1,163 @@
+//! The wire-level steps one oracle request produces, with its fault applied.
+//!
+//! Both the in-process mock provider and the HTTP mock server play the same
+//! steps, so a fault means the same thing in a unit test and over loopback.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::fault::Fault;
+use super::{chunks, conversation_hash, reply, Style};
+use crate::request::Message;
+
+/// One thing the upstream does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Answer with this HTTP error status and JSON body.
+    Status {
+        /// The status code.
+        status: u16,
+        /// `Retry-After` in seconds.
+        retry_after: Option<u32>,
+        /// The JSON error body.
+        body: String,
+    },
+    /// Reset the connection before any header.
+    Reset,
+    /// Say nothing more, keep the connection open.
+    Hang,
+    /// Send `200 OK` with `text/event-stream` headers.
+    Open,
+    /// Pause.
+    Wait(Duration),
+    /// Send one SSE event with this `data:` payload.
+    Data(String),
+    /// Drop the connection mid-body.
+    Cut,
+    /// End the body cleanly.
+    End,
+}
+
+/// How fast the oracle streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pacing {
+    /// Before the first chunk.
+    pub first_token: Duration,
+    /// Between chunks.
+    pub interval: Duration,
+}
+
+impl Default for Pacing {
+    fn default() -> Self {
+        Pacing {
+            first_token: Duration::from_millis(20),
+            interval: Duration::from_millis(5),
+        }
+    }
+}
+
+fn error_body(message: &str, kind: &str, code: &str) -> String {
+    json!({"error": {"message": message, "type": kind, "code": code}}).to_string()
+}
+
+/// One `chat.completion.chunk` payload.
+pub fn chunk_json(model: &str, content: Option<&str>, finish: Option<&str>) -> String {
+    json!({
+        "id": "chatcmpl-oracle",
+        "object": "chat.completion.chunk",
+        "model": model,
+        "choices": [{"index": 0, "delta": content.map(|c| json!({"content": c})).unwrap_or(json!({})), "finish_reason": finish}],
+    })
+    .to_string()
+}
+
+/// The steps for a request with `messages` to `model`, misbehaving as `fault`.
+pub fn steps(model: &str, messages: &[Message], fault: Fault, style: Style, pacing: Pacing) -> Vec<Step> {
+    let status = |status: u16, retry_after: Option<u32>, body: String| {
+        vec![Step::Status {
+            status,
+            retry_after,
+            body,
+        }]
+    };
+    let reply = reply(messages, style);
+    match fault {
+        Fault::Status { status: code, retry_after } => {
+            let body = error_body(&format!("oracle fault: status {code}"), "server_error", "oracle_fault");
+            return status(code, retry_after, body);
+        }
+        Fault::Reset => return vec![Step::Reset],
+        Fault::Hang => return vec![Step::Hang],
+        Fault::Policy => {
+            let body = error_body(
+                "Your request was rejected by the oracle's content policy",
+                "invalid_request_error",
+                "content_policy_violation",
+            );
+            return status(400, None, body);
+        }
+        Fault::RejectPrefill if reply.prefill => {
+            let body = error_body(
+                "This model does not support assistant message prefill",
+                "invalid_request_error",
+                "prefill_not_supported",
+            );
+            return status(400, None, body);
+        }
+        _ => {}
+    }
+    let parts = chunks(&reply.text, conversation_hash(messages));
+    let mut out = vec![Step::Open];
+    let first = match fault {
+        Fault::SlowFirstToken(d) => d,
+        _ => pacing.first_token,
+    };
+    out.push(Step::Wait(first));
+    for k in 0..=parts.len() {
+        match fault {
+            Fault::StallAfter(at) if at.min(parts.len()) == k => {
+                out.push(Step::Hang);
+                return out;
+            }
+            Fault::DropAfter(at) if at.min(parts.len()) == k => {
+                out.push(Step::Cut);
+                return out;
+            }
+            Fault::MalformedAt(at) if at.min(parts.len()) == k => {
+                out.push(Step::Data(r#"{"choices":[{"index":0,"delta":{"content":"gar"#.to_string()));
+                out.push(Step::Cut);
+                return out;
+            }
+            Fault::ErrorEventAt(at) if at.min(parts.len()) == k => {
+                out.push(Step::Data(error_body("oracle fault: upstream overloaded", "server_error", "overloaded")));
+                out.push(Step::End);
+                return out;
+            }
+            _ => {}
+        }
+        if let Some(part) = parts.get(k) {
+            if k > 0 {
+                out.push(Step::Wait(pacing.interval));
+            }
+            out.push(Step::Data(chunk_json(model, Some(part), None)));
+        }
+    }
+    out.push(Step::Data(chunk_json(model, None, Some("stop"))));
+    let prompt: usize = messages.iter().map(|m| m.content.len()).sum();
+    out.push(Step::Data(
+        json!({
+            "id": "chatcmpl-oracle",
+            "object": "chat.completion.chunk",
+            "model": model,
+            "choices": [],
+            "usage": {"prompt_tokens": prompt / 4 + 1, "completion_tokens": parts.len(), "total_tokens": prompt / 4 + 1 + parts.len()},
+        })
+        .to_string(),
+    ));
+    if fault != Fault::NoDone {
+        out.push(Step::Data("[DONE]".to_string()));
+    }
+    out.push(Step::End);
+    out
+}

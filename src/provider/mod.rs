@@ -1,0 +1,53 @@
+//! Upstream providers: one module per wire format, one trait for the splicer.
+//!
+//! A provider turns an [`UpstreamRequest`] into a stream of [`Chunk`]s. It
+//! never retries by itself: retries and handovers belong to the ladder.
+
+pub mod mock;
+pub mod openai;
+
+use std::pin::Pin;
+
+use futures::Stream;
+use serde_json::{Map, Value};
+
+use crate::failure::FailureKind;
+use crate::request::{Message, Usage};
+
+/// What one attempt sends upstream.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UpstreamRequest {
+    /// The upstream's model name.
+    pub model: String,
+    /// The conversation, continuation included.
+    pub messages: Vec<Message>,
+    /// Pass-through request fields.
+    pub params: Map<String, Value>,
+    /// Ask a vLLM/SGLang-style server to continue the final assistant message
+    /// (`continue_final_message: true, add_generation_prompt: false`).
+    pub continue_final_message: bool,
+}
+
+/// One piece of an upstream stream, already parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Chunk {
+    /// Response headers arrived with a success status.
+    Opened,
+    /// Content text.
+    Text(String),
+    /// The upstream's finish reason (`stop`, `length`, `content_filter`, …).
+    Finish(String),
+    /// Token counts.
+    Usage(Usage),
+    /// The `[DONE]` sentinel.
+    Done,
+}
+
+/// The stream a provider returns: chunks, or the failure that ended it.
+pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Chunk, FailureKind>> + Send>>;
+
+/// A source of upstream token streams.
+pub trait Provider: Send + Sync {
+    /// Starts one attempt. Dropping the stream cancels it.
+    fn stream(&self, request: UpstreamRequest) -> ChunkStream;
+}

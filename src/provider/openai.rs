@@ -1,0 +1,351 @@
+//! OpenAI-compatible chat completions over SSE (OpenAI, vLLM, SGLang, Ollama, the mock oracle …).
+//!
+//! The wire parsing ([`parse_data`], [`classify_http`]) is pure and shared with
+//! the in-process mock, so the parser the tests exercise is the one production uses.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use reqwest_eventsource::{retry::Never, Error as EsError, Event, EventSource};
+use serde_json::{json, Value};
+
+use super::{Chunk, ChunkStream, Provider, UpstreamRequest};
+use crate::failure::FailureKind;
+use crate::request::Usage;
+
+/// How much of an error body is read to classify it.
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
+/// A provider speaking the OpenAI chat-completions streaming protocol.
+#[derive(Clone)]
+pub struct OpenAiProvider {
+    client: reqwest::Client,
+    endpoint: String,
+    api_key: Option<String>,
+}
+
+impl std::fmt::Debug for OpenAiProvider {
+    // The key is deliberately left out: secrets never reach logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAiProvider")
+            .field("endpoint", &self.endpoint)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl OpenAiProvider {
+    /// A provider for `base_url` (e.g. `http://127.0.0.1:9001/v1`), with an optional bearer key.
+    pub fn new(client: reqwest::Client, base_url: &str, api_key: Option<String>) -> Self {
+        OpenAiProvider {
+            client,
+            endpoint: format!("{}/chat/completions", base_url.trim_end_matches('/')),
+            api_key,
+        }
+    }
+
+    /// The HTTP client baton uses by default: rustls, connect timeout, no overall
+    /// timeout (the watchdog owns deadlines).
+    pub fn default_client() -> reqwest::Client {
+        reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new())
+    }
+}
+
+/// The JSON body sent upstream for `request`.
+pub fn request_body(request: &UpstreamRequest) -> Value {
+    let mut body = serde_json::Map::new();
+    // Pass-through fields first, so baton's own fields win.
+    for (k, v) in &request.params {
+        body.insert(k.clone(), v.clone());
+    }
+    body.insert("model".into(), json!(request.model));
+    body.insert("messages".into(), json!(request.messages));
+    body.insert("stream".into(), json!(true));
+    body.insert("stream_options".into(), json!({"include_usage": true}));
+    if request.continue_final_message {
+        body.insert("continue_final_message".into(), json!(true));
+        body.insert("add_generation_prompt".into(), json!(false));
+    }
+    Value::Object(body)
+}
+
+impl Provider for OpenAiProvider {
+    fn stream(&self, request: UpstreamRequest) -> ChunkStream {
+        let mut builder = self.client.post(&self.endpoint).json(&request_body(&request));
+        if let Some(key) = &self.api_key {
+            builder = builder.bearer_auth(key);
+        }
+        Box::pin(async_stream::stream! {
+            let mut source = match EventSource::new(builder) {
+                Ok(source) => source,
+                Err(e) => {
+                    yield Err(FailureKind::Connect { detail: e.to_string() });
+                    return;
+                }
+            };
+            // baton owns retries; the event source's own retry would hide failures.
+            source.set_retry_policy(Box::new(Never));
+            let mut opened = false;
+            while let Some(event) = source.next().await {
+                match event {
+                    Ok(Event::Open) => {
+                        opened = true;
+                        yield Ok(Chunk::Opened);
+                    }
+                    Ok(Event::Message(message)) => {
+                        if message.event == "error" {
+                            yield Err(FailureKind::ErrorEvent { message: snippet(&message.data) });
+                            return;
+                        }
+                        match parse_data(&message.data) {
+                            Ok(chunks) => {
+                                let done = chunks.contains(&Chunk::Done);
+                                for chunk in chunks {
+                                    yield Ok(chunk);
+                                }
+                                if done {
+                                    return;
+                                }
+                            }
+                            Err(kind) => {
+                                yield Err(kind);
+                                return;
+                            }
+                        }
+                    }
+                    Err(EsError::StreamEnded) => return,
+                    Err(EsError::InvalidStatusCode(status, response)) => {
+                        let retry_after = response
+                            .headers()
+                            .get(reqwest::header::RETRY_AFTER)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned);
+                        let body = read_capped(response).await;
+                        yield Err(classify_http(status.as_u16(), retry_after.as_deref(), &body));
+                        return;
+                    }
+                    Err(EsError::InvalidContentType(value, _)) => {
+                        yield Err(FailureKind::Malformed {
+                            detail: format!("content type {value:?} is not text/event-stream"),
+                        });
+                        return;
+                    }
+                    Err(EsError::Transport(e)) => {
+                        let detail = transport_detail(&e);
+                        yield Err(if opened {
+                            FailureKind::Truncated { detail: Some(detail) }
+                        } else if e.is_connect() {
+                            FailureKind::Connect { detail }
+                        } else {
+                            FailureKind::Reset { detail }
+                        });
+                        return;
+                    }
+                    Err(e) => {
+                        yield Err(FailureKind::Malformed { detail: e.to_string() });
+                        return;
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// The error text with its sources, which is where reqwest keeps the useful part.
+fn transport_detail(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+async fn read_capped(mut response: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    while let Ok(Some(bytes)) = response.chunk().await {
+        body.extend_from_slice(&bytes);
+        if body.len() >= ERROR_BODY_LIMIT {
+            body.truncate(ERROR_BODY_LIMIT);
+            break;
+        }
+    }
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// At most 200 characters of `text`, for error messages.
+fn snippet(text: &str) -> String {
+    let mut out: String = text.chars().take(200).collect();
+    if out.len() < text.len() {
+        out.push('…');
+    }
+    out
+}
+
+/// Parses the `data:` payload of one SSE event into chunks.
+pub fn parse_data(data: &str) -> Result<Vec<Chunk>, FailureKind> {
+    if data.trim() == "[DONE]" {
+        return Ok(vec![Chunk::Done]);
+    }
+    let value: Value = serde_json::from_str(data).map_err(|e| FailureKind::Malformed {
+        detail: format!("{e} in {:?}", snippet(data)),
+    })?;
+    let Some(object) = value.as_object() else {
+        return Err(FailureKind::Malformed {
+            detail: format!("expected a JSON object, got {:?}", snippet(data)),
+        });
+    };
+    if let Some(error) = object.get("error") {
+        let (message, code) = error_fields(error);
+        return Err(if is_policy(&code, &message) {
+            FailureKind::ContentPolicy { message }
+        } else {
+            FailureKind::ErrorEvent { message }
+        });
+    }
+    let mut chunks = Vec::new();
+    if let Some(choice) = object
+        .get("choices")
+        .and_then(Value::as_array)
+        .and_then(|c| c.first())
+    {
+        if let Some(text) = choice.pointer("/delta/content").and_then(Value::as_str) {
+            if !text.is_empty() {
+                chunks.push(Chunk::Text(text.to_owned()));
+            }
+        }
+        if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
+            chunks.push(Chunk::Finish(reason.to_owned()));
+        }
+    }
+    if let Some(usage) = object.get("usage").filter(|u| u.is_object()) {
+        let field = |name| usage.get(name).and_then(Value::as_u64).unwrap_or(0);
+        chunks.push(Chunk::Usage(Usage {
+            prompt_tokens: field("prompt_tokens"),
+            completion_tokens: field("completion_tokens"),
+        }));
+    }
+    Ok(chunks)
+}
+
+/// The message and the code/type of an OpenAI-style error object, lower-cased code.
+fn error_fields(error: &Value) -> (String, String) {
+    match error {
+        Value::String(s) => (s.clone(), String::new()),
+        _ => {
+            let message = error
+                .get("message")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .unwrap_or_else(|| snippet(&error.to_string()));
+            let code = ["code", "type"]
+                .iter()
+                .filter_map(|k| error.get(*k).and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join(" ")
+                .to_lowercase();
+            (message, code)
+        }
+    }
+}
+
+fn is_policy(code: &str, message: &str) -> bool {
+    let message = message.to_lowercase();
+    code.contains("content_policy")
+        || code.contains("content_filter")
+        || message.contains("content policy")
+        || message.contains("content management policy")
+}
+
+/// Classifies an HTTP error status and its body into a failure kind.
+pub fn classify_http(status: u16, retry_after: Option<&str>, body: &str) -> FailureKind {
+    let retry_after = retry_after
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(|s| Duration::from_secs_f64(s.min(86_400.0)));
+    let (message, code) = match serde_json::from_str::<Value>(body) {
+        Ok(v) => match v.get("error") {
+            Some(error) => error_fields(error),
+            None => (snippet(body), String::new()),
+        },
+        Err(_) => (snippet(body), String::new()),
+    };
+    let lower = message.to_lowercase();
+    match status {
+        429 => FailureKind::RateLimited { retry_after },
+        500..=599 => FailureKind::ServerError {
+            status,
+            retry_after,
+        },
+        401 | 403 => FailureKind::Auth { status, message },
+        _ if code.contains("context_length") || lower.contains("context length") || lower.contains("maximum context") => {
+            FailureKind::ContextLength { message }
+        }
+        _ if is_policy(&code, &message) => FailureKind::ContentPolicy { message },
+        _ if code.contains("prefill") || lower.contains("prefill") || lower.contains("continue_final_message") => {
+            FailureKind::PrefillRejected { message }
+        }
+        _ => FailureKind::Rejected { status, message },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_content_finish_and_usage() {
+        let data = r#"{"choices":[{"index":0,"delta":{"content":"Hé"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":5}}"#;
+        assert_eq!(
+            parse_data(data),
+            Ok(vec![
+                Chunk::Text("Hé".into()),
+                Chunk::Finish("stop".into()),
+                Chunk::Usage(Usage { prompt_tokens: 3, completion_tokens: 5 })
+            ])
+        );
+        assert_eq!(parse_data("[DONE]"), Ok(vec![Chunk::Done]));
+        assert_eq!(parse_data(r#"{"choices":[]}"#), Ok(vec![]));
+    }
+
+    #[test]
+    fn error_objects_and_garbage_are_failures() {
+        assert_eq!(
+            parse_data(r#"{"error":{"message":"overloaded","type":"server_error"}}"#),
+            Err(FailureKind::ErrorEvent { message: "overloaded".into() })
+        );
+        assert!(matches!(
+            parse_data(r#"{"error":{"message":"no","code":"content_filter"}}"#),
+            Err(FailureKind::ContentPolicy { .. })
+        ));
+        assert!(matches!(parse_data(r#"{"choices":[{"delta":{"content":"#), Err(FailureKind::Malformed { .. })));
+        assert!(matches!(parse_data("42"), Err(FailureKind::Malformed { .. })));
+    }
+
+    #[test]
+    fn http_errors_are_classified_by_status_and_body() {
+        assert_eq!(
+            classify_http(429, Some("2"), ""),
+            FailureKind::RateLimited { retry_after: Some(Duration::from_secs(2)) }
+        );
+        assert_eq!(classify_http(429, Some("Wed, 21 Oct 2015 07:28:00 GMT"), ""), FailureKind::RateLimited { retry_after: None });
+        assert!(matches!(classify_http(503, None, "busy"), FailureKind::ServerError { status: 503, .. }));
+        assert!(matches!(classify_http(401, None, "{}"), FailureKind::Auth { status: 401, .. }));
+        let ctx = r#"{"error":{"message":"This model's maximum context length is 8192 tokens","code":"context_length_exceeded"}}"#;
+        assert!(matches!(classify_http(400, None, ctx), FailureKind::ContextLength { .. }));
+        let policy = r#"{"error":{"message":"Your request was rejected by our content policy","code":"content_policy_violation"}}"#;
+        assert_eq!(
+            classify_http(400, None, policy),
+            FailureKind::ContentPolicy { message: "Your request was rejected by our content policy".into() }
+        );
+        let prefill = r#"{"error":{"message":"This model does not support assistant message prefill","code":"prefill_not_supported"}}"#;
+        assert!(matches!(classify_http(400, None, prefill), FailureKind::PrefillRejected { .. }));
+        assert!(matches!(classify_http(400, None, "nope"), FailureKind::Rejected { status: 400, .. }));
+    }
+}

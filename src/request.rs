@@ -1,0 +1,78 @@
+//! The conversation a caller hands to the splicer.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+/// Who wrote a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The caller's instructions (persona); never dropped or overridden.
+    System,
+    /// OpenAI's newer name for a system message.
+    Developer,
+    /// The human side.
+    User,
+    /// The model side.
+    Assistant,
+    /// A tool result.
+    Tool,
+}
+
+/// One chat message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// Who wrote it.
+    pub role: Role,
+    /// Its text.
+    pub content: String,
+}
+
+impl Message {
+    /// A message with `role` and `content`.
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        Message {
+            role,
+            content: content.into(),
+        }
+    }
+}
+
+/// One chat request: what the caller asked, and which ladder should answer it.
+#[derive(Clone, Debug)]
+pub struct ChatRequest {
+    /// Identifies the session in events and recordings.
+    pub session: Uuid,
+    /// The conversation so far.
+    pub messages: Vec<Message>,
+    /// Request fields baton does not interpret (temperature, stop, tools …), passed upstream unchanged.
+    pub params: Map<String, Value>,
+}
+
+impl ChatRequest {
+    /// A request for `messages` with a fresh session id and no extra parameters.
+    pub fn new(messages: Vec<Message>) -> Self {
+        ChatRequest {
+            session: Uuid::new_v4(),
+            messages,
+            params: Map::new(),
+        }
+    }
+}
+
+/// Token counts reported by an upstream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Tokens in the prompt.
+    pub prompt_tokens: u64,
+    /// Tokens generated.
+    pub completion_tokens: u64,
+}
+
+impl std::ops::AddAssign for Usage {
+    fn add_assign(&mut self, rhs: Usage) {
+        self.prompt_tokens += rhs.prompt_tokens;
+        self.completion_tokens += rhs.completion_tokens;
+    }
+}

@@ -1,0 +1,430 @@
+//! The splicer: one continuous client stream out of a ladder of upstream attempts.
+//!
+//! States: `Streaming(route) → HandingOver → Streaming(next) → Done | Failed`.
+//! Each attempt is a provider stream wrapped in a [`Watchdog`]; a failure goes
+//! to [`Ladder::decide`]; a handover builds the continuation request from the
+//! text the client already has and streams the new route's answer through the
+//! [`OverlapTrim`]. The splicer owns no socket and no clock but tokio's.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+use crate::continuation;
+use crate::event::{EngineEvent, EventKind, SessionLog};
+use crate::failure::{Failure, FailureClass, FailureKind};
+use crate::ladder::{AttemptState, Decision, Ladder, Route};
+use crate::oracle::SplitMix;
+use crate::overlap::OverlapTrim;
+use crate::provider::UpstreamRequest;
+use crate::request::{ChatRequest, Usage};
+use crate::watchdog::{Watched, Watchdog};
+
+/// How many events the broadcast keeps for slow subscribers.
+pub const EVENT_CAPACITY: usize = 16 * 1024;
+
+/// What the client receives.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ClientItem {
+    /// Answer text.
+    Text {
+        /// The text.
+        text: String,
+        /// The route that wrote it.
+        route: Arc<str>,
+        /// That route's upstream model.
+        model: Arc<str>,
+    },
+    /// Another route took over; the next text is its.
+    Handover(Handover),
+    /// The answer is complete. Last item.
+    Done(Completion),
+    /// The session ended without a complete answer. Last item.
+    Failed(SpliceError),
+}
+
+/// A handover, as the client may be told of it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Handover {
+    /// The route that failed.
+    pub from: Arc<str>,
+    /// The route that continues.
+    pub to: Arc<str>,
+    /// The failure's class.
+    pub class: FailureClass,
+    /// The failure's label.
+    pub reason: &'static str,
+    /// Bytes the client had.
+    pub prefix_bytes: u64,
+    /// From the failure's detection to this continuation's first byte.
+    pub gap: Duration,
+}
+
+/// How a complete answer ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Completion {
+    /// The last route's finish reason.
+    pub finish_reason: String,
+    /// Token counts of the attempts that contributed text.
+    pub usage: Usage,
+    /// The routes that wrote the answer, in order.
+    pub route_chain: Vec<String>,
+    /// Every failed attempt on the way.
+    pub failures: Vec<Failure>,
+}
+
+/// Why a session ended without a complete answer.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum SpliceError {
+    /// A provider refused on policy grounds; its reason is passed on.
+    #[error("refused by {route}: {message}")]
+    Refused {
+        /// The refusing route.
+        route: String,
+        /// The provider's reason.
+        message: String,
+        /// Every failed attempt.
+        failures: Vec<Failure>,
+        /// Bytes the client had received.
+        emitted_bytes: u64,
+    },
+    /// Every route failed.
+    #[error("every route failed: {}", list(failures))]
+    Exhausted {
+        /// Every failed attempt.
+        failures: Vec<Failure>,
+        /// Bytes the client had received.
+        emitted_bytes: u64,
+    },
+}
+
+fn list(failures: &[Failure]) -> String {
+    if failures.is_empty() {
+        return "the ladder has no routes".to_string();
+    }
+    failures.iter().map(Failure::to_string).collect::<Vec<_>>().join("; ")
+}
+
+/// The client-side stream of one session.
+pub type SpliceStream = Pin<Box<dyn Stream<Item = ClientItem> + Send>>;
+
+/// Runs sessions along one ladder and publishes their events.
+#[derive(Clone, Debug)]
+pub struct Splicer {
+    ladder: Arc<Ladder>,
+    events: broadcast::Sender<EngineEvent>,
+}
+
+/// A finished session, collected.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Collected {
+    /// Everything the client received, concatenated.
+    pub text: String,
+    /// The handovers, in order.
+    pub handovers: Vec<Handover>,
+    /// How it ended.
+    pub outcome: Result<Completion, SpliceError>,
+}
+
+impl Splicer {
+    /// A splicer over `ladder` with its own event broadcast.
+    pub fn new(ladder: Ladder) -> Self {
+        Splicer::with_events(ladder, broadcast::channel(EVENT_CAPACITY).0)
+    }
+
+    /// A splicer publishing to an existing broadcast (several ladders, one feed).
+    pub fn with_events(ladder: Ladder, events: broadcast::Sender<EngineEvent>) -> Self {
+        Splicer {
+            ladder: Arc::new(ladder),
+            events,
+        }
+    }
+
+    /// A new subscription to the event feed.
+    pub fn subscribe(&self) -> broadcast::Receiver<EngineEvent> {
+        self.events.subscribe()
+    }
+
+    /// The ladder it runs.
+    pub fn ladder(&self) -> &Ladder {
+        &self.ladder
+    }
+
+    /// Runs `request` to completion and collects what the client would receive.
+    pub async fn collect(&self, request: ChatRequest) -> Collected {
+        let mut stream = self.splice(request);
+        let mut text = String::new();
+        let mut handovers = Vec::new();
+        while let Some(item) = stream.next().await {
+            match item {
+                ClientItem::Text { text: t, .. } => text.push_str(&t),
+                ClientItem::Handover(h) => handovers.push(h),
+                ClientItem::Done(c) => return Collected { text, handovers, outcome: Ok(c) },
+                ClientItem::Failed(e) => return Collected { text, handovers, outcome: Err(e) },
+            }
+        }
+        let failures = Vec::new();
+        let emitted_bytes = text.len() as u64;
+        Collected { text, handovers, outcome: Err(SpliceError::Exhausted { failures, emitted_bytes }) }
+    }
+
+    /// The client stream for `request`. Dropping it cancels the upstream.
+    pub fn splice(&self, request: ChatRequest) -> SpliceStream {
+        let ladder = self.ladder.clone();
+        let log = SessionLog::new(request.session, self.events.clone());
+        Box::pin(async_stream::stream! {
+            log.emit(EventKind::SessionStarted { messages: request.messages.len() });
+            let mut session = Session::new(&request, log);
+            let Some(first) = ladder.routes.first() else {
+                yield session.fail(SpliceError::Exhausted { failures: Vec::new(), emitted_bytes: 0 });
+                return;
+            };
+            let mut state = AttemptState { route: 0, retries: 0, mode: first.continuation, produced_text: false };
+            loop {
+                let route = &ladder.routes[state.route];
+                let mut attempt = session.open(route, &state, &ladder.instruction);
+                let ended = loop {
+                    match attempt.watchdog.next().await {
+                        Some(Watched::Text(text)) => {
+                            let out = attempt.text(&session, &text);
+                            for item in session.deliver(route, out) {
+                                yield item;
+                            }
+                        }
+                        Some(Watched::Usage(usage)) => attempt.usage = Some(usage),
+                        Some(Watched::Finished(reason)) => break Ok(reason),
+                        Some(Watched::Failed(kind)) => break Err(kind),
+                        None => break Err(FailureKind::Truncated { detail: None }),
+                    }
+                };
+                match ended {
+                    Ok(reason) => {
+                        let rest = attempt.trim.finish();
+                        for item in session.deliver(route, rest) {
+                            yield item;
+                        }
+                        session.account(&attempt);
+                        yield session.finish(reason);
+                        return;
+                    }
+                    Err(kind) => {
+                        session.account(&attempt);
+                        state.produced_text = attempt.tokens > 0;
+                        let jitter = session.rng.below(1 << 20) as f64 / f64::from(1u32 << 20);
+                        let decision = ladder.decide(&kind, &state, jitter);
+                        session.record_failure(route, &kind, attempt.tokens);
+                        match decision {
+                            Decision::Retry { delay } => {
+                                session.log.emit(EventKind::Retry { route: route.name.to_string(), delay_ms: delay.as_millis() as u64 });
+                                tokio::time::sleep(delay).await;
+                                state.retries += 1;
+                            }
+                            Decision::SwitchToInstruct => state.mode = continuation::ContinuationMode::Instruct,
+                            Decision::HandOver { to } => {
+                                session.pending.get_or_insert(Pending { from: route.name.clone(), reason: kind.label(), class: kind.class(), at: Instant::now() });
+                                let next = &ladder.routes[to];
+                                state = AttemptState { route: to, retries: 0, mode: next.continuation, produced_text: false };
+                            }
+                            Decision::Refuse => {
+                                let failures = std::mem::take(&mut session.failures);
+                                let error = SpliceError::Refused { route: route.name.to_string(), message: refusal(&kind), failures, emitted_bytes: session.emitted.len() as u64 };
+                                yield session.fail(error);
+                                return;
+                            }
+                            Decision::Exhausted => {
+                                let failures = std::mem::take(&mut session.failures);
+                                let error = SpliceError::Exhausted { failures, emitted_bytes: session.emitted.len() as u64 };
+                                yield session.fail(error);
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
+fn refusal(kind: &FailureKind) -> String {
+    match kind {
+        FailureKind::ContentPolicy { message } => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A failure waiting for the next route's first byte, to become a handover.
+struct Pending {
+    from: Arc<str>,
+    reason: &'static str,
+    class: FailureClass,
+    at: Instant,
+}
+
+/// The zero, one or two items one delivery yields.
+type Delivered = std::iter::Flatten<std::array::IntoIter<Option<ClientItem>, 2>>;
+
+/// One session's state between attempts.
+struct Session<'r> {
+    request: &'r ChatRequest,
+    log: SessionLog,
+    /// Everything the client has received: the prefix of any continuation.
+    emitted: String,
+    chain: Vec<String>,
+    failures: Vec<Failure>,
+    usage: Usage,
+    pending: Option<Pending>,
+    attempts: u32,
+    rng: SplitMix,
+}
+
+/// One upstream attempt.
+struct Attempt {
+    watchdog: Watchdog,
+    trim: OverlapTrim,
+    opened: Instant,
+    tokens: u64,
+    contributed: bool,
+    usage: Option<Usage>,
+    route: Arc<str>,
+}
+
+impl Attempt {
+    /// Feeds one upstream delta through the overlap trim.
+    fn text(&mut self, session: &Session<'_>, text: &str) -> String {
+        self.tokens += 1;
+        if self.tokens == 1 {
+            session.log.emit(EventKind::FirstToken {
+                route: self.route.to_string(),
+                ttft_ms: self.opened.elapsed().as_millis() as u64,
+            });
+        }
+        let out = self.trim.push(text);
+        self.contributed |= !out.is_empty();
+        out
+    }
+}
+
+impl<'r> Session<'r> {
+    fn new(request: &'r ChatRequest, log: SessionLog) -> Self {
+        let (hi, lo) = request.session.as_u64_pair();
+        Session {
+            request,
+            log,
+            emitted: String::new(),
+            chain: Vec::new(),
+            failures: Vec::new(),
+            usage: Usage::default(),
+            pending: None,
+            attempts: 0,
+            rng: SplitMix::new(hi ^ lo),
+        }
+    }
+
+    fn open(&mut self, route: &Route, state: &AttemptState, instruction: &str) -> Attempt {
+        self.attempts += 1;
+        let messages = continuation::messages(&self.request.messages, &self.emitted, state.mode, instruction);
+        let upstream = UpstreamRequest {
+            model: route.model.to_string(),
+            messages,
+            params: self.request.params.clone(),
+            continue_final_message: route.continue_final_message
+                && state.mode == continuation::ContinuationMode::Prefill
+                && !self.emitted.is_empty(),
+        };
+        self.log.emit(EventKind::AttemptOpened {
+            route: route.name.to_string(),
+            model: route.model.to_string(),
+            attempt: self.attempts,
+            mode: state.mode,
+            prefix_bytes: self.emitted.len() as u64,
+        });
+        Attempt {
+            watchdog: Watchdog::new(route.provider.stream(upstream), route.deadlines),
+            trim: OverlapTrim::new(&self.emitted),
+            opened: Instant::now(),
+            tokens: 0,
+            contributed: false,
+            usage: None,
+            route: route.name.clone(),
+        }
+    }
+
+    /// The client items for `text` from `route`: a handover notice first if one is pending.
+    fn deliver(&mut self, route: &Route, text: String) -> Delivered {
+        if text.is_empty() {
+            return [None, None].into_iter().flatten();
+        }
+        let handover = self.pending.take().map(|p| {
+            let handover = Handover {
+                from: p.from,
+                to: route.name.clone(),
+                class: p.class,
+                reason: p.reason,
+                prefix_bytes: self.emitted.len() as u64,
+                gap: p.at.elapsed(),
+            };
+            self.log.emit(EventKind::Handover {
+                from: handover.from.to_string(),
+                to: handover.to.to_string(),
+                class: handover.class,
+                reason: handover.reason.to_string(),
+                prefix_bytes: handover.prefix_bytes,
+                gap_ms: handover.gap.as_millis() as u64,
+            });
+            ClientItem::Handover(handover)
+        });
+        if self.chain.last().map(String::as_str) != Some(&*route.name) {
+            self.chain.push(route.name.to_string());
+        }
+        if self.log.listened() {
+            self.log.emit(EventKind::Delta {
+                route: route.name.to_string(),
+                text: text.clone(),
+            });
+        }
+        self.emitted.push_str(&text);
+        let text = ClientItem::Text {
+            text,
+            route: route.name.clone(),
+            model: route.model.clone(),
+        };
+        [handover, Some(text)].into_iter().flatten()
+    }
+
+    fn account(&mut self, attempt: &Attempt) {
+        if attempt.contributed {
+            // An attempt cut off mid-stream reports no usage: count its deltas.
+            self.usage += attempt.usage.unwrap_or(Usage { prompt_tokens: 0, completion_tokens: attempt.tokens });
+        }
+    }
+
+    fn record_failure(&mut self, route: &Route, kind: &FailureKind, tokens: u64) {
+        let failure = Failure::new(kind, &route.name, tokens, self.emitted.len() as u64, self.log.t_ms());
+        self.log.emit(EventKind::Failure { failure: failure.clone() });
+        self.failures.push(failure);
+    }
+
+    fn finish(&mut self, finish_reason: String) -> ClientItem {
+        self.log.emit(EventKind::Finished {
+            finish_reason: finish_reason.clone(),
+            route_chain: self.chain.clone(),
+            bytes: self.emitted.len() as u64,
+            usage: self.usage,
+        });
+        ClientItem::Done(Completion {
+            finish_reason,
+            usage: self.usage,
+            route_chain: std::mem::take(&mut self.chain),
+            failures: std::mem::take(&mut self.failures),
+        })
+    }
+
+    fn fail(&mut self, error: SpliceError) -> ClientItem {
+        self.log.emit(EventKind::Failed { error: error.to_string(), bytes: self.emitted.len() as u64 });
+        ClientItem::Failed(error)
+    }
+}

@@ -1,0 +1,143 @@
+//! Deadlines and shape checks around one upstream stream.
+//!
+//! The watchdog turns a provider's [`ChunkStream`] into [`Watched`] items and
+//! every way the stream can go bad into a [`FailureKind`]: no first token in
+//! time (headers alone do not count), a stall between tokens, the total
+//! deadline, an end without a finish reason, and whatever the provider
+//! reported (malformed chunk, error event, HTTP status …).
+//!
+//! The stall clock starts when the consumer asks for the next item, not when
+//! the previous one arrived: a slow client reading the spliced stream is
+//! baton's own backpressure, never the upstream's stall.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::time::{timeout_at, Instant};
+
+use crate::failure::FailureKind;
+use crate::provider::{Chunk, ChunkStream};
+use crate::request::Usage;
+
+/// The deadlines of one route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deadlines {
+    /// From the request to the first content token.
+    pub first_token: Duration,
+    /// Longest silence between tokens.
+    pub stall: Duration,
+    /// The whole attempt.
+    pub total: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines {
+            first_token: Duration::from_secs(10),
+            stall: Duration::from_secs(3),
+            total: Duration::from_secs(300),
+        }
+    }
+}
+
+/// What the watchdog lets through.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Watched {
+    /// Content text.
+    Text(String),
+    /// Token counts.
+    Usage(Usage),
+    /// The stream ended properly, with this finish reason.
+    Finished(String),
+    /// The stream went bad; nothing follows.
+    Failed(FailureKind),
+}
+
+/// Watches one upstream stream.
+pub struct Watchdog {
+    inner: ChunkStream,
+    deadlines: Deadlines,
+    started: Instant,
+    seen_text: bool,
+    finish: Option<String>,
+    over: bool,
+}
+
+impl Watchdog {
+    /// Starts watching `inner` now.
+    pub fn new(inner: ChunkStream, deadlines: Deadlines) -> Self {
+        Watchdog {
+            inner,
+            deadlines,
+            started: Instant::now(),
+            seen_text: false,
+            finish: None,
+            over: false,
+        }
+    }
+
+    /// Whether any content arrived.
+    pub fn seen_text(&self) -> bool {
+        self.seen_text
+    }
+
+    /// The next item; `None` after `Finished` or `Failed`.
+    pub async fn next(&mut self) -> Option<Watched> {
+        if self.over {
+            return None;
+        }
+        let item = self.next_item().await;
+        if matches!(item, Watched::Finished(_) | Watched::Failed(_)) {
+            self.over = true;
+        }
+        Some(item)
+    }
+
+    async fn next_item(&mut self) -> Watched {
+        let total = self.started + self.deadlines.total;
+        loop {
+            let (deadline, kind) = if !self.seen_text {
+                let first = self.started + self.deadlines.first_token;
+                if first <= total {
+                    (first, FailureKind::FirstTokenTimeout { after: self.deadlines.first_token })
+                } else {
+                    (total, FailureKind::TotalTimeout { after: self.deadlines.total })
+                }
+            } else {
+                let stall = Instant::now() + self.deadlines.stall;
+                if stall <= total {
+                    (stall, FailureKind::Stall { after: self.deadlines.stall })
+                } else {
+                    (total, FailureKind::TotalTimeout { after: self.deadlines.total })
+                }
+            };
+            let next = match timeout_at(deadline, self.inner.next()).await {
+                Ok(next) => next,
+                // A finish reason already arrived: a silent tail cannot lose text.
+                Err(_) => return self.end_or(kind),
+            };
+            match next {
+                None => return self.end_or(FailureKind::Truncated { detail: None }),
+                Some(Ok(Chunk::Opened)) => {}
+                Some(Ok(Chunk::Text(text))) if text.is_empty() => {}
+                Some(Ok(Chunk::Text(text))) => {
+                    self.seen_text = true;
+                    return Watched::Text(text);
+                }
+                Some(Ok(Chunk::Finish(reason))) => self.finish = Some(reason),
+                Some(Ok(Chunk::Usage(usage))) => return Watched::Usage(usage),
+                Some(Ok(Chunk::Done)) => return self.end_or(FailureKind::Truncated { detail: Some("[DONE] without a finish reason".into()) }),
+                Some(Err(kind)) => return self.end_or(kind),
+            }
+        }
+    }
+
+    /// `Finished` if a finish reason was seen, else the failure.
+    fn end_or(&mut self, kind: FailureKind) -> Watched {
+        match self.finish.take() {
+            Some(reason) => Watched::Finished(reason),
+            None => Watched::Failed(kind),
+        }
+    }
+}

@@ -19,7 +19,7 @@ use crate::oracle::server::{spawn, MockConfig};
 use crate::oracle::{answer, Style};
 use crate::provider::openai::OpenAiProvider;
 use crate::request::{ChatRequest, Message, Role};
-use crate::splice::{EVENT_CAPACITY, Splicer};
+use crate::splice::{Splicer, EVENT_CAPACITY};
 use crate::watchdog::Deadlines;
 
 /// What the demo runs.
@@ -78,7 +78,10 @@ pub enum DemoError {
 pub fn conversation(i: usize, seed: u64) -> Vec<Message> {
     vec![
         Message::new(Role::System, "You are the baton demo. Answer in plain prose."),
-        Message::new(Role::User, format!("Question {i} (seed {seed}): tell me about relay races.")),
+        Message::new(
+            Role::User,
+            format!("Question {i} (seed {seed}): tell me about relay races."),
+        ),
     ]
 }
 
@@ -87,7 +90,13 @@ pub fn byte_damage(expected: &str, got: &str) -> (usize, usize) {
     let (e, g) = (expected.as_bytes(), got.as_bytes());
     let prefix = e.iter().zip(g).take_while(|(a, b)| a == b).count();
     let max_suffix = e.len().min(g.len()) - prefix;
-    let suffix = e.iter().rev().zip(g.iter().rev()).take(max_suffix).take_while(|(a, b)| a == b).count();
+    let suffix = e
+        .iter()
+        .rev()
+        .zip(g.iter().rev())
+        .take(max_suffix)
+        .take_while(|(a, b)| a == b)
+        .count();
     (e.len() - prefix - suffix, g.len() - prefix - suffix)
 }
 
@@ -118,12 +127,28 @@ impl DemoWorld {
         let upstream = |plan, style| MockConfig { plan, style, pacing };
         let (primary, stop_p) = spawn(upstream(FaultPlan::Random { seed }, Style::default())).await?;
         let no_prefill = FaultPlan::Fixed(FaultScript::always(Fault::RejectPrefill));
-        let (echo, stop_e) = spawn(upstream(no_prefill, Style { repeat_words: 2, extra_space: false })).await?;
+        let (echo, stop_e) = spawn(upstream(
+            no_prefill,
+            Style {
+                repeat_words: 2,
+                extra_space: false,
+            },
+        ))
+        .await?;
         let healthy = FaultPlan::Fixed(FaultScript::NONE);
-        let (steady, stop_s) = spawn(upstream(healthy, Style { repeat_words: 1, extra_space: true })).await?;
+        let (steady, stop_s) = spawn(upstream(
+            healthy,
+            Style {
+                repeat_words: 1,
+                extra_space: true,
+            },
+        ))
+        .await?;
 
         let client = OpenAiProvider::default_client();
-        let provider = |addr: std::net::SocketAddr| Arc::new(OpenAiProvider::new(client.clone(), &format!("http://{addr}/v1"), None));
+        let provider = |addr: std::net::SocketAddr| {
+            Arc::new(OpenAiProvider::new(client.clone(), &format!("http://{addr}/v1"), None))
+        };
         let fast = Deadlines {
             first_token: Duration::from_millis(1500),
             stall: Duration::from_millis(400),
@@ -141,7 +166,10 @@ impl DemoWorld {
             .with_continuation(ContinuationMode::Instruct);
         let events = broadcast::channel(EVENT_CAPACITY).0;
         let splicers = vec![
-            Splicer::with_events(Ladder::new(vec![primary.clone(), echo.clone(), steady.clone()]), events.clone()),
+            Splicer::with_events(
+                Ladder::new(vec![primary.clone(), echo.clone(), steady.clone()]),
+                events.clone(),
+            ),
             Splicer::with_events(Ladder::new(vec![primary, steady, echo]), events.clone()),
         ];
         Ok(DemoWorld {
@@ -195,7 +223,10 @@ pub async fn run_headless(options: DemoOptions) -> Result<DemoReport, DemoError>
         }
         for h in &collected.handovers {
             report.handovers += 1;
-            *report.handovers_by_class.entry(h.class.as_str().to_string()).or_default() += 1;
+            *report
+                .handovers_by_class
+                .entry(h.class.as_str().to_string())
+                .or_default() += 1;
             *report.handovers_by_reason.entry(h.reason.to_string()).or_default() += 1;
             gaps.push(h.gap.as_secs_f64() * 1000.0);
         }
@@ -217,14 +248,27 @@ impl std::fmt::Display for DemoReport {
             m.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
         };
         writeln!(f, "sessions        {}", self.sessions)?;
-        writeln!(f, "intact          {}/{} (final text equals the oracle's answer byte for byte)", self.intact, self.sessions)?;
+        writeln!(
+            f,
+            "intact          {}/{} (final text equals the oracle's answer byte for byte)",
+            self.intact, self.sessions
+        )?;
         writeln!(f, "failed          {}", self.failed)?;
-        writeln!(f, "handovers       {} ({})", self.handovers, list(&self.handovers_by_class))?;
+        writeln!(
+            f,
+            "handovers       {} ({})",
+            self.handovers,
+            list(&self.handovers_by_class)
+        )?;
         writeln!(f, "  by reason     {}", list(&self.handovers_by_reason))?;
         writeln!(f, "failures seen   {}", list(&self.failures_by_reason))?;
         writeln!(f, "lost bytes      {}", self.lost_bytes)?;
         writeln!(f, "doubled bytes   {}", self.doubled_bytes)?;
-        writeln!(f, "handover gap    p50 {:.1} ms, p99 {:.1} ms", self.gap_ms_p50, self.gap_ms_p99)?;
+        writeln!(
+            f,
+            "handover gap    p50 {:.1} ms, p99 {:.1} ms",
+            self.gap_ms_p50, self.gap_ms_p99
+        )?;
         write!(f, "elapsed         {:.1} s", self.elapsed_ms as f64 / 1000.0)
     }
 }

@@ -176,9 +176,7 @@ impl FailureKind {
     /// The server's `Retry-After`, for the failures that carry one.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            FailureKind::RateLimited { retry_after } | FailureKind::ServerError { retry_after, .. } => {
-                *retry_after
-            }
+            FailureKind::RateLimited { retry_after } | FailureKind::ServerError { retry_after, .. } => *retry_after,
             _ => None,
         }
     }

@@ -199,11 +199,15 @@ impl Ladder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oracle::{
+        fault::{FaultPlan, FaultScript},
+        Style,
+    };
     use crate::provider::mock::MockProvider;
-    use crate::oracle::{fault::{FaultPlan, FaultScript}, Style};
 
     fn ladder(contexts: &[u32]) -> Ladder {
-        let provider: Arc<dyn Provider> = Arc::new(MockProvider::new(FaultPlan::Fixed(FaultScript::NONE), Style::default()));
+        let provider: Arc<dyn Provider> =
+            Arc::new(MockProvider::new(FaultPlan::Fixed(FaultScript::NONE), Style::default()));
         Ladder::new(
             contexts
                 .iter()
@@ -214,15 +218,33 @@ mod tests {
     }
 
     fn state(route: usize, retries: u32, produced_text: bool) -> AttemptState {
-        AttemptState { route, retries, mode: ContinuationMode::Prefill, produced_text }
+        AttemptState {
+            route,
+            retries,
+            mode: ContinuationMode::Prefill,
+            produced_text,
+        }
     }
 
     #[test]
     fn retries_before_the_first_token_with_capped_backoff() {
         let l = ladder(&[1000, 1000]);
-        let busy = FailureKind::ServerError { status: 503, retry_after: None };
-        assert_eq!(l.decide(&busy, &state(0, 0, false), 0.5), Decision::Retry { delay: Duration::from_millis(50) });
-        assert_eq!(l.decide(&busy, &state(0, 1, false), 0.5), Decision::Retry { delay: Duration::from_millis(100) });
+        let busy = FailureKind::ServerError {
+            status: 503,
+            retry_after: None,
+        };
+        assert_eq!(
+            l.decide(&busy, &state(0, 0, false), 0.5),
+            Decision::Retry {
+                delay: Duration::from_millis(50)
+            }
+        );
+        assert_eq!(
+            l.decide(&busy, &state(0, 1, false), 0.5),
+            Decision::Retry {
+                delay: Duration::from_millis(100)
+            }
+        );
         assert_eq!(l.decide(&busy, &state(0, 2, false), 0.5), Decision::HandOver { to: 1 });
         assert_eq!(l.decide(&busy, &state(0, 0, true), 0.5), Decision::HandOver { to: 1 });
         assert_eq!(l.decide(&busy, &state(1, 2, false), 0.5), Decision::Exhausted);
@@ -231,16 +253,28 @@ mod tests {
     #[test]
     fn retry_after_is_honoured_up_to_the_ceiling() {
         let l = ladder(&[1000, 1000]);
-        let short = FailureKind::RateLimited { retry_after: Some(Duration::from_secs(2)) };
-        assert_eq!(l.decide(&short, &state(0, 0, false), 0.9), Decision::Retry { delay: Duration::from_secs(2) });
-        let long = FailureKind::RateLimited { retry_after: Some(Duration::from_secs(60)) };
+        let short = FailureKind::RateLimited {
+            retry_after: Some(Duration::from_secs(2)),
+        };
+        assert_eq!(
+            l.decide(&short, &state(0, 0, false), 0.9),
+            Decision::Retry {
+                delay: Duration::from_secs(2)
+            }
+        );
+        let long = FailureKind::RateLimited {
+            retry_after: Some(Duration::from_secs(60)),
+        };
         assert_eq!(l.decide(&long, &state(0, 0, false), 0.9), Decision::HandOver { to: 1 });
     }
 
     #[test]
     fn a_400_is_never_retried_and_policy_stops() {
         let l = ladder(&[1000, 1000]);
-        let bad = FailureKind::Rejected { status: 400, message: "bad".into() };
+        let bad = FailureKind::Rejected {
+            status: 400,
+            message: "bad".into(),
+        };
         assert_eq!(l.decide(&bad, &state(0, 0, false), 0.1), Decision::HandOver { to: 1 });
         let policy = FailureKind::ContentPolicy { message: "no".into() };
         assert_eq!(l.decide(&policy, &state(0, 0, false), 0.1), Decision::Refuse);
@@ -249,16 +283,23 @@ mod tests {
     #[test]
     fn prefill_rejection_switches_mode_once() {
         let l = ladder(&[1000, 1000]);
-        let rejected = FailureKind::PrefillRejected { message: "no prefill".into() };
+        let rejected = FailureKind::PrefillRejected {
+            message: "no prefill".into(),
+        };
         assert_eq!(l.decide(&rejected, &state(0, 0, true), 0.1), Decision::SwitchToInstruct);
-        let instruct = AttemptState { mode: ContinuationMode::Instruct, ..state(0, 0, true) };
+        let instruct = AttemptState {
+            mode: ContinuationMode::Instruct,
+            ..state(0, 0, true)
+        };
         assert_eq!(l.decide(&rejected, &instruct, 0.1), Decision::HandOver { to: 1 });
     }
 
     #[test]
     fn context_length_moves_to_a_larger_window() {
         let l = ladder(&[8000, 4000, 8000, 32000]);
-        let ctx = FailureKind::ContextLength { message: "too long".into() };
+        let ctx = FailureKind::ContextLength {
+            message: "too long".into(),
+        };
         assert_eq!(l.decide(&ctx, &state(0, 0, false), 0.1), Decision::HandOver { to: 3 });
         assert_eq!(l.decide(&ctx, &state(3, 0, false), 0.1), Decision::Exhausted);
     }

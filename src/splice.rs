@@ -22,7 +22,7 @@ use crate::oracle::SplitMix;
 use crate::overlap::OverlapTrim;
 use crate::provider::UpstreamRequest;
 use crate::request::{ChatRequest, Usage};
-use crate::watchdog::{Watched, Watchdog};
+use crate::watchdog::{Watchdog, Watched};
 
 /// How many events the broadcast keeps for slow subscribers.
 pub const EVENT_CAPACITY: usize = 16 * 1024;
@@ -163,13 +163,32 @@ impl Splicer {
             match item {
                 ClientItem::Text { text: t, .. } => text.push_str(&t),
                 ClientItem::Handover(h) => handovers.push(h),
-                ClientItem::Done(c) => return Collected { text, handovers, outcome: Ok(c) },
-                ClientItem::Failed(e) => return Collected { text, handovers, outcome: Err(e) },
+                ClientItem::Done(c) => {
+                    return Collected {
+                        text,
+                        handovers,
+                        outcome: Ok(c),
+                    }
+                }
+                ClientItem::Failed(e) => {
+                    return Collected {
+                        text,
+                        handovers,
+                        outcome: Err(e),
+                    }
+                }
             }
         }
         let failures = Vec::new();
         let emitted_bytes = text.len() as u64;
-        Collected { text, handovers, outcome: Err(SpliceError::Exhausted { failures, emitted_bytes }) }
+        Collected {
+            text,
+            handovers,
+            outcome: Err(SpliceError::Exhausted {
+                failures,
+                emitted_bytes,
+            }),
+        }
     }
 
     /// The client stream for `request`. Dropping it cancels the upstream.
@@ -398,13 +417,18 @@ impl<'r> Session<'r> {
     fn account(&mut self, attempt: &Attempt) {
         if attempt.contributed {
             // An attempt cut off mid-stream reports no usage: count its deltas.
-            self.usage += attempt.usage.unwrap_or(Usage { prompt_tokens: 0, completion_tokens: attempt.tokens });
+            self.usage += attempt.usage.unwrap_or(Usage {
+                prompt_tokens: 0,
+                completion_tokens: attempt.tokens,
+            });
         }
     }
 
     fn record_failure(&mut self, route: &Route, kind: &FailureKind, tokens: u64) {
         let failure = Failure::new(kind, &route.name, tokens, self.emitted.len() as u64, self.log.t_ms());
-        self.log.emit(EventKind::Failure { failure: failure.clone() });
+        self.log.emit(EventKind::Failure {
+            failure: failure.clone(),
+        });
         self.failures.push(failure);
     }
 
@@ -424,7 +448,10 @@ impl<'r> Session<'r> {
     }
 
     fn fail(&mut self, error: SpliceError) -> ClientItem {
-        self.log.emit(EventKind::Failed { error: error.to_string(), bytes: self.emitted.len() as u64 });
+        self.log.emit(EventKind::Failed {
+            error: error.to_string(),
+            bytes: self.emitted.len() as u64,
+        });
         ClientItem::Failed(error)
     }
 }

@@ -100,16 +100,36 @@ impl Watchdog {
             let (deadline, kind) = if !self.seen_text {
                 let first = self.started + self.deadlines.first_token;
                 if first <= total {
-                    (first, FailureKind::FirstTokenTimeout { after: self.deadlines.first_token })
+                    (
+                        first,
+                        FailureKind::FirstTokenTimeout {
+                            after: self.deadlines.first_token,
+                        },
+                    )
                 } else {
-                    (total, FailureKind::TotalTimeout { after: self.deadlines.total })
+                    (
+                        total,
+                        FailureKind::TotalTimeout {
+                            after: self.deadlines.total,
+                        },
+                    )
                 }
             } else {
                 let stall = Instant::now() + self.deadlines.stall;
                 if stall <= total {
-                    (stall, FailureKind::Stall { after: self.deadlines.stall })
+                    (
+                        stall,
+                        FailureKind::Stall {
+                            after: self.deadlines.stall,
+                        },
+                    )
                 } else {
-                    (total, FailureKind::TotalTimeout { after: self.deadlines.total })
+                    (
+                        total,
+                        FailureKind::TotalTimeout {
+                            after: self.deadlines.total,
+                        },
+                    )
                 }
             };
             let next = match timeout_at(deadline, self.inner.next()).await {
@@ -127,7 +147,11 @@ impl Watchdog {
                 }
                 Some(Ok(Chunk::Finish(reason))) => self.finish = Some(reason),
                 Some(Ok(Chunk::Usage(usage))) => return Watched::Usage(usage),
-                Some(Ok(Chunk::Done)) => return self.end_or(FailureKind::Truncated { detail: Some("[DONE] without a finish reason".into()) }),
+                Some(Ok(Chunk::Done)) => {
+                    return self.end_or(FailureKind::Truncated {
+                        detail: Some("[DONE] without a finish reason".into()),
+                    })
+                }
                 Some(Err(kind)) => return self.end_or(kind),
             }
         }

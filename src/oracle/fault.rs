@@ -219,15 +219,37 @@ mod tests {
     #[test]
     fn scripts_round_trip_through_text() {
         for s in [
-            "none", "stall@5", "drop@0", "malformed@3", "error@9", "429", "429:2", "503x1", "500", "reset",
-            "hang", "slow:1500", "nodone", "noprefill", "policy", "stall@2x3",
+            "none",
+            "stall@5",
+            "drop@0",
+            "malformed@3",
+            "error@9",
+            "429",
+            "429:2",
+            "503x1",
+            "500",
+            "reset",
+            "hang",
+            "slow:1500",
+            "nodone",
+            "noprefill",
+            "policy",
+            "stall@2x3",
         ] {
             let parsed: FaultScript = s.parse().unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(parsed.to_string(), s);
         }
         assert_eq!(
-            "503x1".parse::<FaultScript>().map(|f| (f.for_request(0), f.for_request(1))),
-            Ok((Fault::Status { status: 503, retry_after: None }, Fault::None))
+            "503x1"
+                .parse::<FaultScript>()
+                .map(|f| (f.for_request(0), f.for_request(1))),
+            Ok((
+                Fault::Status {
+                    status: 503,
+                    retry_after: None
+                },
+                Fault::None
+            ))
         );
     }
 

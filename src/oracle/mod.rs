@@ -23,13 +23,68 @@ pub const MISMATCH: &str = "[[baton-oracle: prefix mismatch]]";
 /// The words answers are made of: multi-byte characters included, and no word
 /// that repeats itself inside, so no accidental overlap can look like a repeat.
 const WORDS: &[&str] = &[
-    "baton", "river", "signal", "café", "naïve", "über", "relay", "stream", "token", "garden",
-    "日本語", "mañana", "façade", "résumé", "océan", "Zürich", "runner", "lantern", "harbor",
-    "copper", "meadow", "silent", "orbit", "quartz", "falcon", "ember", "glacier", "canyon", "pixel",
-    "velvet", "thunder", "willow", "crystal", "nimbus", "saffron", "tundra", "smørbrød", "añejo",
-    "crème", "δέλτα", "λόγος", "ветер", "🚀", "harvest", "compass", "beacon", "marble", "juniper",
-    "ocelot", "zephyr", "granite", "prairie", "sparrow", "cobalt", "kestrel", "mistral", "obsidian",
-    "paprika", "quiver", "ribbon", "sextant", "trellis",
+    "baton",
+    "river",
+    "signal",
+    "café",
+    "naïve",
+    "über",
+    "relay",
+    "stream",
+    "token",
+    "garden",
+    "日本語",
+    "mañana",
+    "façade",
+    "résumé",
+    "océan",
+    "Zürich",
+    "runner",
+    "lantern",
+    "harbor",
+    "copper",
+    "meadow",
+    "silent",
+    "orbit",
+    "quartz",
+    "falcon",
+    "ember",
+    "glacier",
+    "canyon",
+    "pixel",
+    "velvet",
+    "thunder",
+    "willow",
+    "crystal",
+    "nimbus",
+    "saffron",
+    "tundra",
+    "smørbrød",
+    "añejo",
+    "crème",
+    "δέλτα",
+    "λόγος",
+    "ветер",
+    "🚀",
+    "harvest",
+    "compass",
+    "beacon",
+    "marble",
+    "juniper",
+    "ocelot",
+    "zephyr",
+    "granite",
+    "prairie",
+    "sparrow",
+    "cobalt",
+    "kestrel",
+    "mistral",
+    "obsidian",
+    "paprika",
+    "quiver",
+    "ribbon",
+    "sextant",
+    "trellis",
 ];
 
 /// A small deterministic generator (SplitMix64), so answers never depend on a crate's version.
@@ -207,7 +262,10 @@ mod tests {
     use super::*;
 
     fn conv() -> Vec<Message> {
-        vec![Message::new(Role::System, "be brief"), Message::new(Role::User, "tell me")]
+        vec![
+            Message::new(Role::System, "be brief"),
+            Message::new(Role::User, "tell me"),
+        ]
     }
 
     #[test]

@@ -83,7 +83,10 @@ pub fn steps(model: &str, messages: &[Message], fault: Fault, style: Style, paci
     };
     let reply = reply(messages, style);
     match fault {
-        Fault::Status { status: code, retry_after } => {
+        Fault::Status {
+            status: code,
+            retry_after,
+        } => {
             let body = error_body(&format!("oracle fault: status {code}"), "server_error", "oracle_fault");
             return status(code, retry_after, body);
         }
@@ -125,12 +128,18 @@ pub fn steps(model: &str, messages: &[Message], fault: Fault, style: Style, paci
                 return out;
             }
             Fault::MalformedAt(at) if at.min(parts.len()) == k => {
-                out.push(Step::Data(r#"{"choices":[{"index":0,"delta":{"content":"gar"#.to_string()));
+                out.push(Step::Data(
+                    r#"{"choices":[{"index":0,"delta":{"content":"gar"#.to_string(),
+                ));
                 out.push(Step::Cut);
                 return out;
             }
             Fault::ErrorEventAt(at) if at.min(parts.len()) == k => {
-                out.push(Step::Data(error_body("oracle fault: upstream overloaded", "server_error", "overloaded")));
+                out.push(Step::Data(error_body(
+                    "oracle fault: upstream overloaded",
+                    "server_error",
+                    "overloaded",
+                )));
                 out.push(Step::End);
                 return out;
             }

@@ -126,9 +126,11 @@ async fn serve(mut socket: TcpStream, shared: &Shared) -> io::Result<()> {
     }
     for step in steps {
         match step {
-            Step::Status { status, retry_after, body } => {
-                return write_json(&mut socket, status, retry_after, &body).await
-            }
+            Step::Status {
+                status,
+                retry_after,
+                body,
+            } => return write_json(&mut socket, status, retry_after, &body).await,
             Step::Reset => {
                 socket.set_zero_linger()?;
                 return Ok(());
@@ -141,7 +143,9 @@ async fn serve(mut socket: TcpStream, shared: &Shared) -> io::Result<()> {
             Step::Wait(d) => tokio::time::sleep(d).await,
             Step::Data(data) => {
                 let event = format!("data: {data}\n\n");
-                socket.write_all(format!("{:x}\r\n{event}\r\n", event.len()).as_bytes()).await?;
+                socket
+                    .write_all(format!("{:x}\r\n{event}\r\n", event.len()).as_bytes())
+                    .await?;
             }
             Step::Cut => return Ok(()),
             Step::End => {
@@ -154,9 +158,18 @@ async fn serve(mut socket: TcpStream, shared: &Shared) -> io::Result<()> {
 }
 
 /// A non-streaming request: the same faults before headers, else the whole reply as one JSON.
-async fn serve_whole(socket: &mut TcpStream, request: &UpstreamRequest, style: Style, steps: &[Step]) -> io::Result<()> {
+async fn serve_whole(
+    socket: &mut TcpStream,
+    request: &UpstreamRequest,
+    style: Style,
+    steps: &[Step],
+) -> io::Result<()> {
     match steps.first() {
-        Some(Step::Status { status, retry_after, body }) => write_json(socket, *status, *retry_after, body).await,
+        Some(Step::Status {
+            status,
+            retry_after,
+            body,
+        }) => write_json(socket, *status, *retry_after, body).await,
         Some(Step::Reset) => socket.set_zero_linger(),
         Some(Step::Hang) => hang(socket).await,
         _ => {

@@ -210,11 +210,7 @@ pub fn parse_data(data: &str) -> Result<Vec<Chunk>, FailureKind> {
         });
     }
     let mut chunks = Vec::new();
-    if let Some(choice) = object
-        .get("choices")
-        .and_then(Value::as_array)
-        .and_then(|c| c.first())
-    {
+    if let Some(choice) = object.get("choices").and_then(Value::as_array).and_then(|c| c.first()) {
         if let Some(text) = choice.pointer("/delta/content").and_then(Value::as_str) {
             if !text.is_empty() {
                 chunks.push(Chunk::Text(text.to_owned()));
@@ -279,12 +275,12 @@ pub fn classify_http(status: u16, retry_after: Option<&str>, body: &str) -> Fail
     let lower = message.to_lowercase();
     match status {
         429 => FailureKind::RateLimited { retry_after },
-        500..=599 => FailureKind::ServerError {
-            status,
-            retry_after,
-        },
+        500..=599 => FailureKind::ServerError { status, retry_after },
         401 | 403 => FailureKind::Auth { status, message },
-        _ if code.contains("context_length") || lower.contains("context length") || lower.contains("maximum context") => {
+        _ if code.contains("context_length")
+            || lower.contains("context length")
+            || lower.contains("maximum context") =>
+        {
             FailureKind::ContextLength { message }
         }
         _ if is_policy(&code, &message) => FailureKind::ContentPolicy { message },
@@ -307,7 +303,10 @@ mod tests {
             Ok(vec![
                 Chunk::Text("Hé".into()),
                 Chunk::Finish("stop".into()),
-                Chunk::Usage(Usage { prompt_tokens: 3, completion_tokens: 5 })
+                Chunk::Usage(Usage {
+                    prompt_tokens: 3,
+                    completion_tokens: 5
+                })
             ])
         );
         assert_eq!(parse_data("[DONE]"), Ok(vec![Chunk::Done]));
@@ -318,13 +317,18 @@ mod tests {
     fn error_objects_and_garbage_are_failures() {
         assert_eq!(
             parse_data(r#"{"error":{"message":"overloaded","type":"server_error"}}"#),
-            Err(FailureKind::ErrorEvent { message: "overloaded".into() })
+            Err(FailureKind::ErrorEvent {
+                message: "overloaded".into()
+            })
         );
         assert!(matches!(
             parse_data(r#"{"error":{"message":"no","code":"content_filter"}}"#),
             Err(FailureKind::ContentPolicy { .. })
         ));
-        assert!(matches!(parse_data(r#"{"choices":[{"delta":{"content":"#), Err(FailureKind::Malformed { .. })));
+        assert!(matches!(
+            parse_data(r#"{"choices":[{"delta":{"content":"#),
+            Err(FailureKind::Malformed { .. })
+        ));
         assert!(matches!(parse_data("42"), Err(FailureKind::Malformed { .. })));
     }
 
@@ -332,20 +336,42 @@ mod tests {
     fn http_errors_are_classified_by_status_and_body() {
         assert_eq!(
             classify_http(429, Some("2"), ""),
-            FailureKind::RateLimited { retry_after: Some(Duration::from_secs(2)) }
+            FailureKind::RateLimited {
+                retry_after: Some(Duration::from_secs(2))
+            }
         );
-        assert_eq!(classify_http(429, Some("Wed, 21 Oct 2015 07:28:00 GMT"), ""), FailureKind::RateLimited { retry_after: None });
-        assert!(matches!(classify_http(503, None, "busy"), FailureKind::ServerError { status: 503, .. }));
-        assert!(matches!(classify_http(401, None, "{}"), FailureKind::Auth { status: 401, .. }));
+        assert_eq!(
+            classify_http(429, Some("Wed, 21 Oct 2015 07:28:00 GMT"), ""),
+            FailureKind::RateLimited { retry_after: None }
+        );
+        assert!(matches!(
+            classify_http(503, None, "busy"),
+            FailureKind::ServerError { status: 503, .. }
+        ));
+        assert!(matches!(
+            classify_http(401, None, "{}"),
+            FailureKind::Auth { status: 401, .. }
+        ));
         let ctx = r#"{"error":{"message":"This model's maximum context length is 8192 tokens","code":"context_length_exceeded"}}"#;
-        assert!(matches!(classify_http(400, None, ctx), FailureKind::ContextLength { .. }));
+        assert!(matches!(
+            classify_http(400, None, ctx),
+            FailureKind::ContextLength { .. }
+        ));
         let policy = r#"{"error":{"message":"Your request was rejected by our content policy","code":"content_policy_violation"}}"#;
         assert_eq!(
             classify_http(400, None, policy),
-            FailureKind::ContentPolicy { message: "Your request was rejected by our content policy".into() }
+            FailureKind::ContentPolicy {
+                message: "Your request was rejected by our content policy".into()
+            }
         );
         let prefill = r#"{"error":{"message":"This model does not support assistant message prefill","code":"prefill_not_supported"}}"#;
-        assert!(matches!(classify_http(400, None, prefill), FailureKind::PrefillRejected { .. }));
-        assert!(matches!(classify_http(400, None, "nope"), FailureKind::Rejected { status: 400, .. }));
+        assert!(matches!(
+            classify_http(400, None, prefill),
+            FailureKind::PrefillRejected { .. }
+        ));
+        assert!(matches!(
+            classify_http(400, None, "nope"),
+            FailureKind::Rejected { status: 400, .. }
+        ));
     }
 }

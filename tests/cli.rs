@@ -1,0 +1,88 @@
+//! The real binary: `baton demo --headless --json` and `baton mock`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Command, Stdio};
+
+const BATON: &str = env!("CARGO_BIN_EXE_baton");
+
+#[test]
+fn headless_demo_reports_every_session_intact_as_json() {
+    let out = Command::new(BATON)
+        .args(["demo", "--headless", "--sessions", "60", "--seed", "3", "--json"])
+        .output()
+        .expect("run baton demo");
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
+    for key in [
+        "sessions",
+        "intact",
+        "handovers",
+        "lost_bytes",
+        "doubled_bytes",
+        "gap_ms_p50",
+        "gap_ms_p99",
+    ] {
+        assert!(report.get(key).is_some(), "missing {key} in {report}");
+    }
+    assert_eq!(report["sessions"], 60);
+    assert_eq!(report["intact"], 60);
+    assert_eq!(report["lost_bytes"], 0);
+    assert_eq!(report["doubled_bytes"], 0);
+    assert!(
+        report["handovers"].as_u64().unwrap_or(0) > 0,
+        "the fault mix caused no handover: {report}"
+    );
+}
+
+#[test]
+fn bad_arguments_get_a_clear_error() {
+    let out = Command::new(BATON)
+        .args(["mock", "--fault", "explode"])
+        .output()
+        .expect("run baton mock");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad fault script \"explode\""), "{stderr}");
+    let out = Command::new(BATON)
+        .args(["demo", "--sessions", "0"])
+        .output()
+        .expect("run baton demo");
+    assert!(!out.status.success());
+}
+
+#[test]
+fn mock_serves_the_oracle_over_http() {
+    let mut child = Command::new(BATON)
+        .args(["mock", "--port", "0", "--fault", "503x1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start baton mock");
+    let mut line = String::new();
+    let stdout = child.stdout.take().expect("stdout");
+    BufReader::new(stdout).read_line(&mut line).expect("read address");
+    let addr = line
+        .trim()
+        .strip_prefix("baton mock listening on http://")
+        .and_then(|rest| rest.strip_suffix("/v1"))
+        .expect("address line")
+        .to_string();
+    let body = r#"{"model":"m","stream":false,"messages":[{"role":"user","content":"hi"}]}"#;
+    let post = |body: &str| {
+        let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+        write!(s, "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len()).expect("write");
+        let mut response = String::new();
+        s.read_to_string(&mut response).expect("read");
+        response
+    };
+    let first = post(body);
+    let second = post(body);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(first.starts_with("HTTP/1.1 503"), "{first}");
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    let expected = baton::oracle::answer(&[baton::Message::new(baton::Role::User, "hi")]);
+    let json = second.split("\r\n\r\n").nth(1).expect("body");
+    let v: serde_json::Value = serde_json::from_str(json).expect("json body");
+    assert_eq!(v["choices"][0]["message"]["content"], expected.as_str());
+}

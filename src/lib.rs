@@ -19,6 +19,8 @@
 //! * [`event`]: [`EngineEvent`], the one schema of what happened.
 //! * [`request`]: the caller's conversation.
 //! * [`demo`]: the headless demo run (`baton demo --headless`).
+//! * [`config`]: the proxy's TOML config.
+//! * [`proxy`]: `baton serve`, the OpenAI-compatible proxy.
 //!
 //! # Example
 //!
@@ -40,6 +42,7 @@
 //! # }
 //! ```
 
+pub mod config;
 pub mod continuation;
 pub mod demo;
 pub mod event;
@@ -48,6 +51,7 @@ pub mod ladder;
 pub mod oracle;
 pub mod overlap;
 pub mod provider;
+pub mod proxy;
 pub mod request;
 pub mod splice;
 pub mod watchdog;

@@ -1,11 +1,13 @@
 //! The `baton` command line.
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use baton::config::Config;
 use baton::demo::{run_headless, DemoOptions};
 use baton::oracle::fault::{FaultPlan, FaultScript};
 use baton::oracle::script::Pacing;
@@ -46,6 +48,21 @@ enum Command {
         /// Print the summary as one JSON object on stdout.
         #[arg(long)]
         json: bool,
+    },
+    /// Run the OpenAI-compatible proxy: point any client's base URL at it.
+    ///
+    /// Clients ask for a ladder by name as the `model`. Handovers are
+    /// announced in streams as SSE comments (`: baton handover …`).
+    Serve {
+        /// The config file (TOML): [server], [[route]] and [[ladder]] sections.
+        #[arg(long, short, default_value = "baton.toml")]
+        config: PathBuf,
+    },
+    /// Validate a config file and print the resolved ladders (no secrets).
+    Check {
+        /// The config file.
+        #[arg(long, short, default_value = "baton.toml")]
+        config: PathBuf,
     },
     /// Serve the mock oracle as an OpenAI-compatible SSE upstream on 127.0.0.1.
     ///
@@ -92,6 +109,17 @@ async fn main() -> ExitCode {
             seed,
             json,
         } => demo(headless, sessions as usize, seed, json).await,
+        Command::Serve { config } => serve(&config).await,
+        Command::Check { config } => match Config::load(&config) {
+            Ok(config) => {
+                print!("{}", config.describe());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("baton check: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Mock {
             port,
             fault,
@@ -168,9 +196,68 @@ async fn mock(port: u16, config: MockConfig) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    run(listener, config, async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await;
+    run(listener, config, shutdown_signal()).await;
     ExitCode::SUCCESS
+}
+
+async fn serve(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("baton serve: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("baton serve: cannot listen on {}: {e}", config.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = listener.local_addr().map_or(config.listen, |a| a);
+    println!(
+        "baton serve listening on http://{addr}/v1 (ladders: {})",
+        ladder_names(&config)
+    );
+    match baton::proxy::serve(listener, &config, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("baton serve: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn ladder_names(config: &Config) -> String {
+    config
+        .ladders
+        .iter()
+        .map(|l| l.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    eprintln!("baton: shutting down; streams in flight may finish");
 }

@@ -27,6 +27,9 @@ pub struct Message {
     pub role: Role,
     /// Its text.
     pub content: String,
+    /// Other fields (`name`, `tool_calls`, `tool_call_id` …), passed upstream unchanged.
+    #[serde(flatten, default, skip_serializing_if = "Map::is_empty")]
+    pub extra: Map<String, Value>,
 }
 
 impl Message {
@@ -35,6 +38,7 @@ impl Message {
         Message {
             role,
             content: content.into(),
+            extra: Map::new(),
         }
     }
 }
@@ -44,6 +48,8 @@ impl Message {
 pub struct ChatRequest {
     /// Identifies the session in events and recordings.
     pub session: Uuid,
+    /// The model the caller asked for; routes whose model is `{model}` use it.
+    pub model: Option<String>,
     /// The conversation so far.
     pub messages: Vec<Message>,
     /// Request fields baton does not interpret (temperature, stop, tools …), passed upstream unchanged.
@@ -55,6 +61,7 @@ impl ChatRequest {
     pub fn new(messages: Vec<Message>) -> Self {
         ChatRequest {
             session: Uuid::new_v4(),
+            model: None,
             messages,
             params: Map::new(),
         }

@@ -39,6 +39,17 @@ pub enum ClientItem {
         /// That route's upstream model.
         model: Arc<str>,
     },
+    /// Complete tool-call deltas from one attempt. Tool calls are held until
+    /// the attempt finishes, so a failure inside one never splices half a JSON
+    /// argument: the next route makes the call again from the start.
+    ToolCalls {
+        /// The deltas, as the upstream sent them.
+        deltas: Vec<serde_json::Value>,
+        /// The route that wrote them.
+        route: Arc<str>,
+        /// That route's upstream model.
+        model: Arc<str>,
+    },
     /// Another route took over; the next text is its.
     Handover(Handover),
     /// The answer is complete. Last item.
@@ -124,6 +135,8 @@ pub struct Splicer {
 pub struct Collected {
     /// Everything the client received, concatenated.
     pub text: String,
+    /// Tool-call deltas the client received.
+    pub tool_calls: Vec<serde_json::Value>,
     /// The handovers, in order.
     pub handovers: Vec<Handover>,
     /// How it ended.
@@ -159,13 +172,16 @@ impl Splicer {
         let mut stream = self.splice(request);
         let mut text = String::new();
         let mut handovers = Vec::new();
+        let mut tool_calls = Vec::new();
         while let Some(item) = stream.next().await {
             match item {
                 ClientItem::Text { text: t, .. } => text.push_str(&t),
+                ClientItem::ToolCalls { deltas, .. } => tool_calls.extend(deltas),
                 ClientItem::Handover(h) => handovers.push(h),
                 ClientItem::Done(c) => {
                     return Collected {
                         text,
+                        tool_calls,
                         handovers,
                         outcome: Ok(c),
                     }
@@ -173,6 +189,7 @@ impl Splicer {
                 ClientItem::Failed(e) => {
                     return Collected {
                         text,
+                        tool_calls,
                         handovers,
                         outcome: Err(e),
                     }
@@ -183,6 +200,7 @@ impl Splicer {
         let emitted_bytes = text.len() as u64;
         Collected {
             text,
+            tool_calls,
             handovers,
             outcome: Err(SpliceError::Exhausted {
                 failures,
@@ -210,9 +228,13 @@ impl Splicer {
                     match attempt.watchdog.next().await {
                         Some(Watched::Text(text)) => {
                             let out = attempt.text(&session, &text);
-                            for item in session.deliver(route, out) {
+                            for item in session.deliver(&attempt, out) {
                                 yield item;
                             }
+                        }
+                        Some(Watched::ToolCalls(calls)) => {
+                            attempt.tokens += 1;
+                            attempt.tool_calls.extend(calls);
                         }
                         Some(Watched::Usage(usage)) => attempt.usage = Some(usage),
                         Some(Watched::Finished(reason)) => break Ok(reason),
@@ -223,8 +245,14 @@ impl Splicer {
                 match ended {
                     Ok(reason) => {
                         let rest = attempt.trim.finish();
-                        for item in session.deliver(route, rest) {
+                        for item in session.deliver(&attempt, rest) {
                             yield item;
+                        }
+                        if !attempt.tool_calls.is_empty() {
+                            let deltas = std::mem::take(&mut attempt.tool_calls);
+                            for item in session.deliver_tool_calls(&attempt, deltas) {
+                                yield item;
+                            }
                         }
                         session.account(&attempt);
                         yield session.finish(reason);
@@ -309,6 +337,10 @@ struct Attempt {
     contributed: bool,
     usage: Option<Usage>,
     route: Arc<str>,
+    /// The upstream model actually asked for (`{model}` resolved).
+    model: Arc<str>,
+    /// Tool-call deltas held until the attempt finishes.
+    tool_calls: Vec<serde_json::Value>,
 }
 
 impl Attempt {
@@ -346,8 +378,12 @@ impl<'r> Session<'r> {
     fn open(&mut self, route: &Route, state: &AttemptState, instruction: &str) -> Attempt {
         self.attempts += 1;
         let messages = continuation::messages(&self.request.messages, &self.emitted, state.mode, instruction);
+        let model: Arc<str> = match (&*route.model, &self.request.model) {
+            (crate::config::PASS_THROUGH_MODEL, Some(asked)) => asked.as_str().into(),
+            _ => route.model.clone(),
+        };
         let upstream = UpstreamRequest {
-            model: route.model.to_string(),
+            model: model.to_string(),
             messages,
             params: self.request.params.clone(),
             continue_final_message: route.continue_final_message
@@ -356,7 +392,7 @@ impl<'r> Session<'r> {
         };
         self.log.emit(EventKind::AttemptOpened {
             route: route.name.to_string(),
-            model: route.model.to_string(),
+            model: model.to_string(),
             attempt: self.attempts,
             mode: state.mode,
             prefix_bytes: self.emitted.len() as u64,
@@ -369,49 +405,65 @@ impl<'r> Session<'r> {
             contributed: false,
             usage: None,
             route: route.name.clone(),
+            model,
+            tool_calls: Vec::new(),
         }
     }
 
-    /// The client items for `text` from `route`: a handover notice first if one is pending.
-    fn deliver(&mut self, route: &Route, text: String) -> Delivered {
+    /// The client items for `text` from `attempt`: a handover notice first if one is pending.
+    fn deliver(&mut self, attempt: &Attempt, text: String) -> Delivered {
         if text.is_empty() {
             return [None, None].into_iter().flatten();
         }
-        let handover = self.pending.take().map(|p| {
-            let handover = Handover {
-                from: p.from,
-                to: route.name.clone(),
-                class: p.class,
-                reason: p.reason,
-                prefix_bytes: self.emitted.len() as u64,
-                gap: p.at.elapsed(),
-            };
-            self.log.emit(EventKind::Handover {
-                from: handover.from.to_string(),
-                to: handover.to.to_string(),
-                class: handover.class,
-                reason: handover.reason.to_string(),
-                prefix_bytes: handover.prefix_bytes,
-                gap_ms: handover.gap.as_millis() as u64,
-            });
-            ClientItem::Handover(handover)
-        });
-        if self.chain.last().map(String::as_str) != Some(&*route.name) {
-            self.chain.push(route.name.to_string());
-        }
+        let handover = self.arrive(attempt);
         if self.log.listened() {
             self.log.emit(EventKind::Delta {
-                route: route.name.to_string(),
+                route: attempt.route.to_string(),
                 text: text.clone(),
             });
         }
         self.emitted.push_str(&text);
-        let text = ClientItem::Text {
+        let item = ClientItem::Text {
             text,
-            route: route.name.clone(),
-            model: route.model.clone(),
+            route: attempt.route.clone(),
+            model: attempt.model.clone(),
         };
-        [handover, Some(text)].into_iter().flatten()
+        [handover, Some(item)].into_iter().flatten()
+    }
+
+    /// The client items for a finished attempt's tool calls.
+    fn deliver_tool_calls(&mut self, attempt: &Attempt, deltas: Vec<serde_json::Value>) -> Delivered {
+        let item = ClientItem::ToolCalls {
+            deltas,
+            route: attempt.route.clone(),
+            model: attempt.model.clone(),
+        };
+        [self.arrive(attempt), Some(item)].into_iter().flatten()
+    }
+
+    /// `attempt` is about to reach the client: completes a pending handover and extends the route chain.
+    fn arrive(&mut self, attempt: &Attempt) -> Option<ClientItem> {
+        if self.chain.last().map(String::as_str) != Some(&*attempt.route) {
+            self.chain.push(attempt.route.to_string());
+        }
+        let p = self.pending.take()?;
+        let handover = Handover {
+            from: p.from,
+            to: attempt.route.clone(),
+            class: p.class,
+            reason: p.reason,
+            prefix_bytes: self.emitted.len() as u64,
+            gap: p.at.elapsed(),
+        };
+        self.log.emit(EventKind::Handover {
+            from: handover.from.to_string(),
+            to: handover.to.to_string(),
+            class: handover.class,
+            reason: handover.reason.to_string(),
+            prefix_bytes: handover.prefix_bytes,
+            gap_ms: handover.gap.as_millis() as u64,
+        });
+        Some(ClientItem::Handover(handover))
     }
 
     fn account(&mut self, attempt: &Attempt) {

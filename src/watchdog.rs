@@ -46,6 +46,8 @@ impl Default for Deadlines {
 pub enum Watched {
     /// Content text.
     Text(String),
+    /// Tool-call deltas.
+    ToolCalls(Vec<serde_json::Value>),
     /// Token counts.
     Usage(Usage),
     /// The stream ended properly, with this finish reason.
@@ -144,6 +146,10 @@ impl Watchdog {
                 Some(Ok(Chunk::Text(text))) => {
                     self.seen_text = true;
                     return Watched::Text(text);
+                }
+                Some(Ok(Chunk::ToolCalls(calls))) => {
+                    self.seen_text = true;
+                    return Watched::ToolCalls(calls);
                 }
                 Some(Ok(Chunk::Finish(reason))) => self.finish = Some(reason),
                 Some(Ok(Chunk::Usage(usage))) => return Watched::Usage(usage),

@@ -35,6 +35,8 @@ pub enum Chunk {
     Opened,
     /// Content text.
     Text(String),
+    /// Tool-call deltas, as the upstream sent them.
+    ToolCalls(Vec<serde_json::Value>),
     /// The upstream's finish reason (`stop`, `length`, `content_filter`, …).
     Finish(String),
     /// Token counts.

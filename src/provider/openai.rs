@@ -216,6 +216,11 @@ pub fn parse_data(data: &str) -> Result<Vec<Chunk>, FailureKind> {
                 chunks.push(Chunk::Text(text.to_owned()));
             }
         }
+        if let Some(calls) = choice.pointer("/delta/tool_calls").and_then(Value::as_array) {
+            if !calls.is_empty() {
+                chunks.push(Chunk::ToolCalls(calls.clone()));
+            }
+        }
         if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
             chunks.push(Chunk::Finish(reason.to_owned()));
         }

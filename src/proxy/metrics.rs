@@ -1,0 +1,198 @@
+//! Prometheus metrics of the proxy (`GET /metrics`).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::failure::Failure;
+use crate::splice::Handover;
+
+/// Labels of a session outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SessionLabels {
+    /// The ladder.
+    pub ladder: String,
+    /// `complete`, `failed`, `refused` or `cancelled`.
+    pub outcome: String,
+}
+
+/// Labels of a handover.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandoverLabels {
+    /// The route that failed.
+    pub from: String,
+    /// The route that continued.
+    pub to: String,
+    /// The failure class.
+    pub class: String,
+}
+
+/// Labels of a failure.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    /// The route.
+    pub route: String,
+    /// The failure class.
+    pub class: String,
+    /// The failure kind.
+    pub kind: String,
+}
+
+/// Labels naming a ladder.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LadderLabels {
+    /// The ladder.
+    pub ladder: String,
+}
+
+fn seconds() -> Histogram {
+    // 1 ms … ~65 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+/// Every metric the proxy exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Sessions by ladder and outcome.
+    pub sessions: Family<SessionLabels, Counter>,
+    /// Handovers by from, to and class.
+    pub handovers: Family<HandoverLabels, Counter>,
+    /// Failed attempts by route, class and kind.
+    pub failures: Family<FailureLabels, Counter>,
+    /// Time from the request to the first byte of answer text, as the client sees it.
+    pub ttft: Family<LadderLabels, Histogram, fn() -> Histogram>,
+    /// Handover gaps.
+    pub handover_gap: Histogram,
+    /// Streams being served now.
+    pub active_streams: Gauge,
+    /// Events the `/events` feed had to drop for slow subscribers.
+    pub events_dropped: Counter,
+    /// Requests rejected before reaching a ladder (bad JSON, auth, size …).
+    pub rejected: Family<RejectLabels, Counter>,
+}
+
+/// Labels of a rejected request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabels {
+    /// The error code sent back.
+    pub code: String,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("baton");
+        let sessions = Family::<SessionLabels, Counter>::default();
+        let handovers = Family::<HandoverLabels, Counter>::default();
+        let failures = Family::<FailureLabels, Counter>::default();
+        let ttft =
+            Family::<LadderLabels, Histogram, fn() -> Histogram>::new_with_constructor(seconds as fn() -> Histogram);
+        let handover_gap = seconds();
+        let active_streams = Gauge::default();
+        let events_dropped = Counter::default();
+        let rejected = Family::<RejectLabels, Counter>::default();
+        registry.register("sessions", "Sessions by ladder and outcome", sessions.clone());
+        registry.register(
+            "handovers",
+            "Mid-stream handovers by from, to and failure class",
+            handovers.clone(),
+        );
+        registry.register(
+            "failures",
+            "Failed upstream attempts by route, class and kind",
+            failures.clone(),
+        );
+        registry.register(
+            "ttft_seconds",
+            "Request to first answer byte, as the client sees it",
+            ttft.clone(),
+        );
+        registry.register(
+            "handover_gap_seconds",
+            "Failure detected to the continuation's first byte",
+            handover_gap.clone(),
+        );
+        registry.register("active_streams", "Streams being served now", active_streams.clone());
+        registry.register(
+            "events_dropped",
+            "Events dropped for slow /events subscribers",
+            events_dropped.clone(),
+        );
+        registry.register(
+            "rejected_requests",
+            "Requests rejected before reaching a ladder",
+            rejected.clone(),
+        );
+        Metrics {
+            registry,
+            sessions,
+            handovers,
+            failures,
+            ttft,
+            handover_gap,
+            active_streams,
+            events_dropped,
+            rejected,
+        }
+    }
+
+    /// Counts a session's end.
+    pub fn session(&self, ladder: &str, outcome: &str) {
+        self.sessions
+            .get_or_create(&SessionLabels {
+                ladder: ladder.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a handover.
+    pub fn handover(&self, h: &Handover) {
+        self.handovers
+            .get_or_create(&HandoverLabels {
+                from: h.from.to_string(),
+                to: h.to.to_string(),
+                class: h.class.as_str().to_string(),
+            })
+            .inc();
+        self.handover_gap.observe(h.gap.as_secs_f64());
+    }
+
+    /// Counts failed attempts.
+    pub fn failures(&self, failures: &[Failure]) {
+        for f in failures {
+            self.failures
+                .get_or_create(&FailureLabels {
+                    route: f.route.clone(),
+                    class: f.class.as_str().to_string(),
+                    kind: f.kind.clone(),
+                })
+                .inc();
+        }
+    }
+
+    /// Counts a rejected request.
+    pub fn reject(&self, code: &str) {
+        self.rejected
+            .get_or_create(&RejectLabels { code: code.to_string() })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,389 @@
+//! The OpenAI wire format on the client side: requests in, chunks and errors out.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::{json, Map, Value};
+
+use crate::request::{Message, Role, Usage};
+use crate::splice::{Handover, SpliceError};
+
+/// An OpenAI-style error response: `{"error": {"message", "type", "code"}}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// What went wrong, for people.
+    pub message: String,
+    /// OpenAI's error `type`.
+    pub kind: &'static str,
+    /// A stable machine-readable code.
+    pub code: &'static str,
+}
+
+impl ApiError {
+    /// A 400 `invalid_request_error` with `code`.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            kind: "invalid_request_error",
+            code,
+        }
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Value {
+        json!({"error": {"message": self.message, "type": self.kind, "code": self.code}})
+    }
+
+    /// The error for a session that ended without an answer, before any text was sent.
+    pub fn from_splice(error: &SpliceError) -> Self {
+        match error {
+            SpliceError::Refused { message, .. } => ApiError {
+                status: StatusCode::BAD_REQUEST,
+                message: message.clone(),
+                kind: "invalid_request_error",
+                code: "content_policy_violation",
+            },
+            SpliceError::Exhausted { .. } => ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: error.to_string(),
+                kind: "upstream_error",
+                code: "all_routes_failed",
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(self.body())).into_response()
+    }
+}
+
+/// A chat request as the proxy understood it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParsedRequest {
+    /// The model (ladder) asked for.
+    pub model: String,
+    /// The conversation.
+    pub messages: Vec<Message>,
+    /// Fields passed upstream unchanged.
+    pub params: Map<String, Value>,
+    /// Stream the answer?
+    pub stream: bool,
+    /// Send a usage chunk before `[DONE]`?
+    pub include_usage: bool,
+}
+
+/// Parses a `POST /v1/chat/completions` body.
+pub fn parse_request(body: &[u8]) -> Result<ParsedRequest, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("the request body is not valid JSON: {e}")))?;
+    let Value::Object(mut object) = value else {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "the request body must be a JSON object",
+        ));
+    };
+    let model = match object.remove("model") {
+        Some(Value::String(m)) if !m.is_empty() => m,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_model",
+                "`model` must be a non-empty string",
+            ))
+        }
+        None => return Err(ApiError::bad_request("missing_model", "`model` is required")),
+    };
+    let messages = match object.remove("messages") {
+        Some(Value::Array(list)) if !list.is_empty() => list
+            .iter()
+            .enumerate()
+            .map(|(i, m)| parse_message(i, m))
+            .collect::<Result<Vec<_>, _>>()?,
+        Some(Value::Array(_)) => {
+            return Err(ApiError::bad_request(
+                "invalid_messages",
+                "`messages` must not be empty",
+            ))
+        }
+        Some(_) => return Err(ApiError::bad_request("invalid_messages", "`messages` must be an array")),
+        None => return Err(ApiError::bad_request("missing_messages", "`messages` is required")),
+    };
+    let stream = match object.remove("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => b,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_stream",
+                "`stream` must be true or false",
+            ))
+        }
+    };
+    let include_usage = object
+        .remove("stream_options")
+        .and_then(|o| o.get("include_usage").and_then(Value::as_bool))
+        .unwrap_or(false);
+    if let Some(n) = object.get("n") {
+        if n.as_u64() != Some(1) && !n.is_null() {
+            return Err(ApiError::bad_request(
+                "unsupported_n",
+                "baton splices one choice: `n` must be 1",
+            ));
+        }
+    }
+    Ok(ParsedRequest {
+        model,
+        messages,
+        params: object,
+        stream,
+        include_usage,
+    })
+}
+
+fn parse_message(i: usize, value: &Value) -> Result<Message, ApiError> {
+    let bad = |what: String| ApiError::bad_request("invalid_messages", format!("`messages[{i}]`: {what}"));
+    let Value::Object(fields) = value else {
+        return Err(bad("must be an object".into()));
+    };
+    let role = match fields.get("role").and_then(Value::as_str) {
+        Some("system") => Role::System,
+        Some("developer") => Role::Developer,
+        Some("user") => Role::User,
+        Some("assistant") => Role::Assistant,
+        Some("tool") => Role::Tool,
+        Some(other) => return Err(bad(format!("unknown role {other:?}"))),
+        None => return Err(bad("`role` is required".into())),
+    };
+    let content = match fields.get("content") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => {
+            let mut text = String::new();
+            for (j, part) in parts.iter().enumerate() {
+                match (
+                    part.get("type").and_then(Value::as_str),
+                    part.get("text").and_then(Value::as_str),
+                ) {
+                    (Some("text"), Some(t)) => text.push_str(t),
+                    (kind, _) => {
+                        return Err(bad(format!(
+                            "content part {j} has type {:?}; only text parts are supported",
+                            kind.unwrap_or("?")
+                        )))
+                    }
+                }
+            }
+            text
+        }
+        Some(_) => return Err(bad("`content` must be a string, null or an array of text parts".into())),
+    };
+    let extra: Map<String, Value> = fields
+        .iter()
+        .filter(|(k, _)| *k != "role" && *k != "content")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Ok(Message { role, content, extra })
+}
+
+/// Writes the chunks of one spliced answer, all with one stable id.
+#[derive(Clone, Debug)]
+pub struct ChunkWriter {
+    id: String,
+    created: u64,
+    role_sent: bool,
+}
+
+impl ChunkWriter {
+    /// A writer for the answer `id`.
+    pub fn new(id: String) -> Self {
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        ChunkWriter {
+            id,
+            created,
+            role_sent: false,
+        }
+    }
+
+    /// The answer's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Seconds since the epoch at the answer's start.
+    pub fn created(&self) -> u64 {
+        self.created
+    }
+
+    fn chunk(&self, model: &str, choices: Value, usage: Option<Value>) -> Bytes {
+        let mut chunk = json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": model,
+            "choices": choices,
+        });
+        if let Some(usage) = usage {
+            chunk["usage"] = usage;
+        }
+        Bytes::from(format!("data: {chunk}\n\n"))
+    }
+
+    fn delta(&mut self, mut delta: Value) -> Value {
+        if !self.role_sent {
+            self.role_sent = true;
+            delta["role"] = json!("assistant");
+        }
+        delta
+    }
+
+    /// A content delta written by `model`.
+    pub fn text(&mut self, model: &str, text: &str) -> Bytes {
+        let delta = self.delta(json!({"content": text}));
+        self.chunk(
+            model,
+            json!([{"index": 0, "delta": delta, "finish_reason": null}]),
+            None,
+        )
+    }
+
+    /// Tool-call deltas written by `model`, as the upstream sent them.
+    pub fn tool_calls(&mut self, model: &str, deltas: &[Value]) -> Bytes {
+        let delta = self.delta(json!({"tool_calls": deltas}));
+        self.chunk(
+            model,
+            json!([{"index": 0, "delta": delta, "finish_reason": null}]),
+            None,
+        )
+    }
+
+    /// The final chunk with the finish reason.
+    pub fn finish(&mut self, model: &str, reason: &str) -> Bytes {
+        let delta = self.delta(json!({}));
+        self.chunk(
+            model,
+            json!([{"index": 0, "delta": delta, "finish_reason": reason}]),
+            None,
+        )
+    }
+
+    /// The usage chunk (`stream_options.include_usage`).
+    pub fn usage(&self, model: &str, usage: Usage) -> Bytes {
+        self.chunk(model, json!([]), Some(usage_json(usage)))
+    }
+}
+
+/// OpenAI's usage object.
+pub fn usage_json(usage: Usage) -> Value {
+    json!({
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+    })
+}
+
+/// The end-of-stream sentinel.
+pub const DONE: &[u8] = b"data: [DONE]\n\n";
+
+/// The SSE comment announcing a handover (compliant clients ignore comments).
+pub fn handover_comment(h: &Handover) -> Bytes {
+    Bytes::from(format!(
+        ": baton handover from={} to={} reason={} class={} prefix_bytes={} gap_ms={}\n\n",
+        h.from,
+        h.to,
+        h.reason,
+        h.class.as_str(),
+        h.prefix_bytes,
+        h.gap.as_millis()
+    ))
+}
+
+/// The error event that ends a stream which cannot be completed.
+pub fn error_event(message: &str, code: &str) -> Bytes {
+    let body = json!({"error": {"message": message, "type": "upstream_error", "code": code}});
+    Bytes::from(format!("data: {body}\n\n"))
+}
+
+/// Merges streamed tool-call deltas into complete `tool_calls` entries (by `index`).
+pub fn merge_tool_calls(deltas: &[Value]) -> Vec<Value> {
+    let mut calls: Vec<Value> = Vec::new();
+    for delta in deltas {
+        let index = delta.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
+        while calls.len() <= index {
+            calls.push(json!({"id": "", "type": "function", "function": {"name": "", "arguments": ""}}));
+        }
+        let call = &mut calls[index];
+        for key in ["id", "type"] {
+            if let Some(v) = delta.get(key).and_then(Value::as_str) {
+                call[key] = json!(v);
+            }
+        }
+        for key in ["name", "arguments"] {
+            if let Some(v) = delta.pointer(&format!("/function/{key}")).and_then(Value::as_str) {
+                let joined = format!("{}{v}", call["function"][key].as_str().unwrap_or(""));
+                call["function"][key] = json!(joined);
+            }
+        }
+    }
+    calls
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_keep_unknown_fields_for_the_upstream() {
+        let body = br#"{"model":"chat","messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}],"temperature":0.2,"tools":[],"stream":true,"stream_options":{"include_usage":true}}"#;
+        let parsed = parse_request(body).expect("valid");
+        assert_eq!(parsed.model, "chat");
+        assert!(parsed.stream && parsed.include_usage);
+        assert_eq!(parsed.messages[0].content, "hi");
+        assert_eq!(parsed.params.get("temperature"), Some(&json!(0.2)));
+        assert!(parsed.params.contains_key("tools"));
+        assert!(!parsed.params.contains_key("stream_options"));
+    }
+
+    #[test]
+    fn bad_requests_say_what_is_wrong() {
+        let code = |body: &str| parse_request(body.as_bytes()).map(|_| ()).expect_err(body).code;
+        assert_eq!(code("{"), "invalid_json");
+        assert_eq!(code("[]"), "invalid_request");
+        assert_eq!(code(r#"{"messages":[{"role":"user","content":"x"}]}"#), "missing_model");
+        assert_eq!(code(r#"{"model":"m"}"#), "missing_messages");
+        assert_eq!(code(r#"{"model":"m","messages":[]}"#), "invalid_messages");
+        assert_eq!(
+            code(r#"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#),
+            "invalid_messages"
+        );
+        assert_eq!(
+            code(r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#),
+            "invalid_messages"
+        );
+        assert_eq!(
+            code(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":3}"#),
+            "unsupported_n"
+        );
+        assert_eq!(
+            code(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#),
+            "invalid_stream"
+        );
+    }
+
+    #[test]
+    fn tool_call_deltas_merge_by_index() {
+        let deltas = vec![
+            json!({"index":0,"id":"call_1","type":"function","function":{"name":"get_weather","arguments":""}}),
+            json!({"index":0,"function":{"arguments":"{\"city\":"}}),
+            json!({"index":0,"function":{"arguments":"\"Paris\"}"}}),
+        ];
+        let merged = merge_tool_calls(&deltas);
+        assert_eq!(merged.len(), 1);
+        assert_eq!(merged[0]["function"]["arguments"], "{\"city\":\"Paris\"}");
+        assert_eq!(merged[0]["id"], "call_1");
+    }
+}

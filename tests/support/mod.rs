@@ -1,0 +1,141 @@
+//! Test helpers: a scripted raw-TCP SSE upstream that records what it was sent.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+/// How a scripted response ends.
+#[derive(Clone, Debug)]
+pub enum End {
+    /// `[DONE]` and a clean end of body.
+    Done,
+    /// Drop the connection mid-body.
+    Cut,
+    /// Keep the connection open, silent, until the client closes it (reported on `closed`).
+    Hang,
+}
+
+/// One scripted response: SSE `data:` payloads, then an ending.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub data: Vec<String>,
+    pub end: End,
+}
+
+/// A scripted upstream: the n-th request gets the n-th reply (the last one repeats).
+pub struct Scripted {
+    pub addr: SocketAddr,
+    /// Bodies of the requests received, in order.
+    pub bodies: Arc<Mutex<Vec<serde_json::Value>>>,
+    /// Receives one message each time a hanging response sees its client close.
+    pub closed: mpsc::UnboundedReceiver<()>,
+}
+
+impl Scripted {
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    pub fn bodies(&self) -> Vec<serde_json::Value> {
+        self.bodies.lock().map(|b| b.clone()).unwrap_or_default()
+    }
+}
+
+/// One chunk with text content.
+pub fn text(model: &str, t: &str) -> String {
+    serde_json::json!({"object":"chat.completion.chunk","model":model,"choices":[{"index":0,"delta":{"content":t},"finish_reason":null}]}).to_string()
+}
+
+/// One chunk with a finish reason.
+pub fn finish(model: &str, reason: &str) -> String {
+    serde_json::json!({"object":"chat.completion.chunk","model":model,"choices":[{"index":0,"delta":{},"finish_reason":reason}]}).to_string()
+}
+
+/// One chunk with a tool-call delta.
+pub fn tool(model: &str, delta: serde_json::Value) -> String {
+    serde_json::json!({"object":"chat.completion.chunk","model":model,"choices":[{"index":0,"delta":{"tool_calls":[delta]},"finish_reason":null}]}).to_string()
+}
+
+pub async fn scripted(replies: Vec<Reply>) -> Scripted {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let (closed_tx, closed) = mpsc::unbounded_channel();
+    let recorded = bodies.clone();
+    tokio::spawn(async move {
+        let mut n = 0usize;
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let reply = replies[n.min(replies.len() - 1)].clone();
+            n += 1;
+            let recorded = recorded.clone();
+            let closed_tx = closed_tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut tmp = [0u8; 4096];
+                // Read head and body (Content-Length).
+                let body = loop {
+                    let Ok(k) = socket.read(&mut tmp).await else { return };
+                    if k == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&tmp[..k]);
+                    let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..i]).to_lowercase();
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            l.strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if buf.len() >= i + 4 + len {
+                        break buf[i + 4..i + 4 + len].to_vec();
+                    }
+                };
+                if let Ok(v) = serde_json::from_slice(&body) {
+                    if let Ok(mut b) = recorded.lock() {
+                        b.push(v);
+                    }
+                }
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
+                if socket.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let mut events: Vec<String> = reply.data.iter().map(|d| format!("data: {d}\n\n")).collect();
+                if matches!(reply.end, End::Done) {
+                    events.push("data: [DONE]\n\n".into());
+                }
+                for e in events {
+                    if socket
+                        .write_all(format!("{:x}\r\n{e}\r\n", e.len()).as_bytes())
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                match reply.end {
+                    End::Done => {
+                        let _ = socket.write_all(b"0\r\n\r\n").await;
+                    }
+                    End::Cut => {}
+                    End::Hang => {
+                        while let Ok(k) = socket.read(&mut tmp).await {
+                            if k == 0 {
+                                break;
+                            }
+                        }
+                        let _ = closed_tx.send(());
+                    }
+                }
+            });
+        }
+    });
+    Scripted { addr, bodies, closed }
+}

@@ -1,0 +1,826 @@
+//! The chaos matrix: every fault the oracle can inject, at every interesting
+//! point of the answer, against every way a fallback can continue — all under
+//! tokio's paused clock, with the in-process mock provider, so the whole
+//! matrix is deterministic and takes no real time.
+//!
+//! The invariant checked in every case: the client ends with exactly the
+//! oracle's answer to its conversation, byte for byte — nothing lost, nothing
+//! doubled — and the failure on the way was classified as expected.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use tokio::time::Instant;
+
+use baton::oracle::fault::{FaultPlan, FaultScript};
+use baton::oracle::{self, Style};
+use baton::provider::mock::MockProvider;
+use baton::provider::{ChunkStream, Provider, UpstreamRequest};
+use baton::splice::{Collected, Completion, SpliceError};
+use baton::{ChatRequest, ClientItem, ContinuationMode, FailureClass, Ladder, Message, Role, Route, Splicer};
+
+// ---------------------------------------------------------------- fixtures
+
+/// Five conversations, so the cut points of the matrix land in different places.
+fn conversations() -> Vec<Vec<Message>> {
+    vec![
+        vec![Message::new(Role::User, "Tell me about rivers.")],
+        vec![
+            Message::new(Role::System, "You are terse."),
+            Message::new(Role::User, "What is a baton relay?"),
+        ],
+        vec![
+            Message::new(Role::User, "Hi"),
+            Message::new(Role::Assistant, "Hello! How can I help?"),
+            Message::new(Role::User, "Write a long paragraph about glaciers, please."),
+        ],
+        vec![Message::new(Role::User, "Ünïcödé, s'il vous plaît — 日本語で")],
+        vec![
+            Message::new(Role::Developer, "Answer in prose."),
+            Message::new(Role::User, "Describe a harbor at dawn."),
+        ],
+    ]
+}
+
+/// A request with a fixed session id, so the retry jitter is the same every run.
+fn request(messages: &[Message]) -> ChatRequest {
+    let mut r = ChatRequest::new(messages.to_vec());
+    r.session = uuid::Uuid::from_u128(0x0ba7_0000_0000_4000_8000_0000_0000_0001);
+    r
+}
+
+fn mock(script: &str, style: Style) -> Arc<MockProvider> {
+    let script: FaultScript = script.parse().unwrap_or_else(|e| panic!("{e}"));
+    Arc::new(MockProvider::new(FaultPlan::Fixed(script), style))
+}
+
+/// A primary with a fault, a fallback continuing in `mode`/`style` with its own
+/// fault, and a healthy spare that should normally never be called.
+struct World {
+    primary: Arc<MockProvider>,
+    fallback: Arc<MockProvider>,
+    spare: Arc<MockProvider>,
+    splicer: Splicer,
+}
+
+fn world(primary: &str, fallback: &str, mode: ContinuationMode, style: Style) -> World {
+    let p = mock(primary, Style::default());
+    let f = mock(fallback, style);
+    let s = mock("none", Style::default());
+    let splicer = Splicer::new(Ladder::new(vec![
+        Route::new("primary", "oracle-big", p.clone()),
+        Route::new("fallback", "oracle-small", f.clone()).with_continuation(mode),
+        Route::new("spare", "oracle-spare", s.clone()),
+    ]));
+    World {
+        primary: p,
+        fallback: f,
+        spare: s,
+        splicer,
+    }
+}
+
+/// The answer the primary streams, cut into the chunks the mock sends.
+fn primary_chunks(messages: &[Message]) -> (String, Vec<usize>) {
+    let answer = oracle::answer(messages);
+    let ends = oracle::chunks(&answer, oracle::conversation_hash(messages))
+        .iter()
+        .scan(0, |at, c| {
+            *at += c.len();
+            Some(*at)
+        })
+        .collect();
+    (answer, ends)
+}
+
+/// Bytes the client has after `k` chunks (the fault's K clamps to the chunk count).
+fn prefix_len(ends: &[usize], k: usize) -> usize {
+    match k.min(ends.len()) {
+        0 => 0,
+        k => ends[k - 1],
+    }
+}
+
+fn completion<'a>(done: &'a Collected, case: &str) -> &'a Completion {
+    match &done.outcome {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "[{case}] expected a completion, got {e:?}\ntext so far: {:?}",
+            done.text
+        ),
+    }
+}
+
+fn labels(c: &Completion) -> Vec<(&str, &str)> {
+    c.failures.iter().map(|f| (f.route.as_str(), f.kind.as_str())).collect()
+}
+
+const MODES: [ContinuationMode; 2] = [ContinuationMode::Prefill, ContinuationMode::Instruct];
+
+const STYLES: [Style; 3] = [
+    Style {
+        repeat_words: 0,
+        extra_space: false,
+    },
+    Style {
+        repeat_words: 1,
+        extra_space: false,
+    },
+    Style {
+        repeat_words: 3,
+        extra_space: false,
+    },
+];
+
+// ------------------------------------------------------ mid-stream matrix
+
+/// What a mid-stream fault at `k` must be classified as.
+fn mid_stream_label(fault: &str, k: usize) -> &'static str {
+    match fault {
+        // Before the first token, silence is a first-token timeout, not a stall.
+        "stall" if k == 0 => "first_token_timeout",
+        "stall" => "stall",
+        "drop" => "truncated",
+        "malformed" => "malformed",
+        "error" => "error_event",
+        other => panic!("not a mid-stream fault: {other}"),
+    }
+}
+
+/// One mid-stream case: the primary fails after `k` chunks, the fallback continues.
+async fn mid_stream_case(
+    conv: usize,
+    messages: &[Message],
+    fault: &str,
+    k: usize,
+    mode: ContinuationMode,
+    style: Style,
+) {
+    let (answer, ends) = primary_chunks(messages);
+    let script = format!("{fault}@{k}");
+    let case = format!(
+        "conv={conv} fault={script} chunks={} mode={mode:?} style={style:?}",
+        ends.len()
+    );
+    let w = world(&script, "none", mode, style);
+    let started = Instant::now();
+    let done = w.splicer.collect(request(messages)).await;
+    let elapsed = started.elapsed();
+
+    assert_eq!(done.text, answer, "[{case}] the client text is not the oracle's answer");
+    let c = completion(&done, &case);
+    assert_eq!(c.finish_reason, "stop", "[{case}]");
+
+    let prefix = prefix_len(&ends, k);
+    let label = mid_stream_label(fault, k);
+    assert_eq!(
+        labels(c),
+        vec![("primary", label)],
+        "[{case}] failures: {:?}",
+        c.failures
+    );
+    let f = &c.failures[0];
+    assert_eq!(f.class, FailureClass::Technical, "[{case}]");
+    assert_eq!(f.bytes, prefix as u64, "[{case}] bytes the client had at the failure");
+    assert_eq!(f.tokens, k.min(ends.len()) as u64, "[{case}] deltas before the failure");
+
+    // Who wrote the answer: the primary if it sent anything, the fallback if anything was left.
+    let mut chain = Vec::new();
+    if prefix > 0 {
+        chain.push("primary");
+    }
+    if prefix < answer.len() {
+        chain.push("fallback");
+    }
+    assert_eq!(c.route_chain, chain, "[{case}] route chain");
+
+    // A handover notice comes with the fallback's first byte; none if it had nothing to add.
+    if prefix < answer.len() {
+        assert_eq!(done.handovers.len(), 1, "[{case}] handovers: {:?}", done.handovers);
+        let h = &done.handovers[0];
+        assert_eq!(
+            (&*h.from, &*h.to, h.reason, h.class),
+            ("primary", "fallback", label, FailureClass::Technical),
+            "[{case}]"
+        );
+        assert_eq!(h.prefix_bytes, prefix as u64, "[{case}]");
+    } else {
+        assert!(done.handovers.is_empty(), "[{case}] handovers: {:?}", done.handovers);
+    }
+
+    assert_eq!(w.primary.requests(), 1, "[{case}] mid-stream faults are never retried");
+    assert_eq!(w.fallback.requests(), 1, "[{case}]");
+    assert_eq!(w.spare.requests(), 0, "[{case}] the spare must not be needed");
+    if fault == "stall" {
+        let deadline = if k == 0 {
+            Duration::from_secs(10)
+        } else {
+            Duration::from_secs(3)
+        };
+        assert!(
+            elapsed >= deadline,
+            "[{case}] detected after {elapsed:?}, before the {deadline:?} deadline"
+        );
+        // Streaming both halves takes well under a second of virtual time.
+        assert!(
+            elapsed < deadline + Duration::from_secs(2),
+            "[{case}] detected late: {elapsed:?}"
+        );
+    } else {
+        assert!(
+            elapsed < Duration::from_secs(3),
+            "[{case}] took {elapsed:?} of virtual time"
+        );
+    }
+}
+
+/// The matrix for one fault kind: 5 conversations × 5 positions × 2 modes × 3 styles.
+async fn mid_stream_matrix(fault: &str) -> usize {
+    let mut cases = 0;
+    for (conv, messages) in conversations().iter().enumerate() {
+        let n = primary_chunks(messages).1.len();
+        // Before the first token, after it, mid answer, just before the finish, and past the end (clamps).
+        for k in [0, 1, n / 2, n, n + 3] {
+            for mode in MODES {
+                for style in STYLES {
+                    mid_stream_case(conv, messages, fault, k, mode, style).await;
+                    cases += 1;
+                }
+            }
+        }
+    }
+    cases
+}
+
+#[tokio::test(start_paused = true)]
+async fn stall_at_every_position() {
+    assert_eq!(mid_stream_matrix("stall").await, 150);
+}
+
+#[tokio::test(start_paused = true)]
+async fn drop_at_every_position() {
+    assert_eq!(mid_stream_matrix("drop").await, 150);
+}
+
+#[tokio::test(start_paused = true)]
+async fn malformed_at_every_position() {
+    assert_eq!(mid_stream_matrix("malformed").await, 150);
+}
+
+#[tokio::test(start_paused = true)]
+async fn error_event_at_every_position() {
+    assert_eq!(mid_stream_matrix("error").await, 150);
+}
+
+/// Cuts right after a space, with a fallback that starts its continuation
+/// with another space (and sometimes repeats words too): the seam must not
+/// double the whitespace.
+#[tokio::test(start_paused = true)]
+async fn extra_space_at_a_word_boundary() {
+    let mut cases = 0;
+    for (conv, messages) in conversations().iter().enumerate() {
+        let (answer, ends) = primary_chunks(messages);
+        let at_space: Vec<usize> = (1..ends.len())
+            .filter(|&k| answer[..ends[k - 1]].ends_with(' '))
+            .collect();
+        assert!(!at_space.is_empty(), "conv={conv}: no chunk ends with a space");
+        let picks = [at_space[0], at_space[at_space.len() / 2], at_space[at_space.len() - 1]];
+        for k in picks {
+            for fault in ["stall", "drop"] {
+                for mode in MODES {
+                    for repeat_words in [0, 1, 2] {
+                        let style = Style {
+                            repeat_words,
+                            extra_space: true,
+                        };
+                        mid_stream_case(conv, messages, fault, k, mode, style).await;
+                        cases += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(cases, 5 * 3 * 2 * 2 * 3);
+}
+
+// ------------------------------------------------- before-headers faults
+
+/// The primary fails before any header; the fallback answers from scratch.
+#[tokio::test(start_paused = true)]
+async fn before_headers_faults_hand_over_with_the_right_class() {
+    // (script, label, requests to the primary, minimum virtual time)
+    let table: [(&str, &str, u32, Duration); 7] = [
+        ("reset", "reset", 3, Duration::ZERO),
+        ("hang", "first_token_timeout", 1, Duration::from_secs(10)),
+        ("429", "rate_limited", 3, Duration::ZERO),
+        ("429:1", "rate_limited", 3, Duration::from_secs(2)),
+        ("500", "server_error", 3, Duration::ZERO),
+        ("503", "server_error", 3, Duration::ZERO),
+        ("slow:15000", "first_token_timeout", 1, Duration::from_secs(10)),
+    ];
+    let mut cases = 0;
+    for (conv, messages) in conversations().iter().enumerate() {
+        let answer = oracle::answer(messages);
+        for (script, label, requests, min_time) in table {
+            for mode in MODES {
+                let case = format!("conv={conv} fault={script} mode={mode:?}");
+                let w = world(script, "none", mode, STYLES[1]);
+                let started = Instant::now();
+                let done = w.splicer.collect(request(messages)).await;
+                let elapsed = started.elapsed();
+                assert_eq!(done.text, answer, "[{case}]");
+                let c = completion(&done, &case);
+                let expected: Vec<_> = (0..requests).map(|_| ("primary", label)).collect();
+                assert_eq!(labels(c), expected, "[{case}] failures: {:?}", c.failures);
+                assert!(
+                    c.failures
+                        .iter()
+                        .all(|f| f.class == FailureClass::Technical && f.bytes == 0 && f.tokens == 0),
+                    "[{case}]"
+                );
+                assert_eq!(c.route_chain, vec!["fallback"], "[{case}]");
+                assert_eq!(done.handovers.len(), 1, "[{case}]");
+                let h = &done.handovers[0];
+                assert_eq!(
+                    (&*h.from, &*h.to, h.reason, h.prefix_bytes),
+                    ("primary", "fallback", label, 0),
+                    "[{case}]"
+                );
+                assert_eq!(w.primary.requests(), requests, "[{case}]");
+                assert_eq!(w.fallback.requests(), 1, "[{case}]");
+                assert_eq!(w.spare.requests(), 0, "[{case}]");
+                assert!(elapsed >= min_time, "[{case}] took only {elapsed:?}");
+                // Backoff is capped at 2 s per retry, Retry-After at 5 s, TTFT at 10 s.
+                assert!(elapsed < Duration::from_secs(12), "[{case}] took {elapsed:?}");
+                cases += 1;
+            }
+        }
+    }
+    assert_eq!(cases, 70);
+}
+
+/// Faults that must not cause any failure at all.
+#[tokio::test(start_paused = true)]
+async fn harmless_faults_cause_no_failure() {
+    for (conv, messages) in conversations().iter().enumerate() {
+        let answer = oracle::answer(messages);
+        for script in ["none", "nodone", "slow:2000", "slow:9900"] {
+            let case = format!("conv={conv} fault={script}");
+            let w = world(script, "none", ContinuationMode::Prefill, Style::default());
+            let done = w.splicer.collect(request(messages)).await;
+            assert_eq!(done.text, answer, "[{case}]");
+            let c = completion(&done, &case);
+            assert!(c.failures.is_empty(), "[{case}] failures: {:?}", c.failures);
+            assert_eq!(c.route_chain, vec!["primary"], "[{case}]");
+            assert_eq!(c.finish_reason, "stop", "[{case}]");
+            assert!(done.handovers.is_empty(), "[{case}]");
+            assert_eq!((w.primary.requests(), w.fallback.requests()), (1, 0), "[{case}]");
+        }
+    }
+}
+
+// ------------------------------------------------ prefill rejection
+
+/// The fallback rejects prefill: it must switch to instruct on the same route
+/// and still produce the exact answer; the rejection is never the final error.
+#[tokio::test(start_paused = true)]
+async fn a_fallback_without_prefill_switches_to_instruct() {
+    let mut cases = 0;
+    for (conv, messages) in conversations().iter().enumerate() {
+        let (answer, ends) = primary_chunks(messages);
+        let n = ends.len();
+        for (fault, k) in [
+            ("drop", 0),
+            ("drop", 1),
+            ("stall", n / 2),
+            ("error", n / 3),
+            ("malformed", n),
+        ] {
+            for mode in MODES {
+                for style in STYLES {
+                    let script = format!("{fault}@{k}");
+                    let case = format!("conv={conv} fault={script} fallback=noprefill mode={mode:?} style={style:?}");
+                    let w = world(&script, "noprefill", mode, style);
+                    let done = w.splicer.collect(request(messages)).await;
+                    assert_eq!(done.text, answer, "[{case}]");
+                    let c = completion(&done, &case);
+                    let label = mid_stream_label(fault, k);
+                    let prefix = prefix_len(&ends, k);
+                    // Only a continuation (non-empty prefix) in prefill mode sends a final assistant message.
+                    let rejected = prefix > 0 && mode == ContinuationMode::Prefill;
+                    let mut expected = vec![("primary", label)];
+                    if rejected {
+                        expected.push(("fallback", "prefill_rejected"));
+                    }
+                    assert_eq!(labels(c), expected, "[{case}] failures: {:?}", c.failures);
+                    assert_eq!(w.fallback.requests(), if rejected { 2 } else { 1 }, "[{case}]");
+                    assert_eq!(
+                        w.spare.requests(),
+                        0,
+                        "[{case}] the rejection must not move past the fallback"
+                    );
+                    if prefix < answer.len() {
+                        assert_eq!(done.handovers.len(), 1, "[{case}]");
+                        let h = &done.handovers[0];
+                        assert_eq!((&*h.from, &*h.to, h.reason), ("primary", "fallback", label), "[{case}]");
+                        assert!(
+                            c.route_chain.ends_with(&["fallback".to_string()]),
+                            "[{case}] {:?}",
+                            c.route_chain
+                        );
+                    }
+                    cases += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(cases, 150);
+}
+
+// ------------------------------------------------------------ conduct
+
+#[tokio::test(start_paused = true)]
+async fn a_503_primary_is_retried_max_retries_times_then_handed_over() {
+    let messages = &conversations()[0];
+    let w = world("503", "none", ContinuationMode::Prefill, Style::default());
+    let max_retries = w.splicer.ladder().retry.max_retries;
+    let done = w.splicer.collect(request(messages)).await;
+    assert_eq!(done.text, oracle::answer(messages));
+    let c = completion(&done, "503");
+    assert_eq!(w.primary.requests(), 1 + max_retries);
+    assert_eq!(c.failures.len(), (1 + max_retries) as usize);
+    assert!(c
+        .failures
+        .iter()
+        .all(|f| f.kind == "server_error" && f.route == "primary"));
+    assert_eq!(c.route_chain, vec!["fallback"]);
+    assert_eq!(w.fallback.requests(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_policy_refusal_stops_with_the_providers_message() {
+    let messages = &conversations()[1];
+    let w = world("policy", "none", ContinuationMode::Prefill, Style::default());
+    let done = w.splicer.collect(request(messages)).await;
+    assert_eq!(done.text, "");
+    assert!(done.handovers.is_empty());
+    match &done.outcome {
+        Err(SpliceError::Refused {
+            route,
+            message,
+            failures,
+            emitted_bytes,
+        }) => {
+            assert_eq!(route, "primary");
+            assert_eq!(message, "Your request was rejected by the oracle's content policy");
+            assert_eq!(failures.len(), 1);
+            assert_eq!(
+                (failures[0].kind.as_str(), failures[0].class),
+                ("content_policy", FailureClass::Policy)
+            );
+            assert_eq!(*emitted_bytes, 0);
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(w.primary.requests(), 1, "a policy refusal is never retried");
+    assert_eq!(w.fallback.requests(), 0, "a policy refusal is never handed over");
+    assert_eq!(w.spare.requests(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_plain_400_is_handed_over_without_retry() {
+    let messages = &conversations()[2];
+    let started = Instant::now();
+    let w = world("400", "none", ContinuationMode::Prefill, Style::default());
+    let done = w.splicer.collect(request(messages)).await;
+    assert_eq!(done.text, oracle::answer(messages));
+    let c = completion(&done, "400");
+    assert_eq!(labels(c), vec![("primary", "rejected")]);
+    assert_eq!(c.failures[0].class, FailureClass::Technical);
+    assert_eq!(w.primary.requests(), 1);
+    assert_eq!(w.fallback.requests(), 1);
+    assert_eq!(c.route_chain, vec!["fallback"]);
+    // No backoff: only the fallback's own first-token pacing.
+    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_short_retry_after_is_waited_for_on_the_same_route() {
+    let messages = &conversations()[3];
+    let w = world("429:2x1", "none", ContinuationMode::Prefill, Style::default());
+    let started = Instant::now();
+    let done = w.splicer.collect(request(messages)).await;
+    let elapsed = started.elapsed();
+    assert_eq!(done.text, oracle::answer(messages));
+    let c = completion(&done, "429:2x1");
+    assert!(
+        elapsed >= Duration::from_secs(2),
+        "Retry-After not honoured: {elapsed:?}"
+    );
+    assert!(elapsed < Duration::from_secs(4), "{elapsed:?}");
+    assert_eq!(w.primary.requests(), 2);
+    assert_eq!(w.fallback.requests(), 0);
+    assert_eq!(labels(c), vec![("primary", "rate_limited")]);
+    assert_eq!(c.route_chain, vec!["primary"]);
+    assert!(done.handovers.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_above_the_ceiling_hands_over_at_once() {
+    let messages = &conversations()[4];
+    let w = world("429:60", "none", ContinuationMode::Prefill, Style::default());
+    assert!(w.splicer.ladder().retry.retry_after_ceiling < Duration::from_secs(60));
+    let started = Instant::now();
+    let done = w.splicer.collect(request(messages)).await;
+    let elapsed = started.elapsed();
+    assert_eq!(done.text, oracle::answer(messages));
+    let c = completion(&done, "429:60");
+    assert!(
+        elapsed < Duration::from_secs(1),
+        "waited {elapsed:?} instead of handing over"
+    );
+    assert_eq!(w.primary.requests(), 1);
+    assert_eq!(labels(c), vec![("primary", "rate_limited")]);
+    assert_eq!(c.route_chain, vec!["fallback"]);
+}
+
+/// Every route fails: the client gets what was written and every failure.
+#[tokio::test(start_paused = true)]
+async fn an_exhausted_ladder_reports_every_failure() {
+    let messages = &conversations()[0];
+    let (answer, ends) = primary_chunks(messages);
+    let k = ends.len() / 2;
+    let p = mock(&format!("drop@{k}"), Style::default());
+    let f = mock("hang", Style::default());
+    let splicer = Splicer::new(Ladder::new(vec![
+        Route::new("primary", "a", p.clone()),
+        Route::new("fallback", "b", f.clone()),
+    ]));
+    let done = splicer.collect(request(messages)).await;
+    let prefix = prefix_len(&ends, k);
+    assert_eq!(done.text, answer[..prefix]);
+    match &done.outcome {
+        Err(SpliceError::Exhausted {
+            failures,
+            emitted_bytes,
+        }) => {
+            let got: Vec<_> = failures.iter().map(|f| (f.route.as_str(), f.kind.as_str())).collect();
+            assert_eq!(got, vec![("primary", "truncated"), ("fallback", "first_token_timeout")]);
+            assert_eq!(*emitted_bytes, prefix as u64);
+        }
+        other => panic!("expected exhaustion, got {other:?}"),
+    }
+    assert_eq!((p.requests(), f.requests()), (1, 1));
+}
+
+// ----------------------------------------------------------- handovers
+
+/// Two handovers in one answer: each one is reported, with its reason.
+#[tokio::test(start_paused = true)]
+async fn every_handover_is_reported_with_from_to_and_reason() {
+    for (conv, messages) in conversations().iter().enumerate() {
+        let (answer, ends) = primary_chunks(messages);
+        let k = ends.len() / 3;
+        let p = mock(&format!("drop@{k}"), Style::default());
+        // The first fallback stalls after five chunks of its own continuation.
+        let f1 = mock("stall@5", Style::default());
+        let f2 = mock(
+            "none",
+            Style {
+                repeat_words: 2,
+                extra_space: false,
+            },
+        );
+        let splicer = Splicer::new(Ladder::new(vec![
+            Route::new("primary", "a", p.clone()),
+            Route::new("fallback", "b", f1.clone()).with_continuation(ContinuationMode::Instruct),
+            Route::new("spare", "c", f2.clone()),
+        ]));
+        let done = splicer.collect(request(messages)).await;
+        let case = format!("conv={conv}");
+        assert_eq!(done.text, answer, "[{case}]");
+        let c = completion(&done, &case);
+        assert_eq!(
+            labels(c),
+            vec![("primary", "truncated"), ("fallback", "stall")],
+            "[{case}]"
+        );
+        assert_eq!(c.route_chain, vec!["primary", "fallback", "spare"], "[{case}]");
+        let hs: Vec<_> = done.handovers.iter().map(|h| (&*h.from, &*h.to, h.reason)).collect();
+        assert_eq!(
+            hs,
+            vec![("primary", "fallback", "truncated"), ("fallback", "spare", "stall")],
+            "[{case}]"
+        );
+        assert_eq!(done.handovers[0].prefix_bytes, prefix_len(&ends, k) as u64, "[{case}]");
+        assert!(
+            done.handovers[1].prefix_bytes > done.handovers[0].prefix_bytes,
+            "[{case}]"
+        );
+        for h in &done.handovers {
+            // From detection to the continuation's first byte: the fallback's
+            // first-token pacing (20 ms) plus any held repeat, never the deadline.
+            assert!(
+                h.gap >= Duration::from_millis(20) && h.gap < Duration::from_secs(1),
+                "[{case}] gap {:?}",
+                h.gap
+            );
+        }
+        assert_eq!((p.requests(), f1.requests(), f2.requests()), (1, 1, 1), "[{case}]");
+    }
+}
+
+/// Two routes fail before any text: the client sees one handover, to the route
+/// that finally wrote, and its gap excludes the deadline that detected the failure.
+#[tokio::test(start_paused = true)]
+async fn failures_before_any_text_make_one_handover() {
+    let messages = &conversations()[2];
+    let p = mock("hang", Style::default());
+    let f1 = mock("reset", Style::default());
+    let f2 = mock("none", Style::default());
+    let splicer = Splicer::new(Ladder::new(vec![
+        Route::new("primary", "a", p.clone()),
+        Route::new("fallback", "b", f1.clone()),
+        Route::new("spare", "c", f2.clone()),
+    ]));
+    let done = splicer.collect(request(messages)).await;
+    assert_eq!(done.text, oracle::answer(messages));
+    let c = completion(&done, "hang+reset");
+    assert_eq!(
+        labels(c),
+        vec![
+            ("primary", "first_token_timeout"),
+            ("fallback", "reset"),
+            ("fallback", "reset"),
+            ("fallback", "reset")
+        ]
+    );
+    assert_eq!(c.route_chain, vec!["spare"]);
+    assert_eq!(done.handovers.len(), 1, "{:?}", done.handovers);
+    let h = &done.handovers[0];
+    assert_eq!(
+        (&*h.from, &*h.to, h.reason),
+        ("primary", "spare", "first_token_timeout")
+    );
+    assert!(
+        h.gap < Duration::from_secs(10),
+        "the gap counts from detection: {:?}",
+        h.gap
+    );
+}
+
+// --------------------------------------------------- client disconnect
+
+/// Wraps a provider and watches its streams: how often they are polled and
+/// how many are still alive.
+struct Probe {
+    inner: Arc<MockProvider>,
+    polls: Arc<AtomicUsize>,
+    live: Arc<AtomicUsize>,
+}
+
+struct Alive(Arc<AtomicUsize>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Probe {
+    fn new(inner: Arc<MockProvider>) -> Arc<Self> {
+        Arc::new(Probe {
+            inner,
+            polls: Arc::default(),
+            live: Arc::default(),
+        })
+    }
+
+    fn polls(&self) -> usize {
+        self.polls.load(Ordering::SeqCst)
+    }
+
+    fn live(&self) -> usize {
+        self.live.load(Ordering::SeqCst)
+    }
+}
+
+impl Provider for Probe {
+    fn stream(&self, request: UpstreamRequest) -> ChunkStream {
+        let mut inner = self.inner.stream(request);
+        let polls = self.polls.clone();
+        self.live.fetch_add(1, Ordering::SeqCst);
+        let alive = Alive(self.live.clone());
+        Box::pin(futures::stream::poll_fn(move |cx: &mut Context<'_>| {
+            let _alive = &alive;
+            polls.fetch_add(1, Ordering::SeqCst);
+            let polled: Poll<Option<_>> = Pin::new(&mut inner).poll_next(cx);
+            polled
+        }))
+    }
+}
+
+fn probed(
+    primary: &str,
+    fallback: &str,
+    style: Style,
+) -> (Arc<MockProvider>, Arc<Probe>, Arc<MockProvider>, Arc<Probe>, Splicer) {
+    let pm = mock(primary, Style::default());
+    let fm = mock(fallback, style);
+    let p = Probe::new(pm.clone());
+    let f = Probe::new(fm.clone());
+    let splicer = Splicer::new(Ladder::new(vec![
+        Route::new("primary", "a", p.clone()),
+        Route::new("fallback", "b", f.clone()),
+    ]));
+    (pm, p, fm, f, splicer)
+}
+
+/// Drops the client stream while the primary streams: no panic, the upstream
+/// stream is dropped with it and never polled again, nothing hands over later.
+#[tokio::test(start_paused = true)]
+async fn a_client_disconnect_mid_stream_cancels_the_upstream() {
+    let messages = &conversations()[0];
+    let (pm, p, fm, f, splicer) = probed("stall@20", "none", Style::default());
+    let mut stream = splicer.splice(request(messages));
+    let mut texts = 0;
+    while texts < 5 {
+        match stream.next().await {
+            Some(ClientItem::Text { .. }) => texts += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(p.live(), 1);
+    drop(stream);
+    assert_eq!(p.live(), 0, "the upstream stream outlived the client");
+    let polls = p.polls();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(p.polls(), polls, "the upstream was polled after the client left");
+    assert_eq!(
+        (pm.requests(), fm.requests(), f.polls()),
+        (1, 0, 0),
+        "nothing may hand over after the client left"
+    );
+}
+
+/// Drops the client stream just after a handover, while the fallback's head may be held.
+#[tokio::test(start_paused = true)]
+async fn a_client_disconnect_after_a_handover_cancels_the_fallback() {
+    let messages = &conversations()[3];
+    let style = Style {
+        repeat_words: 3,
+        extra_space: false,
+    };
+    let (pm, p, fm, f, splicer) = probed("drop@7", "none", style);
+    let mut stream = splicer.splice(request(messages));
+    loop {
+        match stream.next().await {
+            Some(ClientItem::Text { route, .. }) if &*route == "fallback" => break,
+            Some(ClientItem::Text { .. } | ClientItem::Handover(_)) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(f.live(), 1);
+    drop(stream);
+    assert_eq!((p.live(), f.live()), (0, 0));
+    let polls = (p.polls(), f.polls());
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!((p.polls(), f.polls()), polls);
+    assert_eq!((pm.requests(), fm.requests()), (1, 1));
+}
+
+/// Drops the client stream while the splicer waits out a retry backoff or a
+/// first token: no further request is made.
+#[tokio::test(start_paused = true)]
+async fn a_client_disconnect_while_waiting_makes_no_further_request() {
+    let messages = &conversations()[1];
+    for (script, wait) in [
+        ("503", Duration::from_millis(1)),
+        ("429:2", Duration::from_secs(1)),
+        ("hang", Duration::from_secs(5)),
+    ] {
+        let (pm, p, fm, f, splicer) = probed(script, "none", Style::default());
+        let mut stream = splicer.splice(request(messages));
+        let first = tokio::time::timeout(wait, stream.next()).await;
+        assert!(
+            first.is_err(),
+            "[{script}] nothing should reach the client yet: {first:?}"
+        );
+        let requests = pm.requests();
+        drop(stream);
+        assert_eq!((p.live(), f.live()), (0, 0), "[{script}]");
+        let polls = p.polls();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(pm.requests(), requests, "[{script}] a retry ran after the client left");
+        assert_eq!(p.polls(), polls, "[{script}]");
+        assert_eq!(
+            (fm.requests(), f.polls()),
+            (0, 0),
+            "[{script}] a handover ran after the client left"
+        );
+    }
+}

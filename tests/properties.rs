@@ -1,0 +1,246 @@
+//! Property tests of the seam and the wire: the overlap trim restores the
+//! oracle's answer however a continuation is cut and phrased, it does not
+//! depend on how the continuation is split into deltas, and SSE parsing gives
+//! the same text however the bytes arrive.
+
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use proptest::prelude::*;
+use proptest::sample::Index;
+
+use baton::oracle::{self, script::chunk_json};
+use baton::overlap::{self, OverlapTrim};
+use baton::provider::openai::parse_data;
+use baton::provider::Chunk;
+use baton::{Message, Role};
+
+/// Cases per property; `PROPTEST_CASES` overrides it for a longer hunt.
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+}
+
+/// The char boundaries of `s`, both ends included.
+fn boundaries(s: &str) -> Vec<usize> {
+    s.char_indices().map(|(i, _)| i).chain([s.len()]).collect()
+}
+
+/// `s` cut at the char boundaries picked by `cuts` (duplicates and ends are harmless).
+fn split_at_chars<'a>(s: &'a str, cuts: &[Index]) -> Vec<&'a str> {
+    let bounds = boundaries(s);
+    let mut at: Vec<usize> = cuts.iter().map(|c| bounds[c.index(bounds.len())]).collect();
+    at.push(0);
+    at.push(s.len());
+    at.sort_unstable();
+    at.dedup();
+    at.windows(2).map(|w| &s[w[0]..w[1]]).collect()
+}
+
+/// Streams `pieces` through a trim of `prefix`, as the splicer does.
+fn stream_trim(prefix: &str, pieces: &[&str]) -> String {
+    let mut t = OverlapTrim::new(prefix);
+    let mut out = String::new();
+    for p in pieces {
+        out.push_str(&t.push(p));
+    }
+    out.push_str(&t.finish());
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    /// A continuation of the oracle's answer that repeats up to four words and
+    /// may double the seam's space — cut anywhere, even mid-word or inside a
+    /// word of multi-byte characters — is trimmed back to exactly the missing rest.
+    #[test]
+    fn trim_restores_the_oracle_answer(
+        seed in "\\PC{0,24}",
+        system in proptest::option::of("[a-z ]{1,12}"),
+        cut in any::<Index>(),
+        words in 0usize..=4,
+        extra_space in any::<bool>(),
+        splits in proptest::collection::vec(any::<Index>(), 0..12),
+    ) {
+        let mut conversation = Vec::new();
+        if let Some(s) = system {
+            conversation.push(Message::new(Role::System, s));
+        }
+        conversation.push(Message::new(Role::User, seed));
+        let a = oracle::answer(&conversation);
+        let bounds = boundaries(&a);
+        let i = bounds[cut.index(bounds.len())];
+        let j = oracle::repeat_start(&a, i, words);
+        prop_assert!(j <= i);
+        // What the oracle sends with `Style { repeat_words: words, extra_space }`.
+        let mut continuation = String::new();
+        if extra_space && a[..i].ends_with(' ') {
+            continuation.push(' ');
+        }
+        continuation.push_str(&a[j..]);
+        let pieces = split_at_chars(&continuation, &splits);
+        let out = stream_trim(&a[..i], &pieces);
+        prop_assert_eq!(&out, &a[i..], "cut at {} of {}, repeat from {}, pieces {:?}", i, a.len(), j, pieces);
+    }
+
+    /// On arbitrary text the trim only ever drops a head of the continuation,
+    /// and what it drops does not depend on how the continuation is split.
+    /// Half the continuations echo a tail of the prefix first (after optional
+    /// whitespace), so held heads and confirmed repeats are common.
+    #[test]
+    fn trim_is_a_suffix_and_split_independent(
+        prefix in prop_oneof![
+            "[ab é\t\n]{0,24}",
+            "[ab é\u{a0}]{0,400}",
+            "\\PC{0,40}",
+        ],
+        echo in proptest::option::of((any::<Index>(), "[ \t\n\u{a0}]{0,2}")),
+        rest in prop_oneof![
+            "[ab é\t\n]{0,24}",
+            "[ab é\u{a0}]{0,60}",
+            "\\PC{0,40}",
+        ],
+        splits in proptest::collection::vec(any::<Index>(), 0..12),
+    ) {
+        let mut continuation = String::new();
+        if let Some((from, lead)) = echo {
+            let bounds = boundaries(&prefix);
+            continuation.push_str(&lead);
+            continuation.push_str(&prefix[bounds[from.index(bounds.len())]..]);
+        }
+        continuation.push_str(&rest);
+        let whole = overlap::trim(&prefix, &continuation);
+        prop_assert!(continuation.ends_with(&whole), "{:?} is not a suffix of {:?}", whole, continuation);
+        let pieces = split_at_chars(&continuation, &splits);
+        let streamed = stream_trim(&prefix, &pieces);
+        prop_assert_eq!(&streamed, &whole, "pieces {:?}", pieces);
+    }
+}
+
+// ------------------------------------------------------------------ SSE
+
+/// The SSE body of one oracle answer: its text as content chunks, a finish
+/// chunk, a usage chunk and `[DONE]`.
+fn sse_body(pieces: &[String], crlf: bool) -> Vec<u8> {
+    let eol = if crlf { "\r\n" } else { "\n" };
+    let mut events: Vec<String> = pieces.iter().map(|p| chunk_json("oracle", Some(p), None)).collect();
+    events.push(chunk_json("oracle", None, Some("stop")));
+    events.push(r#"{"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3}}"#.to_string());
+    events.push("[DONE]".to_string());
+    let mut body = String::new();
+    for e in events {
+        body.push_str(&format!("data: {e}{eol}{eol}"));
+    }
+    body.into_bytes()
+}
+
+/// `bytes` cut at arbitrary byte offsets (inside characters included).
+fn split_bytes(bytes: &[u8], cuts: &[Index]) -> Vec<bytes::Bytes> {
+    let mut at: Vec<usize> = cuts.iter().map(|c| c.index(bytes.len() + 1)).collect();
+    at.push(0);
+    at.push(bytes.len());
+    at.sort_unstable();
+    at.dedup();
+    at.windows(2)
+        .map(|w| bytes::Bytes::copy_from_slice(&bytes[w[0]..w[1]]))
+        .collect()
+}
+
+/// What the provider sees from those byte chunks: the parsed chunks in order.
+fn parse_stream(parts: Vec<bytes::Bytes>) -> Result<Vec<Chunk>, String> {
+    futures::executor::block_on(async move {
+        let mut events = futures::stream::iter(parts.into_iter().map(Ok::<bytes::Bytes, std::io::Error>)).eventsource();
+        let mut out = Vec::new();
+        while let Some(event) = events.next().await {
+            let event = event.map_err(|e| format!("sse: {e}"))?;
+            out.extend(parse_data(&event.data).map_err(|e| format!("parse: {e}"))?);
+        }
+        Ok(out)
+    })
+}
+
+fn check_sse(pieces: &[String], parts: Vec<bytes::Bytes>) -> Result<(), TestCaseError> {
+    let chunks = parse_stream(parts).map_err(TestCaseError::fail)?;
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| match c {
+            Chunk::Text(t) => Some(t.as_str()),
+            _ => None,
+        })
+        .collect();
+    prop_assert_eq!(text, pieces.concat());
+    prop_assert_eq!(
+        chunks
+            .iter()
+            .filter(|c| matches!(c, Chunk::Finish(r) if r == "stop"))
+            .count(),
+        1
+    );
+    prop_assert_eq!(chunks.last(), Some(&Chunk::Done));
+    prop_assert!(chunks
+        .iter()
+        .any(|c| matches!(c, Chunk::Usage(u) if u.completion_tokens == 3)));
+    Ok(())
+}
+
+/// Content pieces rich in multi-byte characters, quotes, backslashes and newlines.
+fn pieces() -> impl Strategy<Value = Vec<String>> {
+    proptest::collection::vec(
+        prop_oneof![
+            "[a-z ]{1,8}",
+            "[é日本語🚀δλ\u{a0} ]{1,6}",
+            "[\"\\\\\n\r\t:]{1,3}",
+            "\\PC{1,8}",
+        ],
+        0..24,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    /// However the bytes of an SSE body are split — inside a `data:` line,
+    /// between the two newlines, inside a multi-byte character — the parsed
+    /// text is the original text and the finish reason arrives.
+    #[test]
+    fn sse_parsing_is_independent_of_byte_splits(
+        pieces in pieces(),
+        crlf in any::<bool>(),
+        cuts in proptest::collection::vec(any::<Index>(), 0..40),
+    ) {
+        let body = sse_body(&pieces, crlf);
+        check_sse(&pieces, split_bytes(&body, &cuts))?;
+    }
+
+    /// An oracle answer (multi-byte words included) in the mock's own chunks.
+    #[test]
+    fn sse_parsing_of_oracle_answers(
+        seed in "[a-z]{1,12}",
+        cuts in proptest::collection::vec(any::<Index>(), 0..60),
+    ) {
+        let conversation = vec![Message::new(Role::User, seed)];
+        let a = oracle::answer(&conversation);
+        let pieces: Vec<String> = oracle::chunks(&a, oracle::conversation_hash(&conversation))
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        let body = sse_body(&pieces, false);
+        check_sse(&pieces, split_bytes(&body, &cuts))?;
+    }
+}
+
+/// One byte at a time: every multi-byte character is split.
+#[test]
+fn sse_parsing_one_byte_at_a_time() {
+    let pieces: Vec<String> = ["日本", "語 caf", "é ", "🚀", "\u{a0}δέλτα", "\"q\"\n"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for crlf in [false, true] {
+        let body = sse_body(&pieces, crlf);
+        let parts = body.iter().map(|b| bytes::Bytes::copy_from_slice(&[*b])).collect();
+        check_sse(&pieces, parts).unwrap_or_else(|e| panic!("crlf={crlf}: {e}"));
+    }
+}

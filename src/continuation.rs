@@ -31,19 +31,22 @@ pub const DEFAULT_INSTRUCTION: &str =
 
 /// The conversation for an attempt that continues `prefix` in `mode`.
 ///
-/// An empty prefix leaves the conversation as the caller sent it. If the
+/// An empty prefix leaves the conversation as the caller sent it (in
+/// `instruct` mode, a caller's final assistant message still gets the
+/// instruction after it). If the
 /// caller's conversation already ends with an assistant message (their own
 /// prefill), the prefix extends that message rather than adding another.
 pub fn messages(original: &[Message], prefix: &str, mode: ContinuationMode, instruction: &str) -> Vec<Message> {
     let mut out = original.to_vec();
-    if prefix.is_empty() {
-        return out;
+    if !prefix.is_empty() {
+        match out.last_mut() {
+            Some(last) if last.role == Role::Assistant => last.content.push_str(prefix),
+            _ => out.push(Message::new(Role::Assistant, prefix)),
+        }
     }
-    match out.last_mut() {
-        Some(last) if last.role == Role::Assistant => last.content.push_str(prefix),
-        _ => out.push(Message::new(Role::Assistant, prefix)),
-    }
-    if mode == ContinuationMode::Instruct {
+    // Also when the caller's own conversation ends with an assistant message:
+    // a route without prefill support must not get the same rejected shape again.
+    if mode == ContinuationMode::Instruct && out.last().is_some_and(|m| m.role == Role::Assistant) {
         out.push(Message::new(Role::User, instruction));
     }
     out
@@ -64,5 +67,11 @@ mod tests {
         assert_eq!(instruct[2], Message::new(Role::Assistant, "half an ans"));
         assert_eq!(instruct[3], Message::new(Role::User, "go on"));
         assert_eq!(instruct[0], Message::new(Role::System, "persona"));
+        let mut own_prefill = original.clone();
+        own_prefill.push(Message::new(Role::Assistant, "Sure,"));
+        let again = messages(&own_prefill, "", ContinuationMode::Instruct, "go on");
+        assert_eq!(again.last(), Some(&Message::new(Role::User, "go on")));
+        let extended = messages(&own_prefill, " here", ContinuationMode::Prefill, "go on");
+        assert_eq!(extended.last(), Some(&Message::new(Role::Assistant, "Sure, here")));
     }
 }

@@ -254,6 +254,12 @@ impl Splicer {
                                 yield item;
                             }
                         }
+                        // A fallback that had nothing left to add still took over: it confirmed the end.
+                        if session.pending.is_some() {
+                            if let Some(item) = session.arrive(&attempt) {
+                                yield item;
+                            }
+                        }
                         session.account(&attempt);
                         yield session.finish(reason);
                         return;

@@ -356,7 +356,7 @@ impl Config {
             if let Some(ms) = l.retry_after_max_ms {
                 retry.retry_after_ceiling = Duration::from_millis(ms);
             }
-            let mut ladder = Ladder::new(rungs);
+            let mut ladder = Ladder::new(rungs).named(&l.name);
             ladder.retry = retry;
             ladder.instruction = match &l.instruction {
                 Some(text) if text.trim().is_empty() => {

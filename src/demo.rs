@@ -167,10 +167,13 @@ impl DemoWorld {
         let events = broadcast::channel(EVENT_CAPACITY).0;
         let splicers = vec![
             Splicer::with_events(
-                Ladder::new(vec![primary.clone(), echo.clone(), steady.clone()]),
+                Ladder::new(vec![primary.clone(), echo.clone(), steady.clone()]).named("echo-first"),
                 events.clone(),
             ),
-            Splicer::with_events(Ladder::new(vec![primary, steady, echo]), events.clone()),
+            Splicer::with_events(
+                Ladder::new(vec![primary, steady, echo]).named("steady-first"),
+                events.clone(),
+            ),
         ];
         Ok(DemoWorld {
             splicers,

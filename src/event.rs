@@ -9,7 +9,8 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::continuation::ContinuationMode;
-use crate::failure::{Failure, FailureClass};
+use crate::failure::{Failure, FailureClass, FailureKind};
+use crate::provider::UpstreamRequest;
 use crate::request::Usage;
 
 /// One thing that happened in a session.
@@ -30,6 +31,8 @@ pub struct EngineEvent {
 pub enum EventKind {
     /// The splicer took a request.
     SessionStarted {
+        /// The ladder that serves it.
+        ladder: String,
         /// Messages in the conversation.
         messages: usize,
     },
@@ -45,6 +48,15 @@ pub enum EventKind {
         mode: ContinuationMode,
         /// Bytes of prefix handed to it.
         prefix_bytes: u64,
+        /// The request as sent upstream (no keys or headers: those never reach events).
+        request: UpstreamRequest,
+    },
+    /// One item from the upstream, as the watchdog let it through (before the overlap trim).
+    Upstream {
+        /// The attempt it belongs to.
+        attempt: u32,
+        /// What arrived.
+        item: UpstreamItem,
     },
     /// The attempt's first content arrived.
     FirstToken {
@@ -64,6 +76,8 @@ pub enum EventKind {
     Failure {
         /// What failed, where and when.
         failure: Failure,
+        /// The failure itself, enough to replay it.
+        cause: FailureKind,
     },
     /// The same route is tried again after a pause.
     Retry {
@@ -105,6 +119,20 @@ pub enum EventKind {
         /// Bytes the client had received.
         bytes: u64,
     },
+}
+
+/// One upstream item, as recorded.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "value", rename_all = "snake_case")]
+pub enum UpstreamItem {
+    /// Content text.
+    Text(String),
+    /// Tool-call deltas.
+    ToolCalls(Vec<serde_json::Value>),
+    /// Token counts.
+    Usage(Usage),
+    /// The finish reason: the attempt ended properly.
+    Finished(String),
 }
 
 /// Stamps and publishes the events of one session.

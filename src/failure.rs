@@ -36,7 +36,8 @@ impl FailureClass {
 }
 
 /// What happened to one upstream stream.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum FailureKind {
     /// The TCP/TLS connection could not be made.
     #[error("connect failed: {detail}")]

@@ -102,6 +102,8 @@ impl Default for RetryPolicy {
 /// An ordered list of routes and the rules for moving along it.
 #[derive(Clone, Debug)]
 pub struct Ladder {
+    /// Its name (the model clients ask for), in events and metrics.
+    pub name: String,
     /// The routes, best first.
     pub routes: Vec<Route>,
     /// Same-route retries.
@@ -111,9 +113,10 @@ pub struct Ladder {
 }
 
 impl Ladder {
-    /// A ladder over `routes` with the default retry policy and instruction.
+    /// A ladder named "default" over `routes` with the default retry policy and instruction.
     pub fn new(routes: Vec<Route>) -> Self {
         Ladder {
+            name: "default".to_string(),
             routes,
             retry: RetryPolicy::default(),
             instruction: DEFAULT_INSTRUCTION.to_string(),
@@ -156,6 +159,12 @@ pub enum Decision {
 }
 
 impl Ladder {
+    /// The same ladder named `name`.
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = name.to_string();
+        self
+    }
+
     /// The next step after `failure` on the attempt described by `state`.
     /// `jitter` in `[0, 1)` scales the exponential backoff (full jitter).
     pub fn decide(&self, failure: &FailureKind, state: &AttemptState, jitter: f64) -> Decision {

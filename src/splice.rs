@@ -15,7 +15,7 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use crate::continuation;
-use crate::event::{EngineEvent, EventKind, SessionLog};
+use crate::event::{EngineEvent, EventKind, SessionLog, UpstreamItem};
 use crate::failure::{Failure, FailureClass, FailureKind};
 use crate::ladder::{AttemptState, Decision, Ladder, Route};
 use crate::oracle::SplitMix;
@@ -214,7 +214,7 @@ impl Splicer {
         let ladder = self.ladder.clone();
         let log = SessionLog::new(request.session, self.events.clone());
         Box::pin(async_stream::stream! {
-            log.emit(EventKind::SessionStarted { messages: request.messages.len() });
+            log.emit(EventKind::SessionStarted { ladder: ladder.name.clone(), messages: request.messages.len() });
             let mut session = Session::new(&request, log);
             let Some(first) = ladder.routes.first() else {
                 yield session.fail(SpliceError::Exhausted { failures: Vec::new(), emitted_bytes: 0 });
@@ -225,7 +225,9 @@ impl Splicer {
                 let route = &ladder.routes[state.route];
                 let mut attempt = session.open(route, &state, &ladder.instruction);
                 let ended = loop {
-                    match attempt.watchdog.next().await {
+                    let next = attempt.watchdog.next().await;
+                    session.upstream(&attempt, next.as_ref());
+                    match next {
                         Some(Watched::Text(text)) => {
                             let out = attempt.text(&session, &text);
                             for item in session.deliver(&attempt, out) {
@@ -336,6 +338,8 @@ struct Session<'r> {
 
 /// One upstream attempt.
 struct Attempt {
+    /// Its number in the session, from 1.
+    number: u32,
     watchdog: Watchdog,
     trim: OverlapTrim,
     opened: Instant,
@@ -396,14 +400,18 @@ impl<'r> Session<'r> {
                 && state.mode == continuation::ContinuationMode::Prefill
                 && !self.emitted.is_empty(),
         };
-        self.log.emit(EventKind::AttemptOpened {
-            route: route.name.to_string(),
-            model: model.to_string(),
-            attempt: self.attempts,
-            mode: state.mode,
-            prefix_bytes: self.emitted.len() as u64,
-        });
+        if self.log.listened() {
+            self.log.emit(EventKind::AttemptOpened {
+                route: route.name.to_string(),
+                model: model.to_string(),
+                attempt: self.attempts,
+                mode: state.mode,
+                prefix_bytes: self.emitted.len() as u64,
+                request: upstream.clone(),
+            });
+        }
         Attempt {
+            number: self.attempts,
             watchdog: Watchdog::new(route.provider.stream(upstream), route.deadlines),
             trim: OverlapTrim::new(&self.emitted),
             opened: Instant::now(),
@@ -482,10 +490,29 @@ impl<'r> Session<'r> {
         }
     }
 
+    /// Publishes what the upstream sent (failures are published with their decision).
+    fn upstream(&self, attempt: &Attempt, item: Option<&Watched>) {
+        if !self.log.listened() {
+            return;
+        }
+        let item = match item {
+            Some(Watched::Text(t)) => UpstreamItem::Text(t.clone()),
+            Some(Watched::ToolCalls(c)) => UpstreamItem::ToolCalls(c.clone()),
+            Some(Watched::Usage(u)) => UpstreamItem::Usage(*u),
+            Some(Watched::Finished(r)) => UpstreamItem::Finished(r.clone()),
+            Some(Watched::Failed(_)) | None => return,
+        };
+        self.log.emit(EventKind::Upstream {
+            attempt: attempt.number,
+            item,
+        });
+    }
+
     fn record_failure(&mut self, route: &Route, kind: &FailureKind, tokens: u64) {
         let failure = Failure::new(kind, &route.name, tokens, self.emitted.len() as u64, self.log.t_ms());
         self.log.emit(EventKind::Failure {
             failure: failure.clone(),
+            cause: kind.clone(),
         });
         self.failures.push(failure);
     }

@@ -15,7 +15,7 @@ use crate::failure::FailureKind;
 use crate::request::{Message, Usage};
 
 /// What one attempt sends upstream.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct UpstreamRequest {
     /// The upstream's model name.
     pub model: String,

@@ -18,6 +18,7 @@ use crate::oracle::script::Pacing;
 use crate::oracle::server::{spawn, MockConfig};
 use crate::oracle::{answer, Style};
 use crate::provider::openai::OpenAiProvider;
+use crate::record::{RecordOptions, RecordStats, Recorder};
 use crate::request::{ChatRequest, Message, Role};
 use crate::splice::{Splicer, EVENT_CAPACITY};
 use crate::watchdog::Deadlines;
@@ -72,6 +73,14 @@ pub enum DemoError {
     /// A mock upstream could not bind a loopback port.
     #[error("could not start an oracle upstream on 127.0.0.1: {0}")]
     Bind(#[from] std::io::Error),
+    /// The recording directory could not be created.
+    #[error("cannot record to {dir}: {source}")]
+    Record {
+        /// The directory.
+        dir: String,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// The demo's conversation number `i`.
@@ -185,7 +194,23 @@ impl DemoWorld {
 
 /// Runs the headless demo and reports its figures.
 pub async fn run_headless(options: DemoOptions) -> Result<DemoReport, DemoError> {
+    Ok(run_headless_recorded(options, None).await?.0)
+}
+
+/// Runs the headless demo, recording every session when `record` is given
+/// (the files are all written when it returns).
+pub async fn run_headless_recorded(
+    options: DemoOptions,
+    record: Option<RecordOptions>,
+) -> Result<(DemoReport, Option<RecordStats>), DemoError> {
     let world = DemoWorld::start(options.seed).await?;
+    let recorder = match record {
+        Some(record) => {
+            let dir = record.dir.display().to_string();
+            Some(Recorder::attach(&world.events, record).map_err(|source| DemoError::Record { dir, source })?)
+        }
+        None => None,
+    };
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..options.sessions {
@@ -239,7 +264,23 @@ pub async fn run_headless(options: DemoOptions) -> Result<DemoReport, DemoError>
     report.gap_ms_p50 = (percentile(&gaps, 50.0) * 100.0).round() / 100.0;
     report.gap_ms_p99 = (percentile(&gaps, 99.0) * 100.0).round() / 100.0;
     report.elapsed_ms = started.elapsed().as_millis() as u64;
-    Ok(report)
+    let stats = match recorder {
+        Some(recorder) => Some(recorder.finish().await),
+        None => None,
+    };
+    Ok((report, stats))
+}
+
+/// Runs demo sessions forever at `per_second`, each on a new conversation, for the live dashboard.
+pub async fn run_continuous(world: DemoWorld, per_second: f64, seed: u64) {
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_second.max(0.01)));
+    let mut running = tokio::task::JoinSet::new();
+    for i in 0usize.. {
+        tick.tick().await;
+        while running.try_join_next().is_some() {}
+        let splicer = world.splicers[i % world.splicers.len()].clone();
+        running.spawn(async move { splicer.collect(ChatRequest::new(conversation(i, seed))).await });
+    }
 }
 
 impl std::fmt::Display for DemoReport {

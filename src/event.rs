@@ -11,6 +11,7 @@ use uuid::Uuid;
 use crate::continuation::ContinuationMode;
 use crate::failure::{Failure, FailureClass, FailureKind};
 use crate::provider::UpstreamRequest;
+use crate::record::spec::{LadderSpec, RequestSpec};
 use crate::request::Usage;
 
 /// One thing that happened in a session.
@@ -35,6 +36,12 @@ pub enum EventKind {
         ladder: String,
         /// Messages in the conversation.
         messages: usize,
+        /// The ladder's routes and rules, enough to rebuild it for a replay (no providers, no keys).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        spec: Option<Box<LadderSpec>>,
+        /// The caller's request before any continuation: model, messages, params.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request: Option<Box<RequestSpec>>,
     },
     /// An upstream attempt began.
     AttemptOpened {
@@ -111,6 +118,9 @@ pub enum EventKind {
         bytes: u64,
         /// Token counts summed over the contributing attempts.
         usage: Usage,
+        /// Tool-call deltas sent to the client (just before the end).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        tool_calls: Vec<serde_json::Value>,
     },
     /// The session ended without a complete answer.
     Failed {

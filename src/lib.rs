@@ -12,6 +12,8 @@
 //! * [`watchdog`]: deadlines and shape checks around one upstream stream.
 //! * [`ladder`]: routes, retry policy, and the pure decision after a failure.
 //! * [`failure`]: failure kinds and their classes.
+//! * [`breaker`]: circuit breaker per route (not wired into the ladder yet).
+//! * [`budget`]: retry budget per route (not wired into the ladder yet).
 //! * [`continuation`]: how a route is asked to continue a prefix.
 //! * [`overlap`]: the overlap trim at the seam.
 //! * [`provider`]: upstream wire formats (`openai`, `mock`).
@@ -21,6 +23,9 @@
 //! * [`demo`]: the headless demo run (`baton demo --headless`).
 //! * [`config`]: the proxy's TOML config.
 //! * [`proxy`]: `baton serve`, the OpenAI-compatible proxy.
+//! * [`record`]: session recordings on disk (JSONL) and `baton replay` (`--verify`, `--summary`).
+//! * [`dashboard`]: the terminal dashboard (`baton demo`, `baton watch`).
+//! * [`bench`](mod@bench): `baton bench`, streaming throughput, latency and memory, direct vs proxied.
 //!
 //! # Example
 //!
@@ -42,8 +47,12 @@
 //! # }
 //! ```
 
+pub mod bench;
+pub mod breaker;
+pub mod budget;
 pub mod config;
 pub mod continuation;
+pub mod dashboard;
 pub mod demo;
 pub mod event;
 pub mod failure;
@@ -52,6 +61,7 @@ pub mod oracle;
 pub mod overlap;
 pub mod provider;
 pub mod proxy;
+pub mod record;
 pub mod request;
 pub mod splice;
 pub mod watchdog;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use baton::config::Config;
-use baton::demo::{run_headless, DemoOptions};
+use baton::demo::{run_headless_recorded, DemoOptions};
 use baton::oracle::fault::{FaultPlan, FaultScript};
 use baton::oracle::script::Pacing;
 use baton::oracle::server::{run, MockConfig};
@@ -36,7 +36,7 @@ enum Command {
     /// healthy instruct fallback) and prints a summary. Exits non-zero if any
     /// session's final text differs from the oracle's answer.
     Demo {
-        /// Print the summary only (the live dashboard is not built yet, so this is also what runs without it).
+        /// No dashboard: run --sessions sessions at once and print a summary (also what runs without a terminal).
         #[arg(long)]
         headless: bool,
         /// Number of concurrent sessions.
@@ -48,6 +48,32 @@ enum Command {
         /// Print the summary as one JSON object on stdout.
         #[arg(long)]
         json: bool,
+        /// Record every session to this directory, one JSONL file per session (see `baton replay`).
+        #[arg(long, value_name = "DIR")]
+        record: Option<PathBuf>,
+    },
+    /// Summarize recorded sessions, or re-drive them through the current splicer.
+    ///
+    /// Reads recording files (`*.jsonl`, as `baton demo --record` and `baton serve`
+    /// with `record_dir` write them) or directories of them. Without a flag it
+    /// prints the summary (playing a recording in the dashboard is coming).
+    /// `--verify` exits 1 on any divergence, 2 if some sessions could not be
+    /// verified (events were dropped while recording).
+    Replay {
+        /// Re-drive every session under virtual time with scripted upstreams built from
+        /// the recording, and compare what the client receives now, and the handover
+        /// decisions, with what was recorded.
+        #[arg(long, conflicts_with = "summary")]
+        verify: bool,
+        /// Per session: route chain, failures, handovers, gap, bytes, tokens; totals at the end.
+        #[arg(long)]
+        summary: bool,
+        /// Print one JSON document on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Recording files or directories.
+        #[arg(required = true, value_name = "FILE|DIR")]
+        paths: Vec<PathBuf>,
     },
     /// Run the OpenAI-compatible proxy: point any client's base URL at it.
     ///
@@ -57,6 +83,17 @@ enum Command {
         /// The config file (TOML): [server], [[route]] and [[ladder]] sections.
         #[arg(long, short, default_value = "baton.toml")]
         config: PathBuf,
+    },
+    /// Open the dashboard on a running `baton serve` (its /events feed).
+    ///
+    /// Reconnects every second if the proxy goes away, showing the status in the header.
+    Watch {
+        /// The proxy's base URL.
+        #[arg(default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Environment variable holding the proxy's client key, if it requires one.
+        #[arg(long)]
+        api_key_env: Option<String>,
     },
     /// Validate a config file and print the resolved ladders (no secrets).
     Check {
@@ -91,6 +128,35 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         first_token_ms: u64,
     },
+    /// Measure streaming throughput, added latency per chunk and memory per
+    /// stream, directly against a stamped mock upstream and through the proxy.
+    ///
+    /// For each stream count, N concurrent streams run directly, then through an
+    /// in-process proxy; prints chunks/s, the proxy's added latency (p50/p99) and
+    /// peak memory per stream. Exits non-zero if any stream failed.
+    Bench {
+        /// Stream counts to run, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
+        sizes: Vec<usize>,
+        /// Which runs to do for each size, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "direct,proxied")]
+        modes: Vec<baton::bench::Mode>,
+        /// Content chunks per stream.
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+        chunks: u32,
+        /// Milliseconds between a stream's chunks (0: back to back).
+        #[arg(long, default_value_t = 10.0)]
+        interval_ms: f64,
+        /// Clients connecting at once while the streams ramp up.
+        #[arg(long, default_value_t = 1000)]
+        connect_concurrency: usize,
+        /// Set TCP_NODELAY on the proxy's listening socket (accepted sockets inherit it).
+        #[arg(long)]
+        proxy_nodelay: bool,
+        /// Print the report as one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[tokio::main]
@@ -108,8 +174,34 @@ async fn main() -> ExitCode {
             sessions,
             seed,
             json,
-        } => demo(headless, sessions as usize, seed, json).await,
+            record,
+        } => demo(headless, sessions as usize, seed, json, record).await,
+        Command::Replay {
+            verify,
+            summary,
+            json,
+            paths,
+        } => {
+            use baton::record::replay::{run, Mode};
+            let mode = match (verify, summary) {
+                (true, _) => Mode::Verify,
+                (_, true) => Mode::Summary,
+                _ => Mode::View,
+            };
+            run(&paths, mode, json)
+        }
         Command::Serve { config } => serve(&config).await,
+        Command::Watch { url, api_key_env } => {
+            let key = match api_key_env.map(|var| std::env::var(&var).map_err(|_| var)) {
+                None => None,
+                Some(Ok(key)) => Some(key),
+                Some(Err(var)) => {
+                    eprintln!("baton watch: environment variable {var} is not set");
+                    return ExitCode::FAILURE;
+                }
+            };
+            dashboard(baton::dashboard::from_url(&url, key), &format!("watching {url}")).await
+        }
         Command::Check { config } => match Config::load(&config) {
             Ok(config) => {
                 print!("{}", config.describe());
@@ -145,19 +237,44 @@ async fn main() -> ExitCode {
             };
             mock(port, config).await
         }
+        Command::Bench {
+            sizes,
+            modes,
+            chunks,
+            interval_ms,
+            connect_concurrency,
+            proxy_nodelay,
+            json,
+        } => {
+            let options = baton::bench::BenchOptions {
+                sizes,
+                modes,
+                chunks,
+                interval: Duration::from_secs_f64(interval_ms.max(0.0) / 1000.0),
+                connect_concurrency,
+                proxy_nodelay,
+                ..Default::default()
+            };
+            baton::bench::main(options, json).await
+        }
     }
 }
 
-async fn demo(headless: bool, sessions: usize, seed: u64, json: bool) -> ExitCode {
+async fn demo(headless: bool, sessions: usize, seed: u64, json: bool, record: Option<PathBuf>) -> ExitCode {
     if !headless {
         if std::io::stdout().is_terminal() {
-            eprintln!("baton: the live dashboard is not built yet; running the headless demo.");
-        } else {
-            eprintln!("baton: stdout is not a terminal; running the headless demo.");
+            return demo_dashboard(seed, record).await;
         }
+        eprintln!("baton: stdout is not a terminal; running the headless demo.");
     }
-    let report = match run_headless(DemoOptions { sessions, seed }).await {
-        Ok(report) => report,
+    let record = record.map(baton::record::RecordOptions::new);
+    let report = match run_headless_recorded(DemoOptions { sessions, seed }, record).await {
+        Ok((report, recorded)) => {
+            if let Some(stats) = recorded {
+                eprintln!("baton demo: recorded {stats}");
+            }
+            report
+        }
         Err(e) => {
             eprintln!("baton demo: {e}");
             return ExitCode::FAILURE;
@@ -260,4 +377,47 @@ async fn shutdown_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
     eprintln!("baton: shutting down; streams in flight may finish");
+}
+
+/// The demo scenario, continuously, under the live dashboard.
+async fn demo_dashboard(seed: u64, record: Option<PathBuf>) -> ExitCode {
+    let world = match baton::demo::DemoWorld::start(seed).await {
+        Ok(world) => world,
+        Err(e) => {
+            eprintln!("baton demo: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let recorder = match record {
+        Some(dir) => match baton::record::Recorder::attach(&world.events, baton::record::RecordOptions::new(&dir)) {
+            Ok(recorder) => Some(recorder),
+            Err(e) => {
+                eprintln!("baton demo: cannot record to {}: {e}", dir.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    let feed = baton::dashboard::from_broadcast(world.events.subscribe());
+    let sessions = tokio::spawn(baton::demo::run_continuous(world, 4.0, seed));
+    let code = dashboard(feed, "in-process demo: faulty primary, 2 fallbacks").await;
+    sessions.abort();
+    if let Some(recorder) = recorder {
+        eprintln!("baton demo: recorded {}", recorder.finish().await);
+    }
+    code
+}
+
+async fn dashboard(feed: baton::dashboard::FeedStream, source: &str) -> ExitCode {
+    if !std::io::stdout().is_terminal() {
+        eprintln!("baton: the dashboard needs a terminal (stdout is not one)");
+        return ExitCode::FAILURE;
+    }
+    match baton::dashboard::run(feed, source).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("baton: dashboard error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

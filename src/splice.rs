@@ -21,6 +21,7 @@ use crate::ladder::{AttemptState, Decision, Ladder, Route};
 use crate::oracle::SplitMix;
 use crate::overlap::OverlapTrim;
 use crate::provider::UpstreamRequest;
+use crate::record::spec::{LadderSpec, RequestSpec};
 use crate::request::{ChatRequest, Usage};
 use crate::watchdog::{Watchdog, Watched};
 
@@ -214,7 +215,14 @@ impl Splicer {
         let ladder = self.ladder.clone();
         let log = SessionLog::new(request.session, self.events.clone());
         Box::pin(async_stream::stream! {
-            log.emit(EventKind::SessionStarted { ladder: ladder.name.clone(), messages: request.messages.len() });
+            if log.listened() {
+                log.emit(EventKind::SessionStarted {
+                    ladder: ladder.name.clone(),
+                    messages: request.messages.len(),
+                    spec: Some(Box::new(LadderSpec::of(&ladder))),
+                    request: Some(Box::new(RequestSpec::of(&request))),
+                });
+            }
             let mut session = Session::new(&request, log);
             let Some(first) = ladder.routes.first() else {
                 yield session.fail(SpliceError::Exhausted { failures: Vec::new(), emitted_bytes: 0 });
@@ -334,6 +342,8 @@ struct Session<'r> {
     pending: Option<Pending>,
     attempts: u32,
     rng: SplitMix,
+    /// Tool-call deltas sent to the client, for the `Finished` event (only kept when someone listens).
+    tool_calls: Vec<serde_json::Value>,
 }
 
 /// One upstream attempt.
@@ -382,6 +392,7 @@ impl<'r> Session<'r> {
             pending: None,
             attempts: 0,
             rng: SplitMix::new(hi ^ lo),
+            tool_calls: Vec::new(),
         }
     }
 
@@ -447,6 +458,9 @@ impl<'r> Session<'r> {
 
     /// The client items for a finished attempt's tool calls.
     fn deliver_tool_calls(&mut self, attempt: &Attempt, deltas: Vec<serde_json::Value>) -> Delivered {
+        if self.log.listened() {
+            self.tool_calls.extend(deltas.iter().cloned());
+        }
         let item = ClientItem::ToolCalls {
             deltas,
             route: attempt.route.clone(),
@@ -523,6 +537,7 @@ impl<'r> Session<'r> {
             route_chain: self.chain.clone(),
             bytes: self.emitted.len() as u64,
             usage: self.usage,
+            tool_calls: std::mem::take(&mut self.tool_calls),
         });
         ClientItem::Done(Completion {
             finish_reason,

@@ -37,6 +37,7 @@ use uuid::Uuid;
 
 use crate::config::{glob_match, Config, Secret};
 use crate::event::EngineEvent;
+use crate::record::{RecordOptions, Recorder};
 use crate::request::ChatRequest;
 use crate::splice::{ClientItem, SpliceError, SpliceStream, Splicer, EVENT_CAPACITY};
 use metrics::Metrics;
@@ -158,9 +159,23 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
-    let (router, _state) = router(config, phase_rx);
+    let (router, state) = router(config, phase_rx);
+    // Recording: subscribed before the first request, written off the hot path.
+    let recorder = match &config.record_dir {
+        Some(dir) => {
+            let mut options = RecordOptions::new(dir);
+            if let Some(key) = &config.api_key {
+                options = options.redact(key.expose());
+            }
+            let recorder = Recorder::attach(&state.events, options)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("cannot record to {}: {e}", dir.display())))?;
+            tracing::info!(dir = %dir.display(), "recording every session");
+            Some(recorder)
+        }
+        None => None,
+    };
     let grace = config.shutdown_grace;
-    axum::serve(listener, router)
+    let served = axum::serve(listener, router)
         .with_graceful_shutdown(async move {
             shutdown.await;
             let _ = phase_tx.send(Phase::Draining);
@@ -169,7 +184,16 @@ pub async fn serve(
                 let _ = phase_tx.send(Phase::Stopped);
             });
         })
-        .await
+        .await;
+    if let Some(recorder) = recorder {
+        let stats = recorder.finish().await;
+        if stats.dropped > 0 || stats.write_errors > 0 {
+            tracing::warn!("recording: {stats}");
+        } else {
+            tracing::info!("recording: {stats}");
+        }
+    }
+    served
 }
 
 async fn chat(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {

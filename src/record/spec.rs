@@ -1,0 +1,228 @@
+//! What a recording needs to rebuild a session: the ladder's routes and rules,
+//! and the caller's request before any continuation.
+//!
+//! Both travel in [`EventKind::SessionStarted`](crate::event::EventKind::SessionStarted).
+//! Providers (URLs, API keys) are never part of them: a re-drive plugs in
+//! scripted providers instead.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::continuation::ContinuationMode;
+use crate::ladder::{Ladder, RetryPolicy, Route};
+use crate::provider::Provider;
+use crate::request::{ChatRequest, Message};
+use crate::watchdog::Deadlines;
+
+/// A ladder without its providers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LadderSpec {
+    /// The routes, best first.
+    pub routes: Vec<RouteSpec>,
+    /// Same-route retries.
+    pub retry: RetrySpec,
+    /// The user message that asks an `instruct` route to continue.
+    pub instruction: String,
+}
+
+/// A route without its provider.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RouteSpec {
+    /// Its name.
+    pub name: String,
+    /// The upstream model (`{model}`: the caller's).
+    pub model: String,
+    /// How it continues a prefix.
+    pub continuation: ContinuationMode,
+    /// Whether prefill requests carry `continue_final_message`.
+    pub continue_final_message: bool,
+    /// Time-to-first-token deadline.
+    #[serde(rename = "first_token_ms", with = "ms")]
+    pub first_token: Duration,
+    /// Inter-token stall deadline.
+    #[serde(rename = "stall_ms", with = "ms")]
+    pub stall: Duration,
+    /// Whole-attempt deadline.
+    #[serde(rename = "total_ms", with = "ms")]
+    pub total: Duration,
+    /// Context window in tokens.
+    pub context_tokens: u32,
+}
+
+/// The ladder's retry policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetrySpec {
+    /// Retries per route per session.
+    pub max_retries: u32,
+    /// The first backoff ceiling.
+    #[serde(rename = "base_delay_ms", with = "ms")]
+    pub base_delay: Duration,
+    /// The largest backoff.
+    #[serde(rename = "max_delay_ms", with = "ms")]
+    pub max_delay: Duration,
+    /// The longest `Retry-After` waited for.
+    #[serde(rename = "retry_after_ceiling_ms", with = "ms")]
+    pub retry_after_ceiling: Duration,
+}
+
+/// The caller's request, before any continuation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RequestSpec {
+    /// The model the caller asked for.
+    pub model: Option<String>,
+    /// The conversation.
+    pub messages: Vec<Message>,
+    /// Pass-through request fields.
+    #[serde(default)]
+    pub params: Map<String, Value>,
+}
+
+impl LadderSpec {
+    /// Describes `ladder`.
+    pub fn of(ladder: &Ladder) -> Self {
+        LadderSpec {
+            routes: ladder.routes.iter().map(RouteSpec::of).collect(),
+            retry: RetrySpec {
+                max_retries: ladder.retry.max_retries,
+                base_delay: ladder.retry.base_delay,
+                max_delay: ladder.retry.max_delay,
+                retry_after_ceiling: ladder.retry.retry_after_ceiling,
+            },
+            instruction: ladder.instruction.clone(),
+        }
+    }
+
+    /// The ladder named `name` this describes, with `provider(route)` behind each route.
+    pub fn build(&self, name: &str, mut provider: impl FnMut(&RouteSpec) -> Arc<dyn Provider>) -> Ladder {
+        let mut ladder = Ladder::new(self.routes.iter().map(|r| r.build(provider(r))).collect()).named(name);
+        ladder.retry = RetryPolicy {
+            max_retries: self.retry.max_retries,
+            base_delay: self.retry.base_delay,
+            max_delay: self.retry.max_delay,
+            retry_after_ceiling: self.retry.retry_after_ceiling,
+        };
+        ladder.instruction = self.instruction.clone();
+        ladder
+    }
+}
+
+impl RouteSpec {
+    /// Describes `route`.
+    pub fn of(route: &Route) -> Self {
+        RouteSpec {
+            name: route.name.to_string(),
+            model: route.model.to_string(),
+            continuation: route.continuation,
+            continue_final_message: route.continue_final_message,
+            first_token: route.deadlines.first_token,
+            stall: route.deadlines.stall,
+            total: route.deadlines.total,
+            context_tokens: route.context_tokens,
+        }
+    }
+
+    /// Its deadlines.
+    pub fn deadlines(&self) -> Deadlines {
+        Deadlines {
+            first_token: self.first_token,
+            stall: self.stall,
+            total: self.total,
+        }
+    }
+
+    /// The route this describes, with `provider` behind it.
+    pub fn build(&self, provider: Arc<dyn Provider>) -> Route {
+        let mut route = Route::new(&self.name, &self.model, provider)
+            .with_continuation(self.continuation)
+            .with_deadlines(self.deadlines())
+            .with_context(self.context_tokens);
+        route.continue_final_message = self.continue_final_message;
+        route
+    }
+}
+
+impl RequestSpec {
+    /// Describes `request` (its session id travels in every event).
+    pub fn of(request: &ChatRequest) -> Self {
+        RequestSpec {
+            model: request.model.clone(),
+            messages: request.messages.clone(),
+            params: request.params.clone(),
+        }
+    }
+
+    /// The request this describes, for `session`.
+    pub fn build(&self, session: uuid::Uuid) -> ChatRequest {
+        let mut request = ChatRequest::new(self.messages.clone());
+        request.session = session;
+        request.model = self.model.clone();
+        request.params = self.params.clone();
+        request
+    }
+}
+
+/// A `Duration` as milliseconds: an integer when whole, else a decimal (exact to the nanosecond).
+pub mod ms {
+    use std::time::Duration;
+
+    use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
+
+    /// Writes `d` in milliseconds.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        if d.subsec_nanos() % 1_000_000 == 0 {
+            s.serialize_u64(d.as_millis() as u64)
+        } else {
+            s.serialize_f64(d.as_nanos() as f64 / 1e6)
+        }
+    }
+
+    /// Reads milliseconds, integer or decimal.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let v = serde_json::Number::deserialize(d)?;
+        if let Some(ms) = v.as_u64() {
+            return Ok(Duration::from_millis(ms));
+        }
+        match v.as_f64() {
+            Some(ms) if ms.is_finite() && ms >= 0.0 => Ok(Duration::from_nanos((ms * 1e6).round() as u64)),
+            _ => Err(D::Error::custom(format!("{v} is not a duration in milliseconds"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oracle::fault::{FaultPlan, FaultScript};
+    use crate::oracle::Style;
+    use crate::provider::mock::MockProvider;
+
+    #[test]
+    fn a_ladder_round_trips_through_its_spec() {
+        let p: Arc<dyn Provider> = Arc::new(MockProvider::new(FaultPlan::Fixed(FaultScript::NONE), Style::default()));
+        let mut ladder = Ladder::new(vec![
+            Route::new("a", "m1", p.clone()).with_deadlines(Deadlines {
+                first_token: Duration::from_micros(1500),
+                stall: Duration::from_millis(400),
+                total: Duration::from_secs(60),
+            }),
+            Route::new("b", "{model}", p.clone())
+                .with_continuation(ContinuationMode::Instruct)
+                .with_context(8000),
+        ])
+        .named("chat");
+        ladder.retry.max_retries = 5;
+        ladder.instruction = "go on".into();
+        let spec = LadderSpec::of(&ladder);
+        let json = serde_json::to_string(&spec).expect("serialize");
+        assert!(json.contains("\"first_token_ms\":1.5"), "{json}");
+        assert!(json.contains("\"stall_ms\":400"), "{json}");
+        let back: LadderSpec = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, spec);
+        let rebuilt = back.build("chat", |_| p.clone());
+        assert_eq!(LadderSpec::of(&rebuilt), spec);
+        assert_eq!(rebuilt.name, "chat");
+    }
+}

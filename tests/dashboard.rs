@@ -1,0 +1,408 @@
+//! The dashboard drawn into ratatui's `TestBackend` from a fixed event
+//! sequence: one snapshot per behaviour, at two terminal sizes.
+
+use std::time::Duration;
+
+use baton::continuation::ContinuationMode;
+use baton::dashboard::app::{App, Control};
+use baton::dashboard::model::{Model, DETAILED_SESSIONS, HANDOVER_LOG};
+use baton::dashboard::ui::draw;
+use baton::event::{EngineEvent, EventKind};
+use baton::failure::{Failure, FailureKind};
+use baton::provider::UpstreamRequest;
+use baton::Usage;
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use ratatui::backend::TestBackend;
+use ratatui::Terminal;
+use uuid::Uuid;
+
+fn ev(session: u128, t_ms: u64, kind: EventKind) -> EngineEvent {
+    EngineEvent {
+        session: Uuid::from_u128(session),
+        t_ms,
+        kind,
+    }
+}
+
+fn started(ladder: &str, messages: usize) -> EventKind {
+    EventKind::SessionStarted {
+        ladder: ladder.into(),
+        messages,
+        spec: None,
+        request: None,
+    }
+}
+
+fn opened(route: &str, attempt: u32, prefix_bytes: u64) -> EventKind {
+    EventKind::AttemptOpened {
+        route: route.into(),
+        model: format!("{route}-model"),
+        attempt,
+        mode: ContinuationMode::Prefill,
+        prefix_bytes,
+        request: UpstreamRequest {
+            model: format!("{route}-model"),
+            messages: Vec::new(),
+            params: Default::default(),
+            continue_final_message: false,
+        },
+    }
+}
+
+fn delta(route: &str, text: &str) -> EventKind {
+    EventKind::Delta {
+        route: route.into(),
+        text: text.into(),
+    }
+}
+
+/// Three sessions: one spliced after a stall, one clean, one still streaming.
+fn script() -> Vec<(u64, EngineEvent)> {
+    let stall = FailureKind::Stall {
+        after: Duration::from_secs(3),
+    };
+    let a = 0xa11ce_u128 << 96;
+    let b = 0xb0b_u128 << 100;
+    let c = 0xc0ffee_u128 << 96;
+    vec![
+        (100, ev(a, 0, started("chat", 2))),
+        (110, ev(a, 10, opened("primary", 1, 0))),
+        (
+            150,
+            ev(
+                a,
+                50,
+                EventKind::FirstToken {
+                    route: "primary".into(),
+                    ttft_ms: 40,
+                },
+            ),
+        ),
+        (150, ev(a, 50, delta("primary", "The relay runner passes the "))),
+        (300, ev(a, 200, delta("primary", "baton at the"))),
+        (
+            3300,
+            ev(
+                a,
+                3200,
+                EventKind::Failure {
+                    failure: Failure::new(&stall, "primary", 12, 40, 3200),
+                    cause: stall.clone(),
+                },
+            ),
+        ),
+        (3310, ev(a, 3210, opened("fallback", 2, 40))),
+        (
+            3350,
+            ev(
+                a,
+                3250,
+                EventKind::Handover {
+                    from: "primary".into(),
+                    to: "fallback".into(),
+                    class: baton::FailureClass::Technical,
+                    reason: "stall".into(),
+                    prefix_bytes: 40,
+                    gap_ms: 48,
+                },
+            ),
+        ),
+        (3350, ev(a, 3250, delta("fallback", " line, without breaking stride."))),
+        (
+            3400,
+            ev(
+                a,
+                3300,
+                EventKind::Finished {
+                    finish_reason: "stop".into(),
+                    route_chain: vec!["primary".into(), "fallback".into()],
+                    bytes: 71,
+                    usage: Usage::default(),
+                    tool_calls: vec![],
+                },
+            ),
+        ),
+        (1000, ev(b, 0, started("batch", 4))),
+        (1010, ev(b, 10, opened("primary", 1, 0))),
+        (
+            1060,
+            ev(
+                b,
+                60,
+                EventKind::FirstToken {
+                    route: "primary".into(),
+                    ttft_ms: 50,
+                },
+            ),
+        ),
+        (1060, ev(b, 60, delta("primary", "A clean answer."))),
+        (
+            1100,
+            ev(
+                b,
+                100,
+                EventKind::Finished {
+                    finish_reason: "stop".into(),
+                    route_chain: vec!["primary".into()],
+                    bytes: 15,
+                    usage: Usage::default(),
+                    tool_calls: vec![],
+                },
+            ),
+        ),
+        (3500, ev(c, 0, started("chat", 2))),
+        (3510, ev(c, 10, opened("primary", 1, 0))),
+        (3560, ev(c, 60, delta("primary", "Still streaming…"))),
+    ]
+}
+
+fn app() -> App {
+    let mut app = App::new("test feed");
+    let mut events = script();
+    events.sort_by_key(|(t, _)| *t);
+    for (t, e) in &events {
+        app.on_event(e, Duration::from_millis(*t));
+    }
+    app.tick(Duration::from_millis(4000));
+    app
+}
+
+fn render(app: &App, width: u16, height: u16) -> String {
+    let mut terminal = Terminal::new(TestBackend::new(width, height)).expect("test terminal");
+    terminal.draw(|f| draw(f, app)).expect("draw");
+    let buffer = terminal.backend().buffer();
+    let mut out = String::new();
+    for y in 0..height {
+        let mut line = String::new();
+        for x in 0..width {
+            line.push_str(buffer[(x, y)].symbol());
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn key(app: &mut App, code: KeyCode) -> Control {
+    app.on_key(KeyEvent::new(code, KeyModifiers::NONE))
+}
+
+#[test]
+fn overview_with_a_handover_at_120x40() {
+    insta::assert_snapshot!(render(&app(), 120, 40));
+}
+
+#[test]
+fn overview_with_a_handover_at_80x24() {
+    insta::assert_snapshot!(render(&app(), 80, 24));
+}
+
+#[test]
+fn transcript_full_screen_marks_the_splice_and_its_cause() {
+    let mut app = app();
+    key(&mut app, KeyCode::Enter);
+    let screen = render(&app, 100, 30);
+    assert!(screen.contains("⟫ stall 3.0 s after 12 tokens → fallback"), "{screen}");
+    insta::assert_snapshot!(screen);
+}
+
+#[test]
+fn filtered_session_list_shows_only_matches() {
+    let mut app = app();
+    key(&mut app, KeyCode::Char('/'));
+    for c in "batch".chars() {
+        key(&mut app, KeyCode::Char(c));
+    }
+    key(&mut app, KeyCode::Enter);
+    assert_eq!(app.visible_sessions().len(), 1);
+    insta::assert_snapshot!(render(&app, 120, 40));
+}
+
+#[test]
+fn help_overlay() {
+    let mut app = app();
+    key(&mut app, KeyCode::Char('?'));
+    insta::assert_snapshot!(render(&app, 100, 30));
+    assert_eq!(key(&mut app, KeyCode::Char('x')), Control::Continue);
+    assert!(!app.help, "any key closes the help");
+}
+
+#[test]
+fn too_small_terminal_says_so() {
+    let screen = render(&app(), 60, 12);
+    assert!(screen.contains("Terminal too small"), "{screen}");
+    insta::assert_snapshot!(screen);
+}
+
+#[test]
+fn paused_view_freezes_but_counts_events() {
+    let mut app = app();
+    key(&mut app, KeyCode::Char('p'));
+    let later = ev(7, 0, started("late", 1));
+    app.on_event(&later, Duration::from_millis(4100));
+    assert_eq!(app.events_since_pause(), 1);
+    assert!(
+        app.visible_sessions().iter().all(|s| s.ladder != "late"),
+        "the paused view is frozen"
+    );
+    insta::assert_snapshot!(render(&app, 120, 40));
+    key(&mut app, KeyCode::Char('p'));
+    assert!(app.visible_sessions().iter().any(|s| s.ladder == "late"));
+}
+
+#[test]
+fn selection_moves_and_stays_on_its_session() {
+    let mut app = app();
+    // Following: the newest session with a handover (the oldest of the three here).
+    let first = app.selected_session().map(|s| s.id);
+    assert_eq!(first, Some(Uuid::from_u128(0xa11ce_u128 << 96)));
+    key(&mut app, KeyCode::Char('k'));
+    let second = app.selected_session().map(|s| s.id);
+    assert_ne!(first, second);
+    app.on_event(&ev(8, 0, started("new", 1)), Duration::from_millis(4200));
+    assert_eq!(
+        app.selected_session().map(|s| s.id),
+        second,
+        "a new session must not move the selection"
+    );
+    assert_eq!(key(&mut app, KeyCode::Char('q')), Control::Quit);
+    assert_eq!(
+        app.on_key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)),
+        Control::Quit
+    );
+}
+
+/// A load check with generous bounds: 100,000 sessions' events through the
+/// model keep only the bounded windows in memory.
+#[test]
+fn a_hundred_thousand_sessions_keep_memory_bounded() {
+    let mut model = Model::default();
+    let stall = FailureKind::Stall {
+        after: Duration::from_secs(1),
+    };
+    for i in 0..100_000u128 {
+        let now = Duration::from_millis(i as u64);
+        model.apply(&ev(i, 0, started("chat", 2)), now);
+        model.apply(&ev(i, 1, opened("primary", 1, 0)), now);
+        model.apply(
+            &ev(
+                i,
+                2,
+                EventKind::FirstToken {
+                    route: "primary".into(),
+                    ttft_ms: 40,
+                },
+            ),
+            now,
+        );
+        model.apply(&ev(i, 2, delta("primary", "some words of the answer ")), now);
+        model.apply(
+            &ev(
+                i,
+                3,
+                EventKind::Failure {
+                    failure: Failure::new(&stall, "primary", 1, 25, 3),
+                    cause: stall.clone(),
+                },
+            ),
+            now,
+        );
+        model.apply(
+            &ev(
+                i,
+                4,
+                EventKind::Handover {
+                    from: "primary".into(),
+                    to: "fallback".into(),
+                    class: baton::FailureClass::Technical,
+                    reason: "stall".into(),
+                    prefix_bytes: 25,
+                    gap_ms: 5,
+                },
+            ),
+            now,
+        );
+        model.apply(&ev(i, 5, delta("fallback", "and the rest.")), now);
+        model.apply(
+            &ev(
+                i,
+                6,
+                EventKind::Finished {
+                    finish_reason: "stop".into(),
+                    route_chain: vec![],
+                    bytes: 38,
+                    usage: Usage::default(),
+                    tool_calls: vec![],
+                },
+            ),
+            now,
+        );
+    }
+    assert_eq!(model.total_sessions, 100_000);
+    assert_eq!(model.total_handovers, 100_000);
+    assert_eq!(model.sessions.len(), DETAILED_SESSIONS);
+    assert_eq!(model.handovers.len(), HANDOVER_LOG);
+    assert_eq!(model.routes.len(), 2);
+    // The newest session is kept in detail, the oldest is not.
+    assert!(model.session(&Uuid::from_u128(99_999)).is_some());
+    assert!(model.session(&Uuid::from_u128(0)).is_none());
+}
+
+#[test]
+fn the_splice_marker_names_the_failure_that_caused_the_handover() {
+    let mut model = Model::default();
+    let malformed = FailureKind::Malformed {
+        detail: "bad json".into(),
+    };
+    let prefill = FailureKind::PrefillRejected {
+        message: "no prefill".into(),
+    };
+    let now = Duration::from_secs(1);
+    model.apply(&ev(1, 0, started("chat", 2)), now);
+    model.apply(&ev(1, 1, delta("primary", "Half an ans")), now);
+    model.apply(
+        &ev(
+            1,
+            2,
+            EventKind::Failure {
+                failure: Failure::new(&malformed, "primary", 4, 11, 2),
+                cause: malformed.clone(),
+            },
+        ),
+        now,
+    );
+    model.apply(
+        &ev(
+            1,
+            3,
+            EventKind::Failure {
+                failure: Failure::new(&prefill, "echo", 0, 11, 3),
+                cause: prefill.clone(),
+            },
+        ),
+        now,
+    );
+    model.apply(
+        &ev(
+            1,
+            4,
+            EventKind::Handover {
+                from: "primary".into(),
+                to: "echo".into(),
+                class: baton::FailureClass::Technical,
+                reason: "malformed".into(),
+                prefix_bytes: 11,
+                gap_ms: 9,
+            },
+        ),
+        now,
+    );
+    model.apply(&ev(1, 5, delta("echo", "wer.")), now);
+    let session = model.session(&Uuid::from_u128(1)).expect("kept");
+    assert_eq!(
+        session.pieces.get(1),
+        Some(&baton::dashboard::model::Piece::Splice(
+            "⟫ malformed after 4 tokens → echo".into()
+        ))
+    );
+}

@@ -188,6 +188,9 @@ async fn main() -> ExitCode {
                 (_, true) => Mode::Summary,
                 _ => Mode::View,
             };
+            if mode == Mode::View && !json && std::io::stdout().is_terminal() {
+                return replay_dashboard(&paths).await;
+            }
             run(&paths, mode, json)
         }
         Command::Serve { config } => serve(&config).await,
@@ -413,7 +416,41 @@ async fn dashboard(feed: baton::dashboard::FeedStream, source: &str) -> ExitCode
         eprintln!("baton: the dashboard needs a terminal (stdout is not one)");
         return ExitCode::FAILURE;
     }
-    match baton::dashboard::run(feed, source).await {
+    match baton::dashboard::run(baton::dashboard::Source::Live(feed), source).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("baton: dashboard error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `baton replay FILE|DIR` in a terminal: the recording in the dashboard, with its original timing.
+async fn replay_dashboard(paths: &[PathBuf]) -> ExitCode {
+    let recording = baton::record::reader::read(paths);
+    for warning in &recording.warnings {
+        eprintln!("baton replay: warning: {warning}");
+    }
+    if !recording.errors.is_empty() {
+        for error in &recording.errors {
+            eprintln!("baton replay: {error}");
+        }
+        return ExitCode::FAILURE;
+    }
+    if recording.sessions.is_empty() {
+        eprintln!(
+            "baton replay: no recorded sessions in {}",
+            paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return ExitCode::FAILURE;
+    }
+    let title = format!("replay of {} sessions", recording.sessions.len());
+    let player = baton::dashboard::replay::Player::new(&recording);
+    match baton::dashboard::run(baton::dashboard::Source::Replay(Box::new(player)), &title).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("baton: dashboard error: {e}");

@@ -406,3 +406,49 @@ fn the_splice_marker_names_the_failure_that_caused_the_handover() {
         ))
     );
 }
+
+fn demo_recordings() -> baton::record::reader::Recording {
+    let dir = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/demos/recordings"));
+    let recording = baton::record::reader::read(&[dir]);
+    assert!(recording.errors.is_empty(), "{:?}", recording.errors);
+    recording
+}
+
+#[test]
+fn replay_view_one_second_into_the_demo_recordings() {
+    let mut player = baton::dashboard::replay::Player::new(&demo_recordings());
+    let mut app = App::new("replay of demos/recordings");
+    player.seek(&mut app, 1000);
+    insta::assert_snapshot!(render(&app, 120, 40));
+}
+
+#[test]
+fn replay_keys_pause_change_speed_and_jump_between_handovers() {
+    let mut player = baton::dashboard::replay::Player::new(&demo_recordings());
+    let mut app = App::new("replay");
+    let press = |player: &mut baton::dashboard::replay::Player, app: &mut App, c: char| {
+        assert!(player.on_key(app, KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE)), "{c} is a replay key");
+    };
+    press(&mut player, &mut app, 'n');
+    assert_eq!(app.live.total_handovers, 1, "n stops right after the first handover");
+    press(&mut player, &mut app, 'n');
+    assert_eq!(app.live.total_handovers, 2);
+    press(&mut player, &mut app, 'N');
+    assert_eq!(app.live.total_handovers, 1, "N goes back, rebuilding the view");
+    for _ in 0..10 {
+        press(&mut player, &mut app, '+');
+    }
+    assert_eq!(player.progress().speed, 64.0);
+    for _ in 0..10 {
+        press(&mut player, &mut app, '-');
+    }
+    assert_eq!(player.progress().speed, 0.25);
+    press(&mut player, &mut app, ' ');
+    let at = player.progress().at;
+    player.advance(&mut app, Duration::from_secs(5));
+    assert_eq!(player.progress().at, at, "paused: time stands still");
+    press(&mut player, &mut app, ' ');
+    player.advance(&mut app, Duration::from_secs(4));
+    assert_eq!(player.progress().at, at + Duration::from_secs(1), "4 s at ¼× is 1 s of recording");
+    assert!(!player.on_key(&mut app, KeyEvent::new(KeyCode::Char('j'), KeyModifiers::NONE)));
+}

@@ -58,6 +58,8 @@ pub struct App {
     pub source: String,
     /// Dashboard time of the last tick.
     pub now: Duration,
+    /// Set when replaying a recording: where the replay stands.
+    pub replay: Option<super::replay::Progress>,
 }
 
 impl App {
@@ -77,6 +79,7 @@ impl App {
             handover_scroll: 0,
             source: source.into(),
             now: Duration::ZERO,
+            replay: None,
         }
     }
 

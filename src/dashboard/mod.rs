@@ -8,9 +8,11 @@
 //! * [`model`] — what is known, built from events, with bounded memory.
 //! * [`app`] — how it is being looked at, and the keys.
 //! * [`ui`] — drawing.
+//! * [`replay`] — a recording played with its original timing.
 
 pub mod app;
 pub mod model;
+pub mod replay;
 pub mod ui;
 
 use std::pin::Pin;
@@ -98,12 +100,25 @@ impl Drop for Restore {
     }
 }
 
-/// Runs the dashboard on `feed` until the user quits.
-pub async fn run(mut feed: FeedStream, source: &str) -> std::io::Result<()> {
+/// What the dashboard shows.
+pub enum Source {
+    /// A live feed.
+    Live(FeedStream),
+    /// A recording, played with its own timing.
+    Replay(Box<replay::Player>),
+}
+
+/// Runs the dashboard on `source` until the user quits; `title` names it in the header.
+pub async fn run(source: Source, title: &str) -> std::io::Result<()> {
+    let (mut feed, mut player): (FeedStream, _) = match source {
+        Source::Live(feed) => (feed, None),
+        Source::Replay(player) => (Box::pin(futures::stream::pending()), Some(player)),
+    };
     let mut terminal = ratatui::try_init()?;
     let _restore = Restore;
     let started = Instant::now();
-    let mut app = App::new(source);
+    let mut last_frame = started;
+    let mut app = App::new(title);
     let mut keys = crossterm::event::EventStream::new();
     let mut frame = tokio::time::interval(FRAME);
     frame.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -111,12 +126,18 @@ pub async fn run(mut feed: FeedStream, source: &str) -> std::io::Result<()> {
     loop {
         tokio::select! {
             _ = frame.tick() => {
-                app.tick(started.elapsed());
+                match player.as_mut() {
+                    Some(player) => player.advance(&mut app, last_frame.elapsed()),
+                    None => app.tick(started.elapsed()),
+                }
+                last_frame = Instant::now();
                 terminal.draw(|f| ui::draw(f, &app))?;
             }
             key = keys.next() => match key {
                 Some(Ok(crossterm::event::Event::Key(key))) => {
-                    if app.on_key(key) == Control::Quit {
+                    let handled = key.kind != crossterm::event::KeyEventKind::Release
+                        && player.as_mut().is_some_and(|p| p.on_key(&mut app, key));
+                    if !handled && app.on_key(key) == Control::Quit {
                         return Ok(());
                     }
                     terminal.draw(|f| ui::draw(f, &app))?;

@@ -105,7 +105,12 @@ fn draw_header(frame: &mut Frame, area: Rect, app: &App) {
         "· sessions {} · handovers {} · failed {} · events {} · dropped {} ",
         m.total_sessions, m.total_handovers, m.total_failed, m.events, m.dropped
     )));
-    if app.frozen.is_some() {
+    if app.replay.is_some() {
+        spans.push(Span::styled(
+            " REPLAY ",
+            Style::new().fg(Color::Black).bg(Color::Magenta),
+        ));
+    } else if app.frozen.is_some() {
         spans.push(Span::styled(
             format!(" PAUSED (+{} events) ", app.events_since_pause()),
             Style::new().fg(Color::Black).bg(Color::Yellow),
@@ -117,6 +122,32 @@ fn draw_header(frame: &mut Frame, area: Rect, app: &App) {
 }
 
 fn draw_footer(frame: &mut Frame, area: Rect, app: &App) {
+    if let (Some(progress), false) = (app.replay, app.filtering) {
+        let at = progress.at.as_secs_f64();
+        let end = progress.end.as_secs_f64().max(0.001);
+        let label = format!(
+            " {} {at:.1}/{end:.1} s ×{} ",
+            if progress.paused { "⏸" } else { "▶" },
+            progress.speed
+        );
+        let keys = " space pause · +/- speed · n/N handover · ? help · q quit";
+        let bar_width = (area.width as usize)
+            .saturating_sub(label.chars().count() + keys.chars().count() + 2)
+            .max(4);
+        let filled = ((at / end) * bar_width as f64).round() as usize;
+        let bar = format!(
+            "[{}{}]",
+            "█".repeat(filled.min(bar_width)),
+            "░".repeat(bar_width - filled.min(bar_width))
+        );
+        let line = Line::from(vec![
+            Span::styled(label, Style::new().fg(Color::Magenta)),
+            Span::raw(bar),
+            Span::styled(keys, Style::new().fg(Color::DarkGray)),
+        ]);
+        frame.render_widget(line, area);
+        return;
+    }
     let text = if app.filtering {
         format!(" filter: {}▏ (Enter to keep, Esc to stop typing)", app.filter)
     } else if !app.filter.is_empty() {

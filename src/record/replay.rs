@@ -64,7 +64,7 @@ pub fn run(paths: &[PathBuf], mode: Mode, json: bool) -> ExitCode {
                 print_line(&format!("\n{totals}"));
             }
             if mode == Mode::View && n > 0 {
-                eprintln!("baton replay: playing a recording in the dashboard is coming; until then, this is its summary (`baton replay --verify` re-drives it).");
+                eprintln!("baton replay: stdout is not a terminal, so this is the summary instead of the dashboard (`baton replay --verify` re-drives it).");
             }
             n
         }

@@ -71,14 +71,14 @@ pub struct BenchOptions {
     /// Content chunks per stream.
     pub chunks: u32,
     /// Time between a stream's chunks; zero sends them back to back.
-    #[serde(serialize_with = "as_ms")]
+    #[serde(rename = "interval_ms", serialize_with = "as_ms")]
     pub interval: Duration,
     /// Clients connecting at once (the ramp).
     pub connect_concurrency: usize,
     /// Set TCP_NODELAY on the proxy's listening socket (accepted sockets inherit it).
     pub proxy_nodelay: bool,
     /// A client gives up after this long without a byte.
-    #[serde(serialize_with = "as_ms")]
+    #[serde(rename = "idle_timeout_ms", serialize_with = "as_ms")]
     pub idle_timeout: Duration,
 }
 
@@ -836,15 +836,6 @@ impl Tally {
                 if self.chunks == 1 {
                     first.record(now.saturating_sub(stamp));
                 }
-                if std::env::var_os("BATON_BENCH_TRACE").is_some() && now.saturating_sub(stamp) > 3000 {
-                    eprintln!(
-                        "TRACE slow chunk {} stamp {} now {} lat {}",
-                        self.chunks,
-                        stamp,
-                        now,
-                        now - stamp
-                    );
-                }
             }
             Payload::BadStamp => self.bad += 1,
             Payload::Error => self.errors += 1,
@@ -1018,7 +1009,10 @@ pub struct RunResult {
 async fn run_once(mode: Mode, streams: usize, options: &BenchOptions) -> Result<RunResult, String> {
     let paced = !options.interval.is_zero();
     let slot_count = if paced {
-        (options.interval.as_nanos() / SLOT.as_nanos()).clamp(1, 10_000) as usize
+        // No more slots than streams: an empty slot's tick is a wasted wake-up.
+        (options.interval.as_nanos() / SLOT.as_nanos())
+            .clamp(1, 10_000)
+            .min(streams.max(1) as u128) as usize
     } else {
         0
     };

@@ -145,6 +145,15 @@ impl Breaker {
         }
     }
 
+    /// Gives back a probe slot whose request ended without an outcome (cancelled).
+    pub fn release(&mut self) {
+        if let Phase::HalfOpen { in_flight } = self.phase {
+            self.phase = Phase::HalfOpen {
+                in_flight: in_flight.saturating_sub(1),
+            };
+        }
+    }
+
     /// Records the outcome of a request allowed earlier; returns the state change it caused.
     pub fn record(&mut self, now: Instant, failed: bool) -> Option<Transition> {
         let before = self.state(now);

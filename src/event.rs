@@ -8,6 +8,7 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use crate::breaker::BreakerState;
 use crate::continuation::ContinuationMode;
 use crate::failure::{Failure, FailureClass, FailureKind};
 use crate::provider::UpstreamRequest;
@@ -92,6 +93,15 @@ pub enum EventKind {
         route: String,
         /// The pause.
         delay_ms: u64,
+    },
+    /// A route's circuit breaker changed state.
+    Breaker {
+        /// The route.
+        route: String,
+        /// The state before.
+        from: BreakerState,
+        /// The state after.
+        to: BreakerState,
     },
     /// Another route took over and its first text reached the client.
     Handover {

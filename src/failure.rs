@@ -129,6 +129,9 @@ pub enum FailureKind {
         /// What was wrong with it.
         detail: String,
     },
+    /// The route's circuit breaker is open: it was skipped without a request.
+    #[error("circuit open: skipped")]
+    CircuitOpen,
     /// The upstream sent an error object inside the stream.
     #[error("error event in stream: {message}")]
     ErrorEvent {
@@ -171,6 +174,7 @@ impl FailureKind {
             FailureKind::Truncated { .. } => "truncated",
             FailureKind::Malformed { .. } => "malformed",
             FailureKind::ErrorEvent { .. } => "error_event",
+            FailureKind::CircuitOpen => "circuit_open",
         }
     }
 

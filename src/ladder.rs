@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::continuation::{ContinuationMode, DEFAULT_INSTRUCTION};
 use crate::failure::{FailureClass, FailureKind};
+use crate::health::RouteHealth;
 use crate::provider::Provider;
 use crate::watchdog::Deadlines;
 
@@ -28,6 +29,8 @@ pub struct Route {
     pub deadlines: Deadlines,
     /// Its context window in tokens; a context-length failure moves to a larger one.
     pub context_tokens: u32,
+    /// Its circuit breaker and retry budget, shared by every session (and clone).
+    pub health: Arc<RouteHealth>,
 }
 
 impl Route {
@@ -41,6 +44,7 @@ impl Route {
             continue_final_message: false,
             deadlines: Deadlines::default(),
             context_tokens: 128_000,
+            health: Arc::new(RouteHealth::default()),
         }
     }
 

@@ -12,8 +12,9 @@
 //! * [`watchdog`]: deadlines and shape checks around one upstream stream.
 //! * [`ladder`]: routes, retry policy, and the pure decision after a failure.
 //! * [`failure`]: failure kinds and their classes.
-//! * [`breaker`]: circuit breaker per route (not wired into the ladder yet).
-//! * [`budget`]: retry budget per route (not wired into the ladder yet).
+//! * [`breaker`]: circuit breaker per route.
+//! * [`budget`]: retry budget per route.
+//! * [`health`]: a route's shared breaker and budget.
 //! * [`continuation`]: how a route is asked to continue a prefix.
 //! * [`overlap`]: the overlap trim at the seam.
 //! * [`provider`]: upstream wire formats (`openai`, `mock`).
@@ -56,6 +57,7 @@ pub mod dashboard;
 pub mod demo;
 pub mod event;
 pub mod failure;
+pub mod health;
 pub mod ladder;
 pub mod oracle;
 pub mod overlap;

@@ -14,9 +14,11 @@ use futures::{Stream, StreamExt};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
+use crate::breaker::Transition;
 use crate::continuation;
 use crate::event::{EngineEvent, EventKind, SessionLog, UpstreamItem};
 use crate::failure::{Failure, FailureClass, FailureKind};
+use crate::health::Permit;
 use crate::ladder::{AttemptState, Decision, Ladder, Route};
 use crate::oracle::SplitMix;
 use crate::overlap::OverlapTrim;
@@ -252,6 +254,7 @@ impl Splicer {
                         None => break Err(FailureKind::Truncated { detail: None }),
                     }
                 };
+                session.settle(route, &mut attempt, ended.as_ref().err());
                 match ended {
                     Ok(reason) => {
                         let rest = attempt.trim.finish();
@@ -278,7 +281,12 @@ impl Splicer {
                         session.account(&attempt);
                         state.produced_text = attempt.tokens > 0;
                         let jitter = session.rng.below(1 << 20) as f64 / f64::from(1u32 << 20);
-                        let decision = ladder.decide(&kind, &state, jitter);
+                        let mut decision = ladder.decide(&kind, &state, jitter);
+                        if matches!(decision, Decision::Retry { .. }) && !route.health.allow_retry() {
+                            // The route's retry budget is spent: hand over instead of adding load.
+                            let spent = AttemptState { retries: u32::MAX, ..state };
+                            decision = ladder.decide(&kind, &spent, jitter);
+                        }
                         session.record_failure(route, &kind, attempt.tokens);
                         match decision {
                             Decision::Retry { delay } => {
@@ -310,6 +318,11 @@ impl Splicer {
             }
         })
     }
+}
+
+/// The stream of an attempt the breaker refused.
+fn circuit_open() -> crate::provider::ChunkStream {
+    Box::pin(futures::stream::once(async { Err(FailureKind::CircuitOpen) }))
 }
 
 fn refusal(kind: &FailureKind) -> String {
@@ -350,6 +363,8 @@ struct Session<'r> {
 struct Attempt {
     /// Its number in the session, from 1.
     number: u32,
+    /// The breaker's permission; `None` when the breaker skipped the route.
+    permit: Option<Permit>,
     watchdog: Watchdog,
     trim: OverlapTrim,
     opened: Instant,
@@ -421,9 +436,20 @@ impl<'r> Session<'r> {
                 request: upstream.clone(),
             });
         }
+        let admitted = route.health.admit(state.retries == 0);
+        let (permit, stream) = match admitted {
+            Some((permit, transition)) => {
+                self.breaker_changed(route, transition);
+                (Some(permit), route.provider.stream(upstream))
+            }
+            // An open breaker: the attempt fails at once, without a request, as a
+            // recorded failure of its own (so a replay takes the same path).
+            None => (None, circuit_open()),
+        };
         Attempt {
             number: self.attempts,
-            watchdog: Watchdog::new(route.provider.stream(upstream), route.deadlines),
+            permit,
+            watchdog: Watchdog::new(stream, route.deadlines),
             trim: OverlapTrim::new(&self.emitted),
             opened: Instant::now(),
             tokens: 0,
@@ -520,6 +546,25 @@ impl<'r> Session<'r> {
             attempt: attempt.number,
             item,
         });
+    }
+
+    /// Settles the attempt's breaker permit with its outcome.
+    fn settle(&self, route: &Route, attempt: &mut Attempt, failure: Option<&FailureKind>) {
+        if let Some(permit) = attempt.permit.take() {
+            let transition = permit.settle(failure);
+            self.breaker_changed(route, transition);
+        }
+    }
+
+    fn breaker_changed(&self, route: &Route, transition: Option<Transition>) {
+        if let Some(t) = transition {
+            tracing::info!(route = %route.name, from = t.from.as_str(), to = t.to.as_str(), "circuit breaker");
+            self.log.emit(EventKind::Breaker {
+                route: route.name.to_string(),
+                from: t.from,
+                to: t.to,
+            });
+        }
     }
 
     fn record_failure(&mut self, route: &Route, kind: &FailureKind, tokens: u64) {

@@ -427,7 +427,10 @@ fn replay_keys_pause_change_speed_and_jump_between_handovers() {
     let mut player = baton::dashboard::replay::Player::new(&demo_recordings());
     let mut app = App::new("replay");
     let press = |player: &mut baton::dashboard::replay::Player, app: &mut App, c: char| {
-        assert!(player.on_key(app, KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE)), "{c} is a replay key");
+        assert!(
+            player.on_key(app, KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE)),
+            "{c} is a replay key"
+        );
     };
     press(&mut player, &mut app, 'n');
     assert_eq!(app.live.total_handovers, 1, "n stops right after the first handover");
@@ -449,6 +452,10 @@ fn replay_keys_pause_change_speed_and_jump_between_handovers() {
     assert_eq!(player.progress().at, at, "paused: time stands still");
     press(&mut player, &mut app, ' ');
     player.advance(&mut app, Duration::from_secs(4));
-    assert_eq!(player.progress().at, at + Duration::from_secs(1), "4 s at ¼× is 1 s of recording");
+    assert_eq!(
+        player.progress().at,
+        at + Duration::from_secs(1),
+        "4 s at ¼× is 1 s of recording"
+    );
     assert!(!player.on_key(&mut app, KeyEvent::new(KeyCode::Char('j'), KeyModifiers::NONE)));
 }

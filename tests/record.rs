@@ -161,7 +161,7 @@ fn replay_verify_and_summary_on_the_command_line() {
         .expect("run baton replay");
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("primary → steady"));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("dashboard is coming"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a terminal, so this is the summary"));
 }
 
 // ------------------------------------------------------------ round trips

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
+use crate::breaker::BreakerState;
 use crate::event::{EngineEvent, EventKind};
 use crate::failure::{FailureClass, FailureKind};
 
@@ -178,11 +179,19 @@ pub struct RouteView {
     ttft: VecDeque<u64>,
     /// Tokens with their second, for the tokens/s figure.
     tokens: VecDeque<(u64, u64)>,
+    /// The circuit breaker's last reported state.
+    pub breaker: Option<BreakerState>,
 }
 
 impl RouteView {
-    /// `ok`, `degraded` (a failure in the last minute) or `failing` (most recent attempts failed).
+    /// The breaker's state when it is not closed; else `ok`, `degraded` (a
+    /// failure in the last minute) or `failing` (most recent attempts failed).
     pub fn health(&self, now: Duration) -> &'static str {
+        match self.breaker {
+            Some(BreakerState::Open) => return "open",
+            Some(BreakerState::HalfOpen) => return "half-open",
+            _ => {}
+        }
         let recent_failed = self.recent.iter().rev().take(5).filter(|f| **f).count();
         if recent_failed >= 3 {
             "failing"
@@ -387,6 +396,7 @@ impl Model {
                 }
             }
             EventKind::Upstream { .. } | EventKind::Retry { .. } => {}
+            EventKind::Breaker { route, to, .. } => self.route(route).breaker = Some(*to),
             EventKind::Delta { route, text } => {
                 self.rates.bump(now, 0, 0, 1);
                 let second = now.as_secs();

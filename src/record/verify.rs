@@ -334,7 +334,12 @@ pub fn transcript(events: &[EngineEvent]) -> Transcript {
                 error: error.clone(),
                 bytes: *bytes,
             },
-            EventKind::SessionStarted { .. } | EventKind::Upstream { .. } | EventKind::FirstToken { .. } => continue,
+            // Breaker changes come from traffic shared across sessions: a skip
+            // shows in the session as its own `circuit_open` failure instead.
+            EventKind::SessionStarted { .. }
+            | EventKind::Upstream { .. }
+            | EventKind::FirstToken { .. }
+            | EventKind::Breaker { .. } => continue,
         };
         t.marks.push(Mark { at, step });
     }

@@ -1,0 +1,111 @@
+//! Circuit breakers and retry budgets across sessions, under virtual time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton::breaker::{BreakerConfig, BreakerState};
+use baton::budget::BudgetConfig;
+use baton::health::RouteHealth;
+use baton::oracle::fault::{FaultPlan, FaultScript};
+use baton::oracle::{answer, Style};
+use baton::provider::mock::MockProvider;
+use baton::{ChatRequest, EventKind, Ladder, Message, Role, Route, Splicer};
+
+fn mock(fault: &str) -> Arc<MockProvider> {
+    Arc::new(MockProvider::new(
+        FaultPlan::Fixed(fault.parse::<FaultScript>().expect("fault")),
+        Style::default(),
+    ))
+}
+
+fn conversation(i: usize) -> Vec<Message> {
+    vec![Message::new(Role::User, format!("resilience {i}"))]
+}
+
+fn kinds(failures: &[baton::Failure]) -> Vec<&str> {
+    failures.iter().map(|f| f.kind.as_str()).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_open_breaker_skips_the_route_and_a_probe_brings_traffic_back() {
+    // The primary drops mid-answer for its first 5 requests, then recovers.
+    let primary = mock("drop@3x5");
+    let fallback = mock("none");
+    let ladder = Ladder::new(vec![
+        Route::new("primary", "p", primary.clone()),
+        Route::new("fallback", "f", fallback.clone()),
+    ]);
+    let splicer = Splicer::new(ladder);
+    let mut events = splicer.subscribe();
+
+    // Five sessions, five mid-stream failures in a row: the breaker opens.
+    for i in 0..5 {
+        let done = splicer.collect(ChatRequest::new(conversation(i))).await;
+        assert_eq!(done.text, answer(&conversation(i)));
+        assert_eq!(kinds(&done.outcome.expect("complete").failures), ["truncated"]);
+    }
+    // While open, sessions go straight to the fallback without a request to the primary.
+    let done = splicer.collect(ChatRequest::new(conversation(5))).await;
+    assert_eq!(done.text, answer(&conversation(5)));
+    let completion = done.outcome.expect("complete");
+    assert_eq!(kinds(&completion.failures), ["circuit_open"]);
+    assert_eq!(completion.route_chain, ["fallback"]);
+    assert_eq!(primary.requests(), 5);
+
+    // After the cool-down, one probe goes through, succeeds, and closes the breaker.
+    tokio::time::advance(Duration::from_secs(31)).await;
+    let done = splicer.collect(ChatRequest::new(conversation(6))).await;
+    assert_eq!(done.text, answer(&conversation(6)));
+    let completion = done.outcome.expect("complete");
+    assert!(completion.failures.is_empty(), "{:?}", completion.failures);
+    assert_eq!(completion.route_chain, ["primary"]);
+    assert_eq!(primary.requests(), 6);
+
+    let mut transitions = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if let EventKind::Breaker { route, from, to } = event.kind {
+            transitions.push((route, from, to));
+        }
+    }
+    assert_eq!(
+        transitions,
+        [
+            ("primary".to_string(), BreakerState::Closed, BreakerState::Open),
+            ("primary".to_string(), BreakerState::Open, BreakerState::HalfOpen),
+            ("primary".to_string(), BreakerState::HalfOpen, BreakerState::Closed),
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_spent_retry_budget_turns_retries_into_handovers() {
+    let primary = mock("503");
+    let fallback = mock("none");
+    // A breaker that never opens here, and a flat budget of 4 retries per 10 s.
+    let health = Arc::new(RouteHealth::new(
+        BreakerConfig {
+            consecutive_failures: 1000,
+            min_requests: 1000,
+            ..BreakerConfig::default()
+        },
+        BudgetConfig {
+            window: Duration::from_secs(10),
+            ratio: 0.0,
+            floor: 4,
+        },
+    ));
+    let mut route = Route::new("primary", "p", primary.clone());
+    route.health = health;
+    let splicer = Splicer::new(Ladder::new(vec![route, Route::new("fallback", "f", fallback)]));
+
+    let mut retried = Vec::new();
+    for i in 0..4 {
+        let done = splicer.collect(ChatRequest::new(conversation(i))).await;
+        assert_eq!(done.text, answer(&conversation(i)));
+        let failures = done.outcome.expect("complete").failures;
+        retried.push(failures.len() - 1);
+    }
+    // Sessions 1 and 2 spend the 4 retries (2 each); after that a 503 hands over at once.
+    assert_eq!(retried, [2, 2, 0, 0]);
+    assert_eq!(primary.requests(), 2 * 3 + 2);
+}

@@ -2,13 +2,12 @@
 //! server (the one `baton mock` runs), one fault at a time. Real time, with
 //! deadlines far above the oracle's pacing so a loaded machine cannot flake.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use baton::continuation::ContinuationMode;
-use baton::oracle::fault::{FaultPlan, FaultScript};
-use baton::oracle::script::Pacing;
-use baton::oracle::server::{spawn, MockConfig};
 use baton::oracle::{answer, Style};
 use baton::provider::openai::OpenAiProvider;
 use baton::splice::Collected;
@@ -26,17 +25,7 @@ struct World {
 }
 
 async fn upstream(fault: &str, style: Style) -> (String, tokio::sync::oneshot::Sender<()>) {
-    let script: FaultScript = fault.parse().expect("valid fault script");
-    let config = MockConfig {
-        plan: FaultPlan::Fixed(script),
-        style,
-        pacing: Pacing {
-            first_token: Duration::from_millis(5),
-            interval: Duration::from_millis(2),
-        },
-    };
-    let (addr, stop) = spawn(config).await.expect("bind loopback");
-    (format!("http://{addr}/v1"), stop)
+    support::oracle_upstream(fault, style).await
 }
 
 /// A primary with `fault`, and a fallback with `fallback_fault` continuing in `mode`.

@@ -2,12 +2,11 @@
 //! through `baton serve` against oracle upstreams with faults. `.ci/run`
 //! installs the SDK in a virtual environment and sets `BATON_OPENAI_PYTHON`.
 
+mod support;
+
 use std::time::Duration;
 
 use baton::config::Config;
-use baton::oracle::fault::{FaultPlan, FaultScript};
-use baton::oracle::script::Pacing;
-use baton::oracle::server::{spawn, MockConfig};
 use baton::oracle::{answer, Style};
 use baton::{Message, Role};
 use serde_json::Value;
@@ -29,19 +28,14 @@ fn conversation(model: &str, mode: &str) -> Vec<Message> {
 }
 
 async fn oracle(fault: &str, repeat_words: usize) -> (String, tokio::sync::oneshot::Sender<()>) {
-    let config = MockConfig {
-        plan: FaultPlan::Fixed(fault.parse::<FaultScript>().expect("fault")),
-        style: Style {
+    support::oracle_upstream(
+        fault,
+        Style {
             repeat_words,
             extra_space: false,
         },
-        pacing: Pacing {
-            first_token: Duration::from_millis(5),
-            interval: Duration::from_millis(2),
-        },
-    };
-    let (addr, stop) = spawn(config).await.expect("bind");
-    (format!("http://{addr}/v1"), stop)
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,9 +6,6 @@ mod support;
 use std::time::Duration;
 
 use baton::config::Config;
-use baton::oracle::fault::{FaultPlan, FaultScript};
-use baton::oracle::script::Pacing;
-use baton::oracle::server::{spawn, MockConfig};
 use baton::oracle::{answer, Style};
 use baton::{Message, Role};
 use serde_json::{json, Value};
@@ -55,19 +52,14 @@ async fn start_with(toml: &str, upstreams: Vec<oneshot::Sender<()>>) -> Proxy {
 }
 
 async fn oracle(fault: &str) -> (String, oneshot::Sender<()>) {
-    let config = MockConfig {
-        plan: FaultPlan::Fixed(fault.parse::<FaultScript>().expect("fault")),
-        style: Style {
+    support::oracle_upstream(
+        fault,
+        Style {
             repeat_words: 2,
             extra_space: false,
         },
-        pacing: Pacing {
-            first_token: Duration::from_millis(5),
-            interval: Duration::from_millis(2),
-        },
-    };
-    let (addr, stop) = spawn(config).await.expect("bind");
-    (format!("http://{addr}/v1"), stop)
+    )
+    .await
 }
 
 /// A proxy with ladder "chat" = primary (oracle with `fault`, model "big") → fallback (healthy oracle, model "small").

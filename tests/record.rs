@@ -3,6 +3,8 @@
 //! verified here, so a change in splicing behaviour fails this test with a
 //! readable diff.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -15,8 +17,6 @@ use tokio::sync::{broadcast, oneshot};
 use baton::config::Config;
 use baton::event::EngineEvent;
 use baton::oracle::fault::{FaultPlan, FaultScript};
-use baton::oracle::script::Pacing;
-use baton::oracle::server::{spawn, MockConfig};
 use baton::oracle::Style;
 use baton::provider::mock::MockProvider;
 use baton::provider::{Chunk, ChunkStream, Provider, UpstreamRequest};
@@ -663,19 +663,14 @@ const UPSTREAM_KEY: &str = "sk-upstream-SECRET-8b7f3e21";
 const PARAM_KEY: &str = "sk-param-SECRET-5e6f7a8b";
 
 async fn oracle(fault: &str) -> (String, oneshot::Sender<()>) {
-    let config = MockConfig {
-        plan: FaultPlan::Fixed(fault.parse::<FaultScript>().expect("fault")),
-        style: Style {
+    support::oracle_upstream(
+        fault,
+        Style {
             repeat_words: 2,
             extra_space: false,
         },
-        pacing: Pacing {
-            first_token: Duration::from_millis(5),
-            interval: Duration::from_millis(2),
-        },
-    };
-    let (addr, stop) = spawn(config).await.expect("bind");
-    (format!("http://{addr}/v1"), stop)
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

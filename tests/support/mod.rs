@@ -139,3 +139,18 @@ pub async fn scripted(replies: Vec<Reply>) -> Scripted {
     });
     Scripted { addr, bodies, closed }
 }
+
+/// An oracle upstream (the server `baton mock` runs) with `fault`, fast pacing; its base URL and stop handle.
+pub async fn oracle_upstream(fault: &str, style: baton::oracle::Style) -> (String, tokio::sync::oneshot::Sender<()>) {
+    use baton::oracle::fault::{FaultPlan, FaultScript};
+    let config = baton::oracle::server::MockConfig {
+        plan: FaultPlan::Fixed(fault.parse::<FaultScript>().expect("a valid fault script")),
+        style,
+        pacing: baton::oracle::script::Pacing {
+            first_token: std::time::Duration::from_millis(5),
+            interval: std::time::Duration::from_millis(2),
+        },
+    };
+    let (addr, stop) = baton::oracle::server::spawn(config).await.expect("bind loopback");
+    (format!("http://{addr}/v1"), stop)
+}

@@ -546,8 +546,8 @@ async fn read_request(socket: &mut TcpStream) -> io::Result<bool> {
 /// ticks, which would send every stream's chunk of a millisecond in one burst.
 ///
 /// The thread asks for SCHED_FIFO (it sleeps almost always, so this only makes
-/// its wake-ups punctual), and a tick that comes late shifts the schedule rather
-/// than being caught up: catching up would release many slots' chunks at once.
+/// its wake-ups punctual). After a late tick it catches up at twice the normal
+/// rate, never all at once: that would release many slots' chunks in one burst.
 fn start_pacer(
     slots: Arc<[watch::Sender<u64>]>,
     slot: Duration,
@@ -558,22 +558,26 @@ fn start_pacer(
             realtime: set_realtime(),
             ..PacerStats::default()
         };
-        let mut due = Instant::now();
+        let start = Instant::now();
+        let slot_ns = slot.as_nanos() as u64;
+        let mut last = start;
         let mut tick: u64 = 0;
         while !stop.load(Ordering::Relaxed) {
+            let nominal = start + Duration::from_nanos(slot_ns.saturating_mul(tick));
+            // Behind schedule, tick at twice the rate until caught up: no burst, no drift.
+            let due = nominal.max(last + slot / 2);
             let now = Instant::now();
             if due > now {
                 std::thread::sleep(due - now);
             }
-            let now = Instant::now();
-            let late = now.saturating_duration_since(due);
+            last = Instant::now();
+            let late = last.saturating_duration_since(nominal);
             stats.max_late_us = stats.max_late_us.max(late.as_micros() as u64);
             if late > Duration::from_millis(1) {
                 stats.late_ticks += 1;
             }
             slots[(tick % slots.len() as u64) as usize].send_replace(tick + 1);
             tick += 1;
-            due = if late > slot { now + slot } else { due + slot };
         }
         stats.ticks = tick;
         stats

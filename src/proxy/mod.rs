@@ -25,6 +25,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -175,16 +176,22 @@ pub async fn serve(
         None => None,
     };
     let grace = config.shutdown_grace;
-    let served = axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = phase_tx.send(Phase::Draining);
-            tokio::spawn(async move {
-                tokio::time::sleep(grace).await;
-                let _ = phase_tx.send(Phase::Stopped);
-            });
-        })
-        .await;
+    let served = axum::serve(
+        // Each SSE chunk should leave at once, not wait for Nagle.
+        listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        }),
+        router,
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = phase_tx.send(Phase::Draining);
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            let _ = phase_tx.send(Phase::Stopped);
+        });
+    })
+    .await;
     if let Some(recorder) = recorder {
         let stats = recorder.finish().await;
         if stats.dropped > 0 || stats.write_errors > 0 {

@@ -194,6 +194,13 @@ pub struct ChunkWriter {
     id: String,
     created: u64,
     role_sent: bool,
+    /// `data: {"id":…,"object":…,"created":…,"model":` — the same for every chunk, built once.
+    head: String,
+}
+
+/// Appends `s` as a JSON string. Writing a `&str` into a `Vec` cannot fail.
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 impl ChunkWriter {
@@ -202,10 +209,15 @@ impl ChunkWriter {
         let created = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        let head = format!(
+            "data: {{\"id\":{},\"object\":\"chat.completion.chunk\",\"created\":{created},\"model\":",
+            Value::from(id.as_str())
+        );
         ChunkWriter {
             id,
             created,
             role_sent: false,
+            head,
         }
     }
 
@@ -243,6 +255,16 @@ impl ChunkWriter {
 
     /// A content delta written by `model`.
     pub fn text(&mut self, model: &str, text: &str) -> Bytes {
+        if self.role_sent {
+            // The per-token path: bytes written directly, the same JSON `chunk` would build.
+            let mut out = Vec::with_capacity(self.head.len() + model.len() + text.len() + 72);
+            out.extend_from_slice(self.head.as_bytes());
+            push_json_str(&mut out, model);
+            out.extend_from_slice(br#","choices":[{"index":0,"delta":{"content":"#);
+            push_json_str(&mut out, text);
+            out.extend_from_slice(b"},\"finish_reason\":null}]}\n\n");
+            return Bytes::from(out);
+        }
         let delta = self.delta(json!({"content": text}));
         self.chunk(
             model,
@@ -372,6 +394,25 @@ mod tests {
             code(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#),
             "invalid_stream"
         );
+    }
+
+    #[test]
+    fn the_fast_text_chunk_is_the_same_bytes_as_the_general_one() {
+        for text in [
+            "plain",
+            "quote \" and \\ backslash",
+            "naïve 日本語 🚀",
+            "line\nbreak\t\u{1}",
+        ] {
+            let mut fast = ChunkWriter::new("chatcmpl-\"x".into());
+            let _ = fast.text("m", "first");
+            let general = fast.chunk(
+                "mo\"del",
+                json!([{"index": 0, "delta": {"content": text}, "finish_reason": null}]),
+                None,
+            );
+            assert_eq!(fast.text("mo\"del", text), general, "{text:?}");
+        }
     }
 
     #[test]

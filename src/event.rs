@@ -94,6 +94,11 @@ pub enum EventKind {
         /// The pause.
         delay_ms: u64,
     },
+    /// The route's retry budget refused a retry: the failure hands over instead.
+    RetryDenied {
+        /// The route.
+        route: String,
+    },
     /// A route's circuit breaker changed state.
     Breaker {
         /// The route.

@@ -1,6 +1,7 @@
 //! A route's shared health: its circuit breaker and retry budget, one per
 //! route for every session that uses it.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::time::Instant;
@@ -13,7 +14,16 @@ use crate::failure::{FailureClass, FailureKind};
 #[derive(Debug)]
 pub struct RouteHealth {
     breaker: Mutex<Breaker>,
-    budget: Mutex<RetryBudget>,
+    budget: Mutex<Budget>,
+}
+
+/// Where retry decisions come from.
+#[derive(Debug)]
+enum Budget {
+    /// Counted from live traffic.
+    Live(RetryBudget),
+    /// Replayed from a recording, in order; allowed once the recording has no more.
+    Scripted(VecDeque<bool>),
 }
 
 impl Default for RouteHealth {
@@ -62,7 +72,16 @@ impl RouteHealth {
     pub fn new(breaker: BreakerConfig, budget: BudgetConfig) -> Self {
         RouteHealth {
             breaker: Mutex::new(Breaker::new(breaker)),
-            budget: Mutex::new(RetryBudget::new(budget)),
+            budget: Mutex::new(Budget::Live(RetryBudget::new(budget))),
+        }
+    }
+
+    /// Health for a replay: the budget gives the recorded answers (`true`: the
+    /// retry was allowed) in order, so budget decisions made under live traffic repeat.
+    pub fn scripted(retries: impl IntoIterator<Item = bool>) -> Self {
+        RouteHealth {
+            breaker: Mutex::new(Breaker::new(BreakerConfig::default())),
+            budget: Mutex::new(Budget::Scripted(retries.into_iter().collect())),
         }
     }
 
@@ -72,8 +91,8 @@ impl RouteHealth {
         match lock(&self.breaker).try_acquire(now) {
             Admission::Skipped => None,
             Admission::Allowed(transition) => {
-                if first_try {
-                    lock(&self.budget).deposit(now);
+                if let (true, Budget::Live(budget)) = (first_try, &mut *lock(&self.budget)) {
+                    budget.deposit(now);
                 }
                 let permit = Permit {
                     health: self.clone(),
@@ -86,7 +105,10 @@ impl RouteHealth {
 
     /// Spends one retry from the budget, if it allows one.
     pub fn allow_retry(&self) -> bool {
-        lock(&self.budget).withdraw(Instant::now())
+        match &mut *lock(&self.budget) {
+            Budget::Live(budget) => budget.withdraw(Instant::now()),
+            Budget::Scripted(answers) => answers.pop_front().unwrap_or(true),
+        }
     }
 
     /// The breaker's state now.

@@ -284,6 +284,7 @@ impl Splicer {
                         let mut decision = ladder.decide(&kind, &state, jitter);
                         if matches!(decision, Decision::Retry { .. }) && !route.health.allow_retry() {
                             // The route's retry budget is spent: hand over instead of adding load.
+                            session.log.emit(EventKind::RetryDenied { route: route.name.to_string() });
                             let spent = AttemptState { retries: u32::MAX, ..state };
                             decision = ladder.decide(&kind, &spent, jitter);
                         }

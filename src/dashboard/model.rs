@@ -395,7 +395,7 @@ impl Model {
                     r.ttft.pop_front();
                 }
             }
-            EventKind::Upstream { .. } | EventKind::Retry { .. } => {}
+            EventKind::Upstream { .. } | EventKind::Retry { .. } | EventKind::RetryDenied { .. } => {}
             EventKind::Breaker { route, to, .. } => self.route(route).breaker = Some(*to),
             EventKind::Delta { route, text } => {
                 self.rates.bump(now, 0, 0, 1);

@@ -339,7 +339,9 @@ pub fn transcript(events: &[EngineEvent]) -> Transcript {
             EventKind::SessionStarted { .. }
             | EventKind::Upstream { .. }
             | EventKind::FirstToken { .. }
-            | EventKind::Breaker { .. } => continue,
+            | EventKind::Breaker { .. }
+            // A denied retry shows as the handover that follows it.
+            | EventKind::RetryDenied { .. } => continue,
         };
         t.marks.push(Mark { at, step });
     }
@@ -392,6 +394,8 @@ pub struct Plan {
     pub request: RequestSpec,
     /// The upstream attempts.
     pub attempts: Vec<AttemptScript>,
+    /// Per route, the retry budget's recorded answers in order (`true`: allowed).
+    pub budget: std::collections::HashMap<String, Vec<bool>>,
     /// The recorded transcript.
     pub recorded: Transcript,
     /// Whether the recording includes the session's end.
@@ -478,12 +482,21 @@ pub fn plan(session: &RecordedSession) -> Result<Plan, Outcome> {
             _ => {}
         }
     }
+    let mut budget: std::collections::HashMap<String, Vec<bool>> = std::collections::HashMap::new();
+    for e in &session.events {
+        match &e.kind {
+            EventKind::Retry { route, .. } => budget.entry(route.clone()).or_default().push(true),
+            EventKind::RetryDenied { route } => budget.entry(route.clone()).or_default().push(false),
+            _ => {}
+        }
+    }
     Ok(Plan {
         session: session.id,
         ladder: ladder.clone(),
         spec: (**spec).clone(),
         request: (**request).clone(),
         attempts,
+        budget,
         recorded: transcript(&session.events),
         ended: session.ended(),
         events: session.events.len(),
@@ -689,13 +702,17 @@ pub async fn redrive(plan: &Plan) -> Redriven {
         stop: Mutex::new(None),
         notify: Notify::new(),
     });
-    let ladder = plan.spec.build(&plan.ladder, |r| {
+    let mut ladder = plan.spec.build(&plan.ladder, |r| {
         Arc::new(Scripted {
             route: r.name.clone(),
             deadlines: r.deadlines(),
             book: book.clone(),
         }) as Arc<dyn Provider>
     });
+    for route in &mut ladder.routes {
+        let answers = plan.budget.get(&*route.name).cloned().unwrap_or_default();
+        route.health = Arc::new(crate::health::RouteHealth::scripted(answers));
+    }
     let (tx, mut rx) = broadcast::channel(EVENT_CAPACITY.max(plan.events * 2 + 1024));
     let splicer = Splicer::with_events(ladder, tx);
     let mut stream = splicer.splice(plan.request.build(plan.session));

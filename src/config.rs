@@ -16,6 +16,7 @@ use crate::continuation::{ContinuationMode, DEFAULT_INSTRUCTION};
 use crate::ladder::{Ladder, RetryPolicy, Route};
 use crate::oracle::fault::{FaultPlan, FaultScript};
 use crate::oracle::Style;
+use crate::provider::anthropic::AnthropicProvider;
 use crate::provider::mock::MockProvider;
 use crate::provider::openai::OpenAiProvider;
 use crate::provider::Provider;
@@ -63,6 +64,8 @@ pub struct ServerSection {
 pub enum ProviderKind {
     /// OpenAI-compatible chat completions over SSE.
     Openai,
+    /// Anthropic Messages over SSE.
+    Anthropic,
     /// The in-process mock oracle.
     Mock,
 }
@@ -75,7 +78,7 @@ pub struct RouteSection {
     pub name: String,
     /// Wire format.
     pub provider: ProviderKind,
-    /// The upstream's base URL, up to `/v1` (openai only).
+    /// The upstream's base URL, up to `/v1` (openai and anthropic).
     pub base_url: Option<String>,
     /// The upstream model, or `{model}` to pass the client's through.
     pub model: String,
@@ -254,11 +257,13 @@ impl Config {
                 return Err(invalid(key("model"), "must not be empty".into()));
             }
             let provider: Arc<dyn Provider> = match r.provider {
-                ProviderKind::Openai => {
-                    let url = r
-                        .base_url
-                        .as_deref()
-                        .ok_or_else(|| invalid(key("base_url"), "is required for provider \"openai\"".into()))?;
+                ProviderKind::Openai | ProviderKind::Anthropic => {
+                    let url = r.base_url.as_deref().ok_or_else(|| {
+                        invalid(
+                            key("base_url"),
+                            "is required for providers \"openai\" and \"anthropic\"".into(),
+                        )
+                    })?;
                     let parsed =
                         reqwest::Url::parse(url).map_err(|e| invalid(key("base_url"), format!("{url:?}: {e}")))?;
                     if !matches!(parsed.scheme(), "http" | "https") {
@@ -281,7 +286,11 @@ impl Config {
                         Some(var) => Some(secret(key("api_key_env"), var)?.0),
                         None => None,
                     };
-                    Arc::new(OpenAiProvider::new(client.clone(), url, api_key))
+                    if r.provider == ProviderKind::Anthropic {
+                        Arc::new(AnthropicProvider::new(client.clone(), url, api_key))
+                    } else {
+                        Arc::new(OpenAiProvider::new(client.clone(), url, api_key))
+                    }
                 }
                 ProviderKind::Mock => {
                     let script: FaultScript = match &r.fault {

@@ -3,8 +3,10 @@
 //! A provider turns an [`UpstreamRequest`] into a stream of [`Chunk`]s. It
 //! never retries by itself: retries and handovers belong to the ladder.
 
+pub mod anthropic;
 pub mod mock;
 pub mod openai;
+pub mod sse;
 
 use std::pin::Pin;
 

@@ -1,0 +1,110 @@
+//! A ladder mixing providers: an OpenAI-compatible primary is cut off and an
+//! Anthropic Messages fallback continues by prefill, through `baton serve`.
+
+mod support;
+
+use serde_json::{json, Value};
+use support::{scripted, text, End, Reply};
+
+fn anthropic(kind: &str, body: Value) -> String {
+    let mut v = body;
+    v["type"] = json!(kind);
+    v.to_string()
+}
+
+#[tokio::test]
+async fn an_anthropic_fallback_continues_a_prefix_with_one_space_at_the_seam() {
+    let primary = scripted(vec![Reply {
+        data: vec![text("gpt", "The relay runner "), text("gpt", "passes the ")],
+        end: End::Cut,
+    }])
+    .await;
+    let claude = scripted(vec![Reply {
+        data: vec![
+            anthropic(
+                "message_start",
+                json!({"message": {"usage": {"input_tokens": 20, "output_tokens": 1}}}),
+            ),
+            anthropic(
+                "content_block_start",
+                json!({"index": 0, "content_block": {"type": "text", "text": ""}}),
+            ),
+            anthropic("ping", json!({})),
+            // Claude continues the trimmed prefill with the space it had lost.
+            anthropic(
+                "content_block_delta",
+                json!({"index": 0, "delta": {"type": "text_delta", "text": " baton at"}}),
+            ),
+            anthropic(
+                "content_block_delta",
+                json!({"index": 0, "delta": {"type": "text_delta", "text": " the line."}}),
+            ),
+            anthropic("content_block_stop", json!({"index": 0})),
+            anthropic(
+                "message_delta",
+                json!({"delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 5}}),
+            ),
+            anthropic("message_stop", json!({})),
+        ],
+        end: End::Cut,
+    }])
+    .await;
+    let toml = format!(
+        r#"
+        [[route]]
+        name = "gpt"
+        provider = "openai"
+        base_url = "{}"
+        model = "gpt"
+        [[route]]
+        name = "claude"
+        provider = "anthropic"
+        base_url = "{}"
+        model = "claude-test"
+        api_key_env = "ANTHROPIC_TEST_KEY"
+        [[ladder]]
+        name = "mixed"
+        routes = ["gpt", "claude"]
+        "#,
+        primary.base_url(),
+        claude.base_url()
+    );
+    let env = |name: &str| (name == "ANTHROPIC_TEST_KEY").then(|| "sk-ant-test".to_string());
+    let config = baton::config::Config::parse("mixed.toml", &toml, &env).unwrap_or_else(|e| panic!("{e}"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { baton::proxy::serve(listener, &config, std::future::pending()).await });
+
+    let request = json!({
+        "model": "mixed", "stream": false, "max_tokens": 200,
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Relay races?"}],
+    });
+    let response = reqwest::Client::new()
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&request)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    let v: Value = response.json().await.expect("json");
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        "The relay runner passes the baton at the line."
+    );
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert_eq!(v["model"], "claude-test");
+    assert_eq!(v["baton"]["route_chain"], json!(["gpt", "claude"]));
+
+    let sent = claude.bodies();
+    assert_eq!(sent.len(), 1);
+    let sent = &sent[0];
+    assert_eq!(sent["system"], "Be brief.");
+    assert_eq!(sent["max_tokens"], 200);
+    assert_eq!(sent["stream"], true);
+    let messages = sent["messages"].as_array().expect("messages");
+    assert_eq!(messages.len(), 2);
+    assert_eq!(
+        messages[1],
+        json!({"role": "assistant", "content": "The relay runner passes the"})
+    );
+}

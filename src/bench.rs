@@ -45,7 +45,6 @@ const WANTED_FDS: u64 = 200_000;
 /// Pacing slot: streams are spread over the interval in slots this long.
 const SLOT: Duration = Duration::from_micros(100);
 /// Largest request head or body the upstream reads.
-const MAX_REQUEST: usize = 1024 * 1024;
 /// How long the bench waits for all N requests to reach the upstream.
 const ARRIVAL_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the ramp may make no progress before the streams start anyway.
@@ -462,7 +461,7 @@ fn content_chunk(first: bool, stamp: u64) -> String {
 
 async fn upstream_connection(mut socket: TcpStream, upstream: &Upstream) -> io::Result<()> {
     socket.set_nodelay(true)?;
-    if !read_request(&mut socket).await? {
+    if crate::oracle::server::read_request(&mut socket).await?.is_none() {
         return Ok(());
     }
     socket.write_all(UPSTREAM_HEAD).await?;
@@ -500,46 +499,6 @@ async fn upstream_connection(mut socket: TcpStream, upstream: &Upstream) -> io::
     out.extend_from_slice(b"0\r\n\r\n");
     socket.write_all(&out).await?;
     socket.shutdown().await
-}
-
-/// Reads one request (head and `content-length` body). `false` if the client closed first.
-async fn read_request(socket: &mut TcpStream) -> io::Result<bool> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut tmp = [0u8; 4096];
-    let head_len = loop {
-        let n = socket.read(&mut tmp).await?;
-        if n == 0 {
-            return Ok(false);
-        }
-        buf.extend_from_slice(&tmp[..n]);
-        if let Some(i) = find(&buf, b"\r\n\r\n") {
-            break i + 4;
-        }
-        if buf.len() > MAX_REQUEST {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "request head too large"));
-        }
-    };
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut parsed = httparse::Request::new(&mut headers);
-    parsed
-        .parse(&buf[..head_len])
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    let length = parsed
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-        .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok())
-        .unwrap_or(0)
-        .min(MAX_REQUEST);
-    let mut have = buf.len() - head_len;
-    while have < length {
-        let n = socket.read(&mut tmp).await?;
-        if n == 0 {
-            return Ok(false);
-        }
-        have += n;
-    }
-    Ok(true)
 }
 
 /// Ticks the pacing slots from a plain thread: tokio's timers fire on 1 ms

@@ -213,8 +213,8 @@ async fn write_json(socket: &mut TcpStream, status: u16, retry_after: Option<u32
     socket.shutdown().await
 }
 
-/// Reads one request: method, path and body. `None` if the client closed first.
-async fn read_request(socket: &mut TcpStream) -> io::Result<Option<(String, String, Vec<u8>)>> {
+/// Reads one HTTP/1.1 request: method, path and body. `None` if the client closed first.
+pub async fn read_request(socket: &mut TcpStream) -> io::Result<Option<(String, String, Vec<u8>)>> {
     let mut buf = Vec::with_capacity(4096);
     let mut tmp = [0u8; 8192];
     let head_len = loop {

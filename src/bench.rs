@@ -44,7 +44,6 @@ const BACKLOG: u32 = 16 * 1024;
 const WANTED_FDS: u64 = 200_000;
 /// Pacing slot: streams are spread over the interval in slots this long.
 const SLOT: Duration = Duration::from_micros(100);
-/// Largest request head or body the upstream reads.
 /// How long the bench waits for all N requests to reach the upstream.
 const ARRIVAL_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the ramp may make no progress before the streams start anyway.

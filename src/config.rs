@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::breaker::BreakerConfig;
+use crate::budget::BudgetConfig;
 use crate::continuation::{ContinuationMode, DEFAULT_INSTRUCTION};
+use crate::health::RouteHealth;
 use crate::ladder::{Ladder, RetryPolicy, Route};
 use crate::oracle::fault::{FaultPlan, FaultScript};
 use crate::oracle::Style;
@@ -97,6 +100,20 @@ pub struct RouteSection {
     pub total_ms: Option<u64>,
     /// Context window (tokens).
     pub context_tokens: Option<u32>,
+    /// Open the circuit breaker after this many failures in a row (default 5).
+    pub breaker_consecutive_failures: Option<u32>,
+    /// …or when more than this fraction of the window's requests failed (default 0.5).
+    pub breaker_failure_rate: Option<f64>,
+    /// …once the window holds at least this many requests (default 20).
+    pub breaker_min_requests: Option<u32>,
+    /// The breaker's sliding window (ms, default 60000).
+    pub breaker_window_ms: Option<u64>,
+    /// How long an open breaker waits before a probe (ms, default 30000).
+    pub breaker_cooldown_ms: Option<u64>,
+    /// Retries allowed per first attempt over the last 10 s (default 0.1).
+    pub retry_budget_ratio: Option<f64>,
+    /// Retries always allowed per 10 s (default 10).
+    pub retry_budget_floor: Option<u32>,
     /// Mock only: a fault script (`stall@5`, `503x1` …).
     pub fault: Option<String>,
     /// Mock only: words the oracle repeats when continuing.
@@ -325,6 +342,9 @@ impl Config {
                 }
                 route = route.with_context(tokens);
             }
+            let breaker = breaker_config(r, &key).map_err(|(k, problem)| invalid(k, problem))?;
+            let budget = budget_config(r, &key).map_err(|(k, problem)| invalid(k, problem))?;
+            route.health = Arc::new(RouteHealth::new(breaker, budget));
             routes.push(route);
         }
 
@@ -435,6 +455,51 @@ impl Config {
     }
 }
 
+/// The breaker settings of route section `r`; `key` names its keys in errors.
+fn breaker_config(r: &RouteSection, key: &dyn Fn(&str) -> String) -> Result<BreakerConfig, (String, String)> {
+    let mut c = BreakerConfig::default();
+    if let Some(n) = r.breaker_consecutive_failures {
+        if n == 0 {
+            return Err((key("breaker_consecutive_failures"), "must be above 0".into()));
+        }
+        c.consecutive_failures = n;
+    }
+    if let Some(rate) = r.breaker_failure_rate {
+        if !(rate > 0.0 && rate <= 1.0) {
+            return Err((key("breaker_failure_rate"), format!("{rate} is not in (0, 1]")));
+        }
+        c.failure_rate = rate;
+    }
+    if let Some(n) = r.breaker_min_requests {
+        c.min_requests = n;
+    }
+    if let Some(ms) = r.breaker_window_ms {
+        if ms == 0 {
+            return Err((key("breaker_window_ms"), "must be above 0".into()));
+        }
+        c.window = Duration::from_millis(ms);
+    }
+    if let Some(ms) = r.breaker_cooldown_ms {
+        c.cool_down = Duration::from_millis(ms);
+    }
+    Ok(c)
+}
+
+/// The retry-budget settings of route section `r`.
+fn budget_config(r: &RouteSection, key: &dyn Fn(&str) -> String) -> Result<BudgetConfig, (String, String)> {
+    let mut c = BudgetConfig::default();
+    if let Some(ratio) = r.retry_budget_ratio {
+        if !(0.0..=10.0).contains(&ratio) {
+            return Err((key("retry_budget_ratio"), format!("{ratio} is not between 0 and 10")));
+        }
+        c.ratio = ratio;
+    }
+    if let Some(floor) = r.retry_budget_floor {
+        c.floor = floor;
+    }
+    Ok(c)
+}
+
 /// Glob match with `*` (any run) and `?` (one character).
 pub fn glob_match(pattern: &str, text: &str) -> bool {
     let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
@@ -538,6 +603,11 @@ mod tests {
         assert!(bad_listen.contains("`server.listen`"), "{bad_listen}");
         let zero = error(&GOOD.replace("ttft_ms = 2000", "ttft_ms = 0"));
         assert!(zero.contains("`route[0].ttft_ms`: must be above 0"), "{zero}");
+        let bad_rate = error(&GOOD.replace("stall_ms = 500", "stall_ms = 500\nbreaker_failure_rate = 1.5"));
+        assert!(
+            bad_rate.contains("`route[0].breaker_failure_rate`: 1.5 is not in (0, 1]"),
+            "{bad_rate}"
+        );
         let bad_mode = error(&GOOD.replace("\"instruct\"", "\"psychic\""));
         assert!(bad_mode.contains("psychic"), "{bad_mode}");
     }

@@ -557,6 +557,7 @@ async fn models_health_metrics_and_the_event_feed() {
         "baton_sessions_total{ladder=\"chat\",outcome=\"complete\"} 1",
         "baton_handover_gap_seconds_count 1",
         "baton_ttft_seconds_count{ladder=\"chat\"} 1",
+        "baton_breaker_state{route=\"primary\"} 0",
     ] {
         assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
     }

@@ -72,6 +72,15 @@ pub struct Metrics {
     pub events_dropped: Counter,
     /// Requests rejected before reaching a ladder (bad JSON, auth, size …).
     pub rejected: Family<RejectLabels, Counter>,
+    /// Each route's circuit breaker: 0 closed, 1 half-open, 2 open (set when /metrics is read).
+    pub breaker_state: Family<RouteLabels, Gauge>,
+}
+
+/// Labels naming a route.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// The route.
+    pub route: String,
 }
 
 /// Labels of a rejected request.
@@ -100,6 +109,7 @@ impl Metrics {
         let active_streams = Gauge::default();
         let events_dropped = Counter::default();
         let rejected = Family::<RejectLabels, Counter>::default();
+        let breaker_state = Family::<RouteLabels, Gauge>::default();
         registry.register("sessions", "Sessions by ladder and outcome", sessions.clone());
         registry.register(
             "handovers",
@@ -132,6 +142,11 @@ impl Metrics {
             "Requests rejected before reaching a ladder",
             rejected.clone(),
         );
+        registry.register(
+            "breaker_state",
+            "Circuit breaker per route: 0 closed, 1 half-open, 2 open",
+            breaker_state.clone(),
+        );
         Metrics {
             registry,
             sessions,
@@ -142,6 +157,7 @@ impl Metrics {
             active_streams,
             events_dropped,
             rejected,
+            breaker_state,
         }
     }
 

@@ -469,6 +469,20 @@ async fn metrics_text(State(state): State<Arc<AppState>>, headers: HeaderMap) ->
     if let Err(e) = state.authorize(&headers) {
         return e.into_response();
     }
+    for route in state.entries.iter().flat_map(|e| e.splicer.ladder().routes.iter()) {
+        let value = match route.health.state() {
+            crate::breaker::BreakerState::Closed => 0,
+            crate::breaker::BreakerState::HalfOpen => 1,
+            crate::breaker::BreakerState::Open => 2,
+        };
+        state
+            .metrics
+            .breaker_state
+            .get_or_create(&metrics::RouteLabels {
+                route: route.name.to_string(),
+            })
+            .set(value);
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         state.metrics.render(),

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::time::{timeout_at, Instant};
+use std::pin::Pin;
+
+use tokio::time::{sleep_until, Instant, Sleep};
 
 use crate::failure::FailureKind;
 use crate::provider::{Chunk, ChunkStream};
@@ -59,6 +61,9 @@ pub enum Watched {
 /// Watches one upstream stream.
 pub struct Watchdog {
     inner: ChunkStream,
+    /// One timer for the whole stream, moved for each wait: a new timer per
+    /// token would cost a timer-wheel insertion on the hottest path.
+    timer: Pin<Box<Sleep>>,
     deadlines: Deadlines,
     started: Instant,
     seen_text: bool,
@@ -69,10 +74,12 @@ pub struct Watchdog {
 impl Watchdog {
     /// Starts watching `inner` now.
     pub fn new(inner: ChunkStream, deadlines: Deadlines) -> Self {
+        let started = Instant::now();
         Watchdog {
+            timer: Box::pin(sleep_until(started + deadlines.first_token)),
             inner,
             deadlines,
-            started: Instant::now(),
+            started,
             seen_text: false,
             finish: None,
             over: false,
@@ -134,10 +141,15 @@ impl Watchdog {
                     )
                 }
             };
-            let next = match timeout_at(deadline, self.inner.next()).await {
-                Ok(next) => next,
+            if self.timer.deadline() != deadline {
+                self.timer.as_mut().reset(deadline);
+            }
+            let next = tokio::select! {
+                // The stream first: an item that is ready wins over a deadline that also passed.
+                biased;
+                next = self.inner.next() => next,
                 // A finish reason already arrived: a silent tail cannot lose text.
-                Err(_) => return self.end_or(kind),
+                () = self.timer.as_mut() => return self.end_or(kind),
             };
             match next {
                 None => return self.end_or(FailureKind::Truncated { detail: None }),

@@ -21,6 +21,7 @@ use crate::provider::openai::OpenAiProvider;
 use crate::record::{RecordOptions, RecordStats, Recorder};
 use crate::request::{ChatRequest, Message, Role};
 use crate::splice::{Splicer, EVENT_CAPACITY};
+use crate::stats::percentile;
 use crate::watchdog::Deadlines;
 
 /// What the demo runs.
@@ -107,14 +108,6 @@ pub fn byte_damage(expected: &str, got: &str) -> (usize, usize) {
         .take_while(|(a, b)| a == b)
         .count();
     (e.len() - prefix - suffix, g.len() - prefix - suffix)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = (p / 100.0 * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
 }
 
 /// The demo's upstreams and the splicers over them.
@@ -261,8 +254,8 @@ pub async fn run_headless_recorded(
     }
     gaps.sort_by(f64::total_cmp);
     // Two decimals: the figures are for people, and noise below 10 µs is not signal.
-    report.gap_ms_p50 = (percentile(&gaps, 50.0) * 100.0).round() / 100.0;
-    report.gap_ms_p99 = (percentile(&gaps, 99.0) * 100.0).round() / 100.0;
+    report.gap_ms_p50 = (percentile(&gaps, 50.0).unwrap_or(0.0) * 100.0).round() / 100.0;
+    report.gap_ms_p99 = (percentile(&gaps, 99.0).unwrap_or(0.0) * 100.0).round() / 100.0;
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     let stats = match recorder {
         Some(recorder) => Some(recorder.finish().await),

@@ -21,6 +21,7 @@
 //! * [`oracle`]: the mock oracle, its fault scripts and its HTTP server.
 //! * [`event`]: [`EngineEvent`], the one schema of what happened.
 //! * [`request`]: the caller's conversation.
+//! * [`stats`]: percentiles shared by the demo, dashboard and summaries.
 //! * [`demo`]: the headless demo run (`baton demo --headless`).
 //! * [`config`]: the proxy's TOML config.
 //! * [`proxy`]: `baton serve`, the OpenAI-compatible proxy.
@@ -66,6 +67,7 @@ pub mod proxy;
 pub mod record;
 pub mod request;
 pub mod splice;
+pub mod stats;
 pub mod watchdog;
 
 pub use continuation::ContinuationMode;

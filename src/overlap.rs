@@ -54,11 +54,12 @@ impl OverlapTrim {
     }
 
     /// Feeds one continuation delta; returns the text that may go to the client now.
-    pub fn push(&mut self, delta: &str) -> String {
+    pub fn push(&mut self, delta: String) -> String {
+        // Once decided, a delta passes through as it is: no copy on the per-token path.
         if self.decided {
-            return delta.to_string();
+            return delta;
         }
-        self.held.push_str(delta);
+        self.held.push_str(&delta);
         match self.decide(false) {
             Some(drop) => self.release(drop),
             None => String::new(),
@@ -122,7 +123,7 @@ impl OverlapTrim {
 /// Trims a whole continuation at once (the streaming rule applied to one delta).
 pub fn trim(prefix: &str, continuation: &str) -> String {
     let mut t = OverlapTrim::new(prefix);
-    let mut out = t.push(continuation);
+    let mut out = t.push(continuation.to_string());
     out.push_str(&t.finish());
     out
 }
@@ -162,21 +163,21 @@ mod tests {
     #[test]
     fn the_head_is_held_until_the_rule_can_decide() {
         let mut t = OverlapTrim::new("one two three");
-        assert_eq!(t.push("two"), "");
-        assert_eq!(t.push(" thr"), "");
+        assert_eq!(t.push("two".into()), "");
+        assert_eq!(t.push(" thr".into()), "");
         assert!(t.holding());
-        assert_eq!(t.push("ee four"), " four");
-        assert_eq!(t.push(" five"), " five");
+        assert_eq!(t.push("ee four".into()), " four");
+        assert_eq!(t.push(" five".into()), " five");
         assert_eq!(t.finish(), "");
         // A head that cannot be a repeat is released at once.
         let mut t = OverlapTrim::new("one two three");
-        assert_eq!(t.push("zzz"), "zzz");
+        assert_eq!(t.push("zzz".into()), "zzz");
     }
 
     #[test]
     fn an_ending_continuation_releases_what_was_held() {
         let mut t = OverlapTrim::new("one two three");
-        assert_eq!(t.push("thr"), "");
+        assert_eq!(t.push("thr".into()), "");
         assert_eq!(t.finish(), "thr");
     }
 }

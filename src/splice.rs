@@ -239,7 +239,7 @@ impl Splicer {
                     session.upstream(&attempt, next.as_ref());
                     match next {
                         Some(Watched::Text(text)) => {
-                            let out = attempt.text(&session, &text);
+                            let out = attempt.text(&session, text);
                             for item in session.deliver(&attempt, out) {
                                 yield item;
                             }
@@ -381,7 +381,7 @@ struct Attempt {
 
 impl Attempt {
     /// Feeds one upstream delta through the overlap trim.
-    fn text(&mut self, session: &Session<'_>, text: &str) -> String {
+    fn text(&mut self, session: &Session<'_>, text: String) -> String {
         self.tokens += 1;
         if self.tokens == 1 {
             session.log.emit(EventKind::FirstToken {

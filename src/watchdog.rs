@@ -86,11 +86,6 @@ impl Watchdog {
         }
     }
 
-    /// Whether any content arrived.
-    pub fn seen_text(&self) -> bool {
-        self.seen_text
-    }
-
     /// The next item; `None` after `Finished` or `Failed`.
     pub async fn next(&mut self) -> Option<Watched> {
         if self.over {

@@ -43,7 +43,7 @@ fn stream_trim(prefix: &str, pieces: &[&str]) -> String {
     let mut t = OverlapTrim::new(prefix);
     let mut out = String::new();
     for p in pieces {
-        out.push_str(&t.push(p));
+        out.push_str(&t.push(p.to_string()));
     }
     out.push_str(&t.finish());
     out

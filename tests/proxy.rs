@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use baton::config::Config;
-use baton::oracle::{answer, Style};
+use baton::oracle::answer;
 use baton::{Message, Role};
 use serde_json::{json, Value};
 use support::{finish, scripted, text, tool, End, Reply};
@@ -51,16 +51,7 @@ async fn start_with(toml: &str, upstreams: Vec<oneshot::Sender<()>>) -> Proxy {
     }
 }
 
-async fn oracle(fault: &str) -> (String, oneshot::Sender<()>) {
-    support::oracle_upstream(
-        fault,
-        Style {
-            repeat_words: 2,
-            extra_space: false,
-        },
-    )
-    .await
-}
+use support::oracle_repeating as oracle;
 
 /// A proxy with ladder "chat" = primary (oracle with `fault`, model "big") → fallback (healthy oracle, model "small").
 async fn oracle_proxy(fault: &str, fallback_fault: &str, extra_server: &str) -> Proxy {

@@ -662,16 +662,7 @@ const CLIENT_KEY: &str = "sk-client-SECRET-4c1d2a9e";
 const UPSTREAM_KEY: &str = "sk-upstream-SECRET-8b7f3e21";
 const PARAM_KEY: &str = "sk-param-SECRET-5e6f7a8b";
 
-async fn oracle(fault: &str) -> (String, oneshot::Sender<()>) {
-    support::oracle_upstream(
-        fault,
-        Style {
-            repeat_words: 2,
-            extra_space: false,
-        },
-    )
-    .await
-}
+use support::oracle_repeating as oracle;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_reach_a_recording() {

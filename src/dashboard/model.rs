@@ -223,13 +223,9 @@ impl RouteView {
 
     /// Time-to-first-token percentile in ms.
     pub fn ttft_ms(&self, p: f64) -> Option<u64> {
-        if self.ttft.is_empty() {
-            return None;
-        }
         let mut sorted: Vec<u64> = self.ttft.iter().copied().collect();
         sorted.sort_unstable();
-        let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-        sorted.get(rank).copied()
+        crate::stats::percentile(&sorted, p)
     }
 
     /// Tokens per second over the last 10 seconds.

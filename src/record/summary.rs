@@ -250,15 +250,8 @@ pub fn totals(sessions: &[SessionSummary], files: usize, bytes: u64) -> Totals {
         }
     }
     gaps.sort_unstable();
-    let pick = |p: f64| {
-        if gaps.is_empty() {
-            0
-        } else {
-            gaps[((p / 100.0) * (gaps.len() - 1) as f64).round() as usize]
-        }
-    };
-    t.gap_ms_p50 = pick(50.0);
-    t.gap_ms_p99 = pick(99.0);
+    t.gap_ms_p50 = crate::stats::percentile(&gaps, 50.0).unwrap_or(0);
+    t.gap_ms_p99 = crate::stats::percentile(&gaps, 99.0).unwrap_or(0);
     t.gap_ms_max = gaps.last().copied().unwrap_or(0);
     t
 }

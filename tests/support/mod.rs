@@ -154,3 +154,15 @@ pub async fn oracle_upstream(fault: &str, style: baton::oracle::Style) -> (Strin
     let (addr, stop) = baton::oracle::server::spawn(config).await.expect("bind loopback");
     (format!("http://{addr}/v1"), stop)
 }
+
+/// An oracle upstream whose continuations repeat the prefix's last two words (the overlap trim must drop them).
+pub async fn oracle_repeating(fault: &str) -> (String, tokio::sync::oneshot::Sender<()>) {
+    oracle_upstream(
+        fault,
+        baton::oracle::Style {
+            repeat_words: 2,
+            extra_space: false,
+        },
+    )
+    .await
+}

@@ -247,7 +247,7 @@ enum ChunkState {
 }
 
 /// Incremental HTTP/1.1 body decoder (chunked or not) and SSE line splitter.
-struct SseDecoder {
+pub(crate) struct SseDecoder {
     chunked: bool,
     state: ChunkState,
     /// Raw bytes not yet de-chunked.
@@ -257,7 +257,7 @@ struct SseDecoder {
 }
 
 impl SseDecoder {
-    fn new(chunked: bool) -> Self {
+    pub(crate) fn new(chunked: bool) -> Self {
         SseDecoder {
             chunked,
             state: ChunkState::Size,
@@ -267,12 +267,12 @@ impl SseDecoder {
     }
 
     /// Whether the chunked body has ended.
-    fn ended(&self) -> bool {
+    pub(crate) fn ended(&self) -> bool {
         self.state == ChunkState::End
     }
 
     /// Feeds bytes from the socket; calls `on_data` with each `data:` payload.
-    fn feed(&mut self, input: &[u8], mut on_data: impl FnMut(&[u8])) -> Result<(), String> {
+    pub(crate) fn feed(&mut self, input: &[u8], mut on_data: impl FnMut(&[u8])) -> Result<(), String> {
         if self.chunked {
             self.dechunk(input)?;
         } else {
@@ -363,7 +363,7 @@ fn listen(addr: SocketAddr, nodelay: bool) -> io::Result<TcpListener> {
 }
 
 /// Connects from `source` (port chosen at connect time, by 4-tuple) to `target`.
-async fn connect(source: Ipv4Addr, target: SocketAddr) -> io::Result<TcpStream> {
+pub(crate) async fn connect(source: Ipv4Addr, target: SocketAddr) -> io::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
     bind_address_no_port(&socket);
     socket.bind(SocketAddr::new(source.into(), 0))?;
@@ -686,11 +686,7 @@ impl Clients {
     }
 
     async fn read(&self, socket: &mut TcpStream, buf: &mut [u8]) -> Result<usize, String> {
-        match tokio::time::timeout(self.idle, socket.read(buf)).await {
-            Ok(Ok(n)) => Ok(n),
-            Ok(Err(e)) => Err(format!("read: {e}")),
-            Err(_) => Err(format!("no byte for {} s", self.idle.as_secs())),
-        }
+        read_idle(socket, buf, self.idle).await
     }
 
     async fn stream(&self) -> Result<(), String> {
@@ -712,38 +708,18 @@ impl Clients {
             .map_err(|e| format!("write: {e}"))?;
         drop(permit);
         let mut buf = vec![0u8; 8 * 1024];
-        let mut head = Vec::new();
-        let (status, chunked, body_start) = loop {
-            let n = self.read(socket, &mut buf).await?;
-            if n == 0 {
-                return Err("closed before the response head".into());
-            }
-            head.extend_from_slice(&buf[..n]);
-            let mut headers = [httparse::EMPTY_HEADER; 32];
-            let mut response = httparse::Response::new(&mut headers);
-            match response.parse(&head) {
-                Ok(httparse::Status::Complete(len)) => {
-                    let chunked = response.headers.iter().any(|h| {
-                        h.name.eq_ignore_ascii_case("transfer-encoding")
-                            && String::from_utf8_lossy(h.value)
-                                .to_ascii_lowercase()
-                                .contains("chunked")
-                    });
-                    break (response.code.unwrap_or(0), chunked, len);
-                }
-                Ok(httparse::Status::Partial) if head.len() < 64 * 1024 => {}
-                Ok(httparse::Status::Partial) => return Err("response head too large".into()),
-                Err(e) => return Err(format!("bad response head: {e}")),
-            }
-        };
+        let ResponseHead {
+            status,
+            chunked,
+            body: mut pending,
+        } = read_head(socket, &mut buf, self.idle).await?;
         if status != 200 {
-            let body = String::from_utf8_lossy(&head[body_start..]);
+            let body = String::from_utf8_lossy(&pending);
             let body: String = body.chars().take(160).collect();
             return Err(format!("HTTP {status}: {body}"));
         }
         let mut decoder = SseDecoder::new(chunked);
         let mut tally = Tally::default();
-        let mut pending = head.split_off(body_start);
         loop {
             let now = now_us();
             decoder.feed(&pending, |data| {
@@ -779,6 +755,58 @@ impl Clients {
     }
 }
 
+/// One read from `socket`, or an error when no byte came for `idle`.
+pub(crate) async fn read_idle(socket: &mut TcpStream, buf: &mut [u8], idle: Duration) -> Result<usize, String> {
+    match tokio::time::timeout(idle, socket.read(buf)).await {
+        Ok(Ok(n)) => Ok(n),
+        Ok(Err(e)) => Err(format!("read: {e}")),
+        Err(_) => Err(format!("no byte for {} s", idle.as_secs())),
+    }
+}
+
+/// An HTTP/1.1 response head, as the lean client reads it.
+pub(crate) struct ResponseHead {
+    /// The status code.
+    pub(crate) status: u16,
+    /// Whether the body is chunked.
+    pub(crate) chunked: bool,
+    /// The body bytes that came with the head.
+    pub(crate) body: Vec<u8>,
+}
+
+/// Reads the response head from `socket` (reads of up to `buf.len()`, each within `idle`).
+pub(crate) async fn read_head(socket: &mut TcpStream, buf: &mut [u8], idle: Duration) -> Result<ResponseHead, String> {
+    let mut head = Vec::new();
+    loop {
+        let n = read_idle(socket, buf, idle).await?;
+        if n == 0 {
+            return Err("closed before the response head".into());
+        }
+        head.extend_from_slice(&buf[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut response = httparse::Response::new(&mut headers);
+        match response.parse(&head) {
+            Ok(httparse::Status::Complete(len)) => {
+                let chunked = response.headers.iter().any(|h| {
+                    h.name.eq_ignore_ascii_case("transfer-encoding")
+                        && String::from_utf8_lossy(h.value)
+                            .to_ascii_lowercase()
+                            .contains("chunked")
+                });
+                let status = response.code.unwrap_or(0);
+                return Ok(ResponseHead {
+                    status,
+                    chunked,
+                    body: head.split_off(len),
+                });
+            }
+            Ok(httparse::Status::Partial) if head.len() < 64 * 1024 => {}
+            Ok(httparse::Status::Partial) => return Err("response head too large".into()),
+            Err(e) => return Err(format!("bad response head: {e}")),
+        }
+    }
+}
+
 /// One stream's counts.
 #[derive(Default)]
 struct Tally {
@@ -811,7 +839,12 @@ impl Tally {
 // ------------------------------------------------------------------ memory
 
 fn status_kib(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status_kib_of("/proc/self/status", field)
+}
+
+/// A `kB` field (`VmRSS:` …) of a `/proc/<pid>/status` file.
+pub(crate) fn status_kib_of(path: &str, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(path).ok()?;
     status
         .lines()
         .find_map(|l| l.strip_prefix(field))

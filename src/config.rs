@@ -14,15 +14,19 @@ use serde::Deserialize;
 
 use crate::breaker::BreakerConfig;
 use crate::budget::BudgetConfig;
+use crate::cache::{CacheLimits, CacheRung, CacheUse, ResponseCache};
 use crate::continuation::{ContinuationMode, DEFAULT_INSTRUCTION};
+use crate::deadline::{Adaptive, AdaptiveStall, GAP_SAMPLES};
 use crate::health::RouteHealth;
 use crate::ladder::{Ladder, RetryPolicy, Route};
+use crate::loopguard::{self, LoopConfig};
 use crate::oracle::fault::{FaultPlan, FaultScript};
 use crate::oracle::Style;
 use crate::provider::anthropic::AnthropicProvider;
 use crate::provider::mock::MockProvider;
 use crate::provider::openai::OpenAiProvider;
 use crate::provider::Provider;
+use crate::safe_reply::{self, SafeReply};
 use crate::watchdog::Deadlines;
 
 /// The default listen address: loopback only.
@@ -59,6 +63,46 @@ pub struct ServerSection {
     pub max_body_bytes: Option<usize>,
     /// On shutdown, how long streams in flight may run on (ms); default 10000.
     pub shutdown_grace_ms: Option<u64>,
+    /// A request's head and body must arrive within this long of its first byte (ms); default 10000.
+    pub header_read_timeout_ms: Option<u64>,
+    /// An idle keep-alive connection is closed after this long (ms); default 60000.
+    pub keep_alive_timeout_ms: Option<u64>,
+    /// A streamed answer whose client took no chunk for this long ends with an error event (ms); default 30000.
+    pub slow_client_timeout_ms: Option<u64>,
+    /// A connection whose client accepts no byte for this long is closed (ms); default 60000.
+    pub write_stall_timeout_ms: Option<u64>,
+    /// Sessions served at once; past it a request gets 503 with `Retry-After`; default 10000.
+    pub max_sessions: Option<usize>,
+}
+
+/// Connection and session limits of the proxy (`[server]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// A request's head (and then its body) must arrive within this long of its
+    /// first byte, or of the connection's start for its first request.
+    pub header_read_timeout: Duration,
+    /// A keep-alive connection idle this long after its last response is closed.
+    pub keep_alive_timeout: Duration,
+    /// A streamed answer whose client has not taken the next chunk for this long
+    /// ends with a `slow_client` error event and its upstream is cancelled.
+    pub slow_client_timeout: Duration,
+    /// A connection whose client accepts no byte of what is sent for this long
+    /// is closed, whatever it was sending (the memory it pinned is freed).
+    pub write_stall_timeout: Duration,
+    /// Sessions served at once.
+    pub max_sessions: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            header_read_timeout: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(60),
+            slow_client_timeout: Duration::from_secs(30),
+            write_stall_timeout: Duration::from_secs(60),
+            max_sessions: 10_000,
+        }
+    }
 }
 
 /// The provider kinds a route can use.
@@ -98,6 +142,18 @@ pub struct RouteSection {
     pub stall_ms: Option<u64>,
     /// Whole-attempt deadline (ms).
     pub total_ms: Option<u64>,
+    /// Let the stall deadline follow the route's recent inter-token gaps
+    /// (`stall_ms` becomes its ceiling and its value until enough gaps were seen).
+    #[serde(default)]
+    pub stall_adaptive: bool,
+    /// Adaptive stall: the lowest it goes (ms, default 500).
+    pub stall_floor_ms: Option<u64>,
+    /// Adaptive stall: the multiple of the p99 gap (default 8).
+    pub stall_k: Option<f64>,
+    /// Adaptive stall: gaps seen before it adapts (default 100).
+    pub stall_min_samples: Option<u32>,
+    /// Time-to-first-token allowance per 1000 prompt tokens, on top of `ttft_ms` (ms, default 0: fixed).
+    pub ttft_per_1k_prompt_ms: Option<u64>,
     /// Context window (tokens).
     pub context_tokens: Option<u32>,
     /// Open the circuit breaker after this many failures in a row (default 5).
@@ -114,6 +170,8 @@ pub struct RouteSection {
     pub retry_budget_ratio: Option<f64>,
     /// Retries always allowed per 10 s (default 10).
     pub retry_budget_floor: Option<u32>,
+    /// Price in dollars per 1k tokens, for a ladder's `max_cost_per_request`.
+    pub price_per_1k: Option<f64>,
     /// Mock only: a fault script (`stall@5`, `503x1` …).
     pub fault: Option<String>,
     /// Mock only: words the oracle repeats when continuing.
@@ -137,6 +195,30 @@ pub struct LadderSection {
     pub retry_after_max_ms: Option<u64>,
     /// The `instruct` continuation message.
     pub instruction: Option<String>,
+    /// Interactive ladders: skip a route whose recent p95 time to first token is above this (ms).
+    pub latency_ceiling_ms: Option<u64>,
+    /// Skip a route whose estimated cost for the request (prompt + `max_tokens`, at its `price_per_1k`) is above this (dollars).
+    pub max_cost_per_request: Option<f64>,
+    /// The response cache: `first` (before any route), `last` (when every route failed) or `both`.
+    pub cache: Option<String>,
+    /// How long a cached answer is used (ms, default 300000).
+    pub cache_ttl_ms: Option<u64>,
+    /// Most cached answers (default 1000).
+    pub cache_max_entries: Option<usize>,
+    /// Most bytes of cached answers (default 32 MiB).
+    pub cache_max_bytes: Option<usize>,
+    /// The degraded answer when nothing else can answer.
+    pub safe_reply: Option<String>,
+    /// What closes a partly sent answer when nothing can finish it (needs `safe_reply`).
+    pub safe_reply_note: Option<String>,
+    /// Stop and hand over an answer that repeats itself (default true).
+    pub loop_guard: Option<bool>,
+    /// Copies of the repeated unit, at least, for a loop (default 6).
+    pub loop_min_repeats: Option<u32>,
+    /// Bytes a loop spans, at least (default 300).
+    pub loop_min_span_bytes: Option<u32>,
+    /// What the client gets where its looped text was cut (default `" […] "`).
+    pub loop_marker: Option<String>,
 }
 
 /// A config that could not be used.
@@ -194,6 +276,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// How long streams may run on after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// Connection and session limits.
+    pub limits: ServerLimits,
     /// The ladders, in file order.
     pub ladders: Vec<ResolvedLadder>,
 }
@@ -259,6 +343,7 @@ impl Config {
         if max_body_bytes == 0 {
             return Err(invalid("server.max_body_bytes".into(), "must be above 0".into()));
         }
+        let limits = server_limits(&raw.server).map_err(|(k, problem)| invalid(k, problem))?;
 
         let client = OpenAiProvider::default_client();
         let mut routes: Vec<Route> = Vec::new();
@@ -266,6 +351,12 @@ impl Config {
             let key = |field: &str| format!("route[{i}].{field}");
             if r.name.trim().is_empty() {
                 return Err(invalid(key("name"), "must not be empty".into()));
+            }
+            if [crate::cache::CACHE_ROUTE, safe_reply::SAFE_REPLY_ROUTE].contains(&r.name.as_str()) {
+                return Err(invalid(
+                    key("name"),
+                    format!("{:?} is reserved for baton's own rung", r.name),
+                ));
             }
             if routes.iter().any(|known| *known.name == *r.name) {
                 return Err(invalid(key("name"), format!("route {:?} is defined twice", r.name)));
@@ -332,8 +423,10 @@ impl Config {
                 stall: ms(r.stall_ms, "stall_ms", defaults.stall)?,
                 total: ms(r.total_ms, "total_ms", defaults.total)?,
             };
+            let adaptive = adaptive_config(r, &key, deadlines.stall).map_err(|(k, problem)| invalid(k, problem))?;
             let mut route = Route::new(&r.name, &r.model, provider)
                 .with_deadlines(deadlines)
+                .with_adaptive(adaptive)
                 .with_continuation(r.continuation.unwrap_or(ContinuationMode::Prefill));
             route.continue_final_message = r.continue_final_message;
             if let Some(tokens) = r.context_tokens {
@@ -345,6 +438,15 @@ impl Config {
             let breaker = breaker_config(r, &key).map_err(|(k, problem)| invalid(k, problem))?;
             let budget = budget_config(r, &key).map_err(|(k, problem)| invalid(k, problem))?;
             route.health = Arc::new(RouteHealth::new(breaker, budget));
+            if let Some(price) = r.price_per_1k {
+                if !price.is_finite() || price < 0.0 {
+                    return Err(invalid(
+                        key("price_per_1k"),
+                        format!("{price} is not a price (dollars, 0 or more)"),
+                    ));
+                }
+                route.price_per_1k = Some(price);
+            }
             routes.push(route);
         }
 
@@ -394,6 +496,45 @@ impl Config {
                 Some(text) => text.clone(),
                 None => DEFAULT_INSTRUCTION.to_string(),
             };
+            if let Some(ms) = l.latency_ceiling_ms {
+                if ms == 0 {
+                    return Err(invalid(key("latency_ceiling_ms"), "must be above 0".into()));
+                }
+                ladder.rules.latency_ceiling = Some(Duration::from_millis(ms));
+            }
+            if let Some(max) = l.max_cost_per_request {
+                if !max.is_finite() || max <= 0.0 {
+                    return Err(invalid(
+                        key("max_cost_per_request"),
+                        format!("{max} is not a ceiling (dollars, above 0)"),
+                    ));
+                }
+                if let Some(j) = ladder.routes.iter().position(|r| r.price_per_1k.is_none()) {
+                    return Err(invalid(
+                        key("max_cost_per_request"),
+                        format!(
+                            "route {:?} has no price_per_1k, so its cost cannot be checked",
+                            l.routes[j]
+                        ),
+                    ));
+                }
+                ladder.rules.max_cost_per_request = Some(max);
+            }
+            ladder.cache = cache_rung(l, &key).map_err(|(k, problem)| invalid(k, problem))?;
+            ladder.safe_reply = match (&l.safe_reply, &l.safe_reply_note) {
+                (None, Some(_)) => {
+                    return Err(invalid(key("safe_reply_note"), "needs safe_reply to be set too".into()))
+                }
+                (None, None) => None,
+                (Some(reply), _) if reply.trim().is_empty() => {
+                    return Err(invalid(key("safe_reply"), "must not be empty".into()))
+                }
+                (Some(reply), note) => Some(SafeReply {
+                    reply: reply.clone(),
+                    note: note.clone().unwrap_or_else(|| safe_reply::DEFAULT_NOTE.to_string()),
+                }),
+            };
+            ladder.loop_guard = loop_config(l, &key).map_err(|(k, problem)| invalid(k, problem))?;
             ladders.push(ResolvedLadder {
                 name: l.name.clone(),
                 pattern: l.pattern.clone(),
@@ -406,6 +547,7 @@ impl Config {
             record_dir: raw.server.record_dir,
             max_body_bytes,
             shutdown_grace: Duration::from_millis(raw.server.shutdown_grace_ms.unwrap_or(10_000)),
+            limits,
             ladders,
         })
     }
@@ -422,6 +564,15 @@ impl Config {
     /// The resolved ladders as text, for `baton check` (no secrets).
     pub fn describe(&self) -> String {
         let mut out = format!("listen {}\n", self.listen);
+        let l = &self.limits;
+        out.push_str(&format!(
+            "limits: {} sessions, header read {} ms, keep-alive {} ms, slow client {} ms, write stall {} ms\n",
+            l.max_sessions,
+            l.header_read_timeout.as_millis(),
+            l.keep_alive_timeout.as_millis(),
+            l.slow_client_timeout.as_millis(),
+            l.write_stall_timeout.as_millis()
+        ));
         out.push_str(&format!(
             "client key {}\n",
             if self.api_key.is_some() {
@@ -437,15 +588,34 @@ impl Config {
                 .map(|p| format!(" (also models matching {p:?})"))
                 .unwrap_or_default();
             out.push_str(&format!("ladder {:?}{pattern}\n", l.name));
+            let rules = describe_rungs(&l.ladder);
+            if !rules.is_empty() {
+                out.push_str(&format!("  {}\n", rules.join(", ")));
+            }
             for (i, r) in l.ladder.routes.iter().enumerate() {
+                let ttft = match r.adaptive.ttft_per_1k_prompt.as_millis() {
+                    0 => format!("{} ms", r.deadlines.first_token.as_millis()),
+                    per_1k => format!(
+                        "{} ms + {per_1k} ms per 1k prompt tokens",
+                        r.deadlines.first_token.as_millis()
+                    ),
+                };
+                let stall = match &r.adaptive.stall {
+                    None => format!("{} ms", r.deadlines.stall.as_millis()),
+                    Some(a) => format!(
+                        "adaptive {}×p99 gap within {}–{} ms after {} gaps",
+                        a.k,
+                        a.floor.as_millis(),
+                        r.deadlines.stall.as_millis(),
+                        a.min_samples
+                    ),
+                };
                 out.push_str(&format!(
-                    "  {}. {} → model {:?}, {}, ttft {} ms, stall {} ms, total {} ms, context {} tokens\n",
+                    "  {}. {} → model {:?}, {}, ttft {ttft}, stall {stall}, total {} ms, context {} tokens\n",
                     i + 1,
                     r.name,
                     &*r.model,
                     r.continuation.as_str(),
-                    r.deadlines.first_token.as_millis(),
-                    r.deadlines.stall.as_millis(),
                     r.deadlines.total.as_millis(),
                     r.context_tokens
                 ));
@@ -453,6 +623,117 @@ impl Config {
         }
         out
     }
+}
+
+/// The ladder's rules and own rungs, for `baton check`.
+fn describe_rungs(l: &Ladder) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(ms) = l.rules.latency_ceiling {
+        out.push(format!("latency ceiling {} ms (p95 first token)", ms.as_millis()));
+    }
+    if let Some(max) = l.rules.max_cost_per_request {
+        out.push(format!("cost ceiling ${max} per request"));
+    }
+    if let Some(c) = &l.cache {
+        let uses = match c.uses {
+            CacheUse::First => "first",
+            CacheUse::LastResort => "last",
+            CacheUse::Both => "both",
+        };
+        out.push(format!("cache {uses}"));
+    }
+    if l.safe_reply.is_some() {
+        out.push("safe reply".to_string());
+    }
+    out
+}
+
+/// The cache rung of ladder section `l`; `key` names its keys in errors.
+fn cache_rung(l: &LadderSection, key: &dyn Fn(&str) -> String) -> Result<Option<CacheRung>, (String, String)> {
+    let uses = match l.cache.as_deref() {
+        None => {
+            for (field, set) in [
+                ("cache_ttl_ms", l.cache_ttl_ms.is_some()),
+                ("cache_max_entries", l.cache_max_entries.is_some()),
+                ("cache_max_bytes", l.cache_max_bytes.is_some()),
+            ] {
+                if set {
+                    return Err((key(field), "needs cache = \"first\", \"last\" or \"both\"".into()));
+                }
+            }
+            return Ok(None);
+        }
+        Some("first") => CacheUse::First,
+        Some("last") => CacheUse::LastResort,
+        Some("both") => CacheUse::Both,
+        Some(other) => {
+            return Err((
+                key("cache"),
+                format!("{other:?} is not one of \"first\", \"last\", \"both\""),
+            ))
+        }
+    };
+    let mut limits = CacheLimits::default();
+    if let Some(ms) = l.cache_ttl_ms {
+        if ms == 0 {
+            return Err((key("cache_ttl_ms"), "must be above 0".into()));
+        }
+        limits.ttl = Duration::from_millis(ms);
+    }
+    if let Some(n) = l.cache_max_entries {
+        if n == 0 {
+            return Err((key("cache_max_entries"), "must be above 0".into()));
+        }
+        limits.max_entries = n;
+    }
+    if let Some(n) = l.cache_max_bytes {
+        if n == 0 {
+            return Err((key("cache_max_bytes"), "must be above 0".into()));
+        }
+        limits.max_bytes = n;
+    }
+    Ok(Some(CacheRung {
+        uses,
+        store: Arc::new(ResponseCache::new(limits)),
+    }))
+}
+
+/// The connection and session limits of `[server]`.
+fn server_limits(s: &ServerSection) -> Result<ServerLimits, (String, String)> {
+    let defaults = ServerLimits::default();
+    let ms = |value: Option<u64>, field: &str, default: Duration| match value {
+        Some(0) => Err((format!("server.{field}"), "must be above 0".to_string())),
+        Some(v) => Ok(Duration::from_millis(v)),
+        None => Ok(default),
+    };
+    let max_sessions = match s.max_sessions {
+        Some(0) => return Err(("server.max_sessions".into(), "must be above 0".into())),
+        Some(n) => n,
+        None => defaults.max_sessions,
+    };
+    Ok(ServerLimits {
+        header_read_timeout: ms(
+            s.header_read_timeout_ms,
+            "header_read_timeout_ms",
+            defaults.header_read_timeout,
+        )?,
+        keep_alive_timeout: ms(
+            s.keep_alive_timeout_ms,
+            "keep_alive_timeout_ms",
+            defaults.keep_alive_timeout,
+        )?,
+        slow_client_timeout: ms(
+            s.slow_client_timeout_ms,
+            "slow_client_timeout_ms",
+            defaults.slow_client_timeout,
+        )?,
+        write_stall_timeout: ms(
+            s.write_stall_timeout_ms,
+            "write_stall_timeout_ms",
+            defaults.write_stall_timeout,
+        )?,
+        max_sessions,
+    })
 }
 
 /// The breaker settings of route section `r`; `key` names its keys in errors.
@@ -484,6 +765,120 @@ fn breaker_config(r: &RouteSection, key: &dyn Fn(&str) -> String) -> Result<Brea
     }
     Ok(c)
 }
+
+/// The adaptive-deadline settings of route section `r`, whose stall deadline (the ceiling) is `stall`.
+fn adaptive_config(
+    r: &RouteSection,
+    key: &dyn Fn(&str) -> String,
+    stall: Duration,
+) -> Result<Adaptive, (String, String)> {
+    let mut a = Adaptive {
+        stall: None,
+        ttft_per_1k_prompt: Duration::from_millis(r.ttft_per_1k_prompt_ms.unwrap_or(0)),
+    };
+    if !r.stall_adaptive {
+        let stray = [
+            ("stall_floor_ms", r.stall_floor_ms.is_some()),
+            ("stall_k", r.stall_k.is_some()),
+            ("stall_min_samples", r.stall_min_samples.is_some()),
+        ];
+        if let Some((field, _)) = stray.iter().find(|(_, set)| *set) {
+            return Err((key(field), "only applies with stall_adaptive = true".into()));
+        }
+        return Ok(a);
+    }
+    let mut rule = AdaptiveStall::default();
+    if let Some(k) = r.stall_k {
+        if !(1.0..=1000.0).contains(&k) {
+            return Err((
+                key("stall_k"),
+                format!("{k} is not between 1 and 1000 (below 1 would cut streams at their usual pace)"),
+            ));
+        }
+        rule.k = k;
+    }
+    if let Some(ms) = r.stall_floor_ms {
+        if ms == 0 {
+            return Err((key("stall_floor_ms"), "must be above 0".into()));
+        }
+        rule.floor = Duration::from_millis(ms);
+    }
+    if rule.floor > stall {
+        return Err((
+            key(if r.stall_floor_ms.is_some() {
+                "stall_floor_ms"
+            } else {
+                "stall_ms"
+            }),
+            format!(
+                "the adaptive stall floor ({} ms) is above stall_ms ({} ms), its ceiling",
+                rule.floor.as_millis(),
+                stall.as_millis()
+            ),
+        ));
+    }
+    if let Some(n) = r.stall_min_samples {
+        if n == 0 || n as usize > GAP_SAMPLES {
+            return Err((
+                key("stall_min_samples"),
+                format!("{n} is not between 1 and {GAP_SAMPLES} (the gaps a route keeps)"),
+            ));
+        }
+        rule.min_samples = n;
+    }
+    a.stall = Some(rule);
+    Ok(a)
+}
+
+/// The loop-guard settings of ladder section `l` (`None`: off).
+fn loop_config(l: &LadderSection, key: &dyn Fn(&str) -> String) -> Result<Option<LoopConfig>, (String, String)> {
+    if l.loop_guard == Some(false) {
+        let set = [
+            ("loop_min_repeats", l.loop_min_repeats.is_some()),
+            ("loop_min_span_bytes", l.loop_min_span_bytes.is_some()),
+            ("loop_marker", l.loop_marker.is_some()),
+        ];
+        if let Some((field, _)) = set.iter().find(|(_, set)| *set) {
+            return Err((key(field), "has no effect with loop_guard = false".into()));
+        }
+        return Ok(None);
+    }
+    let mut c = LoopConfig::default();
+    if let Some(n) = l.loop_min_repeats {
+        if !(2..=loopguard::MAX_MIN_REPEATS).contains(&n) {
+            return Err((
+                key("loop_min_repeats"),
+                format!("{n} is not between 2 and {}", loopguard::MAX_MIN_REPEATS),
+            ));
+        }
+        c.min_repeats = n;
+    }
+    if let Some(n) = l.loop_min_span_bytes {
+        if !(1..=loopguard::MAX_MIN_SPAN_BYTES).contains(&n) {
+            return Err((
+                key("loop_min_span_bytes"),
+                format!("{n} is not between 1 and {}", loopguard::MAX_MIN_SPAN_BYTES),
+            ));
+        }
+        c.min_span_bytes = n;
+    }
+    if let Some(marker) = &l.loop_marker {
+        if marker.len() > MAX_LOOP_MARKER_BYTES {
+            return Err((
+                key("loop_marker"),
+                format!(
+                    "{} bytes is longer than {MAX_LOOP_MARKER_BYTES}: a marker should be short",
+                    marker.len()
+                ),
+            ));
+        }
+        c.marker = marker.clone();
+    }
+    Ok(Some(c))
+}
+
+/// The longest `loop_marker` accepted.
+const MAX_LOOP_MARKER_BYTES: usize = 64;
 
 /// The retry-budget settings of route section `r`.
 fn budget_config(r: &RouteSection, key: &dyn Fn(&str) -> String) -> Result<BudgetConfig, (String, String)> {
@@ -608,8 +1003,196 @@ mod tests {
             bad_rate.contains("`route[0].breaker_failure_rate`: 1.5 is not in (0, 1]"),
             "{bad_rate}"
         );
+        let stray = error(&GOOD.replace("stall_ms = 500", "stall_ms = 500\nstall_k = 4"));
+        assert!(
+            stray.contains("`route[0].stall_k`: only applies with stall_adaptive = true"),
+            "{stray}"
+        );
+        let adaptive = |extra: &str| {
+            GOOD.replace(
+                "stall_ms = 500",
+                &format!("stall_ms = 500\nstall_adaptive = true\n{extra}"),
+            )
+        };
+        let low_k = error(&adaptive("stall_k = 0.5"));
+        assert!(
+            low_k.contains("`route[0].stall_k`: 0.5 is not between 1 and 1000"),
+            "{low_k}"
+        );
+        let nan_k = error(&adaptive("stall_k = nan"));
+        assert!(nan_k.contains("`route[0].stall_k`"), "{nan_k}");
+        // The default floor (500 ms) fits under stall_ms = 500; a higher one does not.
+        let high_floor = error(&adaptive("stall_floor_ms = 800"));
+        assert!(
+            high_floor
+                .contains("`route[0].stall_floor_ms`: the adaptive stall floor (800 ms) is above stall_ms (500 ms)"),
+            "{high_floor}"
+        );
+        let default_floor = error(&adaptive("").replace("stall_ms = 500", "stall_ms = 300"));
+        assert!(default_floor.contains("`route[0].stall_ms`"), "{default_floor}");
+        let samples = error(&adaptive("stall_min_samples = 100000"));
+        assert!(
+            samples.contains("`route[0].stall_min_samples`: 100000 is not between 1 and 512"),
+            "{samples}"
+        );
         let bad_mode = error(&GOOD.replace("\"instruct\"", "\"psychic\""));
         assert!(bad_mode.contains("psychic"), "{bad_mode}");
+        for key in [
+            "header_read_timeout_ms",
+            "keep_alive_timeout_ms",
+            "slow_client_timeout_ms",
+            "write_stall_timeout_ms",
+            "max_sessions",
+        ] {
+            let zero = error(&GOOD.replace("[server]", &format!("[server]\n{key} = 0")));
+            assert!(zero.contains(&format!("`server.{key}`: must be above 0")), "{zero}");
+        }
+    }
+
+    #[test]
+    fn adaptive_deadlines_are_off_unless_asked_for() {
+        let fixed = Config::parse("baton.toml", GOOD, &env).expect("valid");
+        let routes = &fixed.ladders[0].ladder.routes;
+        assert!(routes.iter().all(|r| r.adaptive.is_fixed()));
+        let text = GOOD.replace(
+            "stall_ms = 500",
+            "stall_ms = 5000\nstall_adaptive = true\nstall_floor_ms = 200\nstall_k = 6\nstall_min_samples = 40\nttft_per_1k_prompt_ms = 750",
+        );
+        let config = Config::parse("baton.toml", &text, &env).expect("valid");
+        let primary = &config.ladders[0].ladder.routes[0];
+        assert_eq!(
+            primary.adaptive,
+            Adaptive {
+                stall: Some(AdaptiveStall {
+                    k: 6.0,
+                    floor: Duration::from_millis(200),
+                    min_samples: 40
+                }),
+                ttft_per_1k_prompt: Duration::from_millis(750),
+            }
+        );
+        assert_eq!(primary.deadlines.stall, Duration::from_millis(5000));
+        let described = config.describe();
+        assert!(
+            described.contains(
+                "ttft 2000 ms + 750 ms per 1k prompt tokens, stall adaptive 6×p99 gap within 200–5000 ms after 40 gaps"
+            ),
+            "{described}"
+        );
+        assert!(
+            described.contains("stall 3000 ms"),
+            "the fallback stays fixed: {described}"
+        );
+    }
+
+    #[test]
+    fn loop_guard_keys_are_checked() {
+        let ladder = |extra: &str| {
+            GOOD.replace(
+                "routes = [\"primary\", \"fallback\"]",
+                &format!("routes = [\"primary\", \"fallback\"]\n{extra}"),
+            )
+        };
+        let config = Config::parse("baton.toml", GOOD, &env).expect("valid");
+        assert_eq!(config.ladders[0].ladder.loop_guard, Some(LoopConfig::default()));
+        let custom = ladder("loop_min_repeats = 10\nloop_min_span_bytes = 500\nloop_marker = \" [cut] \"");
+        let config = Config::parse("baton.toml", &custom, &env).expect("valid");
+        let guard = config.ladders[0].ladder.loop_guard.clone().expect("on");
+        assert_eq!(
+            (guard.min_repeats, guard.min_span_bytes, guard.marker.as_str()),
+            (10, 500, " [cut] ")
+        );
+        let off = Config::parse("baton.toml", &ladder("loop_guard = false"), &env).expect("valid");
+        assert_eq!(off.ladders[0].ladder.loop_guard, None);
+        let stray = error(&ladder("loop_guard = false\nloop_marker = \"x\""));
+        assert!(
+            stray.contains("`ladder[0].loop_marker`: has no effect with loop_guard = false"),
+            "{stray}"
+        );
+        let one = error(&ladder("loop_min_repeats = 1"));
+        assert!(
+            one.contains("`ladder[0].loop_min_repeats`: 1 is not between 2 and 1000"),
+            "{one}"
+        );
+        let zero = error(&ladder("loop_min_span_bytes = 0"));
+        assert!(zero.contains("`ladder[0].loop_min_span_bytes`"), "{zero}");
+        let long = error(&ladder(&format!("loop_marker = \"{}\"", "-".repeat(65))));
+        assert!(
+            long.contains("`ladder[0].loop_marker`: 65 bytes is longer than 64"),
+            "{long}"
+        );
+    }
+
+    #[test]
+    fn ladder_rungs_and_business_rules_are_checked() {
+        let ladder = |extra: &str| {
+            GOOD.replace(
+                "routes = [\"primary\", \"fallback\"]",
+                &format!("routes = [\"primary\", \"fallback\"]\n{extra}"),
+            )
+        };
+        let priced = |extra: &str| {
+            ladder(extra)
+                .replace("stall_ms = 500", "stall_ms = 500\nprice_per_1k = 0.01")
+                .replace("fault = \"503x1\"", "fault = \"503x1\"\nprice_per_1k = 0.001")
+        };
+        let ok = Config::parse(
+            "baton.toml",
+            &priced("cache = \"both\"\ncache_ttl_ms = 1000\nsafe_reply = \"Sorry.\"\nlatency_ceiling_ms = 900\nmax_cost_per_request = 0.02"),
+            &env,
+        )
+        .expect("valid");
+        let l = &ok.ladders[0].ladder;
+        assert_eq!(l.cache.as_ref().map(|c| c.uses), Some(CacheUse::Both));
+        assert_eq!(l.rules.latency_ceiling, Some(Duration::from_millis(900)));
+        assert_eq!(l.rules.max_cost_per_request, Some(0.02));
+        assert_eq!(
+            l.safe_reply.as_ref().map(|s| s.note.as_str()),
+            Some(safe_reply::DEFAULT_NOTE)
+        );
+        let described = ok.describe();
+        assert!(
+            described.contains("cache both") && described.contains("safe reply"),
+            "{described}"
+        );
+
+        for (extra, wanted) in [
+            (
+                "cache = \"sometimes\"",
+                "`ladder[0].cache`: \"sometimes\" is not one of",
+            ),
+            ("cache_ttl_ms = 5", "`ladder[0].cache_ttl_ms`: needs cache ="),
+            (
+                "cache = \"first\"\ncache_max_entries = 0",
+                "`ladder[0].cache_max_entries`: must be above 0",
+            ),
+            (
+                "safe_reply_note = \"x\"",
+                "`ladder[0].safe_reply_note`: needs safe_reply",
+            ),
+            ("safe_reply = \" \"", "`ladder[0].safe_reply`: must not be empty"),
+            (
+                "latency_ceiling_ms = 0",
+                "`ladder[0].latency_ceiling_ms`: must be above 0",
+            ),
+            (
+                "max_cost_per_request = 0.5",
+                "`ladder[0].max_cost_per_request`: route \"primary\" has no price_per_1k",
+            ),
+        ] {
+            let e = error(&ladder(extra));
+            assert!(e.contains(wanted), "{extra}: {e}");
+        }
+        let e = error(&priced("max_cost_per_request = -1.0"));
+        assert!(e.contains("`ladder[0].max_cost_per_request`"), "{e}");
+        let e = error(&GOOD.replace("stall_ms = 500", "stall_ms = 500\nprice_per_1k = -2.0"));
+        assert!(e.contains("`route[0].price_per_1k`"), "{e}");
+        let e = error(
+            &GOOD
+                .replace("name = \"fallback\"", "name = \"cache\"")
+                .replace("\"fallback\"]", "\"cache\"]"),
+        );
+        assert!(e.contains("`route[1].name`: \"cache\" is reserved"), "{e}");
     }
 
     #[test]

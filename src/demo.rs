@@ -10,8 +10,11 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
+use crate::breaker::{BreakerConfig, BreakerState};
+use crate::budget::BudgetConfig;
 use crate::continuation::ContinuationMode;
-use crate::event::EngineEvent;
+use crate::event::{EngineEvent, EventKind};
+use crate::health::RouteHealth;
 use crate::ladder::{Ladder, Route};
 use crate::oracle::fault::{Fault, FaultPlan, FaultScript};
 use crate::oracle::script::Pacing;
@@ -64,6 +67,10 @@ pub struct DemoReport {
     pub gap_ms_p99: f64,
     /// Sessions that ended in an error.
     pub failed: usize,
+    /// Times a route's circuit breaker opened.
+    pub breaker_opened: usize,
+    /// Times one closed again after a successful probe.
+    pub breaker_closed: usize,
     /// Wall time of the run.
     pub elapsed_ms: u64,
 }
@@ -119,15 +126,53 @@ pub struct DemoWorld {
     _stops: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
+/// When the demo's primary goes down, and how quickly its breaker probes it again.
+#[derive(Clone, Copy, Debug)]
+pub struct Outages {
+    /// The first outage begins this long after the upstreams start.
+    pub offset: Duration,
+    /// One outage per period.
+    pub period: Duration,
+    /// Each lasts this long.
+    pub down: Duration,
+    /// The primary's breaker waits this long before a probe.
+    pub cool_down: Duration,
+}
+
+impl Outages {
+    /// One short outage early in a headless run, while sessions are still starting.
+    pub const HEADLESS: Outages = Outages {
+        offset: Duration::from_millis(300),
+        period: Duration::from_secs(3600),
+        down: Duration::from_millis(500),
+        cool_down: Duration::from_millis(200),
+    };
+
+    /// For the live dashboard: down 8 s of every 40 s.
+    pub const LIVE: Outages = Outages {
+        offset: Duration::from_secs(12),
+        period: Duration::from_secs(40),
+        down: Duration::from_secs(8),
+        cool_down: Duration::from_secs(2),
+    };
+}
+
 impl DemoWorld {
     /// Starts the oracle upstreams on loopback and builds the ladders.
-    pub async fn start(seed: u64) -> Result<Self, DemoError> {
+    pub async fn start(seed: u64, outages: Outages) -> Result<Self, DemoError> {
         let pacing = Pacing {
             first_token: Duration::from_millis(30),
             interval: Duration::from_millis(4),
         };
         let upstream = |plan, style| MockConfig { plan, style, pacing };
-        let (primary, stop_p) = spawn(upstream(FaultPlan::Random { seed }, Style::default())).await?;
+        let outage = FaultPlan::Outage {
+            seed,
+            epoch: Instant::now(),
+            offset: outages.offset,
+            period: outages.period,
+            down: outages.down,
+        };
+        let (primary, stop_p) = spawn(upstream(outage, Style::default())).await?;
         let no_prefill = FaultPlan::Fixed(FaultScript::always(Fault::RejectPrefill));
         let (echo, stop_e) = spawn(upstream(
             no_prefill,
@@ -161,7 +206,18 @@ impl DemoWorld {
             stall: Duration::from_secs(2),
             total: Duration::from_secs(60),
         };
-        let primary = Route::new("primary", "oracle-large", provider(primary)).with_deadlines(fast);
+        let mut primary = Route::new("primary", "oracle-large", provider(primary)).with_deadlines(fast);
+        // The primary is flaky by design (most of its answers break somewhere):
+        // its breaker opens on a run of failures only an outage makes likely,
+        // and probes again soon, so the demo shows it open and close.
+        let breaker = BreakerConfig {
+            consecutive_failures: 8,
+            // A rate can never exceed 1: only a run of failures opens this breaker.
+            failure_rate: 1.0,
+            cool_down: outages.cool_down,
+            ..BreakerConfig::default()
+        };
+        primary.health = Arc::new(RouteHealth::new(breaker, BudgetConfig::default()));
         let echo = Route::new("echo", "oracle-echo", provider(echo)).with_deadlines(patient);
         let steady = Route::new("steady", "oracle-small", provider(steady))
             .with_deadlines(patient)
@@ -196,7 +252,8 @@ pub async fn run_headless_recorded(
     options: DemoOptions,
     record: Option<RecordOptions>,
 ) -> Result<(DemoReport, Option<RecordStats>), DemoError> {
-    let world = DemoWorld::start(options.seed).await?;
+    let world = DemoWorld::start(options.seed, Outages::HEADLESS).await?;
+    let breakers = tokio::spawn(count_breaker_changes(world.events.subscribe()));
     let recorder = match record {
         Some(record) => {
             let dir = record.dir.display().to_string();
@@ -206,10 +263,14 @@ pub async fn run_headless_recorded(
     };
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
+    // Sessions start over the first 2 s, so some meet the primary's outage and some its recovery.
+    let spread = Duration::from_millis(2000) / options.sessions.max(1) as u32;
     for i in 0..options.sessions {
         let splicer = world.splicers[i % world.splicers.len()].clone();
         let messages = conversation(i, options.seed);
+        let start = started + spread * i as u32;
         tasks.spawn(async move {
+            tokio::time::sleep_until(start).await;
             let expected = answer(&messages);
             let collected = splicer.collect(ChatRequest::new(messages)).await;
             (expected, collected)
@@ -257,11 +318,32 @@ pub async fn run_headless_recorded(
     report.gap_ms_p50 = (percentile(&gaps, 50.0).unwrap_or(0.0) * 100.0).round() / 100.0;
     report.gap_ms_p99 = (percentile(&gaps, 99.0).unwrap_or(0.0) * 100.0).round() / 100.0;
     report.elapsed_ms = started.elapsed().as_millis() as u64;
+    drop(world);
+    (report.breaker_opened, report.breaker_closed) = breakers.await.unwrap_or_default();
     let stats = match recorder {
         Some(recorder) => Some(recorder.finish().await),
         None => None,
     };
     Ok((report, stats))
+}
+
+/// Counts breaker openings and closings on `events` until the feed closes.
+async fn count_breaker_changes(mut events: broadcast::Receiver<EngineEvent>) -> (usize, usize) {
+    let (mut opened, mut closed) = (0, 0);
+    loop {
+        match events.recv().await {
+            Ok(EngineEvent {
+                kind: EventKind::Breaker { to, .. },
+                ..
+            }) => match to {
+                BreakerState::Open => opened += 1,
+                BreakerState::Closed => closed += 1,
+                BreakerState::HalfOpen => {}
+            },
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => return (opened, closed),
+        }
+    }
 }
 
 /// Runs demo sessions forever at `per_second`, each on a new conversation, for the live dashboard.
@@ -305,6 +387,11 @@ impl std::fmt::Display for DemoReport {
             f,
             "handover gap    p50 {:.1} ms, p99 {:.1} ms",
             self.gap_ms_p50, self.gap_ms_p99
+        )?;
+        writeln!(
+            f,
+            "breakers        opened {}, closed {} (the primary goes down for 0.5 s and comes back)",
+            self.breaker_opened, self.breaker_closed
         )?;
         write!(f, "elapsed         {:.1} s", self.elapsed_ms as f64 / 1000.0)
     }

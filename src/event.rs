@@ -14,6 +14,7 @@ use crate::failure::{Failure, FailureClass, FailureKind};
 use crate::provider::UpstreamRequest;
 use crate::record::spec::{LadderSpec, RequestSpec};
 use crate::request::Usage;
+use crate::watchdog::Deadlines;
 
 /// One thing that happened in a session.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -58,6 +59,27 @@ pub enum EventKind {
         prefix_bytes: u64,
         /// The request as sent upstream (no keys or headers: those never reach events).
         request: UpstreamRequest,
+        /// The deadlines the attempt runs under, decided as it opened (adaptive
+        /// ones included); absent in recordings made before they were recorded.
+        /// Boxed: every event pays for its largest variant.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deadlines: Option<Box<Deadlines>>,
+    },
+    /// The oldest turns were dropped so the request fits the route's context
+    /// window (just before that attempt's `attempt_opened`).
+    ContextFitted {
+        /// The route.
+        route: String,
+        /// Messages dropped.
+        dropped_messages: usize,
+        /// Their estimated tokens.
+        dropped_tokens: u32,
+        /// Estimated tokens of the request as sent.
+        kept_tokens: u32,
+        /// Tokens left for the answer.
+        reserve: u32,
+        /// The route's context window.
+        window: u32,
     },
     /// One item from the upstream, as the watchdog let it through (before the overlap trim).
     Upstream {
@@ -98,6 +120,22 @@ pub enum EventKind {
     RetryDenied {
         /// The route.
         route: String,
+    },
+    /// The response cache answered (its text follows as deltas of the route `cache`).
+    CacheHit {
+        /// How old the cached answer is.
+        age_ms: u64,
+        /// After every route failed (else as the first rung).
+        last_resort: bool,
+        /// Bytes it adds to what the client had.
+        bytes: u64,
+    },
+    /// Nothing could answer: the ladder's safe reply follows (deltas of the route `safe-reply`).
+    SafeReply {
+        /// Part of an answer had been sent: the note closes it.
+        partial: bool,
+        /// Bytes it adds.
+        bytes: u64,
     },
     /// A route's circuit breaker changed state.
     Breaker {

@@ -129,15 +129,67 @@ pub enum FailureKind {
         /// What was wrong with it.
         detail: String,
     },
+    /// The upstream sent a line or an event over baton's size limit (an SSE
+    /// line of megabytes without a newline): cut off before memory grows.
+    #[error("upstream {what} over the limit of {limit} bytes")]
+    TooLarge {
+        /// `line` or `event`.
+        what: String,
+        /// The limit it broke, in bytes.
+        limit: u64,
+    },
+    /// The response came compressed although baton asked for `identity`.
+    #[error("response is {encoding:?}-encoded; baton asks for identity and does not decompress")]
+    ContentEncoding {
+        /// The response's `Content-Encoding`.
+        encoding: String,
+    },
     /// The route's circuit breaker is open: it was skipped without a request.
     #[error("circuit open: skipped")]
     CircuitOpen,
+    /// The route's recent p95 time to first token is above the ladder's latency ceiling: skipped without a request.
+    #[error("too slow: recent p95 time to first token {p95_ms} ms is above the ceiling of {ceiling_ms} ms")]
+    TooSlow {
+        /// The route's recent p95 time to first token.
+        p95_ms: u64,
+        /// The ladder's ceiling.
+        ceiling_ms: u64,
+    },
+    /// The request's estimated cost on the route is above the ladder's ceiling: skipped without a request.
+    #[error("over cost: an estimated {} is above the ceiling of {} per request", usd(*estimated_micros), usd(*ceiling_micros))]
+    OverCost {
+        /// The estimated cost of the request on this route, in millionths of a dollar.
+        estimated_micros: u64,
+        /// The ladder's ceiling per request, in millionths of a dollar.
+        ceiling_micros: u64,
+    },
+    /// The request does not fit the route's context window even with every
+    /// droppable turn dropped: skipped without a request.
+    #[error("context window too small: {needed} tokens needed (answer reserve included), the window has {window}")]
+    ContextTooSmall {
+        /// Estimated tokens of the smallest request, plus the answer reserve.
+        needed: u32,
+        /// The route's context window.
+        window: u32,
+    },
+    /// The answer started repeating itself (the loop guard stopped it).
+    #[error("repetition loop: a {period}-byte unit repeated {repeats} times")]
+    Loop {
+        /// Bytes in the repeated unit.
+        period: u32,
+        /// Copies of it seen in a row.
+        repeats: u32,
+    },
     /// The upstream sent an error object inside the stream.
     #[error("error event in stream: {message}")]
     ErrorEvent {
         /// The provider's message.
         message: String,
     },
+}
+
+fn usd(micros: u64) -> String {
+    format!("${:.6}", micros as f64 / 1e6)
 }
 
 fn retry_after_text(retry_after: Option<Duration>) -> String {
@@ -151,7 +203,11 @@ impl FailureKind {
     pub fn class(&self) -> FailureClass {
         match self {
             FailureKind::ContentPolicy { .. } => FailureClass::Policy,
-            FailureKind::ContextLength { .. } => FailureClass::Business,
+            FailureKind::ContextLength { .. }
+            | FailureKind::TooSlow { .. }
+            | FailureKind::OverCost { .. }
+            | FailureKind::ContextTooSmall { .. } => FailureClass::Business,
+            FailureKind::Loop { .. } => FailureClass::Quality,
             _ => FailureClass::Technical,
         }
     }
@@ -173,9 +229,21 @@ impl FailureKind {
             FailureKind::TotalTimeout { .. } => "total_timeout",
             FailureKind::Truncated { .. } => "truncated",
             FailureKind::Malformed { .. } => "malformed",
+            FailureKind::TooLarge { .. } => "too_large",
+            FailureKind::ContentEncoding { .. } => "content_encoding",
             FailureKind::ErrorEvent { .. } => "error_event",
             FailureKind::CircuitOpen => "circuit_open",
+            FailureKind::TooSlow { .. } => "too_slow",
+            FailureKind::OverCost { .. } => "over_cost",
+            FailureKind::ContextTooSmall { .. } => "context_too_small",
+            FailureKind::Loop { .. } => "loop",
         }
+    }
+
+    /// Whether the splicer decides this from the request and the ladder alone,
+    /// before asking the provider (so a re-drive decides it again by itself).
+    pub fn decided_before_upstream(&self) -> bool {
+        matches!(self, FailureKind::ContextTooSmall { .. })
     }
 
     /// The server's `Retry-After`, for the failures that carry one.

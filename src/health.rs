@@ -1,5 +1,6 @@
 //! A route's shared health: its circuit breaker and retry budget, one per
-//! route for every session that uses it.
+//! route for every session that uses it, and the recent inter-token gaps its
+//! adaptive stall deadline follows.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -8,13 +9,23 @@ use tokio::time::Instant;
 
 use crate::breaker::{Admission, Breaker, BreakerConfig, Transition};
 use crate::budget::{BudgetConfig, RetryBudget};
+use crate::deadline::GapSample;
 use crate::failure::{FailureClass, FailureKind};
+use crate::rules::TtftWindow;
+use crate::watchdog::Deadlines;
 
 /// Shared by every clone of a route.
 #[derive(Debug)]
 pub struct RouteHealth {
     breaker: Mutex<Breaker>,
     budget: Mutex<Budget>,
+    /// Recent times to first token, for a ladder's latency ceiling.
+    ttft: Mutex<TtftWindow>,
+    /// Recent inter-token gaps, for an adaptive stall deadline.
+    gaps: Mutex<GapSample>,
+    /// A replay's recorded effective deadlines, one per attempt on this route in
+    /// order; `None` for live traffic (deadlines are computed, not replayed).
+    recorded: Option<Mutex<VecDeque<Option<Deadlines>>>>,
 }
 
 /// Where retry decisions come from.
@@ -73,6 +84,9 @@ impl RouteHealth {
         RouteHealth {
             breaker: Mutex::new(Breaker::new(breaker)),
             budget: Mutex::new(Budget::Live(RetryBudget::new(budget))),
+            ttft: Mutex::new(TtftWindow::default()),
+            gaps: Mutex::new(GapSample::default()),
+            recorded: None,
         }
     }
 
@@ -82,7 +96,41 @@ impl RouteHealth {
         RouteHealth {
             breaker: Mutex::new(Breaker::new(BreakerConfig::default())),
             budget: Mutex::new(Budget::Scripted(retries.into_iter().collect())),
+            ttft: Mutex::new(TtftWindow::default()),
+            gaps: Mutex::new(GapSample::default()),
+            recorded: None,
         }
+    }
+
+    /// The same replay health, also giving each attempt on the route the effective
+    /// deadlines its recording shows (`None`: recorded by a baton that did not
+    /// record them, so they are computed as usual).
+    pub fn with_recorded_deadlines(mut self, deadlines: impl IntoIterator<Item = Option<Deadlines>>) -> Self {
+        self.recorded = Some(Mutex::new(deadlines.into_iter().collect()));
+        self
+    }
+
+    /// The next attempt's recorded effective deadlines, when replaying a recording that has them.
+    pub fn recorded_deadlines(&self) -> Option<Deadlines> {
+        lock(self.recorded.as_ref()?).pop_front().flatten()
+    }
+
+    /// Adds inter-token gaps seen by one attempt.
+    pub fn record_gaps(&self, gaps: &[std::time::Duration]) {
+        let mut sample = lock(&self.gaps);
+        for gap in gaps {
+            sample.push(*gap);
+        }
+    }
+
+    /// The p99 of recent inter-token gaps, once at least `min_samples` were seen.
+    pub fn gap_p99(&self, min_samples: u32) -> Option<std::time::Duration> {
+        lock(&self.gaps).p99(min_samples)
+    }
+
+    /// How many recent inter-token gaps are held.
+    pub fn gap_count(&self) -> usize {
+        lock(&self.gaps).len()
     }
 
     /// Asks the breaker for an attempt: a permit (and any state change), or `None` to skip the route.
@@ -109,6 +157,16 @@ impl RouteHealth {
             Budget::Live(budget) => budget.withdraw(Instant::now()),
             Budget::Scripted(answers) => answers.pop_front().unwrap_or(true),
         }
+    }
+
+    /// Records an attempt's time to first token (a first-token timeout counts as its deadline).
+    pub fn record_ttft(&self, ttft: std::time::Duration) {
+        lock(&self.ttft).record(Instant::now(), ttft);
+    }
+
+    /// The p95 of recent times to first token, once there are enough samples.
+    pub fn ttft_p95(&self) -> Option<std::time::Duration> {
+        lock(&self.ttft).p95(Instant::now())
     }
 
     /// The breaker's state now.

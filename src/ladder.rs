@@ -6,10 +6,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cache::CacheRung;
 use crate::continuation::{ContinuationMode, DEFAULT_INSTRUCTION};
+use crate::deadline::Adaptive;
 use crate::failure::{FailureClass, FailureKind};
 use crate::health::RouteHealth;
+use crate::loopguard::LoopConfig;
 use crate::provider::Provider;
+use crate::rules::Rules;
+use crate::safe_reply::SafeReply;
 use crate::watchdog::Deadlines;
 
 /// One upstream model behind one provider.
@@ -25,12 +30,16 @@ pub struct Route {
     pub continuation: ContinuationMode,
     /// In prefill mode, send `continue_final_message: true, add_generation_prompt: false` (vLLM, SGLang).
     pub continue_final_message: bool,
-    /// Its deadlines.
+    /// Its deadlines (with adaptive stall, `stall` is the ceiling and the value before enough gaps were seen).
     pub deadlines: Deadlines,
+    /// How its deadlines adapt per attempt; the default keeps them fixed.
+    pub adaptive: Adaptive,
     /// Its context window in tokens; a context-length failure moves to a larger one.
     pub context_tokens: u32,
     /// Its circuit breaker and retry budget, shared by every session (and clone).
     pub health: Arc<RouteHealth>,
+    /// Its price in dollars per 1k tokens, for a ladder's cost ceiling.
+    pub price_per_1k: Option<f64>,
 }
 
 impl Route {
@@ -43,8 +52,10 @@ impl Route {
             continuation: ContinuationMode::Prefill,
             continue_final_message: false,
             deadlines: Deadlines::default(),
+            adaptive: Adaptive::default(),
             context_tokens: 128_000,
             health: Arc::new(RouteHealth::default()),
+            price_per_1k: None,
         }
     }
 
@@ -57,6 +68,12 @@ impl Route {
     /// The same route with `deadlines`.
     pub fn with_deadlines(mut self, deadlines: Deadlines) -> Self {
         self.deadlines = deadlines;
+        self
+    }
+
+    /// The same route with deadlines that adapt as `adaptive` says.
+    pub fn with_adaptive(mut self, adaptive: Adaptive) -> Self {
+        self.adaptive = adaptive;
         self
     }
 
@@ -74,6 +91,7 @@ impl std::fmt::Debug for Route {
             .field("model", &self.model)
             .field("continuation", &self.continuation)
             .field("deadlines", &self.deadlines)
+            .field("adaptive", &self.adaptive)
             .field("context_tokens", &self.context_tokens)
             .finish_non_exhaustive()
     }
@@ -114,6 +132,14 @@ pub struct Ladder {
     pub retry: RetryPolicy,
     /// The user message that asks an `instruct` route to continue.
     pub instruction: String,
+    /// Ceilings on latency and cost that skip routes.
+    pub rules: Rules,
+    /// The response cache, as first rung and/or last resort.
+    pub cache: Option<CacheRung>,
+    /// The degraded answer when nothing else can answer.
+    pub safe_reply: Option<SafeReply>,
+    /// The loop guard's settings; `None` turns it off.
+    pub loop_guard: Option<LoopConfig>,
 }
 
 impl Ladder {
@@ -124,6 +150,10 @@ impl Ladder {
             routes,
             retry: RetryPolicy::default(),
             instruction: DEFAULT_INSTRUCTION.to_string(),
+            rules: Rules::default(),
+            cache: None,
+            safe_reply: None,
+            loop_guard: Some(LoopConfig::default()),
         }
     }
 }
@@ -199,7 +229,11 @@ impl Ladder {
             }
         }
         let current = self.routes.get(state.route).map_or(0, |r| r.context_tokens);
-        let needs_bigger = matches!(failure, FailureKind::ContextLength { .. });
+        // A request that did not fit will not fit a window as small or smaller either.
+        let needs_bigger = matches!(
+            failure,
+            FailureKind::ContextLength { .. } | FailureKind::ContextTooSmall { .. }
+        );
         self.routes
             .iter()
             .enumerate()
@@ -315,5 +349,13 @@ mod tests {
         };
         assert_eq!(l.decide(&ctx, &state(0, 0, false), 0.1), Decision::HandOver { to: 3 });
         assert_eq!(l.decide(&ctx, &state(3, 0, false), 0.1), Decision::Exhausted);
+        let small = FailureKind::ContextTooSmall {
+            needed: 5000,
+            window: 4000,
+        };
+        assert_eq!(l.decide(&small, &state(1, 0, false), 0.1), Decision::HandOver { to: 2 });
+        let looped = FailureKind::Loop { period: 7, repeats: 50 };
+        assert_eq!(looped.class(), FailureClass::Quality);
+        assert_eq!(l.decide(&looped, &state(0, 0, true), 0.1), Decision::HandOver { to: 1 });
     }
 }

@@ -10,12 +10,16 @@
 //! * [`splice`]: the [`Splicer`], which runs one request along a ladder and
 //!   yields one client stream.
 //! * [`watchdog`]: deadlines and shape checks around one upstream stream.
+//! * [`deadline`]: adaptive deadlines (stall from recent gaps, first token from prompt size).
 //! * [`ladder`]: routes, retry policy, and the pure decision after a failure.
+//! * [`live`]: process-wide gauges of live sessions and open upstream responses.
 //! * [`failure`]: failure kinds and their classes.
 //! * [`breaker`]: circuit breaker per route.
 //! * [`budget`]: retry budget per route.
-//! * [`health`]: a route's shared breaker and budget.
+//! * [`health`]: a route's shared breaker, budget and recent gaps.
 //! * [`continuation`]: how a route is asked to continue a prefix.
+//! * [`fit`]: dropping the oldest turns so a request fits a route's context window.
+//! * [`loopguard`]: noticing an answer that repeats itself.
 //! * [`overlap`]: the overlap trim at the seam.
 //! * [`provider`]: upstream wire formats (`openai`, `mock`).
 //! * [`oracle`]: the mock oracle, its fault scripts and its HTTP server.
@@ -28,6 +32,7 @@
 //! * [`record`]: session recordings on disk (JSONL) and `baton replay` (`--verify`, `--summary`).
 //! * [`dashboard`]: the terminal dashboard (`baton demo`, `baton watch`).
 //! * [`bench`](mod@bench): `baton bench`, streaming throughput, latency and memory, direct vs proxied.
+//! * [`soak`]: `baton soak`, many sessions through `baton serve` against `baton mock` with faults; RSS and descriptors.
 //!
 //! # Example
 //!
@@ -52,20 +57,30 @@
 pub mod bench;
 pub mod breaker;
 pub mod budget;
+pub mod cache;
 pub mod config;
 pub mod continuation;
 pub mod dashboard;
+pub mod deadline;
 pub mod demo;
 pub mod event;
 pub mod failure;
+pub mod fit;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod ladder;
+pub mod live;
+pub mod loopguard;
 pub mod oracle;
 pub mod overlap;
 pub mod provider;
 pub mod proxy;
 pub mod record;
 pub mod request;
+pub mod rules;
+pub mod safe_reply;
+pub mod soak;
 pub mod splice;
 pub mod stats;
 pub mod watchdog;

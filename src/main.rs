@@ -111,7 +111,7 @@ enum Command {
         #[arg(long, default_value_t = 9001)]
         port: u16,
         /// Fault script: none, stall@K, drop@K, malformed@K, error@K, 429, 429:SECS,
-        /// 500, 503, reset, hang, slow:MS, nodone, noprefill, policy; suffix xN
+        /// 500, 503, reset, hang, slow:MS, nodone, noprefill, policy, loop@K; suffix xN
         /// limits it to the first N requests.
         #[arg(long, default_value = "none", conflicts_with = "random_faults")]
         fault: FaultScript,
@@ -153,6 +153,31 @@ enum Command {
         /// Set TCP_NODELAY on the proxy's listening socket (accepted sockets inherit it).
         #[arg(long)]
         proxy_nodelay: bool,
+        /// Print the report as one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Soak the proxy: many sessions through a `baton serve` child against
+    /// `baton mock` children with a random fault mix.
+    ///
+    /// Checks every answer byte for byte against the oracle and reports intact
+    /// sessions, lost and doubled bytes, the server's RSS at start, warm-up,
+    /// middle and end, its open descriptors after the load drained, and
+    /// sessions per second. Exits non-zero if a session was not intact or the
+    /// server kept descriptors.
+    Soak {
+        /// Sessions to run.
+        #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+        sessions: u64,
+        /// Sessions open at once.
+        #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=20_000))]
+        concurrency: u64,
+        /// Seed of the primary's fault mix (same seed, same faults).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// The upstreams' milliseconds between chunks.
+        #[arg(long, default_value_t = 5)]
+        interval_ms: u64,
         /// Print the report as one JSON object on stdout.
         #[arg(long)]
         json: bool,
@@ -259,6 +284,22 @@ async fn main() -> ExitCode {
                 ..Default::default()
             };
             baton::bench::main(options, json).await
+        }
+        Command::Soak {
+            sessions,
+            concurrency,
+            seed,
+            interval_ms,
+            json,
+        } => {
+            let options = baton::soak::SoakOptions {
+                sessions: sessions as usize,
+                concurrency: concurrency as usize,
+                seed,
+                interval_ms,
+                ..Default::default()
+            };
+            baton::soak::main(options, json).await
         }
     }
 }
@@ -384,7 +425,7 @@ async fn shutdown_signal() {
 
 /// The demo scenario, continuously, under the live dashboard.
 async fn demo_dashboard(seed: u64, record: Option<PathBuf>) -> ExitCode {
-    let world = match baton::demo::DemoWorld::start(seed).await {
+    let world = match baton::demo::DemoWorld::start(seed, baton::demo::Outages::LIVE).await {
         Ok(world) => world,
         Err(e) => {
             eprintln!("baton demo: {e}");

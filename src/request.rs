@@ -43,6 +43,30 @@ impl Message {
     }
 }
 
+/// Tokens a message costs beyond its text (role, separators), as chat templates typically add.
+pub const MESSAGE_OVERHEAD_TOKENS: u32 = 4;
+
+/// A rough token count of `messages`: about four bytes of text per token plus a
+/// small overhead per message. Deliberately tokenizer-free: it only has to be
+/// good enough to compare against a context window or a price, and it errs
+/// high for ordinary English text.
+pub fn estimate_tokens(messages: &[Message]) -> u32 {
+    messages
+        .iter()
+        .map(|m| {
+            let extra = if m.extra.is_empty() {
+                0
+            } else {
+                serde_json::to_string(&m.extra).map_or(0, |s| s.len())
+            };
+            let bytes = (m.content.len() + extra) as u64;
+            u32::try_from(bytes.div_ceil(4))
+                .unwrap_or(u32::MAX)
+                .saturating_add(MESSAGE_OVERHEAD_TOKENS)
+        })
+        .fold(0u32, u32::saturating_add)
+}
+
 /// One chat request: what the caller asked, and which ladder should answer it.
 #[derive(Clone, Debug)]
 pub struct ChatRequest {

@@ -15,16 +15,21 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use crate::breaker::Transition;
+use crate::cache::{CachedAnswer, ResponseCache, CACHE_MODEL, CACHE_ROUTE};
 use crate::continuation;
 use crate::event::{EngineEvent, EventKind, SessionLog, UpstreamItem};
 use crate::failure::{Failure, FailureClass, FailureKind};
-use crate::health::Permit;
+use crate::fit::{self, TooSmall};
+use crate::health::{Permit, RouteHealth};
 use crate::ladder::{AttemptState, Decision, Ladder, Route};
+use crate::loopguard::{Loop, LoopGuard};
 use crate::oracle::SplitMix;
 use crate::overlap::OverlapTrim;
 use crate::provider::UpstreamRequest;
 use crate::record::spec::{LadderSpec, RequestSpec};
-use crate::request::{ChatRequest, Usage};
+use crate::request::{ChatRequest, Message, Usage};
+use crate::rules::Rules;
+use crate::safe_reply::{self, SAFE_REPLY_MODEL, SAFE_REPLY_ROUTE};
 use crate::watchdog::{Watchdog, Watched};
 
 /// How many events the broadcast keeps for slow subscribers.
@@ -225,15 +230,24 @@ impl Splicer {
                     request: Some(Box::new(RequestSpec::of(&request))),
                 });
             }
-            let mut session = Session::new(&request, log);
+            let mut session = Session::new(&request, log, ladder.cache.is_some());
+            if let Some(items) = session.cached(&ladder, false) {
+                for item in items {
+                    yield item;
+                }
+                return;
+            }
             let Some(first) = ladder.routes.first() else {
-                yield session.fail(SpliceError::Exhausted { failures: Vec::new(), emitted_bytes: 0 });
+                for item in session.last_resort(&ladder) {
+                    yield item;
+                }
                 return;
             };
             let mut state = AttemptState { route: 0, retries: 0, mode: first.continuation, produced_text: false };
             loop {
                 let route = &ladder.routes[state.route];
-                let mut attempt = session.open(route, &state, &ladder.instruction);
+                let mut attempt = session.open(route, &state, &ladder.instruction, &ladder.rules);
+                let mut guard = ladder.loop_guard.as_ref().map(|c| LoopGuard::new(c, session.emitted.len()));
                 let ended = loop {
                     let next = attempt.watchdog.next().await;
                     session.upstream(&attempt, next.as_ref());
@@ -242,6 +256,14 @@ impl Splicer {
                             let out = attempt.text(&session, text);
                             for item in session.deliver(&attempt, out) {
                                 yield item;
+                            }
+                            if let Some(found) = guard.as_mut().and_then(|g| g.observe(&session.emitted)) {
+                                let marker = ladder.loop_guard.as_ref().map_or("", |c| c.marker.as_str());
+                                if let Some(item) = session.cut_loop(&attempt, &found, marker) {
+                                    yield item;
+                                }
+                                let period = u32::try_from(found.period).unwrap_or(u32::MAX);
+                                break Err(FailureKind::Loop { period, repeats: found.repeats });
                             }
                         }
                         Some(Watched::ToolCalls(calls)) => {
@@ -269,15 +291,19 @@ impl Splicer {
                         }
                         // A fallback that had nothing left to add still took over: it confirmed the end.
                         if session.pending.is_some() {
-                            if let Some(item) = session.arrive(&attempt) {
+                            if let Some(item) = session.arrive(&attempt.route) {
                                 yield item;
                             }
                         }
                         session.account(&attempt);
+                        session.remember(&ladder, &reason);
                         yield session.finish(reason);
                         return;
                     }
                     Err(kind) => {
+                        if let FailureKind::FirstTokenTimeout { after } = kind {
+                            route.health.record_ttft(after);
+                        }
                         session.account(&attempt);
                         state.produced_text = attempt.tokens > 0;
                         let jitter = session.rng.below(1 << 20) as f64 / f64::from(1u32 << 20);
@@ -303,14 +329,15 @@ impl Splicer {
                             }
                             Decision::Refuse => {
                                 let failures = std::mem::take(&mut session.failures);
-                                let error = SpliceError::Refused { route: route.name.to_string(), message: refusal(&kind), failures, emitted_bytes: session.emitted.len() as u64 };
+                                let error = SpliceError::Refused { route: route.name.to_string(), message: refusal(&kind), failures, emitted_bytes: session.sent };
                                 yield session.fail(error);
                                 return;
                             }
                             Decision::Exhausted => {
-                                let failures = std::mem::take(&mut session.failures);
-                                let error = SpliceError::Exhausted { failures, emitted_bytes: session.emitted.len() as u64 };
-                                yield session.fail(error);
+                                session.pending.get_or_insert(Pending { from: route.name.clone(), reason: kind.label(), class: kind.class(), at: Instant::now() });
+                                for item in session.last_resort(&ladder) {
+                                    yield item;
+                                }
                                 return;
                             }
                         }
@@ -321,9 +348,11 @@ impl Splicer {
     }
 }
 
-/// The stream of an attempt the breaker refused.
-fn circuit_open() -> crate::provider::ChunkStream {
-    Box::pin(futures::stream::once(async { Err(FailureKind::CircuitOpen) }))
+/// The stream of an attempt skipped without a request (an open breaker, a
+/// business rule): it fails at once with `kind`, as a recorded failure of its
+/// own, so a replay takes the same path.
+fn fails_at_once(kind: FailureKind) -> crate::provider::ChunkStream {
+    Box::pin(futures::stream::once(async move { Err(kind) }))
 }
 
 fn refusal(kind: &FailureKind) -> String {
@@ -348,8 +377,11 @@ type Delivered = std::iter::Flatten<std::array::IntoIter<Option<ClientItem>, 2>>
 struct Session<'r> {
     request: &'r ChatRequest,
     log: SessionLog,
-    /// Everything the client has received: the prefix of any continuation.
+    /// The prefix every continuation builds on: everything the client has
+    /// received, except a loop cut out of it (and the marker that ended it).
     emitted: String,
+    /// Bytes the client has received.
+    sent: u64,
     chain: Vec<String>,
     failures: Vec<Failure>,
     usage: Usage,
@@ -358,6 +390,10 @@ struct Session<'r> {
     rng: SplitMix,
     /// Tool-call deltas sent to the client, for the `Finished` event (only kept when someone listens).
     tool_calls: Vec<serde_json::Value>,
+    /// Whether any tool call reached the client (such an answer is not cached).
+    tool_calls_sent: bool,
+    /// The text deltas as sent, for the cache (only kept when the ladder has one).
+    deltas: Option<Vec<String>>,
 }
 
 /// One upstream attempt.
@@ -377,6 +413,8 @@ struct Attempt {
     model: Arc<str>,
     /// Tool-call deltas held until the attempt finishes.
     tool_calls: Vec<serde_json::Value>,
+    /// The route's shared health, which learns its first-token times.
+    health: Arc<RouteHealth>,
 }
 
 impl Attempt {
@@ -384,9 +422,11 @@ impl Attempt {
     fn text(&mut self, session: &Session<'_>, text: String) -> String {
         self.tokens += 1;
         if self.tokens == 1 {
+            let ttft = self.opened.elapsed();
+            self.health.record_ttft(ttft);
             session.log.emit(EventKind::FirstToken {
                 route: self.route.to_string(),
-                ttft_ms: self.opened.elapsed().as_millis() as u64,
+                ttft_ms: ttft.as_millis() as u64,
             });
         }
         let out = self.trim.push(text);
@@ -396,12 +436,13 @@ impl Attempt {
 }
 
 impl<'r> Session<'r> {
-    fn new(request: &'r ChatRequest, log: SessionLog) -> Self {
+    fn new(request: &'r ChatRequest, log: SessionLog, cached: bool) -> Self {
         let (hi, lo) = request.session.as_u64_pair();
         Session {
             request,
             log,
             emitted: String::new(),
+            sent: 0,
             chain: Vec::new(),
             failures: Vec::new(),
             usage: Usage::default(),
@@ -409,12 +450,15 @@ impl<'r> Session<'r> {
             attempts: 0,
             rng: SplitMix::new(hi ^ lo),
             tool_calls: Vec::new(),
+            tool_calls_sent: false,
+            deltas: cached.then(Vec::new),
         }
     }
 
-    fn open(&mut self, route: &Route, state: &AttemptState, instruction: &str) -> Attempt {
+    fn open(&mut self, route: &Route, state: &AttemptState, instruction: &str, rules: &Rules) -> Attempt {
         self.attempts += 1;
         let messages = continuation::messages(&self.request.messages, &self.emitted, state.mode, instruction);
+        let (messages, too_small) = self.fit(route, messages);
         let model: Arc<str> = match (&*route.model, &self.request.model) {
             (crate::config::PASS_THROUGH_MODEL, Some(asked)) => asked.as_str().into(),
             _ => route.model.clone(),
@@ -427,6 +471,8 @@ impl<'r> Session<'r> {
                 && state.mode == continuation::ContinuationMode::Prefill
                 && !self.emitted.is_empty(),
         };
+        // Decided once, here, and recorded: a replay re-drives with these, not with a history it lacks.
+        let deadlines = crate::deadline::decide(route, &upstream.messages);
         if self.log.listened() {
             self.log.emit(EventKind::AttemptOpened {
                 route: route.name.to_string(),
@@ -435,22 +481,24 @@ impl<'r> Session<'r> {
                 mode: state.mode,
                 prefix_bytes: self.emitted.len() as u64,
                 request: upstream.clone(),
+                deadlines: Some(Box::new(deadlines)),
             });
         }
-        let admitted = route.health.admit(state.retries == 0);
-        let (permit, stream) = match admitted {
-            Some((permit, transition)) => {
-                self.breaker_changed(route, transition);
-                (Some(permit), route.provider.stream(upstream))
+        let (permit, stream) = if let Some(broken) = too_small.or_else(|| rules.check(route, &upstream)) {
+            (None, fails_at_once(broken))
+        } else {
+            match route.health.admit(state.retries == 0) {
+                Some((permit, transition)) => {
+                    self.breaker_changed(route, transition);
+                    (Some(permit), route.provider.stream(upstream))
+                }
+                None => (None, fails_at_once(FailureKind::CircuitOpen)),
             }
-            // An open breaker: the attempt fails at once, without a request, as a
-            // recorded failure of its own (so a replay takes the same path).
-            None => (None, circuit_open()),
         };
         Attempt {
             number: self.attempts,
             permit,
-            watchdog: Watchdog::new(stream, route.deadlines),
+            watchdog: crate::deadline::watchdog(route, stream, deadlines),
             trim: OverlapTrim::new(&self.emitted),
             opened: Instant::now(),
             tokens: 0,
@@ -459,26 +507,36 @@ impl<'r> Session<'r> {
             route: route.name.clone(),
             model,
             tool_calls: Vec::new(),
+            health: route.health.clone(),
         }
     }
 
     /// The client items for `text` from `attempt`: a handover notice first if one is pending.
     fn deliver(&mut self, attempt: &Attempt, text: String) -> Delivered {
+        self.deliver_as(&attempt.route, &attempt.model, text)
+    }
+
+    /// The client items for `text` written by `route` as `model`.
+    fn deliver_as(&mut self, route: &Arc<str>, model: &Arc<str>, text: String) -> Delivered {
         if text.is_empty() {
             return [None, None].into_iter().flatten();
         }
-        let handover = self.arrive(attempt);
+        let handover = self.arrive(route);
         if self.log.listened() {
             self.log.emit(EventKind::Delta {
-                route: attempt.route.to_string(),
+                route: route.to_string(),
                 text: text.clone(),
             });
         }
         self.emitted.push_str(&text);
+        self.sent += text.len() as u64;
+        if let Some(deltas) = &mut self.deltas {
+            deltas.push(text.clone());
+        }
         let item = ClientItem::Text {
             text,
-            route: attempt.route.clone(),
-            model: attempt.model.clone(),
+            route: route.clone(),
+            model: model.clone(),
         };
         [handover, Some(item)].into_iter().flatten()
     }
@@ -493,21 +551,22 @@ impl<'r> Session<'r> {
             route: attempt.route.clone(),
             model: attempt.model.clone(),
         };
-        [self.arrive(attempt), Some(item)].into_iter().flatten()
+        self.tool_calls_sent = true;
+        [self.arrive(&attempt.route), Some(item)].into_iter().flatten()
     }
 
     /// `attempt` is about to reach the client: completes a pending handover and extends the route chain.
-    fn arrive(&mut self, attempt: &Attempt) -> Option<ClientItem> {
-        if self.chain.last().map(String::as_str) != Some(&*attempt.route) {
-            self.chain.push(attempt.route.to_string());
+    fn arrive(&mut self, route: &Arc<str>) -> Option<ClientItem> {
+        if self.chain.last().map(String::as_str) != Some(&**route) {
+            self.chain.push(route.to_string());
         }
         let p = self.pending.take()?;
         let handover = Handover {
             from: p.from,
-            to: attempt.route.clone(),
+            to: route.clone(),
             class: p.class,
             reason: p.reason,
-            prefix_bytes: self.emitted.len() as u64,
+            prefix_bytes: self.sent,
             gap: p.at.elapsed(),
         };
         self.log.emit(EventKind::Handover {
@@ -569,7 +628,7 @@ impl<'r> Session<'r> {
     }
 
     fn record_failure(&mut self, route: &Route, kind: &FailureKind, tokens: u64) {
-        let failure = Failure::new(kind, &route.name, tokens, self.emitted.len() as u64, self.log.t_ms());
+        let failure = Failure::new(kind, &route.name, tokens, self.sent, self.log.t_ms());
         self.log.emit(EventKind::Failure {
             failure: failure.clone(),
             cause: kind.clone(),
@@ -581,7 +640,7 @@ impl<'r> Session<'r> {
         self.log.emit(EventKind::Finished {
             finish_reason: finish_reason.clone(),
             route_chain: self.chain.clone(),
-            bytes: self.emitted.len() as u64,
+            bytes: self.sent,
             usage: self.usage,
             tool_calls: std::mem::take(&mut self.tool_calls),
         });
@@ -593,10 +652,149 @@ impl<'r> Session<'r> {
         })
     }
 
+    /// A cached answer, as the first rung (`last_resort` false) or after every
+    /// route failed: it must continue what the client already has.
+    fn cached(&mut self, ladder: &Ladder, last_resort: bool) -> Option<Vec<ClientItem>> {
+        let rung = ladder.cache.as_ref()?;
+        let wanted = if last_resort {
+            rung.uses.last_resort()
+        } else {
+            rung.uses.first()
+        };
+        if !wanted {
+            return None;
+        }
+        let hit = rung.store.get(&ResponseCache::key(self.request))?;
+        let rest = hit.answer.text().strip_prefix(self.emitted.as_str())?.to_string();
+        let sent = self.emitted.len();
+        self.log.emit(EventKind::CacheHit {
+            age_ms: hit.age.as_millis() as u64,
+            last_resort,
+            bytes: rest.len() as u64,
+        });
+        let (route, model): (Arc<str>, Arc<str>) = (CACHE_ROUTE.into(), CACHE_MODEL.into());
+        let mut items = Vec::new();
+        // The stored deltas, minus what the client already has, keep their live chunking.
+        let mut skip = sent;
+        for delta in &hit.answer.deltas {
+            let text = if skip >= delta.len() {
+                skip -= delta.len();
+                continue;
+            } else {
+                let text = delta.get(skip..).unwrap_or_default().to_string();
+                skip = 0;
+                text
+            };
+            items.extend(self.deliver_as(&route, &model, text));
+        }
+        if self.pending.is_some() {
+            items.extend(self.arrive(&route));
+        }
+        items.push(self.finish(hit.answer.finish_reason.clone()));
+        Some(items)
+    }
+
+    /// Every route failed: a cached answer that continues the client's text,
+    /// else the safe reply, else the failure.
+    fn last_resort(&mut self, ladder: &Ladder) -> Vec<ClientItem> {
+        if let Some(items) = self.cached(ladder, true) {
+            return items;
+        }
+        let Some(safe) = &ladder.safe_reply else {
+            let failures = std::mem::take(&mut self.failures);
+            let error = SpliceError::Exhausted {
+                failures,
+                emitted_bytes: self.sent,
+            };
+            return vec![self.fail(error)];
+        };
+        // What the client saw decides, not the prefix: after a loop cut back to
+        // nothing, the client still has text that the note must close.
+        let text = safe.text_after(self.sent as usize);
+        self.log.emit(EventKind::SafeReply {
+            partial: self.sent > 0,
+            bytes: text.len() as u64,
+        });
+        let (route, model): (Arc<str>, Arc<str>) = (SAFE_REPLY_ROUTE.into(), SAFE_REPLY_MODEL.into());
+        let mut items = Vec::new();
+        for delta in safe_reply::deltas(text) {
+            items.extend(self.deliver_as(&route, &model, delta));
+        }
+        if self.pending.is_some() {
+            items.extend(self.arrive(&route));
+        }
+        // Never cached: it is not an answer.
+        self.deltas = None;
+        items.push(self.finish("stop".to_string()));
+        items
+    }
+
+    /// Stores a complete text answer in the ladder's cache.
+    fn remember(&mut self, ladder: &Ladder, finish_reason: &str) {
+        let (Some(rung), Some(deltas)) = (&ladder.cache, self.deltas.take()) else {
+            return;
+        };
+        if self.tool_calls_sent || deltas.is_empty() {
+            return;
+        }
+        rung.store.put(
+            ResponseCache::key(self.request),
+            CachedAnswer {
+                deltas,
+                finish_reason: finish_reason.to_string(),
+            },
+        );
+    }
+
+    /// `messages` fitted to `route`'s context window (announcing what was
+    /// dropped); unchanged, with the failure that skips the route, if they cannot fit.
+    fn fit(&self, route: &Route, messages: Vec<Message>) -> (Vec<Message>, Option<FailureKind>) {
+        let reserve = fit::reserve(&self.request.params);
+        let protected = fit::protected_from(&self.request.messages);
+        match fit::fit(&messages, protected, route.context_tokens, reserve) {
+            Ok(plan) if plan.drops() => {
+                self.log.emit(EventKind::ContextFitted {
+                    route: route.name.to_string(),
+                    dropped_messages: plan.dropped_messages,
+                    dropped_tokens: plan.dropped_tokens,
+                    kept_tokens: plan.kept_tokens,
+                    reserve,
+                    window: route.context_tokens,
+                });
+                (plan.apply(messages), None)
+            }
+            Ok(_) => (messages, None),
+            Err(TooSmall { needed, window }) => (messages, Some(FailureKind::ContextTooSmall { needed, window })),
+        }
+    }
+
+    /// Cuts a loop out of the prefix, back to where it began; the client, which
+    /// already has the looped text, gets `marker` where that text ends.
+    fn cut_loop(&mut self, attempt: &Attempt, found: &Loop, marker: &str) -> Option<ClientItem> {
+        if self.emitted.is_char_boundary(found.start) {
+            self.emitted.truncate(found.start);
+        }
+        // What the client got is not an answer to serve again.
+        self.deltas = None;
+        if marker.is_empty() {
+            return None;
+        }
+        self.log.emit(EventKind::Delta {
+            route: attempt.route.to_string(),
+            text: marker.to_string(),
+        });
+        self.sent += marker.len() as u64;
+        Some(ClientItem::Text {
+            text: marker.to_string(),
+            route: attempt.route.clone(),
+            model: attempt.model.clone(),
+        })
+    }
+
     fn fail(&mut self, error: SpliceError) -> ClientItem {
         self.log.emit(EventKind::Failed {
             error: error.to_string(),
-            bytes: self.emitted.len() as u64,
+            bytes: self.sent,
         });
         ClientItem::Failed(error)
     }

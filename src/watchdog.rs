@@ -8,7 +8,10 @@
 //!
 //! The stall clock starts when the consumer asks for the next item, not when
 //! the previous one arrived: a slow client reading the spliced stream is
-//! baton's own backpressure, never the upstream's stall.
+//! baton's own backpressure, never the upstream's stall. The gaps a learning
+//! watchdog reports (for an adaptive stall deadline, see [`crate::deadline`])
+//! are measured on the same clock, and only for items that were not already
+//! waiting when asked for.
 
 use std::time::Duration;
 
@@ -18,18 +21,23 @@ use std::pin::Pin;
 
 use tokio::time::{sleep_until, Instant, Sleep};
 
+use crate::deadline::GapBatch;
 use crate::failure::FailureKind;
+use crate::health::RouteHealth;
 use crate::provider::{Chunk, ChunkStream};
 use crate::request::Usage;
 
-/// The deadlines of one route.
+/// The deadlines of one route, or of one attempt (serialized in milliseconds).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deadlines {
     /// From the request to the first content token.
+    #[serde(rename = "first_token_ms", with = "crate::record::spec::ms")]
     pub first_token: Duration,
     /// Longest silence between tokens.
+    #[serde(rename = "stall_ms", with = "crate::record::spec::ms")]
     pub stall: Duration,
     /// The whole attempt.
+    #[serde(rename = "total_ms", with = "crate::record::spec::ms")]
     pub total: Duration,
 }
 
@@ -69,6 +77,8 @@ pub struct Watchdog {
     seen_text: bool,
     finish: Option<String>,
     over: bool,
+    /// Where the gaps seen go, when the route's stall deadline adapts.
+    gaps: Option<GapBatch>,
 }
 
 impl Watchdog {
@@ -83,7 +93,14 @@ impl Watchdog {
             seen_text: false,
             finish: None,
             over: false,
+            gaps: None,
         }
+    }
+
+    /// The same watchdog, reporting the inter-token gaps it sees to `health`.
+    pub fn learning(mut self, health: std::sync::Arc<RouteHealth>) -> Self {
+        self.gaps = Some(GapBatch::new(health));
+        self
     }
 
     /// The next item; `None` after `Finished` or `Failed`.
@@ -94,6 +111,10 @@ impl Watchdog {
         let item = self.next_item().await;
         if matches!(item, Watched::Finished(_) | Watched::Failed(_)) {
             self.over = true;
+            // The next session on this route should already see these gaps.
+            if let Some(gaps) = &mut self.gaps {
+                gaps.flush();
+            }
         }
         Some(item)
     }
@@ -101,6 +122,10 @@ impl Watchdog {
     async fn next_item(&mut self) -> Watched {
         let total = self.started + self.deadlines.total;
         loop {
+            // When the stall clock started, and whether the stream made us wait:
+            // an item that was already there says nothing about the upstream's pace.
+            let mut asked = self.started;
+            let mut waited = false;
             let (deadline, kind) = if !self.seen_text {
                 let first = self.started + self.deadlines.first_token;
                 if first <= total {
@@ -119,7 +144,8 @@ impl Watchdog {
                     )
                 }
             } else {
-                let stall = Instant::now() + self.deadlines.stall;
+                asked = Instant::now();
+                let stall = asked + self.deadlines.stall;
                 if stall <= total {
                     (
                         stall,
@@ -142,10 +168,19 @@ impl Watchdog {
             let next = tokio::select! {
                 // The stream first: an item that is ready wins over a deadline that also passed.
                 biased;
-                next = self.inner.next() => next,
+                next = std::future::poll_fn(|cx| {
+                    let polled = self.inner.poll_next_unpin(cx);
+                    waited |= polled.is_pending();
+                    polled
+                }) => next,
                 // A finish reason already arrived: a silent tail cannot lose text.
                 () = self.timer.as_mut() => return self.end_or(kind),
             };
+            if waited && self.seen_text && matches!(next, Some(Ok(_))) {
+                if let Some(gaps) = &mut self.gaps {
+                    gaps.push(asked.elapsed());
+                }
+            }
             match next {
                 None => return self.end_or(FailureKind::Truncated { detail: None }),
                 Some(Ok(Chunk::Opened)) => {}

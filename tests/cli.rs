@@ -86,3 +86,41 @@ fn mock_serves_the_oracle_over_http() {
     let v: serde_json::Value = serde_json::from_str(json).expect("json body");
     assert_eq!(v["choices"][0]["message"]["content"], expected.as_str());
 }
+
+#[test]
+fn soak_runs_serve_against_mock_and_every_session_is_intact() {
+    let out = Command::new(BATON)
+        .args([
+            "soak",
+            "--sessions",
+            "200",
+            "--concurrency",
+            "20",
+            "--seed",
+            "4",
+            "--json",
+        ])
+        .output()
+        .expect("run baton soak");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("one JSON object on stdout ({e}); stderr: {stderr}"));
+    assert_eq!(report["sessions"], 200, "{report}");
+    assert_eq!(report["intact"], 200, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(report["lost_bytes"], 0, "{report}");
+    assert_eq!(report["doubled_bytes"], 0, "{report}");
+    assert_eq!(report["all_intact"], true, "{report}");
+    assert!(
+        report["handovers"].as_u64().unwrap_or(0) > 0,
+        "the fault mix caused no handover: {report}"
+    );
+    for key in ["start", "warm", "middle", "late", "end"] {
+        assert!(
+            report["rss_kib"][key].as_u64().unwrap_or(0) > 0,
+            "no RSS figure {key} for the server: {report}"
+        );
+    }
+    assert!(report["fds_end"].as_u64().unwrap_or(0) > 0, "{report}");
+    assert!(out.status.success(), "stderr: {stderr}");
+}

@@ -46,6 +46,7 @@ fn opened(route: &str, attempt: u32, prefix_bytes: u64) -> EventKind {
             params: Default::default(),
             continue_final_message: false,
         },
+        deadlines: None,
     }
 }
 

@@ -1,7 +1,8 @@
 //! Property tests of the seam and the wire: the overlap trim restores the
 //! oracle's answer however a continuation is cut and phrased, it does not
-//! depend on how the continuation is split into deltas, and SSE parsing gives
-//! the same text however the bytes arrive.
+//! depend on how the continuation is split into deltas, and SSE decoding gives
+//! the same events however the bytes arrive — the same events as
+//! `eventsource-stream`, a reference decoder with no size caps.
 
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
@@ -11,6 +12,7 @@ use proptest::sample::Index;
 use baton::oracle::{self, script::chunk_json};
 use baton::overlap::{self, OverlapTrim};
 use baton::provider::openai::parse_data;
+use baton::provider::sse::{SseDecoder, SseError, SseEvent, SseLimits};
 use baton::provider::Chunk;
 use baton::{Message, Role};
 
@@ -148,17 +150,27 @@ fn split_bytes(bytes: &[u8], cuts: &[Index]) -> Vec<bytes::Bytes> {
         .collect()
 }
 
+/// The events our decoder makes of `parts`, and whether the stream ended inside an event.
+fn decode<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> Result<(Vec<SseEvent>, bool), SseError> {
+    let mut decoder = SseDecoder::new(SseLimits::default());
+    let mut events = Vec::new();
+    for part in parts {
+        decoder.feed(part, &mut events)?;
+    }
+    Ok((events, decoder.finish()))
+}
+
 /// What the provider sees from those byte chunks: the parsed chunks in order.
 fn parse_stream(parts: Vec<bytes::Bytes>) -> Result<Vec<Chunk>, String> {
-    futures::executor::block_on(async move {
-        let mut events = futures::stream::iter(parts.into_iter().map(Ok::<bytes::Bytes, std::io::Error>)).eventsource();
-        let mut out = Vec::new();
-        while let Some(event) = events.next().await {
-            let event = event.map_err(|e| format!("sse: {e}"))?;
-            out.extend(parse_data(&event.data).map_err(|e| format!("parse: {e}"))?);
-        }
-        Ok(out)
-    })
+    let (events, cut) = decode(parts.iter().map(|p| p.as_ref())).map_err(|e| format!("sse: {e}"))?;
+    if cut {
+        return Err("the body ended inside an event".into());
+    }
+    let mut out = Vec::new();
+    for event in events {
+        out.extend(parse_data(&event.data).map_err(|e| format!("parse: {e}"))?);
+    }
+    Ok(out)
 }
 
 fn check_sse(pieces: &[String], parts: Vec<bytes::Bytes>) -> Result<(), TestCaseError> {
@@ -242,5 +254,79 @@ fn sse_parsing_one_byte_at_a_time() {
         let body = sse_body(&pieces, crlf);
         let parts = body.iter().map(|b| bytes::Bytes::copy_from_slice(&[*b])).collect();
         check_sse(&pieces, parts).unwrap_or_else(|e| panic!("crlf={crlf}: {e}"));
+    }
+}
+
+/// One line of an arbitrary SSE body (no line ending): fields with values
+/// full of colons, spaces and multi-byte characters, comments, blank lines.
+fn sse_line() -> impl Strategy<Value = String> {
+    let value = "[a-z :é日🚀\u{feff}]{0,8}";
+    prop_oneof![
+        4 => value.prop_map(|v| format!("data: {v}")),
+        2 => value.prop_map(|v| format!("data:{v}")),
+        1 => Just("data".to_string()),
+        2 => "[a-z]{0,5}".prop_map(|v| format!("event: {v}")),
+        1 => value.prop_map(|v| format!(":{v}")),
+        1 => prop_oneof![Just("id: 7"), Just("retry: 10"), Just("x-foo: bar"), Just("event"), Just("Data: no")]
+            .prop_map(str::to_string),
+        4 => Just(String::new()),
+    ]
+}
+
+/// An arbitrary SSE body: lines with mixed endings, maybe a leading BOM. It
+/// ends with LF, so a final CR is never left waiting for its possible LF.
+fn sse_text() -> impl Strategy<Value = Vec<u8>> {
+    (
+        any::<bool>(),
+        proptest::collection::vec((sse_line(), prop_oneof![Just("\n"), Just("\r\n"), Just("\r")]), 0..40),
+    )
+        .prop_map(|(bom, lines)| {
+            let mut body = if bom { "\u{feff}".to_string() } else { String::new() };
+            for (line, eol) in lines {
+                body.push_str(&line);
+                body.push_str(eol);
+            }
+            body.push('\n');
+            body.into_bytes()
+        })
+}
+
+/// The events `eventsource-stream` makes of `body`, its `message` default named `""` as ours.
+fn reference_events(body: &[u8]) -> Vec<SseEvent> {
+    // It drops a leading BOM by slicing one byte off a three-byte character
+    // (a panic), so it is given the body without one.
+    let body = body.strip_prefix("\u{feff}".as_bytes()).unwrap_or(body);
+    let parts = [Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(body))];
+    futures::executor::block_on(futures::stream::iter(parts).eventsource().collect::<Vec<_>>())
+        .into_iter()
+        .map(|e| {
+            let e = e.unwrap_or_else(|e| panic!("reference decoder: {e}"));
+            SseEvent {
+                event: if e.event == "message" { String::new() } else { e.event },
+                data: e.data,
+            }
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    /// Splitting a valid SSE body at any one byte position — and at many at
+    /// once — gives exactly the events of the unsplit body, which are the
+    /// events the reference decoder finds.
+    #[test]
+    fn sse_decoding_is_split_independent_and_agrees_with_the_reference(
+        body in sse_text(),
+        cuts in proptest::collection::vec(any::<Index>(), 0..20),
+    ) {
+        let whole = decode([body.as_slice()]).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(&whole.0, &reference_events(&body), "body {:?}", String::from_utf8_lossy(&body));
+        for i in 0..=body.len() {
+            let (a, b) = body.split_at(i);
+            prop_assert_eq!(&decode([a, b]), &Ok(whole.clone()), "split at {}", i);
+        }
+        let parts = split_bytes(&body, &cuts);
+        prop_assert_eq!(decode(parts.iter().map(|p| p.as_ref())), Ok(whole));
     }
 }

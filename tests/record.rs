@@ -763,3 +763,69 @@ async fn secrets_never_reach_a_recording() {
     assert_all_ok(&verdicts);
     assert!(verdicts.iter().all(|v| v.handovers == 1), "{verdicts:?}");
 }
+
+/// Sessions the ladder's own rungs answered — the cache first and as the last
+/// resort, the safe reply, a route skipped by a business rule — replay too.
+#[tokio::test(start_paused = true)]
+async fn sessions_answered_by_the_cache_the_safe_reply_or_a_business_rule_verify() {
+    use baton::cache::{CacheLimits, CacheRung, CacheUse, ResponseCache};
+    use baton::safe_reply::SafeReply;
+
+    let dir = TempDir::new("rungs");
+    let events = broadcast::channel::<EngineEvent>(1 << 16).0;
+    let recorder = Recorder::attach(&events, RecordOptions::new(dir.path())).expect("recorder");
+    let store = Arc::new(ResponseCache::new(CacheLimits::default()));
+    let with_cache = |name: &str, uses: CacheUse, fault: &str| {
+        let mut ladder = Ladder::new(vec![Route::new("primary", "big", mock(fault, Style::default()))]).named(name);
+        ladder.cache = Some(CacheRung {
+            uses,
+            store: store.clone(),
+        });
+        Splicer::with_events(ladder, events.clone())
+    };
+    // Live, stored; then a first-rung hit; then a drop the cache finishes.
+    with_cache("live", CacheUse::Both, "none")
+        .collect(ChatRequest::new(conversation("caching")))
+        .await;
+    with_cache("hit", CacheUse::First, "none")
+        .collect(ChatRequest::new(conversation("caching")))
+        .await;
+    let finished = with_cache("last", CacheUse::LastResort, "drop@4")
+        .collect(ChatRequest::new(conversation("caching")))
+        .await;
+    assert_eq!(
+        finished.outcome.expect("complete").route_chain,
+        ["primary", baton::cache::CACHE_ROUTE]
+    );
+    // The safe reply, whole and as a closing note.
+    for (name, fault) in [("safe", "500"), ("note", "drop@5")] {
+        let mut ladder = Ladder::new(vec![Route::new("primary", "big", mock(fault, Style::default()))]).named(name);
+        ladder.retry.max_retries = 0;
+        ladder.safe_reply = Some(SafeReply {
+            reply: "Sorry, nothing can answer now.".into(),
+            note: " [cut short]".into(),
+        });
+        Splicer::with_events(ladder, events.clone())
+            .collect(ChatRequest::new(conversation(name)))
+            .await;
+    }
+    // A cost ceiling skips the dear route.
+    let mut dear = Route::new("dear", "big", mock("none", Style::default()));
+    dear.price_per_1k = Some(1.0);
+    let mut cheap = Route::new("cheap", "small", mock("none", Style::default()));
+    cheap.price_per_1k = Some(0.0);
+    let mut ladder = Ladder::new(vec![dear, cheap]).named("cost");
+    ladder.rules.max_cost_per_request = Some(0.01);
+    Splicer::with_events(ladder, events.clone())
+        .collect(ChatRequest::new(conversation("cost")))
+        .await;
+
+    let stats = recorder.finish().await;
+    assert_eq!((stats.sessions, stats.dropped), (6, 0), "{stats}");
+    let (recording, verdicts) = verify_paths(&[dir.path().to_path_buf()]);
+    assert!(recording.errors.is_empty(), "{:?}", recording.errors);
+    assert_eq!(verdicts.len(), 6);
+    assert_all_ok(&verdicts);
+    let kinds = failure_kinds(&recording.sessions);
+    assert!(kinds.iter().any(|k| k == "over_cost"), "{kinds:?}");
+}

@@ -384,6 +384,9 @@ impl Model {
                 self.sessions.push_back(SessionView::new(id, ladder.clone(), now));
             }
             EventKind::AttemptOpened { route, .. } => self.route(route).attempts += 1,
+            // The cache and the safe reply show as routes of their own.
+            EventKind::CacheHit { .. } => self.route(crate::cache::CACHE_ROUTE).attempts += 1,
+            EventKind::SafeReply { .. } => self.route(crate::safe_reply::SAFE_REPLY_ROUTE).attempts += 1,
             EventKind::FirstToken { route, ttft_ms } => {
                 let r = self.route(route);
                 r.ttft.push_back(*ttft_ms);
@@ -391,7 +394,10 @@ impl Model {
                     r.ttft.pop_front();
                 }
             }
-            EventKind::Upstream { .. } | EventKind::Retry { .. } | EventKind::RetryDenied { .. } => {}
+            EventKind::Upstream { .. }
+            | EventKind::Retry { .. }
+            | EventKind::RetryDenied { .. }
+            | EventKind::ContextFitted { .. } => {}
             EventKind::Breaker { route, to, .. } => self.route(route).breaker = Some(*to),
             EventKind::Delta { route, text } => {
                 self.rates.bump(now, 0, 0, 1);

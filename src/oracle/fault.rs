@@ -6,8 +6,14 @@
 //! (connection reset before headers), `hang` (accept, never answer),
 //! `slow:MS` (first token after MS milliseconds), `nodone` (finish without
 //! `[DONE]`), `noprefill` (reject a final assistant message), `policy` (400
-//! content-policy rejection). A suffix `xN` limits the fault to the first N
-//! requests: `503x1`.
+//! content-policy rejection), `loop@K` (after K content chunks, repeat
+//! [`LOOP_PHRASE`](super::script::LOOP_PHRASE) until the answer hits its
+//! length limit, as a degenerate model does). A suffix `xN` limits the fault
+//! to the first N requests: `503x1`.
+//!
+//! Test only: `panic@K` makes the in-process mock provider panic after K
+//! content chunks, to prove a panic inside one session cannot take the proxy
+//! down; the HTTP oracle, where a panic would prove nothing, stalls instead.
 
 use std::fmt;
 use std::str::FromStr;
@@ -47,6 +53,11 @@ pub enum Fault {
     RejectPrefill,
     /// Reject every request as a content-policy violation.
     Policy,
+    /// Send K content chunks, then the same phrase over and over, then finish with `length`.
+    LoopAfter(usize),
+    /// Test only: the in-process mock provider panics after K content chunks
+    /// (the HTTP oracle stalls there instead).
+    PanicAt(usize),
 }
 
 /// A fault and how many requests it affects.
@@ -81,7 +92,7 @@ impl FaultScript {
 
 /// A fault script that could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("bad fault script {script:?}: {reason} (expected none, stall@K, drop@K, malformed@K, error@K, 429, 429:SECS, 500, 503, reset, hang, slow:MS, nodone, noprefill or policy, optionally followed by xN)")]
+#[error("bad fault script {script:?}: {reason} (expected none, stall@K, drop@K, malformed@K, error@K, 429, 429:SECS, 500, 503, reset, hang, slow:MS, nodone, noprefill, policy, loop@K or panic@K, optionally followed by xN)")]
 pub struct FaultParseError {
     /// The text given.
     pub script: String,
@@ -109,6 +120,8 @@ impl FromStr for FaultScript {
             Some(("drop", k)) => Fault::DropAfter(num(k)?),
             Some(("malformed", k)) => Fault::MalformedAt(num(k)?),
             Some(("error", k)) => Fault::ErrorEventAt(num(k)?),
+            Some(("panic", k)) => Fault::PanicAt(num(k)?),
+            Some(("loop", k)) => Fault::LoopAfter(num(k)?),
             Some(("slow", ms)) => Fault::SlowFirstToken(Duration::from_millis(num(ms)? as u64)),
             Some((status, secs)) => Fault::Status {
                 status: parse_status(status).ok_or_else(|| err("unknown fault"))?,
@@ -157,6 +170,8 @@ impl fmt::Display for FaultScript {
             Fault::NoDone => write!(f, "nodone")?,
             Fault::RejectPrefill => write!(f, "noprefill")?,
             Fault::Policy => write!(f, "policy")?,
+            Fault::PanicAt(k) => write!(f, "panic@{k}")?,
+            Fault::LoopAfter(k) => write!(f, "loop@{k}")?,
         }
         if let Some(t) = self.times {
             write!(f, "x{t}")?;
@@ -177,6 +192,22 @@ pub enum FaultPlan {
         /// Mixed into the conversation hash.
         seed: u64,
     },
+    /// A provider that is flaky, then down, then back: outside outages, half
+    /// the conversations (picked by hash) get the `Random` mix and the others
+    /// none; from `offset` after `epoch`, every `period` begins with `down`
+    /// of 503s to every request.
+    Outage {
+        /// Mixed into the conversation hash.
+        seed: u64,
+        /// When the clock starts (tokio time, so tests can pause it).
+        epoch: tokio::time::Instant,
+        /// The first outage begins this long after `epoch`.
+        offset: Duration,
+        /// One outage per period.
+        period: Duration,
+        /// How long each outage lasts.
+        down: Duration,
+    },
 }
 
 impl FaultPlan {
@@ -184,6 +215,28 @@ impl FaultPlan {
     pub fn pick(&self, n: u32, hash: u64, chunks: usize) -> Fault {
         match self {
             FaultPlan::Fixed(script) => script.for_request(n),
+            FaultPlan::Outage {
+                seed,
+                epoch,
+                offset,
+                period,
+                down,
+            } => {
+                let since = tokio::time::Instant::now().saturating_duration_since(*epoch);
+                let into = since
+                    .checked_sub(*offset)
+                    .map(|d| d.as_nanos() % period.as_nanos().max(1));
+                if into.is_some_and(|d| d < down.as_nanos()) {
+                    return Fault::Status {
+                        status: 503,
+                        retry_after: None,
+                    };
+                }
+                if SplitMix::new(hash ^ seed.rotate_left(29)).below(2) == 0 {
+                    return Fault::None;
+                }
+                FaultPlan::Random { seed: *seed }.pick(n, hash, chunks)
+            }
             FaultPlan::Random { seed } => {
                 let mut rng = SplitMix::new(hash ^ seed.rotate_left(17));
                 let k = rng.below(chunks as u64 + 1) as usize;
@@ -216,6 +269,30 @@ impl FaultPlan {
 mod tests {
     use super::*;
 
+    #[tokio::test(start_paused = true)]
+    async fn an_outage_answers_503_to_everything_only_while_it_lasts() {
+        let plan = FaultPlan::Outage {
+            seed: 3,
+            epoch: tokio::time::Instant::now(),
+            offset: Duration::from_secs(10),
+            period: Duration::from_secs(60),
+            down: Duration::from_secs(5),
+        };
+        let down = Fault::Status {
+            status: 503,
+            retry_after: None,
+        };
+        let picks = |plan: &FaultPlan| (0..200u64).map(|h| plan.pick(0, h, 40)).collect::<Vec<_>>();
+        let before = picks(&plan);
+        assert!(before.contains(&Fault::None) && before.iter().any(|f| *f != Fault::None));
+        tokio::time::advance(Duration::from_secs(12)).await;
+        assert!(picks(&plan).iter().all(|f| *f == down), "down from 10 s to 15 s");
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(picks(&plan), before, "back, with the same mix as before");
+        tokio::time::advance(Duration::from_secs(56)).await;
+        assert!(picks(&plan).iter().all(|f| *f == down), "again one period later");
+    }
+
     #[test]
     fn scripts_round_trip_through_text() {
         for s in [
@@ -235,6 +312,9 @@ mod tests {
             "noprefill",
             "policy",
             "stall@2x3",
+            "panic@4",
+            "loop@6",
+            "loop@0x1",
         ] {
             let parsed: FaultScript = s.parse().unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(parsed.to_string(), s);

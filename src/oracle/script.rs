@@ -57,6 +57,14 @@ impl Default for Pacing {
     }
 }
 
+/// The phrase a `loop@K` oracle repeats. It ends with `!`, which the oracle's
+/// answers never contain, so the repetition begins exactly after the K chunks.
+pub const LOOP_PHRASE: &str = " and again!";
+
+/// How many times a `loop@K` oracle repeats [`LOOP_PHRASE`] before it stops
+/// with `finish_reason: length` (about 4 KiB, far past any loop guard).
+pub const LOOP_REPEATS: usize = 400;
+
 fn error_body(message: &str, kind: &str, code: &str) -> String {
     json!({"error": {"message": message, "type": kind, "code": code}}).to_string()
 }
@@ -117,8 +125,21 @@ pub fn steps(model: &str, messages: &[Message], fault: Fault, style: Style, paci
         _ => pacing.first_token,
     };
     out.push(Step::Wait(first));
+    let mut finish = "stop";
+    let mut sent = parts.len();
     for k in 0..=parts.len() {
         match fault {
+            Fault::LoopAfter(at) if at.min(parts.len()) == k => {
+                for i in 0..LOOP_REPEATS {
+                    if k > 0 || i > 0 {
+                        out.push(Step::Wait(pacing.interval));
+                    }
+                    out.push(Step::Data(chunk_json(model, Some(LOOP_PHRASE), None)));
+                }
+                finish = "length";
+                sent = k + LOOP_REPEATS;
+                break;
+            }
             Fault::StallAfter(at) if at.min(parts.len()) == k => {
                 out.push(Step::Hang);
                 return out;
@@ -152,7 +173,7 @@ pub fn steps(model: &str, messages: &[Message], fault: Fault, style: Style, paci
             out.push(Step::Data(chunk_json(model, Some(part), None)));
         }
     }
-    out.push(Step::Data(chunk_json(model, None, Some("stop"))));
+    out.push(Step::Data(chunk_json(model, None, Some(finish))));
     let prompt: usize = messages.iter().map(|m| m.content.len()).sum();
     out.push(Step::Data(
         json!({
@@ -160,7 +181,7 @@ pub fn steps(model: &str, messages: &[Message], fault: Fault, style: Style, paci
             "object": "chat.completion.chunk",
             "model": model,
             "choices": [],
-            "usage": {"prompt_tokens": prompt / 4 + 1, "completion_tokens": parts.len(), "total_tokens": prompt / 4 + 1 + parts.len()},
+            "usage": {"prompt_tokens": prompt / 4 + 1, "completion_tokens": sent, "total_tokens": prompt / 4 + 1 + sent},
         })
         .to_string(),
     ));

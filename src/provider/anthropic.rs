@@ -10,7 +10,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::sse::snippet;
+use super::sse::{snippet, SseLimits};
 use super::{Chunk, ChunkStream, Provider, UpstreamRequest};
 use crate::failure::FailureKind;
 use crate::request::{Role, Usage};
@@ -26,6 +26,8 @@ pub struct AnthropicProvider {
     client: reqwest::Client,
     endpoint: String,
     api_key: Option<String>,
+    /// Caps on what the upstream may send in one line or event.
+    limits: SseLimits,
 }
 
 impl std::fmt::Debug for AnthropicProvider {
@@ -44,7 +46,14 @@ impl AnthropicProvider {
             client,
             endpoint: format!("{}/messages", base_url.trim_end_matches('/')),
             api_key,
+            limits: SseLimits::default(),
         }
+    }
+
+    /// The same provider with other caps on the size of a line and an event.
+    pub fn with_limits(mut self, limits: SseLimits) -> Self {
+        self.limits = limits;
+        self
     }
 }
 
@@ -110,8 +119,14 @@ impl Provider for AnthropicProvider {
         if let Some(key) = &self.api_key {
             builder = builder.header("x-api-key", key);
         }
-        super::sse::stream(builder, parse_event)
+        super::sse::stream(builder, parse_sse_event, self.limits)
     }
+}
+
+/// Parses one SSE event of an Anthropic stream: the `type` inside its data
+/// names it, so the SSE event name is not needed.
+pub fn parse_sse_event(_event: &str, data: &str) -> Result<Vec<Chunk>, FailureKind> {
+    parse_event(data)
 }
 
 /// OpenAI's name for an Anthropic stop reason.

@@ -1,12 +1,16 @@
 //! The mock oracle as an in-process provider: no sockets, tokio's clock only,
 //! so tests drive its faults and deadlines under `tokio::time::pause()`.
+//!
+//! Each stream counts as an open upstream response in [`crate::live`], like a
+//! real provider's, so tests through the in-process mock see leaks too.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::openai::{classify_http, parse_data};
 use super::{Chunk, ChunkStream, Provider, UpstreamRequest};
 use crate::failure::FailureKind;
-use crate::oracle::fault::FaultPlan;
+use crate::live::LiveGuard;
+use crate::oracle::fault::{Fault, FaultPlan};
 use crate::oracle::script::{steps, Pacing, Step};
 use crate::oracle::{chunks, conversation_hash, reply, Style};
 
@@ -42,19 +46,35 @@ impl MockProvider {
     }
 }
 
-/// The steps a request gets from an oracle with this plan and style; request number `n`.
-pub fn plan_steps(plan: &FaultPlan, style: Style, pacing: Pacing, n: u32, request: &UpstreamRequest) -> Vec<Step> {
+/// The fault request number `n` gets from an oracle with this plan and style.
+fn plan_fault(plan: &FaultPlan, style: Style, n: u32, request: &UpstreamRequest) -> Fault {
     let hash = conversation_hash(&request.messages);
     let count = chunks(&reply(&request.messages, style).text, hash).len();
-    let fault = plan.pick(n, hash, count);
+    plan.pick(n, hash, count)
+}
+
+/// The wire steps of `fault`; a scripted panic is played as a stall at the same
+/// point (only the in-process provider turns that stall into a panic).
+fn fault_steps(fault: Fault, style: Style, pacing: Pacing, request: &UpstreamRequest) -> Vec<Step> {
+    let fault = match fault {
+        Fault::PanicAt(k) => Fault::StallAfter(k),
+        other => other,
+    };
     steps(&request.model, &request.messages, fault, style, pacing)
+}
+
+/// The steps a request gets from an oracle with this plan and style; request number `n`.
+pub fn plan_steps(plan: &FaultPlan, style: Style, pacing: Pacing, n: u32, request: &UpstreamRequest) -> Vec<Step> {
+    fault_steps(plan_fault(plan, style, n, request), style, pacing, request)
 }
 
 impl Provider for MockProvider {
     fn stream(&self, request: UpstreamRequest) -> ChunkStream {
         let n = self.requests.fetch_add(1, Ordering::Relaxed);
-        let script = plan_steps(&self.plan, self.style, self.pacing, n, &request);
+        let fault = plan_fault(&self.plan, self.style, n, &request);
+        let script = fault_steps(fault, self.style, self.pacing, &request);
         Box::pin(async_stream::stream! {
+            let _open = LiveGuard::upstream();
             for step in script {
                 match step {
                     Step::Status { status, retry_after, body } => {
@@ -65,6 +85,9 @@ impl Provider for MockProvider {
                     Step::Reset => {
                         yield Err(FailureKind::Reset { detail: "connection reset by the oracle".into() });
                         return;
+                    }
+                    Step::Hang if matches!(fault, Fault::PanicAt(_)) => {
+                        panic!("mock provider: scripted panic ({})", crate::oracle::fault::FaultScript::always(fault));
                     }
                     Step::Hang => futures::future::pending::<()>().await,
                     Step::Open => yield Ok(Chunk::Opened),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::sse::snippet;
+use super::sse::{snippet, SseLimits};
 use super::{Chunk, ChunkStream, Provider, UpstreamRequest};
 use crate::failure::FailureKind;
 use crate::request::Usage;
@@ -18,6 +18,8 @@ pub struct OpenAiProvider {
     client: reqwest::Client,
     endpoint: String,
     api_key: Option<String>,
+    /// Caps on what the upstream may send in one line or event.
+    limits: SseLimits,
 }
 
 impl std::fmt::Debug for OpenAiProvider {
@@ -26,6 +28,7 @@ impl std::fmt::Debug for OpenAiProvider {
         f.debug_struct("OpenAiProvider")
             .field("endpoint", &self.endpoint)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -37,7 +40,14 @@ impl OpenAiProvider {
             client,
             endpoint: format!("{}/chat/completions", base_url.trim_end_matches('/')),
             api_key,
+            limits: SseLimits::default(),
         }
+    }
+
+    /// The same provider with other caps on the size of a line and an event.
+    pub fn with_limits(mut self, limits: SseLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The HTTP client baton uses by default: rustls, connect timeout, no overall
@@ -75,55 +85,117 @@ impl Provider for OpenAiProvider {
         if let Some(key) = &self.api_key {
             builder = builder.bearer_auth(key);
         }
-        super::sse::stream(builder, parse_data)
+        super::sse::stream(builder, parse_sse_event, self.limits)
+    }
+}
+
+/// Parses one SSE event of an OpenAI stream. The protocol names no events:
+/// unnamed ones (and `message`, the SSE default) carry chunks, `error` an
+/// error; any other name is some server's extension, skipped.
+pub fn parse_sse_event(event: &str, data: &str) -> Result<Vec<Chunk>, FailureKind> {
+    match event {
+        "" | "message" | "error" => parse_data(data),
+        _ => Ok(Vec::new()),
     }
 }
 
 /// Parses the `data:` payload of one SSE event into chunks.
+///
+/// A chunk must be a JSON object with a `choices` array (empty is legal: usage
+/// and prompt-filter chunks have none), a `usage` object, or an `error`; one
+/// with none of them is malformed. Fields of the wrong type are malformed too.
 pub fn parse_data(data: &str) -> Result<Vec<Chunk>, FailureKind> {
     if data.trim() == "[DONE]" {
         return Ok(vec![Chunk::Done]);
     }
-    let value: Value = serde_json::from_str(data).map_err(|e| FailureKind::Malformed {
-        detail: format!("{e} in {:?}", snippet(data)),
-    })?;
-    let Some(object) = value.as_object() else {
-        return Err(FailureKind::Malformed {
-            detail: format!("expected a JSON object, got {:?}", snippet(data)),
-        });
+    let malformed = |what: String| FailureKind::Malformed {
+        detail: format!("{what} in {:?}", snippet(data)),
     };
-    if let Some(error) = object.get("error") {
-        let (message, code) = error_fields(error);
+    // A struct also deserializes from a JSON array; a chunk is an object.
+    if !data.trim_start().starts_with('{') {
+        return Err(malformed("expected a JSON object".to_string()));
+    }
+    let chunk: wire::Chunk<'_> = serde_json::from_str(data).map_err(|e| malformed(e.to_string()))?;
+    if let Some(error) = chunk.error {
+        let (message, code) = error_fields(&error);
         return Err(if is_policy(&code, &message) {
             FailureKind::ContentPolicy { message }
         } else {
             FailureKind::ErrorEvent { message }
         });
     }
+    if chunk.choices.is_none() && chunk.usage.is_none() {
+        return Err(malformed("a chunk with neither choices nor usage".to_string()));
+    }
     let mut chunks = Vec::new();
-    if let Some(choice) = object.get("choices").and_then(Value::as_array).and_then(|c| c.first()) {
-        if let Some(text) = choice.pointer("/delta/content").and_then(Value::as_str) {
-            if !text.is_empty() {
-                chunks.push(Chunk::Text(text.to_owned()));
+    if let Some(choice) = chunk.choices.and_then(|c| c.into_iter().next()) {
+        if let Some(delta) = choice.delta {
+            if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
+                chunks.push(Chunk::Text(text.into_owned()));
+            }
+            if let Some(calls) = delta.tool_calls.filter(|c| !c.is_empty()) {
+                chunks.push(Chunk::ToolCalls(calls));
             }
         }
-        if let Some(calls) = choice.pointer("/delta/tool_calls").and_then(Value::as_array) {
-            if !calls.is_empty() {
-                chunks.push(Chunk::ToolCalls(calls.clone()));
-            }
-        }
-        if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
-            chunks.push(Chunk::Finish(reason.to_owned()));
+        if let Some(reason) = choice.finish_reason {
+            chunks.push(Chunk::Finish(reason.into_owned()));
         }
     }
-    if let Some(usage) = object.get("usage").filter(|u| u.is_object()) {
-        let field = |name| usage.get(name).and_then(Value::as_u64).unwrap_or(0);
+    if let Some(usage) = chunk.usage {
         chunks.push(Chunk::Usage(Usage {
-            prompt_tokens: field("prompt_tokens"),
-            completion_tokens: field("completion_tokens"),
+            prompt_tokens: usage.prompt_tokens.unwrap_or(0),
+            completion_tokens: usage.completion_tokens.unwrap_or(0),
         }));
     }
     Ok(chunks)
+}
+
+/// The streamed chunk, typed: strings borrow from the event's data unless
+/// they hold escapes, so a text delta costs one allocation (its `Chunk::Text`)
+/// instead of a whole `serde_json::Value` tree per chunk.
+mod wire {
+    use std::borrow::Cow;
+
+    use serde::Deserialize;
+    use serde_json::Value;
+
+    /// One `chat.completion.chunk`; other fields are ignored.
+    #[derive(Deserialize)]
+    pub struct Chunk<'a> {
+        #[serde(borrow, default)]
+        pub choices: Option<Vec<Choice<'a>>>,
+        #[serde(default)]
+        pub usage: Option<Usage>,
+        #[serde(default)]
+        pub error: Option<Value>,
+    }
+
+    /// One choice; baton streams the first.
+    #[derive(Deserialize)]
+    pub struct Choice<'a> {
+        #[serde(borrow, default)]
+        pub delta: Option<Delta<'a>>,
+        #[serde(borrow, default)]
+        pub finish_reason: Option<Cow<'a, str>>,
+    }
+
+    /// What the choice adds.
+    #[derive(Deserialize)]
+    pub struct Delta<'a> {
+        #[serde(borrow, default)]
+        pub content: Option<Cow<'a, str>>,
+        #[serde(default)]
+        pub tool_calls: Option<Vec<Value>>,
+    }
+
+    /// Token counts.
+    #[derive(Deserialize)]
+    pub struct Usage {
+        #[serde(default)]
+        pub prompt_tokens: Option<u64>,
+        #[serde(default)]
+        pub completion_tokens: Option<u64>,
+    }
 }
 
 /// The message and the code/type of an OpenAI-style error object, lower-cased code.

@@ -68,12 +68,24 @@ pub struct Metrics {
     pub handover_gap: Histogram,
     /// Streams being served now.
     pub active_streams: Gauge,
+    /// Sessions alive in the process ([`crate::live`]; set when /metrics is read).
+    pub live_sessions: Gauge,
+    /// Upstream responses open in the process ([`crate::live`]; set when /metrics is read).
+    pub upstream_connections_open: Gauge,
+    /// Panics caught at a session's boundary.
+    pub session_panics: Counter,
+    /// Streamed answers ended because their client stopped taking chunks.
+    pub slow_clients: Counter,
+    /// Connections closed by a server limit, by reason.
+    pub connections_closed: Family<ReasonLabels, Counter>,
     /// Events the `/events` feed had to drop for slow subscribers.
     pub events_dropped: Counter,
     /// Requests rejected before reaching a ladder (bad JSON, auth, size …).
     pub rejected: Family<RejectLabels, Counter>,
     /// Each route's circuit breaker: 0 closed, 1 half-open, 2 open (set when /metrics is read).
     pub breaker_state: Family<RouteLabels, Gauge>,
+    /// Each route's stall deadline for an attempt opening now, in ms (adaptive or fixed; set when /metrics is read).
+    pub stall_deadline: Family<RouteLabels, Gauge>,
 }
 
 /// Labels naming a route.
@@ -81,6 +93,13 @@ pub struct Metrics {
 pub struct RouteLabels {
     /// The route.
     pub route: String,
+}
+
+/// Labels naming why a connection was closed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// `header_timeout`, `idle` or `write_stall`.
+    pub reason: String,
 }
 
 /// Labels of a rejected request.
@@ -107,9 +126,15 @@ impl Metrics {
             Family::<LadderLabels, Histogram, fn() -> Histogram>::new_with_constructor(seconds as fn() -> Histogram);
         let handover_gap = seconds();
         let active_streams = Gauge::default();
+        let live_sessions = Gauge::default();
+        let upstream_connections_open = Gauge::default();
+        let session_panics = Counter::default();
+        let slow_clients = Counter::default();
+        let connections_closed = Family::<ReasonLabels, Counter>::default();
         let events_dropped = Counter::default();
         let rejected = Family::<RejectLabels, Counter>::default();
         let breaker_state = Family::<RouteLabels, Gauge>::default();
+        let stall_deadline = Family::<RouteLabels, Gauge>::default();
         registry.register("sessions", "Sessions by ladder and outcome", sessions.clone());
         registry.register(
             "handovers",
@@ -133,6 +158,31 @@ impl Metrics {
         );
         registry.register("active_streams", "Streams being served now", active_streams.clone());
         registry.register(
+            "live_sessions",
+            "Sessions alive in this process (a leak keeps it above 0 when idle)",
+            live_sessions.clone(),
+        );
+        registry.register(
+            "upstream_connections_open",
+            "Upstream responses open in this process, from request sent to stream dropped",
+            upstream_connections_open.clone(),
+        );
+        registry.register(
+            "session_panics",
+            "Panics caught at a session's boundary (the client got an error, the server went on)",
+            session_panics.clone(),
+        );
+        registry.register(
+            "slow_clients",
+            "Streamed answers ended because the client stopped taking chunks (server.slow_client_timeout_ms)",
+            slow_clients.clone(),
+        );
+        registry.register(
+            "connections_closed",
+            "Connections closed by a server limit: header_timeout, idle or write_stall",
+            connections_closed.clone(),
+        );
+        registry.register(
             "events_dropped",
             "Events dropped for slow /events subscribers",
             events_dropped.clone(),
@@ -147,6 +197,11 @@ impl Metrics {
             "Circuit breaker per route: 0 closed, 1 half-open, 2 open",
             breaker_state.clone(),
         );
+        registry.register(
+            "route_stall_deadline_ms",
+            "Stall deadline per route for an attempt opening now (ms; follows recent gaps when adaptive)",
+            stall_deadline.clone(),
+        );
         Metrics {
             registry,
             sessions,
@@ -155,10 +210,25 @@ impl Metrics {
             ttft,
             handover_gap,
             active_streams,
+            live_sessions,
+            upstream_connections_open,
+            session_panics,
+            slow_clients,
+            connections_closed,
             events_dropped,
             rejected,
             breaker_state,
+            stall_deadline,
         }
+    }
+
+    /// Sets the stall deadline `route` would give an attempt opening now.
+    pub fn route_stall_deadline(&self, route: &str, deadline: std::time::Duration) {
+        self.stall_deadline
+            .get_or_create(&RouteLabels {
+                route: route.to_string(),
+            })
+            .set(i64::try_from(deadline.as_millis()).unwrap_or(i64::MAX));
     }
 
     /// Counts a session's end.

@@ -9,8 +9,16 @@
 //!
 //! [`serve`] takes an injected listener and a shutdown future, so tests bind
 //! `127.0.0.1:0` and talk real HTTP to it.
+//!
+//! Limits (`[server]`): connections have a header read timeout, a keep-alive
+//! idle timeout and a write-stall limit (`conn`); sessions are capped at
+//! `max_sessions` (past it: 503 with `Retry-After`), stream through a bounded
+//! buffer with a slow-client limit, and a panic inside one is caught at its
+//! boundary (`session`).
 
+mod conn;
 pub mod metrics;
+mod session;
 pub mod wire;
 
 use std::convert::Infallible;
@@ -18,31 +26,28 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, watch};
-use tokio::time::Instant;
+use tokio::sync::{broadcast, watch, Semaphore};
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::BroadcastStream;
-use uuid::Uuid;
 
-use crate::config::{glob_match, Config, Secret};
+use crate::config::{glob_match, Config, Secret, ServerLimits};
 use crate::event::EngineEvent;
 use crate::record::{RecordOptions, Recorder};
 use crate::request::ChatRequest;
-use crate::splice::{ClientItem, SpliceError, SpliceStream, Splicer, EVENT_CAPACITY};
+use crate::splice::{Splicer, EVENT_CAPACITY};
 use metrics::Metrics;
-use wire::{ApiError, ChunkWriter};
+use session::{Guarded, Session};
+use wire::ApiError;
 
 /// Where the server is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,6 +76,9 @@ pub struct AppState {
     pub metrics: Metrics,
     events: broadcast::Sender<EngineEvent>,
     phase: watch::Receiver<Phase>,
+    limits: ServerLimits,
+    /// One permit per session served now (`server.max_sessions`).
+    slots: Arc<Semaphore>,
 }
 
 impl AppState {
@@ -104,6 +112,7 @@ fn unauthorized(message: &str) -> ApiError {
         message: message.to_string(),
         kind: "invalid_request_error",
         code: "invalid_api_key",
+        retry_after: None,
     }
 }
 
@@ -131,6 +140,8 @@ pub fn router(config: &Config, phase: watch::Receiver<Phase>) -> (Router, Arc<Ap
         metrics: Metrics::new(),
         events,
         phase,
+        limits: config.limits,
+        slots: Arc::new(Semaphore::new(config.limits.max_sessions.min(Semaphore::MAX_PERMITS))),
     });
     let router = Router::new()
         .route("/v1/chat/completions", post(chat))
@@ -145,6 +156,7 @@ pub fn router(config: &Config, phase: watch::Receiver<Phase>) -> (Router, Arc<Ap
                     .into(),
                 kind: "invalid_request_error",
                 code: "not_found",
+                retry_after: None,
             }
         })
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
@@ -176,14 +188,13 @@ pub async fn serve(
         None => None,
     };
     let grace = config.shutdown_grace;
-    let served = axum::serve(
-        // Each SSE chunk should leave at once, not wait for Nagle.
-        listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        }),
-        router,
-    )
-    .with_graceful_shutdown(async move {
+    let limits = conn::ConnLimits {
+        header_read: config.limits.header_read_timeout,
+        keep_alive: config.limits.keep_alive_timeout,
+        write_stall: config.limits.write_stall_timeout,
+    };
+    let closed = state.metrics.connections_closed.clone();
+    conn::serve(listener, router, limits, closed, async move {
         shutdown.await;
         let _ = phase_tx.send(Phase::Draining);
         tokio::spawn(async move {
@@ -200,11 +211,11 @@ pub async fn serve(
             tracing::info!("recording: {stats}");
         }
     }
-    served
+    Ok(())
 }
 
-async fn chat(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
-    match chat_inner(&state, &headers, body).await {
+async fn chat(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    match chat_inner(&state, request).await {
         Ok(response) => response,
         Err(error) => {
             state.metrics.reject(error.code);
@@ -213,12 +224,26 @@ async fn chat(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Resu
     }
 }
 
-async fn chat_inner(
-    state: &Arc<AppState>,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    state.authorize(headers)?;
+async fn chat_inner(state: &Arc<AppState>, request: Request) -> Result<Response, ApiError> {
+    state.authorize(request.headers())?;
+    // The body has the header read timeout too: a client that sent its head
+    // and then trickles (or withholds) the body must not hold the connection.
+    let limit = state.limits.header_read_timeout;
+    let body = match tokio::time::timeout(limit, Bytes::from_request(request, &())).await {
+        Ok(body) => body,
+        Err(_) => {
+            return Err(ApiError {
+                status: StatusCode::REQUEST_TIMEOUT,
+                message: format!(
+                    "the request body did not arrive within {} ms (server.header_read_timeout_ms)",
+                    limit.as_millis()
+                ),
+                kind: "invalid_request_error",
+                code: "request_timeout",
+                retry_after: None,
+            })
+        }
+    };
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError {
@@ -226,6 +251,7 @@ async fn chat_inner(
                 message: "the request body is larger than the server's limit (server.max_body_bytes)".into(),
                 kind: "invalid_request_error",
                 code: "request_too_large",
+                retry_after: None,
             }
         } else {
             ApiError::bad_request("invalid_body", rejection.body_text())
@@ -243,64 +269,21 @@ async fn chat_inner(
             ),
             kind: "invalid_request_error",
             code: "model_not_found",
+            retry_after: None,
         });
+    };
+    let Ok(slot) = state.slots.clone().try_acquire_owned() else {
+        return Err(ApiError::overloaded(state.limits.max_sessions));
     };
     let mut request = ChatRequest::new(parsed.messages);
     request.params = parsed.params;
     request.model = Some(parsed.model);
-    let session = Session {
-        state: state.clone(),
-        ladder: entry.name.clone(),
-        started: Instant::now(),
-        first_byte: false,
-        outcome: "cancelled",
-    };
-    let stream = entry.splicer.splice(request);
+    let session = Session::new(state.clone(), entry.name.clone());
+    let stream = Guarded::new(entry.splicer.splice(request), slot);
     if parsed.stream {
-        streamed(session, stream, parsed.include_usage).await
+        session::streamed(session, stream, parsed.include_usage).await
     } else {
-        whole(session, stream).await
-    }
-}
-
-/// Per-session bookkeeping; counts the session when dropped, so a client that
-/// goes away is counted as `cancelled` and the active-stream gauge comes back down.
-struct Session {
-    state: Arc<AppState>,
-    ladder: String,
-    started: Instant,
-    first_byte: bool,
-    outcome: &'static str,
-}
-
-impl Session {
-    fn see(&mut self, item: &ClientItem) {
-        let metrics = &self.state.metrics;
-        match item {
-            ClientItem::Text { .. } | ClientItem::ToolCalls { .. } if !self.first_byte => {
-                self.first_byte = true;
-                metrics
-                    .ttft
-                    .get_or_create(&metrics::LadderLabels {
-                        ladder: self.ladder.clone(),
-                    })
-                    .observe(self.started.elapsed().as_secs_f64());
-            }
-            ClientItem::Handover(h) => metrics.handover(h),
-            ClientItem::Done(done) => {
-                metrics.failures(&done.failures);
-                self.outcome = "complete";
-            }
-            ClientItem::Failed(error) => {
-                let (failures, outcome) = match error {
-                    SpliceError::Refused { failures, .. } => (failures, "refused"),
-                    SpliceError::Exhausted { failures, .. } => (failures, "failed"),
-                };
-                metrics.failures(failures);
-                self.outcome = outcome;
-            }
-            _ => {}
-        }
+        session::whole(session, stream).await
     }
 }
 
@@ -309,148 +292,6 @@ async fn reached(phase: &mut watch::Receiver<Phase>, at_least: Phase) {
     let order = |p: Phase| p as u8;
     // `is_ok` drops the borrow guard at once, so it is never held across an await.
     let _ = phase.wait_for(|p| order(*p) >= order(at_least)).await.is_ok();
-}
-
-impl Session {
-    fn mark(&mut self, outcome: &'static str) {
-        self.outcome = outcome;
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        self.state.metrics.session(&self.ladder, self.outcome);
-    }
-}
-
-/// Holds the active-stream gauge up while a streamed response lives.
-struct Active(Arc<AppState>);
-
-impl Drop for Active {
-    fn drop(&mut self) {
-        self.0.metrics.active_streams.dec();
-    }
-}
-
-async fn streamed(mut session: Session, mut stream: SpliceStream, include_usage: bool) -> Result<Response, ApiError> {
-    // Wait for the first item: a session that fails before any text gets a
-    // proper HTTP error status instead of a 200 stream with an error inside.
-    let first = match stream.next().await {
-        Some(item) => item,
-        None => {
-            return Err(ApiError::from_splice(&SpliceError::Exhausted {
-                failures: Vec::new(),
-                emitted_bytes: 0,
-            }))
-        }
-    };
-    session.see(&first);
-    if let ClientItem::Failed(error) = &first {
-        return Err(ApiError::from_splice(error));
-    }
-    session.state.metrics.active_streams.inc();
-    let active = Active(session.state.clone());
-    let mut phase = session.state.phase.clone();
-    let mut writer = ChunkWriter::new(format!("chatcmpl-{}", Uuid::new_v4().simple()));
-    let body = async_stream::stream! {
-        let _active = active;
-        let mut model = String::new();
-        let mut next = Some(first);
-        loop {
-            let item = match next.take() {
-                Some(item) => item,
-                None => tokio::select! {
-                    item = stream.next() => match item {
-                        Some(item) => item,
-                        None => break,
-                    },
-                    _ = reached(&mut phase, Phase::Stopped) => {
-                        session.mark("failed");
-                        yield Ok::<Bytes, Infallible>(wire::error_event("baton is shutting down; the answer is incomplete", "server_shutdown"));
-                        break;
-                    }
-                },
-            };
-            session.see(&item);
-            match item {
-                ClientItem::Text { text, model: m, .. } => {
-                    if *m != *model {
-                        model = m.to_string();
-                    }
-                    yield Ok(writer.text(&model, &text));
-                }
-                ClientItem::ToolCalls { deltas, model: m, .. } => {
-                    model = m.to_string();
-                    yield Ok(writer.tool_calls(&model, &deltas));
-                }
-                ClientItem::Handover(h) => yield Ok(wire::handover_comment(&h)),
-                ClientItem::Done(done) => {
-                    yield Ok(writer.finish(&model, &done.finish_reason));
-                    if include_usage {
-                        yield Ok(writer.usage(&model, done.usage));
-                    }
-                    yield Ok(Bytes::from_static(wire::DONE));
-                    break;
-                }
-                ClientItem::Failed(error) => {
-                    // Text was already sent: end with an error, never with [DONE].
-                    yield Ok(wire::error_event(&error.to_string(), "all_routes_failed"));
-                    break;
-                }
-            }
-        }
-    };
-    Ok(Response::builder()
-        .header(header::CONTENT_TYPE, "text/event-stream")
-        .header(header::CACHE_CONTROL, "no-cache")
-        .header("x-accel-buffering", "no")
-        .body(Body::from_stream(body))
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
-}
-
-async fn whole(mut session: Session, mut stream: SpliceStream) -> Result<Response, ApiError> {
-    let mut text = String::new();
-    let mut model = String::new();
-    let mut tool_deltas: Vec<Value> = Vec::new();
-    while let Some(item) = stream.next().await {
-        session.see(&item);
-        match item {
-            ClientItem::Text { text: t, model: m, .. } => {
-                text.push_str(&t);
-                model = m.to_string();
-            }
-            ClientItem::ToolCalls { deltas, model: m, .. } => {
-                tool_deltas.extend(deltas);
-                model = m.to_string();
-            }
-            ClientItem::Handover(_) => {}
-            ClientItem::Done(done) => {
-                let mut message = json!({"role": "assistant", "content": text});
-                if !tool_deltas.is_empty() {
-                    message["tool_calls"] = json!(wire::merge_tool_calls(&tool_deltas));
-                }
-                let writer = ChunkWriter::new(format!("chatcmpl-{}", Uuid::new_v4().simple()));
-                let body = json!({
-                    "id": writer.id(),
-                    "object": "chat.completion",
-                    "created": writer.created(),
-                    "model": model,
-                    "choices": [{"index": 0, "message": message, "finish_reason": done.finish_reason}],
-                    "usage": wire::usage_json(done.usage),
-                    "baton": {"route_chain": done.route_chain, "failures": done.failures.len()},
-                });
-                return Ok(Json(body).into_response());
-            }
-            ClientItem::Failed(error) => {
-                // A partial answer is never presented as complete.
-                return Err(ApiError::from_splice(&error));
-            }
-        }
-    }
-    Err(ApiError::from_splice(&SpliceError::Exhausted {
-        failures: Vec::new(),
-        emitted_bytes: text.len() as u64,
-    }))
 }
 
 async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
@@ -482,7 +323,12 @@ async fn metrics_text(State(state): State<Arc<AppState>>, headers: HeaderMap) ->
                 route: route.name.to_string(),
             })
             .set(value);
+        state
+            .metrics
+            .route_stall_deadline(&route.name, crate::deadline::current_stall(route));
     }
+    state.metrics.live_sessions.set(crate::live::sessions());
+    state.metrics.upstream_connections_open.set(crate::live::upstreams());
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         state.metrics.render(),

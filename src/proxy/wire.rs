@@ -1,6 +1,6 @@
 //! The OpenAI wire format on the client side: requests in, chunks and errors out.
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
@@ -19,6 +19,8 @@ pub struct ApiError {
     pub kind: &'static str,
     /// A stable machine-readable code.
     pub code: &'static str,
+    /// Seconds to send as `Retry-After`, when a retry soon is the right answer.
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -29,6 +31,31 @@ impl ApiError {
             message: message.into(),
             kind: "invalid_request_error",
             code,
+            retry_after: None,
+        }
+    }
+
+    /// The 503 past the concurrent-session cap: retry in a second.
+    pub fn overloaded(limit: usize) -> Self {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: format!(
+                "baton is serving its limit of {limit} concurrent sessions (server.max_sessions); retry shortly"
+            ),
+            kind: "server_error",
+            code: "server_overloaded",
+            retry_after: Some(1),
+        }
+    }
+
+    /// The 500 for a session that panicked before any of its answer was sent.
+    pub fn internal() -> Self {
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: "baton failed while serving this request (the error was logged); please retry".into(),
+            kind: "server_error",
+            code: "internal_error",
+            retry_after: None,
         }
     }
 
@@ -45,12 +72,14 @@ impl ApiError {
                 message: message.clone(),
                 kind: "invalid_request_error",
                 code: "content_policy_violation",
+                retry_after: None,
             },
             SpliceError::Exhausted { .. } => ApiError {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 message: error.to_string(),
                 kind: "upstream_error",
                 code: "all_routes_failed",
+                retry_after: None,
             },
         }
     }
@@ -58,7 +87,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(self.body())).into_response()
+        let mut response = (self.status, axum::Json(self.body())).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
     }
 }
 
@@ -324,9 +359,18 @@ pub fn handover_comment(h: &Handover) -> Bytes {
     ))
 }
 
-/// The error event that ends a stream which cannot be completed.
+/// The error event that ends a stream which the upstreams could not complete.
 pub fn error_event(message: &str, code: &str) -> Bytes {
-    let body = json!({"error": {"message": message, "type": "upstream_error", "code": code}});
+    typed_error_event(message, "upstream_error", code)
+}
+
+/// The error event that ends a stream baton itself had to stop (shutdown, slow client, internal error).
+pub fn server_error_event(message: &str, code: &str) -> Bytes {
+    typed_error_event(message, "server_error", code)
+}
+
+fn typed_error_event(message: &str, kind: &str, code: &str) -> Bytes {
+    let body = json!({"error": {"message": message, "type": kind, "code": code}});
     Bytes::from(format!("data: {body}\n\n"))
 }
 

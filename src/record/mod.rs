@@ -776,6 +776,7 @@ mod tests {
                     params,
                     continue_final_message: false,
                 },
+                deadlines: None,
             },
         );
         scrub(&mut e);

@@ -12,9 +12,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::continuation::ContinuationMode;
+use crate::deadline::Adaptive;
 use crate::ladder::{Ladder, RetryPolicy, Route};
+use crate::loopguard::LoopConfig;
 use crate::provider::Provider;
 use crate::request::{ChatRequest, Message};
+use crate::safe_reply::SafeReply;
 use crate::watchdog::Deadlines;
 
 /// A ladder without its providers.
@@ -26,6 +29,12 @@ pub struct LadderSpec {
     pub retry: RetrySpec,
     /// The user message that asks an `instruct` route to continue.
     pub instruction: String,
+    /// The degraded answer when nothing else can answer (absent in older recordings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safe_reply: Option<SafeReply>,
+    /// The loop guard's settings; absent: off (as in recordings made before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loop_guard: Option<LoopConfig>,
 }
 
 /// A route without its provider.
@@ -50,6 +59,9 @@ pub struct RouteSpec {
     pub total: Duration,
     /// Context window in tokens.
     pub context_tokens: u32,
+    /// How its deadlines adapt (absent: fixed, as in recordings made before they could).
+    #[serde(default, skip_serializing_if = "Adaptive::is_fixed")]
+    pub adaptive: Adaptive,
 }
 
 /// The ladder's retry policy.
@@ -92,6 +104,8 @@ impl LadderSpec {
                 retry_after_ceiling: ladder.retry.retry_after_ceiling,
             },
             instruction: ladder.instruction.clone(),
+            safe_reply: ladder.safe_reply.clone(),
+            loop_guard: ladder.loop_guard.clone(),
         }
     }
 
@@ -105,6 +119,8 @@ impl LadderSpec {
             retry_after_ceiling: self.retry.retry_after_ceiling,
         };
         ladder.instruction = self.instruction.clone();
+        ladder.safe_reply = self.safe_reply.clone();
+        ladder.loop_guard = self.loop_guard.clone();
         ladder
     }
 }
@@ -121,6 +137,7 @@ impl RouteSpec {
             stall: route.deadlines.stall,
             total: route.deadlines.total,
             context_tokens: route.context_tokens,
+            adaptive: route.adaptive,
         }
     }
 
@@ -138,7 +155,8 @@ impl RouteSpec {
         let mut route = Route::new(&self.name, &self.model, provider)
             .with_continuation(self.continuation)
             .with_deadlines(self.deadlines())
-            .with_context(self.context_tokens);
+            .with_context(self.context_tokens)
+            .with_adaptive(self.adaptive);
         route.continue_final_message = self.continue_final_message;
         route
     }
@@ -195,6 +213,7 @@ pub mod ms {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::deadline::AdaptiveStall;
     use crate::oracle::fault::{FaultPlan, FaultScript};
     use crate::oracle::Style;
     use crate::provider::mock::MockProvider;
@@ -210,15 +229,30 @@ mod tests {
             }),
             Route::new("b", "{model}", p.clone())
                 .with_continuation(ContinuationMode::Instruct)
-                .with_context(8000),
+                .with_context(8000)
+                .with_adaptive(Adaptive {
+                    stall: Some(AdaptiveStall::default()),
+                    ttft_per_1k_prompt: Duration::from_millis(300),
+                }),
         ])
         .named("chat");
         ladder.retry.max_retries = 5;
         ladder.instruction = "go on".into();
+        ladder.loop_guard = Some(LoopConfig {
+            min_repeats: 9,
+            ..LoopConfig::default()
+        });
         let spec = LadderSpec::of(&ladder);
         let json = serde_json::to_string(&spec).expect("serialize");
+        assert!(json.contains("\"min_repeats\":9"), "{json}");
         assert!(json.contains("\"first_token_ms\":1.5"), "{json}");
         assert!(json.contains("\"stall_ms\":400"), "{json}");
+        assert!(json.contains("\"ttft_per_1k_prompt_ms\":300"), "{json}");
+        assert_eq!(
+            json.matches("\"adaptive\"").count(),
+            1,
+            "fixed routes leave it out: {json}"
+        );
         let back: LadderSpec = serde_json::from_str(&json).expect("deserialize");
         assert_eq!(back, spec);
         let rebuilt = back.build("chat", |_| p.clone());

@@ -8,6 +8,10 @@
 //! replayed as silence, so the re-driven watchdog has to fire again; any
 //! other failure is handed to the splicer as the recorded [`FailureKind`].
 //!
+//! Every attempt runs under the deadlines recorded when it opened (adaptive
+//! ones are decided from a route's recent history, which a re-drive does not
+//! have); a recording made before those were recorded uses the route's own.
+//!
 //! Timing is replayed as recorded, with one exception: a silence the
 //! recording shows did *not* trip a deadline (in the recorded run the stall
 //! clock starts only when the client asks for more, so a slow client
@@ -33,6 +37,7 @@ use uuid::Uuid;
 use super::reader::RecordedSession;
 use super::spec::{LadderSpec, RequestSpec};
 use super::FORMAT_VERSION;
+use crate::cache::{CacheLimits, CacheRung, CacheUse, CachedAnswer, ResponseCache, CACHE_ROUTE};
 use crate::continuation::ContinuationMode;
 use crate::event::{EngineEvent, EventKind, UpstreamItem};
 use crate::failure::{FailureClass, FailureKind};
@@ -159,6 +164,20 @@ pub enum Step {
         /// Its deltas.
         tokens: u64,
     },
+    /// The response cache answered.
+    CacheHit {
+        /// After every route failed.
+        last_resort: bool,
+        /// Bytes it added.
+        bytes: u64,
+    },
+    /// The safe reply answered.
+    SafeReply {
+        /// It closed a partial answer.
+        partial: bool,
+        /// Bytes it added.
+        bytes: u64,
+    },
     /// A same-route retry.
     Retry {
         /// Route.
@@ -225,6 +244,18 @@ impl std::fmt::Display for Step {
                 write!(f, "{route} failed: {} [{}] after {tokens} deltas", cause, cause.label())
             }
             Step::Retry { route, delay_ms } => write!(f, "retry {route} after {delay_ms} ms"),
+            Step::CacheHit { last_resort, bytes } => {
+                let when = if *last_resort { "as the last resort" } else { "first" };
+                write!(f, "the cache answers {when} with {bytes} bytes")
+            }
+            Step::SafeReply { partial, bytes } => {
+                let what = if *partial {
+                    "note closes the answer"
+                } else {
+                    "reply answers"
+                };
+                write!(f, "the safe {what} with {bytes} bytes")
+            }
             Step::Handover {
                 from,
                 to,
@@ -275,6 +306,7 @@ pub fn transcript(events: &[EngineEvent]) -> Transcript {
                 mode,
                 prefix_bytes,
                 request,
+                ..
             } => Step::Attempt {
                 number: *attempt,
                 route: route.clone(),
@@ -330,6 +362,16 @@ pub fn transcript(events: &[EngineEvent]) -> Transcript {
                 usage: *usage,
                 tool_calls: tool_calls.clone(),
             },
+            EventKind::CacheHit {
+                last_resort, bytes, ..
+            } => Step::CacheHit {
+                last_resort: *last_resort,
+                bytes: *bytes,
+            },
+            EventKind::SafeReply { partial, bytes } => Step::SafeReply {
+                partial: *partial,
+                bytes: *bytes,
+            },
             EventKind::Failed { error, bytes } => Step::Failed {
                 error: error.clone(),
                 bytes: *bytes,
@@ -341,7 +383,9 @@ pub fn transcript(events: &[EngineEvent]) -> Transcript {
             | EventKind::FirstToken { .. }
             | EventKind::Breaker { .. }
             // A denied retry shows as the handover that follows it.
-            | EventKind::RetryDenied { .. } => continue,
+            | EventKind::RetryDenied { .. }
+            // What fitting dropped shows in the attempt's request, which is compared.
+            | EventKind::ContextFitted { .. } => continue,
         };
         t.marks.push(Mark { at, step });
     }
@@ -363,6 +407,15 @@ pub struct AttemptScript {
     pub items: Vec<(u64, UpstreamItem)>,
     /// How it ended.
     pub end: AttemptEnd,
+    /// The deadlines it ran under, as recorded when it opened (`None`: an older recording).
+    pub deadlines: Option<Deadlines>,
+}
+
+impl AttemptScript {
+    /// The deadlines to replay it under: the recorded ones, else its route's.
+    pub fn deadlines_or(&self, route: Deadlines) -> Deadlines {
+        self.deadlines.unwrap_or(route)
+    }
 }
 
 /// How a recorded attempt ended.
@@ -396,6 +449,9 @@ pub struct Plan {
     pub attempts: Vec<AttemptScript>,
     /// Per route, the retry budget's recorded answers in order (`true`: allowed).
     pub budget: std::collections::HashMap<String, Vec<bool>>,
+    /// The answer the response cache gave, if it answered: where (`true`: as
+    /// the last resort) and the answer as it was stored.
+    pub cached: Option<(bool, CachedAnswer)>,
     /// The recorded transcript.
     pub recorded: Transcript,
     /// Whether the recording includes the session's end.
@@ -453,12 +509,18 @@ pub fn plan(session: &RecordedSession) -> Result<Plan, Outcome> {
     let mut attempts: Vec<AttemptScript> = Vec::new();
     for e in &session.events {
         match &e.kind {
-            EventKind::AttemptOpened { route, attempt, .. } => attempts.push(AttemptScript {
+            EventKind::AttemptOpened {
+                route,
+                attempt,
+                deadlines,
+                ..
+            } => attempts.push(AttemptScript {
                 number: *attempt,
                 route: route.clone(),
                 opened_ms: e.t_ms,
                 items: Vec::new(),
                 end: AttemptEnd::Unknown,
+                deadlines: deadlines.as_deref().copied(),
             }),
             EventKind::Upstream { attempt, item } => {
                 let Some(a) = attempts.iter_mut().rev().find(|a| a.number == *attempt) else {
@@ -482,6 +544,9 @@ pub fn plan(session: &RecordedSession) -> Result<Plan, Outcome> {
             _ => {}
         }
     }
+    // The splicer skips a route the request cannot fit by itself, without asking
+    // the provider; the re-drive does the same, so such attempts get no script.
+    attempts.retain(|a| !matches!(&a.end, AttemptEnd::Failed { cause, .. } if cause.decided_before_upstream()));
     let mut budget: std::collections::HashMap<String, Vec<bool>> = std::collections::HashMap::new();
     for e in &session.events {
         match &e.kind {
@@ -491,6 +556,7 @@ pub fn plan(session: &RecordedSession) -> Result<Plan, Outcome> {
         }
     }
     Ok(Plan {
+        cached: cached_answer(&session.events),
         session: session.id,
         ladder: ladder.clone(),
         spec: (**spec).clone(),
@@ -501,6 +567,29 @@ pub fn plan(session: &RecordedSession) -> Result<Plan, Outcome> {
         ended: session.ended(),
         events: session.events.len(),
     })
+}
+
+/// The cache's answer in a recorded session: the text the client had when it
+/// answered, then the deltas it sent, so a re-drive's cache holds the same answer.
+fn cached_answer(events: &[crate::event::EngineEvent]) -> Option<(bool, CachedAnswer)> {
+    let mut before = String::new();
+    let mut hit = None;
+    let mut deltas = Vec::new();
+    let mut finish_reason = String::new();
+    for e in events {
+        match &e.kind {
+            EventKind::CacheHit { last_resort, .. } => hit = Some(*last_resort),
+            EventKind::Delta { route, text } if hit.is_some() && route == CACHE_ROUTE => deltas.push(text.clone()),
+            EventKind::Delta { text, .. } if hit.is_none() => before.push_str(text),
+            EventKind::Finished { finish_reason: r, .. } => finish_reason = r.clone(),
+            _ => {}
+        }
+    }
+    let last_resort = hit?;
+    if !before.is_empty() {
+        deltas.insert(0, before);
+    }
+    Some((last_resort, CachedAnswer { deltas, finish_reason }))
 }
 
 // ------------------------------------------------------------ scripted providers
@@ -557,10 +646,15 @@ enum What {
     RecordingEnds,
 }
 
-fn is_deadline(kind: &FailureKind) -> bool {
+/// A failure the splicer detects itself, so the replay must leave it to the
+/// re-drive: a deadline (replayed as silence) or a loop (whose text is replayed).
+fn detected_by_splicer(kind: &FailureKind) -> bool {
     matches!(
         kind,
-        FailureKind::FirstTokenTimeout { .. } | FailureKind::Stall { .. } | FailureKind::TotalTimeout { .. }
+        FailureKind::FirstTokenTimeout { .. }
+            | FailureKind::Stall { .. }
+            | FailureKind::TotalTimeout { .. }
+            | FailureKind::Loop { .. }
     )
 }
 
@@ -609,7 +703,7 @@ fn schedule(script: &AttemptScript, d: Deadlines) -> Vec<Timed> {
         prev = at;
     }
     let end = match &script.end {
-        AttemptEnd::Failed { cause, .. } if is_deadline(cause) => Timed {
+        AttemptEnd::Failed { cause, .. } if detected_by_splicer(cause) => Timed {
             at: prev,
             what: What::Silent,
         },
@@ -651,7 +745,7 @@ impl Provider for Scripted {
             )));
             return Box::pin(futures::stream::pending());
         }
-        let steps = schedule(script, self.deadlines);
+        let steps = schedule(script, script.deadlines_or(self.deadlines));
         let book = self.book.clone();
         let start = Instant::now();
         Box::pin(async_stream::stream! {
@@ -711,11 +805,27 @@ pub async fn redrive(plan: &Plan) -> Redriven {
     });
     for route in &mut ladder.routes {
         let answers = plan.budget.get(&*route.name).cloned().unwrap_or_default();
-        route.health = Arc::new(crate::health::RouteHealth::scripted(answers));
+        let deadlines = plan
+            .attempts
+            .iter()
+            .filter(|a| a.route == *route.name)
+            .map(|a| a.deadlines);
+        route.health = Arc::new(crate::health::RouteHealth::scripted(answers).with_recorded_deadlines(deadlines));
+    }
+    let request = plan.request.build(plan.session);
+    if let Some((last_resort, answer)) = &plan.cached {
+        let store = Arc::new(ResponseCache::new(CacheLimits::default()));
+        store.put(ResponseCache::key(&request), answer.clone());
+        let uses = if *last_resort {
+            CacheUse::LastResort
+        } else {
+            CacheUse::First
+        };
+        ladder.cache = Some(CacheRung { uses, store });
     }
     let (tx, mut rx) = broadcast::channel(EVENT_CAPACITY.max(plan.events * 2 + 1024));
     let splicer = Splicer::with_events(ladder, tx);
-    let mut stream = splicer.splice(plan.request.build(plan.session));
+    let mut stream = splicer.splice(request);
     let limit = tokio::time::sleep(VIRTUAL_LIMIT);
     tokio::pin!(limit);
     let mut events = Vec::new();
@@ -1094,6 +1204,7 @@ mod tests {
             opened_ms: 100,
             items,
             end,
+            deadlines: None,
         }
     }
 
@@ -1124,6 +1235,28 @@ mod tests {
         // stall; the failure 100 ms after "c", as recorded.
         assert_eq!(at, vec![999, 1199, 1598, 1698]);
         assert_eq!(steps[3].what, What::Fail(FailureKind::Malformed { detail: "x".into() }));
+    }
+
+    #[test]
+    fn an_attempt_replays_under_its_recorded_deadlines() {
+        // Recorded with an adaptive stall of 100 ms: a 300 ms silence the route's own
+        // 400 ms would allow did not happen; the re-drive keeps under the 100 ms.
+        let recorded = Deadlines {
+            stall: Duration::from_millis(100),
+            ..deadlines()
+        };
+        let s = AttemptScript {
+            deadlines: Some(recorded),
+            ..script(vec![(130, text("a")), (430, text("b"))], AttemptEnd::Finished)
+        };
+        assert_eq!(s.deadlines_or(deadlines()), recorded);
+        let at: Vec<u64> = schedule(&s, s.deadlines_or(deadlines()))
+            .iter()
+            .map(|t| t.at.as_millis() as u64)
+            .collect();
+        assert_eq!(at, vec![30, 129, 129]);
+        let old = script(vec![(130, text("a"))], AttemptEnd::Finished);
+        assert_eq!(old.deadlines_or(deadlines()), deadlines());
     }
 
     #[test]

@@ -60,6 +60,34 @@ pub fn tool(model: &str, delta: serde_json::Value) -> String {
     serde_json::json!({"object":"chat.completion.chunk","model":model,"choices":[{"index":0,"delta":{"tool_calls":[delta]},"finish_reason":null}]}).to_string()
 }
 
+/// Reads one HTTP request (head, then a `Content-Length` body): its head, lower-cased,
+/// and its body, or `None` if the client left.
+pub async fn read_request(socket: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 4096];
+    loop {
+        let k = socket.read(&mut tmp).await.ok()?;
+        if k == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&tmp[..k]);
+        let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..i]).to_lowercase();
+        let len = head
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("content-length:")
+                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+            })
+            .unwrap_or(0);
+        if buf.len() >= i + 4 + len {
+            return Some((head, buf[i + 4..i + 4 + len].to_vec()));
+        }
+    }
+}
+
 pub async fn scripted(replies: Vec<Reply>) -> Scripted {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -74,29 +102,9 @@ pub async fn scripted(replies: Vec<Reply>) -> Scripted {
             let recorded = recorded.clone();
             let closed_tx = closed_tx.clone();
             tokio::spawn(async move {
-                let mut buf = Vec::new();
                 let mut tmp = [0u8; 4096];
-                // Read head and body (Content-Length).
-                let body = loop {
-                    let Ok(k) = socket.read(&mut tmp).await else { return };
-                    if k == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&tmp[..k]);
-                    let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&buf[..i]).to_lowercase();
-                    let len = head
-                        .lines()
-                        .find_map(|l| {
-                            l.strip_prefix("content-length:")
-                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                        })
-                        .unwrap_or(0);
-                    if buf.len() >= i + 4 + len {
-                        break buf[i + 4..i + 4 + len].to_vec();
-                    }
+                let Some((_, body)) = read_request(&mut socket).await else {
+                    return;
                 };
                 if let Ok(v) = serde_json::from_slice(&body) {
                     if let Ok(mut b) = recorded.lock() {
@@ -165,4 +173,116 @@ pub async fn oracle_repeating(fault: &str) -> (String, tokio::sync::oneshot::Sen
         },
     )
     .await
+}
+
+/// A raw-TCP upstream that reads each request and hands the socket to `respond`
+/// with the request's lower-cased head and JSON body: hostile upstreams write
+/// whatever bytes they like. Its base URL.
+pub async fn raw_upstream<F, Fut>(respond: F) -> String
+where
+    F: Fn(tokio::net::TcpStream, String, serde_json::Value) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let respond = Arc::new(respond);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let respond = respond.clone();
+            tokio::spawn(async move {
+                // Small writes go out as they are made, not coalesced by Nagle.
+                let _ = socket.set_nodelay(true);
+                let Some((head, body)) = read_request(&mut socket).await else {
+                    return;
+                };
+                let body = serde_json::from_slice(&body).unwrap_or_default();
+                respond(socket, head, body).await;
+            });
+        }
+    });
+    format!("http://{addr}/v1")
+}
+
+/// `bytes` as one HTTP/1.1 chunk of a `transfer-encoding: chunked` body.
+pub fn http_chunk(bytes: &[u8]) -> Vec<u8> {
+    let mut out = format!("{:x}\r\n", bytes.len()).into_bytes();
+    out.extend_from_slice(bytes);
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// A `baton serve` of `toml` on 127.0.0.1:0, in-process; it stops when dropped.
+pub struct Served {
+    /// `http://127.0.0.1:port`.
+    pub base: String,
+    _stop: tokio::sync::oneshot::Sender<()>,
+    _upstreams: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Served {
+    /// The URL of `path` on it.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+/// Starts `baton serve` with the config `toml`, keeping `upstreams` (stop handles) alive as long as it.
+pub async fn serve(toml: &str, upstreams: Vec<tokio::sync::oneshot::Sender<()>>) -> Served {
+    let config = baton::config::Config::parse("test.toml", toml, &|_: &str| None).unwrap_or_else(|e| panic!("{e}"));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        baton::proxy::serve(listener, &config, async move {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    Served {
+        base,
+        _stop: stop,
+        _upstreams: upstreams,
+    }
+}
+
+/// The bytes of `messages`' oracle answer a client has after the mock's first
+/// `k` chunks (a fault's K clamps to the chunk count, as the mock's does).
+pub fn bytes_after_chunks(messages: &[baton::Message], k: usize) -> usize {
+    let answer = baton::oracle::answer(messages);
+    baton::oracle::chunks(&answer, baton::oracle::conversation_hash(messages))
+        .iter()
+        .take(k)
+        .map(|c| c.len())
+        .sum()
+}
+
+/// Every event `events` has received so far.
+pub fn drain(events: &mut tokio::sync::broadcast::Receiver<baton::EngineEvent>) -> Vec<baton::EngineEvent> {
+    let mut out = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        out.push(e);
+    }
+    out
+}
+
+/// `--verify`'s verdict on one session, given its events as a recording holds
+/// them (each through its JSON line and back).
+pub fn verify_events(events: &[baton::EngineEvent]) -> baton::record::verify::Outcome {
+    let events: Vec<baton::EngineEvent> = events
+        .iter()
+        .map(|e| {
+            let line = serde_json::to_string(e).expect("an event serializes");
+            serde_json::from_str(&line).expect("and reads back")
+        })
+        .collect();
+    let session = baton::record::reader::RecordedSession {
+        id: events.first().map(|e| e.session).unwrap_or_default(),
+        path: std::path::PathBuf::from("in-memory.jsonl"),
+        events,
+        gaps: Vec::new(),
+        version: baton::record::FORMAT_VERSION,
+        corrupt: false,
+    };
+    let verdicts = baton::record::verify::verify(std::slice::from_ref(&session));
+    verdicts.into_iter().next().map(|v| v.outcome).expect("one verdict")
 }

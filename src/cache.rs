@@ -1,0 +1,319 @@
+//! The cache rung: an exact-match response cache, in memory, bounded in
+//! entries, bytes and age.
+//!
+//! The key is the request in a normal form: every message (role, content with
+//! surrounding whitespace trimmed, other fields with their keys sorted) and
+//! every sampling parameter, minus the fields that only shape the transport
+//! (`stream`, `stream_options`, `user`, `metadata`, `store`), plus the model
+//! the caller asked for. Only complete text answers are stored, as the deltas
+//! the client received, so a cached answer streams with the chunking a live
+//! one had. A ladder uses the cache as its first rung, as its last resort when
+//! every route failed, or both (`cache = "first" | "last" | "both"`).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use tokio::time::Instant;
+
+use crate::request::ChatRequest;
+
+/// Parameters that change how an answer travels, not what it says.
+const TRANSPORT_PARAMS: [&str; 5] = ["stream", "stream_options", "user", "metadata", "store"];
+
+/// Where a ladder consults its cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheUse {
+    /// Before any route: a hit answers at once.
+    First,
+    /// After every route failed.
+    LastResort,
+    /// Both.
+    Both,
+}
+
+impl CacheUse {
+    /// Whether a hit answers before any route is tried.
+    pub fn first(self) -> bool {
+        matches!(self, CacheUse::First | CacheUse::Both)
+    }
+
+    /// Whether the cache answers when every route failed.
+    pub fn last_resort(self) -> bool {
+        matches!(self, CacheUse::LastResort | CacheUse::Both)
+    }
+}
+
+/// A ladder's cache rung: where it is used, and the store (shared by the ladder's sessions).
+#[derive(Clone, Debug)]
+pub struct CacheRung {
+    /// First rung, last resort, or both.
+    pub uses: CacheUse,
+    /// The answers.
+    pub store: Arc<ResponseCache>,
+}
+
+/// The route name a cached answer is written under, in events and the route chain.
+pub const CACHE_ROUTE: &str = "cache";
+
+/// The model name a cached answer's chunks carry.
+pub const CACHE_MODEL: &str = "baton/cache";
+
+/// The cache's bounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheLimits {
+    /// Most answers kept.
+    pub max_entries: usize,
+    /// Most bytes kept (keys and answers).
+    pub max_bytes: usize,
+    /// How long an answer stays usable.
+    pub ttl: Duration,
+}
+
+impl Default for CacheLimits {
+    fn default() -> Self {
+        CacheLimits {
+            max_entries: 1000,
+            max_bytes: 32 * 1024 * 1024,
+            ttl: Duration::from_secs(300),
+        }
+    }
+}
+
+/// One cached answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CachedAnswer {
+    /// The text deltas as the client received them.
+    pub deltas: Vec<String>,
+    /// The finish reason the answer ended with.
+    pub finish_reason: String,
+}
+
+impl CachedAnswer {
+    /// The whole text.
+    pub fn text(&self) -> String {
+        self.deltas.concat()
+    }
+
+    fn bytes(&self) -> usize {
+        self.deltas.iter().map(String::len).sum::<usize>() + self.finish_reason.len()
+    }
+}
+
+/// A hit: the answer and how old it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hit {
+    /// The answer.
+    pub answer: Arc<CachedAnswer>,
+    /// Time since it was stored.
+    pub age: Duration,
+}
+
+/// An exact-match response cache, shared by every session of a ladder.
+#[derive(Debug)]
+pub struct ResponseCache {
+    limits: CacheLimits,
+    inner: Mutex<Store>,
+}
+
+#[derive(Debug, Default)]
+struct Store {
+    entries: HashMap<String, (Instant, Arc<CachedAnswer>)>,
+    /// Keys oldest first; evicted from the front.
+    order: VecDeque<String>,
+    bytes: usize,
+}
+
+impl Store {
+    fn remove(&mut self, key: &str) {
+        if let Some((_, answer)) = self.entries.remove(key) {
+            self.bytes = self.bytes.saturating_sub(key.len() + answer.bytes());
+            self.order.retain(|k| k != key);
+        }
+    }
+
+    fn evict_oldest(&mut self) {
+        if let Some(key) = self.order.pop_front() {
+            if let Some((_, answer)) = self.entries.remove(&key) {
+                self.bytes = self.bytes.saturating_sub(key.len() + answer.bytes());
+            }
+        }
+    }
+}
+
+impl ResponseCache {
+    /// An empty cache with `limits`.
+    pub fn new(limits: CacheLimits) -> Self {
+        ResponseCache {
+            limits,
+            inner: Mutex::new(Store::default()),
+        }
+    }
+
+    /// The cache key of `request`.
+    pub fn key(request: &ChatRequest) -> String {
+        let messages: Vec<Value> = request
+            .messages
+            .iter()
+            .map(|m| {
+                let mut fields = Map::new();
+                fields.insert("content".into(), Value::String(m.content.trim().to_string()));
+                fields.insert("extra".into(), sorted(&Value::Object(m.extra.clone())));
+                fields.insert("role".into(), serde_json::to_value(m.role).unwrap_or(Value::Null));
+                Value::Object(fields)
+            })
+            .collect();
+        let params: Map<String, Value> = request
+            .params
+            .iter()
+            .filter(|(k, _)| !TRANSPORT_PARAMS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut key = Map::new();
+        key.insert("messages".into(), Value::Array(messages));
+        key.insert("model".into(), request.model.clone().map_or(Value::Null, Value::String));
+        key.insert("params".into(), sorted(&Value::Object(params)));
+        Value::Object(key).to_string()
+    }
+
+    /// The answer stored for `key`, if it is still fresh.
+    pub fn get(&self, key: &str) -> Option<Hit> {
+        let now = Instant::now();
+        let mut store = self.lock();
+        let (stored, answer) = store.entries.get(key)?;
+        let age = now.saturating_duration_since(*stored);
+        if age > self.limits.ttl {
+            store.remove(key);
+            return None;
+        }
+        Some(Hit {
+            answer: answer.clone(),
+            age,
+        })
+    }
+
+    /// Stores `answer` under `key`, evicting the oldest answers past the bounds.
+    /// An answer bigger than the whole byte bound is not stored.
+    pub fn put(&self, key: String, answer: CachedAnswer) {
+        let size = key.len() + answer.bytes();
+        if size > self.limits.max_bytes || self.limits.max_entries == 0 {
+            return;
+        }
+        let mut store = self.lock();
+        store.remove(&key);
+        while store.entries.len() >= self.limits.max_entries || store.bytes + size > self.limits.max_bytes {
+            if store.order.is_empty() {
+                break;
+            }
+            store.evict_oldest();
+        }
+        store.bytes += size;
+        store.order.push_back(key.clone());
+        store.entries.insert(key, (Instant::now(), Arc::new(answer)));
+    }
+
+    /// Answers stored now.
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    /// Whether nothing is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
+        // A poisoned lock only means a session panicked mid-update; the store is still consistent enough to use.
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// `value` with every object's keys in order, so equal requests give equal keys.
+fn sorted(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            Value::Object(keys.into_iter().map(|k| (k.clone(), sorted(&map[k]))).collect())
+        }
+        Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
+        other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::{Message, Role};
+
+    fn request(content: &str, params: Value) -> ChatRequest {
+        let mut r = ChatRequest::new(vec![
+            Message::new(Role::System, "be brief"),
+            Message::new(Role::User, content),
+        ]);
+        if let Value::Object(p) = params {
+            r.params = p;
+        }
+        r
+    }
+
+    fn answer(text: &str) -> CachedAnswer {
+        CachedAnswer {
+            deltas: text.split_inclusive(' ').map(str::to_string).collect(),
+            finish_reason: "stop".into(),
+        }
+    }
+
+    #[test]
+    fn the_key_ignores_transport_fields_key_order_and_surrounding_whitespace() {
+        let a = request(
+            "hello",
+            serde_json::json!({"temperature": 0, "top_p": 1, "stream": true}),
+        );
+        let b = request(
+            " hello\n",
+            serde_json::json!({"top_p": 1, "temperature": 0, "user": "x"}),
+        );
+        assert_eq!(ResponseCache::key(&a), ResponseCache::key(&b));
+        let c = request("hello", serde_json::json!({"temperature": 1, "top_p": 1}));
+        assert_ne!(ResponseCache::key(&a), ResponseCache::key(&c));
+        let d = request("hello!", serde_json::json!({"temperature": 0, "top_p": 1}));
+        assert_ne!(ResponseCache::key(&a), ResponseCache::key(&d));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answers_expire_after_the_ttl() {
+        let cache = ResponseCache::new(CacheLimits {
+            ttl: Duration::from_secs(10),
+            ..CacheLimits::default()
+        });
+        cache.put("k".into(), answer("one two"));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let hit = cache.get("k").map(|h| (h.answer.text(), h.age));
+        assert_eq!(hit, Some(("one two".to_string(), Duration::from_secs(5))));
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(cache.get("k"), None);
+        assert!(cache.is_empty(), "an expired answer is dropped when found");
+    }
+
+    #[test]
+    fn the_oldest_answers_go_first_past_the_entry_and_byte_bounds() {
+        let cache = ResponseCache::new(CacheLimits {
+            max_entries: 2,
+            max_bytes: 40,
+            ttl: Duration::from_secs(60),
+        });
+        cache.put("a".into(), answer("0123456789"));
+        cache.put("b".into(), answer("0123456789"));
+        cache.put("c".into(), answer("0123456789"));
+        assert!(cache.get("a").is_none() && cache.get("b").is_some() && cache.get("c").is_some());
+        // 1 + 30 + 4 bytes: evicts both older answers to fit.
+        cache.put("d".into(), answer("012345678901234567890123456789"));
+        assert_eq!(cache.len(), 1);
+        assert!(cache.get("d").is_some());
+        // Bigger than the whole bound: not stored, nothing evicted.
+        cache.put("e".into(), answer(&"x".repeat(100)));
+        assert!(cache.get("e").is_none() && cache.get("d").is_some());
+    }
+}

@@ -1,0 +1,381 @@
+//! The checks behind the fuzz targets (`fuzz/`), shared with `tests/fuzz_corpus.rs`.
+//!
+//! Each function takes the fuzzer's raw bytes, drives one parser of untrusted
+//! input with them, and panics when an invariant breaks: a panic is what
+//! libFuzzer reports as a finding, and what the corpus replay test fails on.
+//! The same bodies run in both places, so a committed corpus file is a
+//! regression test for whatever it once found.
+//!
+//! Inputs are plain bytes, decoded here rather than through `arbitrary`, so the
+//! corpus files stay readable and the crate needs no fuzzing dependency:
+//!
+//! * [`chunk_parse`]: the whole input is one `data:` payload; or, when it has a
+//!   newline, an event name, a newline and the payload.
+//! * [`overlap`]: the input, as lossy UTF-8, split at `\x01`: the prefix, then
+//!   the continuation's deltas.
+//! * [`config`]: the whole input is a config file.
+//! * [`recording`]: the whole input is a recording file.
+//! * [`sse_decoder`]: see its docs (limits and split points come first).
+
+use std::path::Path;
+
+use crate::config::Config;
+use crate::overlap::{OverlapTrim, MAX_OVERLAP, MIN_OVERLAP};
+use crate::provider::sse::{SseDecoder, SseError, SseEvent, SseLimits};
+use crate::provider::{anthropic, openai, Chunk};
+use crate::record::{reader, summary, verify};
+
+/// The names of the fuzz targets, which are also the corpus directories under `fuzz/corpus/`.
+pub const TARGETS: &[&str] = &["chunk_parse", "overlap", "config", "recording", "sse_decoder"];
+
+/// Runs the check of the target named `target` on `data`; `false` for an unknown name.
+pub fn run(target: &str, data: &[u8]) -> bool {
+    match target {
+        "chunk_parse" => chunk_parse(data),
+        "overlap" => overlap(data),
+        "config" => config(data),
+        "recording" => recording(data),
+        "sse_decoder" => sse_decoder(data),
+        _ => return false,
+    }
+    true
+}
+
+/// The OpenAI and Anthropic event parsers, and the HTTP error classifier,
+/// on an arbitrary payload: no panic, errors display, no empty text chunk.
+pub fn chunk_parse(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    // Text before a first newline is the SSE event name, when there is one.
+    let (event, payload) = text.split_once('\n').unwrap_or(("", &text));
+    for parsed in [
+        openai::parse_data(&text),
+        openai::parse_sse_event(event, payload),
+        anthropic::parse_sse_event(event, payload),
+    ] {
+        match parsed {
+            Ok(chunks) => {
+                for chunk in chunks {
+                    // An empty delta is dropped by the parsers: the splicer counts text chunks as tokens.
+                    assert_ne!(chunk, Chunk::Text(String::new()), "an empty text chunk from {text:?}");
+                }
+            }
+            Err(kind) => {
+                assert!(!kind.to_string().is_empty(), "an error that says nothing for {text:?}");
+            }
+        }
+    }
+    // The first two bytes pick a status, the rest is an error body.
+    let status = data.first().map_or(500, |b| 400 + u16::from(*b) % 200);
+    let retry_after = String::from_utf8_lossy(data.get(1..data.len().min(12)).unwrap_or_default()).into_owned();
+    let kind = openai::classify_http(status, Some(&retry_after), &text);
+    assert!(!kind.to_string().is_empty());
+}
+
+/// Splits the input into the prefix and the continuation's deltas (see the module docs).
+fn overlap_input(data: &[u8]) -> (String, Vec<String>) {
+    let text = String::from_utf8_lossy(data);
+    let mut parts = text.split('\x01').map(str::to_owned);
+    let prefix = parts.next().unwrap_or_default();
+    (prefix, parts.collect())
+}
+
+/// The overlap rule of [`crate::overlap`], applied to the whole continuation at once,
+/// written from the module docs independently of the streaming code.
+pub fn overlap_reference(prefix: &str, continuation: &str) -> String {
+    if prefix.is_empty() {
+        return continuation.to_string();
+    }
+    let mut from = prefix.len().saturating_sub(MAX_OVERLAP);
+    while !prefix.is_char_boundary(from) {
+        from += 1;
+    }
+    let tail = &prefix[from..];
+    let body = continuation.trim_start();
+    let bytes = tail.as_bytes();
+    let word_start = |s: usize| {
+        if s == 0 {
+            from == 0
+        } else {
+            bytes[s - 1].is_ascii_whitespace() && !bytes[s].is_ascii_whitespace()
+        }
+    };
+    let longest = (0..tail.len())
+        .filter(|&s| tail.len() - s >= MIN_OVERLAP && word_start(s))
+        .map(|s| &tail[s..])
+        .find(|candidate| body.starts_with(candidate));
+    match longest {
+        Some(repeat) => body[repeat.len()..].to_string(),
+        None if tail.ends_with(char::is_whitespace) => body.to_string(),
+        None => continuation.to_string(),
+    }
+}
+
+/// [`OverlapTrim`] on an arbitrary prefix and arbitrary deltas: no panic, the
+/// output is what the rule says whatever the split, and is a suffix of the continuation.
+pub fn overlap(data: &[u8]) {
+    let (prefix, deltas) = overlap_input(data);
+    let continuation = deltas.concat();
+    let mut trim = OverlapTrim::new(&prefix);
+    let mut out = String::new();
+    for delta in deltas {
+        out.push_str(&trim.push(delta));
+    }
+    out.push_str(&trim.finish());
+    assert!(!trim.holding(), "text still held after finish");
+    assert!(
+        continuation.ends_with(&out),
+        "the output {out:?} is not what is left of the continuation {continuation:?}"
+    );
+    let whole = crate::overlap::trim(&prefix, &continuation);
+    assert_eq!(
+        out, whole,
+        "streamed and whole trims differ for {prefix:?} + {continuation:?}"
+    );
+    let expected = overlap_reference(&prefix, &continuation);
+    assert_eq!(
+        out, expected,
+        "the trim breaks the rule for {prefix:?} + {continuation:?}"
+    );
+    let dropped = continuation.len() - out.len();
+    let lead = continuation.len() - continuation.trim_start().len();
+    assert!(
+        dropped <= lead + MAX_OVERLAP,
+        "dropped {dropped} bytes, more than the lead whitespace and a repeat"
+    );
+}
+
+/// What every secret [`config`] reads from its environment starts with.
+const SECRET_MARK: &str = "s3cr3t-9f2c";
+
+/// Environment lookups for [`config`]: variables whose names start with `K` are set.
+fn fuzz_env(name: &str) -> Option<String> {
+    name.starts_with('K').then(|| format!("{SECRET_MARK}-{name}"))
+}
+
+/// [`Config::parse`] on arbitrary text: no panic, an error names the file, a
+/// valid config shows no secret in its description or its `Debug`.
+pub fn config(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    match Config::parse("fuzz.toml", &text, &fuzz_env) {
+        Ok(config) => {
+            // A secret-looking string the file itself wrote is not a leak.
+            if !text.contains(SECRET_MARK) {
+                assert!(!config.describe().contains(SECRET_MARK), "describe() shows a secret");
+                assert!(!format!("{config:?}").contains(SECRET_MARK), "Debug shows a secret");
+            }
+            for ladder in &config.ladders {
+                assert!(
+                    config.ladder_for(&ladder.name).is_some(),
+                    "ladder {:?} is not found by its name",
+                    ladder.name
+                );
+            }
+        }
+        Err(e) => {
+            let message = e.to_string();
+            assert!(
+                message.starts_with("fuzz.toml"),
+                "an error that does not name the file: {message}"
+            );
+        }
+    }
+}
+
+/// The recording reader on arbitrary bytes, and what `baton replay --summary` and
+/// `--verify` compute from its sessions before re-driving: no panic.
+pub fn recording(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let rec = reader::read_text(Path::new("fuzz.jsonl"), &text);
+    assert_eq!(rec.bytes, text.len() as u64);
+    for message in rec.errors.iter().chain(&rec.warnings) {
+        assert!(
+            message.starts_with("fuzz.jsonl"),
+            "a message that does not name the file: {message}"
+        );
+    }
+    let all = summary::summarize(&rec);
+    for session in &rec.sessions {
+        let _ = session.short_id();
+        let _ = session.ladder();
+        let _ = verify::transcript(&session.events);
+        let _ = verify::plan(session);
+        let _ = summary::session(session).to_string();
+    }
+    let _ = serde_json::to_string(&all);
+}
+
+/// What a plain, unbounded reading of an SSE stream finds (the WHATWG rules, as
+/// [`crate::provider::sse`]'s decoder documents them), for [`sse_decoder`] to compare with.
+#[derive(Debug, Default)]
+struct SseReference {
+    /// The events, values decoded lossily.
+    events: Vec<SseEvent>,
+    /// The longest line, its ending not counted (a leading BOM counted).
+    longest_line: usize,
+    /// The most data an event held (lines joined with `\n`), dispatched or not.
+    largest_data: usize,
+    /// The stream ends inside an event.
+    cut: bool,
+}
+
+/// Reads `stream` the simple way: split into lines first, then apply the field rules.
+fn sse_reference(stream: &[u8]) -> SseReference {
+    let mut r = SseReference::default();
+    let mut lines = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    while i < stream.len() {
+        match stream[i] {
+            b'\n' => {
+                lines.push(&stream[start..i]);
+                start = i + 1;
+            }
+            b'\r' => {
+                lines.push(&stream[start..i]);
+                if stream.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+                start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    let unfinished = &stream[start..];
+    r.longest_line = lines
+        .iter()
+        .map(|l| l.len())
+        .chain([unfinished.len()])
+        .max()
+        .unwrap_or(0);
+    let (mut data, mut has_data, mut event) = (String::new(), false, String::new());
+    for (n, mut line) in lines.into_iter().enumerate() {
+        if n == 0 {
+            line = line.strip_prefix(b"\xEF\xBB\xBF".as_slice()).unwrap_or(line);
+        }
+        if line.is_empty() {
+            if std::mem::take(&mut has_data) {
+                r.events.push(SseEvent {
+                    event: std::mem::take(&mut event),
+                    data: std::mem::take(&mut data),
+                });
+            }
+            event.clear();
+            continue;
+        }
+        let (name, value) = match line.iter().position(|b| *b == b':') {
+            Some(0) => continue,
+            Some(c) => (&line[..c], line[c + 1..].strip_prefix(b" ").unwrap_or(&line[c + 1..])),
+            None => (line, &[][..]),
+        };
+        let value = String::from_utf8_lossy(value);
+        match name {
+            b"data" => {
+                if has_data {
+                    data.push('\n');
+                }
+                data.push_str(&value);
+                has_data = true;
+                r.largest_data = r.largest_data.max(data.len());
+            }
+            b"event" => event = value.into_owned(),
+            _ => {}
+        }
+    }
+    r.cut = !unfinished.is_empty() || has_data || !event.is_empty();
+    r
+}
+
+/// Decodes `stream` fed in `pieces`; the events, the result, and what `finish` said.
+fn sse_decode<'a>(
+    limits: SseLimits,
+    pieces: impl IntoIterator<Item = &'a [u8]>,
+) -> (Vec<SseEvent>, Result<(), SseError>, bool) {
+    let mut decoder = SseDecoder::new(limits);
+    let mut events = Vec::new();
+    let mut result = Ok(());
+    for piece in pieces {
+        result = decoder.feed(piece, &mut events);
+        if result.is_err() {
+            break;
+        }
+    }
+    let cut = decoder.finish();
+    // After `finish` the decoder starts a new stream (when the caps let one event through).
+    const PROBE: &[u8] = b"data: z\n\n";
+    if limits.max_line_bytes >= PROBE.len() {
+        let mut again = Vec::new();
+        assert_eq!(decoder.feed(PROBE, &mut again), Ok(()), "not reusable after finish");
+        assert_eq!(again.len(), 1);
+    }
+    (events, result, cut)
+}
+
+/// The bounded SSE decoder on arbitrary bytes split at arbitrary points.
+///
+/// Input: byte 0 sets the line cap (`1 + 4·b`), byte 1 the event cap
+/// (`1 + 8·b`), byte 2 the number of split points (mod 16), then that many bytes
+/// placing them; the rest is the stream. Checks: no panic; the same events,
+/// error and `finish` whether fed whole, at the split points or byte by byte;
+/// no event over the cap; and, against a plain unbounded reading, the same
+/// events when decoding succeeds, a real cause when it fails.
+pub fn sse_decoder(data: &[u8]) {
+    let [line_cap, event_cap, splits, rest @ ..] = data else {
+        return;
+    };
+    let limits = SseLimits {
+        max_line_bytes: 1 + usize::from(*line_cap) * 4,
+        max_event_bytes: 1 + usize::from(*event_cap) * 8,
+    };
+    let (points, stream) = rest.split_at(usize::from(*splits % 16).min(rest.len()));
+    let mut cuts: Vec<usize> = points.iter().map(|p| usize::from(*p) * stream.len() / 255).collect();
+    cuts.extend([0, stream.len()]);
+    cuts.sort_unstable();
+    // Duplicates stay: an empty piece must be harmless too.
+    let pieces = cuts.windows(2).map(|w| &stream[w[0]..w[1]]);
+
+    let whole = sse_decode(limits, [stream]);
+    let split = sse_decode(limits, pieces);
+    let bytewise = sse_decode(limits, stream.chunks(1));
+    assert_eq!(whole, split, "whole vs split at {cuts:?}");
+    assert_eq!(whole, bytewise, "whole vs byte by byte");
+
+    let (events, result, cut) = whole;
+    for e in &events {
+        assert!(e.data.len() <= limits.max_event_bytes, "an event over the cap");
+        assert!(
+            e.event.len() <= limits.max_line_bytes,
+            "an event name over the line cap"
+        );
+    }
+    let reference = sse_reference(stream);
+    match result {
+        Ok(()) => {
+            assert!(
+                reference.longest_line <= limits.max_line_bytes,
+                "a line over the cap was accepted"
+            );
+            assert!(
+                reference.largest_data <= limits.max_event_bytes,
+                "an event over the cap was accepted"
+            );
+            assert_eq!(events, reference.events, "events differ from a plain reading");
+            assert_eq!(cut, reference.cut, "finish() misreports a cut event");
+        }
+        Err(e) => {
+            assert!(!cut, "finish() after an error reports a cut");
+            assert!(
+                reference.events.starts_with(&events),
+                "events before the error differ from a plain reading"
+            );
+            let justified = match e {
+                SseError::LineTooLong { limit } => limit == limits.max_line_bytes && reference.longest_line > limit,
+                SseError::EventTooLarge { limit } => limit == limits.max_event_bytes && reference.largest_data > limit,
+                SseError::InvalidUtf8 { offset } => {
+                    usize::try_from(offset).is_ok_and(|o| o < stream.len()) && std::str::from_utf8(stream).is_err()
+                }
+            };
+            assert!(justified, "{e} without a cause in the stream");
+        }
+    }
+}

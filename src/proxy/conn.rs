@@ -1,0 +1,405 @@
+//! The proxy's connections: accepting, HTTP/1.1 on hyper, graceful shutdown,
+//! and the limits that hold per connection whatever its requests do.
+//!
+//! * **Header read timeout**: a request head (first request: counted from the
+//!   connection's start; later ones: from their first byte) must be complete
+//!   within [`ConnLimits::header_read`], or the connection is closed. That is
+//!   what stops a client holding a connection with half a request line.
+//! * **Keep-alive idle timeout**: a connection idle for
+//!   [`ConnLimits::keep_alive`] after its last response is closed.
+//! * **Write stall**: a connection whose client accepts no byte for
+//!   [`ConnLimits::write_stall`] is closed, with whatever it was sending, so a
+//!   client that stops reading cannot pin the memory of a response forever.
+//!
+//! hyper's own `header_read_timeout` is left off: its timer also runs while a
+//! keep-alive connection sits idle between requests, so it cannot tell a slow
+//! head from an idle connection. One watcher per connection, polled in the
+//! connection's own task right after it, keeps both clocks (and the write
+//! stall) from what the socket and the service report.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::Response;
+use axum::Router;
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::service::Service;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
+
+use super::metrics::ReasonLabels;
+
+/// The per-connection limits (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// Longest time to receive a request head.
+    pub header_read: Duration,
+    /// Longest idle time between requests.
+    pub keep_alive: Duration,
+    /// Longest time the client may accept no byte of what is being sent.
+    pub write_stall: Duration,
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then stops
+/// accepting, lets every connection finish its requests in flight (idle ones
+/// close at once), and returns when the last connection is gone.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: ConnLimits,
+    closed: Family<ReasonLabels, Counter>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    // Every connection task holds a receiver; the sender's `closed` says all are gone.
+    let (alive_tx, alive_rx) = watch::channel(());
+    let mut stopping = stop_rx.clone();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stopping.wait_for(|stop| *stop) => break,
+        };
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                accept_failed(e).await;
+                continue;
+            }
+        };
+        // Each SSE chunk should leave at once, not wait for Nagle.
+        let _ = tcp.set_nodelay(true);
+        tokio::spawn(connection(
+            tcp,
+            router.clone(),
+            limits,
+            closed.clone(),
+            stop_rx.clone(),
+            alive_rx.clone(),
+        ));
+    }
+    drop(alive_rx);
+    drop(listener);
+    alive_tx.closed().await;
+}
+
+/// Per-connection accept errors (the peer gave up) are nothing; others (out of
+/// descriptors) are logged and slowed down so the loop does not spin.
+async fn accept_failed(e: io::Error) {
+    if matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!("accepting a connection failed: {e}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+/// Serves one connection until it ends, a limit closes it, or shutdown drains it.
+async fn connection(
+    tcp: TcpStream,
+    router: Router,
+    limits: ConnLimits,
+    closed: Family<ReasonLabels, Counter>,
+    mut stop: watch::Receiver<bool>,
+    _alive: watch::Receiver<()>,
+) {
+    let state = Arc::new(ConnState::new());
+    let io = TokioIo::new(WatchedIo {
+        inner: tcp,
+        state: state.clone(),
+    });
+    let service = ConnService {
+        inner: TowerToHyperService::new(router),
+        state: state.clone(),
+    };
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.header_read_timeout(None::<Duration>);
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    let mut watcher = Watcher {
+        state,
+        limits,
+        timer: Box::pin(tokio::time::sleep(limits.header_read)),
+    };
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            // The connection first: the watcher then judges the state it just left.
+            biased;
+            served = conn.as_mut() => {
+                if let Err(e) = served {
+                    tracing::debug!("connection ended: {e}");
+                }
+                return;
+            }
+            why = std::future::poll_fn(|cx| watcher.poll_expired(cx)) => {
+                tracing::debug!("closing a connection: {}", why.as_str());
+                closed.get_or_create(&ReasonLabels { reason: why.as_str().to_string() }).inc();
+                return;
+            }
+            _ = stop.wait_for(|stop| *stop), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+/// Why a limit closed a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expired {
+    HeaderTimeout,
+    Idle,
+    WriteStall,
+}
+
+impl Expired {
+    fn as_str(self) -> &'static str {
+        match self {
+            Expired::HeaderTimeout => "header_timeout",
+            Expired::Idle => "idle",
+            Expired::WriteStall => "write_stall",
+        }
+    }
+}
+
+/// Marks "not blocked" in [`ConnState::blocked_from`].
+const NOT_BLOCKED: u64 = u64::MAX;
+
+/// What one connection is doing, as its socket and its service report it.
+/// Times are milliseconds since `epoch`.
+struct ConnState {
+    epoch: Instant,
+    /// Requests whose response has not been written to the end.
+    in_flight: AtomicUsize,
+    /// A response has been written (so waiting now is keep-alive idle).
+    served: AtomicBool,
+    /// Bytes of a new request arrived while none was in flight.
+    reading_head: AtomicBool,
+    /// When the current wait (for a head, or idle) began.
+    wait_from: AtomicU64,
+    /// Since when writes have been blocked, or [`NOT_BLOCKED`].
+    blocked_from: AtomicU64,
+}
+
+impl ConnState {
+    fn new() -> Self {
+        ConnState {
+            epoch: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            served: AtomicBool::new(false),
+            reading_head: AtomicBool::new(false),
+            wait_from: AtomicU64::new(0),
+            blocked_from: AtomicU64::new(NOT_BLOCKED),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(NOT_BLOCKED - 1)
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.epoch + Duration::from_millis(ms)
+    }
+
+    /// Bytes came in.
+    fn read_some(&self) {
+        if self.in_flight.load(Ordering::Relaxed) == 0 && !self.reading_head.swap(true, Ordering::Relaxed) {
+            // The first request's clock runs from the connection's start; later
+            // ones' from their first byte (the idle wait before it is not theirs).
+            if self.served.load(Ordering::Relaxed) {
+                self.wait_from.store(self.now_ms(), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A write could not proceed (`true`) or did (`false`).
+    fn write_blocked(&self, blocked: bool) {
+        let was = self.blocked_from.load(Ordering::Relaxed);
+        if blocked && was == NOT_BLOCKED {
+            self.blocked_from.store(self.now_ms(), Ordering::Relaxed);
+        } else if !blocked && was != NOT_BLOCKED {
+            self.blocked_from.store(NOT_BLOCKED, Ordering::Relaxed);
+        }
+    }
+
+    fn request_started(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.reading_head.store(false, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// The next limit to expire, if any runs now.
+    fn deadline(&self, limits: &ConnLimits) -> Option<(Instant, Expired)> {
+        let blocked = self.blocked_from.load(Ordering::Relaxed);
+        if blocked != NOT_BLOCKED {
+            return Some((self.at(blocked) + limits.write_stall, Expired::WriteStall));
+        }
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let from = self.at(self.wait_from.load(Ordering::Relaxed));
+        if self.reading_head.load(Ordering::Relaxed) || !self.served.load(Ordering::Relaxed) {
+            Some((from + limits.header_read, Expired::HeaderTimeout))
+        } else {
+            Some((from + limits.keep_alive, Expired::Idle))
+        }
+    }
+}
+
+/// One request in flight; dropped when its response body is done (or abandoned).
+struct InFlight(Arc<ConnState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let state = &self.0;
+        if state.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            state.served.store(true, Ordering::Relaxed);
+            state.wait_from.store(state.now_ms(), Ordering::Relaxed);
+        }
+    }
+}
+
+/// Keeps a connection's limits: one timer, moved to the next deadline when polled.
+struct Watcher {
+    state: Arc<ConnState>,
+    limits: ConnLimits,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl Watcher {
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<Expired> {
+        // No deadline while a request is served and the client takes what is
+        // sent: the request's own limits (and the session's) apply then.
+        let Some((at, why)) = self.state.deadline(&self.limits) else {
+            return Poll::Pending;
+        };
+        if self.timer.deadline() != at {
+            self.timer.as_mut().reset(at);
+        }
+        self.timer.as_mut().poll(cx).map(|()| why)
+    }
+}
+
+/// The socket, reporting reads and blocked writes to the connection's state.
+struct WatchedIo {
+    inner: TcpStream,
+    state: Arc<ConnState>,
+}
+
+impl AsyncRead for WatchedIo {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.state.read_some();
+        }
+        polled
+    }
+}
+
+impl WatchedIo {
+    fn report<T>(&self, polled: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        self.state.write_blocked(polled.is_pending());
+        polled
+    }
+}
+
+impl AsyncWrite for WatchedIo {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.report(polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.report(polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.report(polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The router, with each request counted in flight until its response body is done.
+struct ConnService {
+    inner: TowerToHyperService<Router>,
+    state: Arc<ConnState>,
+}
+
+impl Service<Request<Incoming>> for ConnService {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let in_flight = self.state.request_started();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            Ok(response.map(|body| {
+                Body::new(Tracked {
+                    body,
+                    _in_flight: in_flight,
+                })
+            }))
+        })
+    }
+}
+
+/// A response body holding its request's [`InFlight`] until hyper drops it.
+struct Tracked {
+    body: Body,
+    _in_flight: InFlight,
+}
+
+impl HttpBody for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}

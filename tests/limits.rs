@@ -1,0 +1,866 @@
+//! Server limits of `baton serve` over loopback HTTP: slow and vanishing
+//! clients as raw sockets speaking HTTP/1.1 by hand, the session cap, the
+//! header read, keep-alive and write-stall timeouts, and a panic inside one
+//! session. Each test checks the classified outcome, that the server still
+//! serves a normal request afterwards, and that `baton_live_sessions` and
+//! `baton_upstream_connections_open` come back to zero.
+//!
+//! Those two gauges count the whole process, so the tests here run one at a
+//! time (`SERIAL`). Waits are generous deadlines polled, never fixed sleeps,
+//! except the slow readers' deliberate pauses, which are many times the
+//! deadline they must not trip.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use baton::config::Config;
+use baton::oracle::{answer, SplitMix};
+use baton::{Message, Role};
+use serde_json::{json, Value};
+use support::{finish, scripted, text, End, Reply};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::oneshot;
+use tokio::time::{timeout, Instant};
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// How long any wait for the server may take before the test fails.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+struct Proxy {
+    addr: SocketAddr,
+    _stop: oneshot::Sender<()>,
+}
+
+impl Proxy {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+/// The `ok` route and ladder (a healthy in-process oracle), then `more`.
+fn config(server: &str, more: &str) -> String {
+    format!(
+        r#"
+        [server]
+        {server}
+
+        [[route]]
+        name = "ok"
+        provider = "mock"
+        model = "oracle"
+
+        [[ladder]]
+        name = "ok"
+        routes = ["ok"]
+
+        {more}
+        "#
+    )
+}
+
+async fn start(toml: &str) -> Proxy {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    start_on(listener, toml).await
+}
+
+async fn start_on(listener: TcpListener, toml: &str) -> Proxy {
+    let config = Config::parse("limits.toml", toml, &|_| None).unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        baton::proxy::serve(listener, &config, async move {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    Proxy { addr, _stop: stop }
+}
+
+fn conversation(tag: &str) -> Vec<Message> {
+    vec![Message::new(Role::User, format!("limits {tag}"))]
+}
+
+fn chat(model: &str, tag: &str, stream: bool) -> Value {
+    json!({"model": model, "messages": conversation(tag), "stream": stream})
+}
+
+async fn metrics(proxy: &Proxy) -> String {
+    reqwest::get(proxy.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
+/// The value of the sample written exactly as `sample` (name and labels).
+fn sample(metrics: &str, sample: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Polls `/metrics` until every `(sample, value)` holds.
+async fn wait_for(proxy: &Proxy, want: &[(&str, f64)]) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let text = metrics(proxy).await;
+        if want.iter().all(|(name, value)| sample(&text, name) == Some(*value)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "waited {PATIENCE:?} for {want:?} in\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Everything per session is freed: no live session, no open upstream.
+async fn settled(proxy: &Proxy) {
+    wait_for(
+        proxy,
+        &[("baton_live_sessions", 0.0), ("baton_upstream_connections_open", 0.0)],
+    )
+    .await;
+}
+
+/// The server still streams a whole answer, byte for byte.
+async fn still_serves(proxy: &Proxy) {
+    let response = reqwest::Client::new()
+        .post(proxy.url("/v1/chat/completions"))
+        .json(&chat("ok", "afterwards", true))
+        .send()
+        .await
+        .expect("a normal request");
+    assert_eq!(response.status(), 200);
+    let sse = Sse::parse(&response.text().await.expect("body"));
+    assert_eq!(sse.text(), answer(&conversation("afterwards")));
+    assert_eq!(sse.data.last().map(String::as_str), Some("[DONE]"));
+}
+
+/// An SSE body: its `data:` payloads and its comments.
+struct Sse {
+    data: Vec<String>,
+    comments: Vec<String>,
+}
+
+impl Sse {
+    fn parse(body: &str) -> Sse {
+        let mut sse = Sse {
+            data: Vec::new(),
+            comments: Vec::new(),
+        };
+        for line in body.lines() {
+            if let Some(d) = line.strip_prefix("data: ") {
+                sse.data.push(d.to_string());
+            } else if let Some(c) = line.strip_prefix(": ") {
+                sse.comments.push(c.to_string());
+            }
+        }
+        sse
+    }
+
+    /// The answer text of the content deltas.
+    fn text(&self) -> String {
+        self.data
+            .iter()
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter_map(|c| {
+                c.pointer("/choices/0/delta/content")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+
+    /// The last payload as JSON.
+    fn last_json(&self) -> Value {
+        let last = self.data.last().expect("at least one event");
+        serde_json::from_str(last).unwrap_or_else(|e| panic!("{last}: {e}"))
+    }
+}
+
+/// A response head.
+struct Head {
+    status: u16,
+    headers: Vec<(String, String)>,
+}
+
+impl Head {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One piece of a chunked body.
+enum Piece {
+    Data(Vec<u8>),
+    /// The terminating chunk: the body ended properly.
+    End,
+    /// The connection closed inside the body.
+    Closed,
+}
+
+/// A client speaking HTTP/1.1 by hand over one socket.
+struct Raw {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    async fn connect(addr: SocketAddr) -> Raw {
+        Raw {
+            stream: TcpStream::connect(addr).await.expect("connect"),
+            buf: Vec::new(),
+        }
+    }
+
+    /// A client with a small receive buffer, so that not reading soon stops the server's writes.
+    async fn connect_small(addr: SocketAddr) -> Raw {
+        let socket = TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(16 * 1024).expect("receive buffer");
+        Raw {
+            stream: socket.connect(addr).await.expect("connect"),
+            buf: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    async fn post(&mut self, body: &Value) {
+        let body = body.to_string();
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: baton\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        self.send(head.as_bytes()).await;
+        self.send(body.as_bytes()).await;
+    }
+
+    /// Reads more; `false` once the connection is closed.
+    async fn fill(&mut self) -> bool {
+        let mut tmp = [0u8; 16 * 1024];
+        match timeout(PATIENCE * 2, self.stream.read(&mut tmp)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => false,
+            Ok(Ok(n)) => {
+                self.buf.extend_from_slice(&tmp[..n]);
+                true
+            }
+            Err(_) => panic!("nothing from the proxy for {:?}", PATIENCE * 2),
+        }
+    }
+
+    /// The next `n` bytes, or `None` if the connection closes first.
+    async fn take(&mut self, n: usize) -> Option<Vec<u8>> {
+        while self.buf.len() < n {
+            if !self.fill().await {
+                return None;
+            }
+        }
+        Some(self.buf.drain(..n).collect())
+    }
+
+    /// The next line without its CRLF, or `None` if the connection closes first.
+    async fn line(&mut self) -> Option<String> {
+        loop {
+            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = String::from_utf8_lossy(&self.buf[..i]).into_owned();
+                self.buf.drain(..i + 2);
+                return Some(line);
+            }
+            if !self.fill().await {
+                return None;
+            }
+        }
+    }
+
+    async fn head(&mut self) -> Head {
+        let status_line = self.line().await.expect("a status line");
+        let status = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+        let mut headers = Vec::new();
+        loop {
+            let line = self.line().await.expect("a header line");
+            if line.is_empty() {
+                return Head { status, headers };
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                headers.push((name.trim().to_string(), value.trim().to_string()));
+            }
+        }
+    }
+
+    /// The next piece of a chunked body.
+    async fn piece(&mut self) -> Piece {
+        let Some(size_line) = self.line().await else {
+            return Piece::Closed;
+        };
+        let size =
+            usize::from_str_radix(size_line.trim(), 16).unwrap_or_else(|_| panic!("bad chunk size {size_line:?}"));
+        let Some(mut data) = self.take(size + 2).await else {
+            return Piece::Closed;
+        };
+        data.truncate(size);
+        if size == 0 {
+            Piece::End
+        } else {
+            Piece::Data(data)
+        }
+    }
+
+    /// The rest of a chunked body; `true` if it ended properly.
+    async fn rest(&mut self, body: &mut Vec<u8>) -> bool {
+        loop {
+            match self.piece().await {
+                Piece::Data(data) => body.extend_from_slice(&data),
+                Piece::End => return true,
+                Piece::Closed => return false,
+            }
+        }
+    }
+
+    /// A whole response: its head and body (chunked or with a length).
+    async fn response(&mut self) -> (Head, Vec<u8>) {
+        let head = self.head().await;
+        let mut body = Vec::new();
+        if let Some(len) = head.header("content-length").and_then(|v| v.parse().ok()) {
+            body = self.take(len).await.expect("the whole body");
+        } else {
+            assert!(self.rest(&mut body).await, "the body ended early");
+        }
+        (head, body)
+    }
+
+    /// Whether the server closes the connection within [`PATIENCE`] (what it sends meanwhile is dropped).
+    async fn closed_by_server(&mut self) -> bool {
+        let mut tmp = [0u8; 16 * 1024];
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut tmp)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => {}
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+/// Reads a streamed response's head and body pieces until the body holds some answer text.
+async fn read_until_text(raw: &mut Raw) -> Vec<u8> {
+    let head = raw.head().await;
+    assert_eq!(head.status, 200);
+    let mut body = Vec::new();
+    while !String::from_utf8_lossy(&body).contains("\"content\"") {
+        match raw.piece().await {
+            Piece::Data(data) => body.extend_from_slice(&data),
+            _ => panic!("the stream ended before any text: {}", String::from_utf8_lossy(&body)),
+        }
+    }
+    body
+}
+
+#[tokio::test]
+async fn clients_vanishing_before_their_request_is_complete_leave_nothing_behind() {
+    let _serial = SERIAL.lock().await;
+    let proxy = start(&config("", "")).await;
+    // Gone without a byte; gone mid request line; gone mid headers; gone mid body.
+    let partial: [&[u8]; 4] = [
+        b"",
+        b"POST /v1/chat/compl",
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: baton\r\ncontent-ty",
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: baton\r\ncontent-type: application/json\r\ncontent-length: 500\r\n\r\n{\"model\":\"ok\",",
+    ];
+    for bytes in partial {
+        let mut raw = Raw::connect(proxy.addr).await;
+        raw.send(bytes).await;
+        drop(raw);
+    }
+    still_serves(&proxy).await;
+    settled(&proxy).await;
+    let text = metrics(&proxy).await;
+    assert_eq!(
+        sample(&text, "baton_sessions_total{ladder=\"ok\",outcome=\"complete\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        !text.contains("outcome=\"cancelled\""),
+        "no session began for them:\n{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_vanishing_while_waiting_for_the_first_token_cancels_the_upstream() {
+    let _serial = SERIAL.lock().await;
+    let proxy = start(&config(
+        "",
+        r#"
+        [[route]]
+        name = "slow"
+        provider = "mock"
+        model = "oracle"
+        fault = "slow:600000"
+        ttft_ms = 600000
+        [[ladder]]
+        name = "slow"
+        routes = ["slow"]
+        "#,
+    ))
+    .await;
+    // Streamed and whole answers both wait for the first token inside the request handler.
+    for (i, stream) in [true, false].into_iter().enumerate() {
+        let mut raw = Raw::connect(proxy.addr).await;
+        raw.post(&chat("slow", "first token", stream)).await;
+        wait_for(
+            &proxy,
+            &[("baton_live_sessions", 1.0), ("baton_upstream_connections_open", 1.0)],
+        )
+        .await;
+        drop(raw);
+        settled(&proxy).await;
+        let cancelled = sample(
+            &metrics(&proxy).await,
+            "baton_sessions_total{ladder=\"slow\",outcome=\"cancelled\"}",
+        );
+        assert_eq!(cancelled, Some(i as f64 + 1.0), "stream: {stream}");
+    }
+    still_serves(&proxy).await;
+    settled(&proxy).await;
+}
+
+#[tokio::test]
+async fn a_client_vanishing_mid_stream_cancels_the_upstream() {
+    let _serial = SERIAL.lock().await;
+    let proxy = start(&config(
+        "",
+        r#"
+        [[route]]
+        name = "stalls"
+        provider = "mock"
+        model = "oracle"
+        fault = "stall@5"
+        stall_ms = 600000
+        [[ladder]]
+        name = "stalls"
+        routes = ["stalls"]
+        "#,
+    ))
+    .await;
+    let mut raw = Raw::connect(proxy.addr).await;
+    raw.post(&chat("stalls", "mid-stream", true)).await;
+    let seen = read_until_text(&mut raw).await;
+    assert!(answer(&conversation("mid-stream")).starts_with(&Sse::parse(&String::from_utf8_lossy(&seen)).text()));
+    wait_for(
+        &proxy,
+        &[
+            ("baton_live_sessions", 1.0),
+            ("baton_upstream_connections_open", 1.0),
+            ("baton_active_streams", 1.0),
+        ],
+    )
+    .await;
+    drop(raw);
+    settled(&proxy).await;
+    wait_for(
+        &proxy,
+        &[
+            ("baton_active_streams", 0.0),
+            ("baton_sessions_total{ladder=\"stalls\",outcome=\"cancelled\"}", 1.0),
+        ],
+    )
+    .await;
+    still_serves(&proxy).await;
+    settled(&proxy).await;
+}
+
+#[tokio::test]
+async fn a_client_vanishing_during_a_handover_cancels_the_fallback() {
+    let _serial = SERIAL.lock().await;
+    let proxy = start(&config(
+        "",
+        r#"
+        [[route]]
+        name = "primary"
+        provider = "mock"
+        model = "oracle"
+        fault = "stall@5"
+        stall_ms = 300
+        [[route]]
+        name = "fallback"
+        provider = "mock"
+        model = "oracle"
+        fault = "slow:600000"
+        ttft_ms = 600000
+        [[ladder]]
+        name = "handover"
+        routes = ["primary", "fallback"]
+        "#,
+    ))
+    .await;
+    let mut feed = reqwest::get(proxy.url("/events")).await.expect("events");
+    let mut raw = Raw::connect(proxy.addr).await;
+    raw.post(&chat("handover", "handover", true)).await;
+    read_until_text(&mut raw).await;
+    // The primary stalled and the fallback was opened: the handover is under way.
+    let mut seen = String::new();
+    let fallback_opened = async {
+        while let Ok(Some(bytes)) = feed.chunk().await {
+            seen.push_str(&String::from_utf8_lossy(&bytes));
+            let opened = Sse::parse(&seen).data.iter().any(|d| {
+                serde_json::from_str::<Value>(d)
+                    .is_ok_and(|e| e["event"] == "attempt_opened" && e["route"] == "fallback")
+            });
+            if opened {
+                return;
+            }
+        }
+    };
+    timeout(PATIENCE, fallback_opened)
+        .await
+        .expect("the fallback attempt opens");
+    wait_for(
+        &proxy,
+        &[("baton_live_sessions", 1.0), ("baton_upstream_connections_open", 1.0)],
+    )
+    .await;
+    drop(raw);
+    settled(&proxy).await;
+    wait_for(
+        &proxy,
+        &[("baton_sessions_total{ladder=\"handover\",outcome=\"cancelled\"}", 1.0)],
+    )
+    .await;
+    still_serves(&proxy).await;
+    settled(&proxy).await;
+}
+
+/// About 1 kB of random words: no period the loop guard could take for a loop.
+fn prose(rng: &mut SplitMix) -> String {
+    let mut out = String::new();
+    while out.len() < 1000 {
+        let len = 2 + rng.below(9);
+        out.extend((0..len).map(|_| char::from(b'a' + rng.below(26) as u8)));
+        out.push(' ');
+    }
+    out
+}
+
+/// A fast upstream with a long answer (about 2 MB): far more than the socket
+/// buffers between baton and a small-buffered client, so a client that stops
+/// reading soon stops baton's pump. Returns the upstream and the answer.
+async fn big_upstream() -> (support::Scripted, String) {
+    let mut rng = SplitMix::new(7);
+    let pieces: Vec<String> = (0..2000).map(|_| prose(&mut rng)).collect();
+    let mut data: Vec<String> = pieces.iter().map(|p| text("big", p)).collect();
+    data.push(finish("big", "stop"));
+    let upstream = scripted(vec![Reply { data, end: End::Done }]).await;
+    (upstream, pieces.concat())
+}
+
+/// A route `big` on `upstream` (stall deadline 500 ms) with an in-process fallback.
+fn big_config(server: &str, upstream: &support::Scripted) -> String {
+    config(
+        server,
+        &format!(
+            r#"
+            [[route]]
+            name = "big"
+            provider = "openai"
+            base_url = "{}"
+            model = "big"
+            stall_ms = 500
+            [[route]]
+            name = "fallback"
+            provider = "mock"
+            model = "oracle"
+            [[ladder]]
+            name = "big"
+            routes = ["big", "fallback"]
+            "#,
+            upstream.base_url()
+        ),
+    )
+}
+
+/// A proxy whose accepted sockets have a small send buffer (inherited from the listener).
+async fn start_small(toml: &str) -> Proxy {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.set_send_buffer_size(16 * 1024).expect("send buffer");
+    socket.bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    start_on(socket.listen(1024).expect("listen"), toml).await
+}
+
+#[tokio::test]
+async fn a_client_pausing_longer_than_the_stall_deadline_still_gets_every_byte() {
+    let _serial = SERIAL.lock().await;
+    let (upstream, expected) = big_upstream().await;
+    let proxy = start_small(&big_config("slow_client_timeout_ms = 60000", &upstream)).await;
+    let mut raw = Raw::connect_small(proxy.addr).await;
+    raw.post(&chat("big", "pause", true)).await;
+    let head = raw.head().await;
+    assert_eq!(head.status, 200);
+    let mut body = Vec::new();
+    while body.len() < 64 * 1024 {
+        match raw.piece().await {
+            Piece::Data(data) => body.extend_from_slice(&data),
+            _ => panic!("the stream ended early"),
+        }
+    }
+    // Stop reading for six stall deadlines. With 2 MB left and ~100 kB of
+    // buffers between baton and this socket, baton's pump is held by the
+    // client meanwhile; that wait is baton's own backpressure, not a stall.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(raw.rest(&mut body).await, "the body ends properly");
+    let sse = Sse::parse(&String::from_utf8(body).expect("utf-8"));
+    assert!(
+        !sse.comments.iter().any(|c| c.contains("baton handover")),
+        "no handover: {:?}",
+        sse.comments
+    );
+    assert!(sse.text() == expected, "the answer arrived byte for byte");
+    assert_eq!(sse.data.last().map(String::as_str), Some("[DONE]"));
+    settled(&proxy).await;
+    let text = metrics(&proxy).await;
+    assert_eq!(sample(&text, "baton_slow_clients_total"), Some(0.0), "{text}");
+    assert_eq!(
+        sample(&text, "baton_sessions_total{ladder=\"big\",outcome=\"complete\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    still_serves(&proxy).await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_gets_an_error_event_and_its_session_is_freed() {
+    let _serial = SERIAL.lock().await;
+    let (upstream, expected) = big_upstream().await;
+    let proxy = start_small(&big_config("slow_client_timeout_ms = 300", &upstream)).await;
+    let mut raw = Raw::connect_small(proxy.addr).await;
+    raw.post(&chat("big", "stops reading", true)).await;
+    let head = raw.head().await;
+    assert_eq!(head.status, 200);
+    // Not reading now: the pump fills the buffer, waits, and gives up.
+    wait_for(
+        &proxy,
+        &[
+            ("baton_slow_clients_total", 1.0),
+            ("baton_sessions_total{ladder=\"big\",outcome=\"slow_client\"}", 1.0),
+            ("baton_live_sessions", 0.0),
+            ("baton_upstream_connections_open", 0.0),
+        ],
+    )
+    .await;
+    // Reading again: what was already on its way, then the error event, then a proper end.
+    let mut body = Vec::new();
+    assert!(raw.rest(&mut body).await, "the body ends properly");
+    let sse = Sse::parse(&String::from_utf8(body).expect("utf-8"));
+    assert_eq!(sse.last_json()["error"]["code"], "slow_client");
+    assert!(!sse.data.iter().any(|d| d == "[DONE]"));
+    let got = sse.text();
+    assert!(
+        got.len() < expected.len() && expected.starts_with(&got),
+        "a clean prefix"
+    );
+    still_serves(&proxy).await;
+    settled(&proxy).await;
+}
+
+#[tokio::test]
+async fn a_connection_that_accepts_nothing_is_closed_after_the_write_stall_timeout() {
+    let _serial = SERIAL.lock().await;
+    let (upstream, _) = big_upstream().await;
+    let proxy = start_small(&big_config(
+        "slow_client_timeout_ms = 600000\nwrite_stall_timeout_ms = 300",
+        &upstream,
+    ))
+    .await;
+    let mut raw = Raw::connect_small(proxy.addr).await;
+    raw.post(&chat("big", "accepts nothing", true)).await;
+    wait_for(
+        &proxy,
+        &[
+            ("baton_connections_closed_total{reason=\"write_stall\"}", 1.0),
+            ("baton_sessions_total{ladder=\"big\",outcome=\"cancelled\"}", 1.0),
+            ("baton_live_sessions", 0.0),
+            ("baton_upstream_connections_open", 0.0),
+        ],
+    )
+    .await;
+    let head = raw.head().await;
+    assert_eq!(head.status, 200);
+    let mut body = Vec::new();
+    assert!(!raw.rest(&mut body).await, "the body was cut with the connection");
+    still_serves(&proxy).await;
+    settled(&proxy).await;
+}
+
+#[tokio::test]
+async fn past_the_session_cap_a_request_gets_503_with_retry_after() {
+    let _serial = SERIAL.lock().await;
+    let proxy = start(&config(
+        "max_sessions = 2",
+        r#"
+        [[route]]
+        name = "stalls"
+        provider = "mock"
+        model = "oracle"
+        fault = "stall@3"
+        stall_ms = 600000
+        [[ladder]]
+        name = "stalls"
+        routes = ["stalls"]
+        "#,
+    ))
+    .await;
+    let mut held = Vec::new();
+    for i in 0..2 {
+        let mut raw = Raw::connect(proxy.addr).await;
+        raw.post(&chat("stalls", &format!("held {i}"), true)).await;
+        read_until_text(&mut raw).await;
+        held.push(raw);
+    }
+    wait_for(&proxy, &[("baton_live_sessions", 2.0)]).await;
+    let refused = reqwest::Client::new()
+        .post(proxy.url("/v1/chat/completions"))
+        .json(&chat("ok", "third", true))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(refused.status(), 503);
+    assert_eq!(
+        refused.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let error: Value = refused.json().await.expect("json");
+    assert_eq!(error["error"]["code"], "server_overloaded");
+    assert_eq!(error["error"]["type"], "server_error");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("2 concurrent sessions")),
+        "{error}"
+    );
+    // A freed slot is usable at once.
+    drop(held.pop());
+    wait_for(&proxy, &[("baton_live_sessions", 1.0)]).await;
+    still_serves(&proxy).await;
+    drop(held);
+    settled(&proxy).await;
+    let text = metrics(&proxy).await;
+    assert_eq!(
+        sample(&text, "baton_rejected_requests_total{code=\"server_overloaded\"}"),
+        Some(1.0),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_sends_half_a_request_and_goes_quiet_is_disconnected() {
+    let _serial = SERIAL.lock().await;
+    let proxy = start(&config("header_read_timeout_ms = 500", "")).await;
+    let mut half_line = Raw::connect(proxy.addr).await;
+    half_line.send(b"POST /v1/chat/completions HT").await;
+    let mut silent = Raw::connect(proxy.addr).await;
+    assert!(half_line.closed_by_server().await, "half a request line: disconnected");
+    assert!(silent.closed_by_server().await, "nothing at all: disconnected");
+    wait_for(
+        &proxy,
+        &[("baton_connections_closed_total{reason=\"header_timeout\"}", 2.0)],
+    )
+    .await;
+    // A head without its whole body: the body has the same limit, and a 408.
+    let mut no_body = Raw::connect(proxy.addr).await;
+    no_body
+        .send(b"POST /v1/chat/completions HTTP/1.1\r\nhost: baton\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"model\"")
+        .await;
+    let (head, body) = no_body.response().await;
+    assert_eq!(head.status, 408);
+    let error: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(error["error"]["code"], "request_timeout");
+    still_serves(&proxy).await;
+    settled(&proxy).await;
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    let _serial = SERIAL.lock().await;
+    let proxy = start(&config("keep_alive_timeout_ms = 300", "")).await;
+    let mut raw = Raw::connect(proxy.addr).await;
+    // Two requests on one connection: keep-alive works…
+    for _ in 0..2 {
+        raw.send(b"GET /healthz HTTP/1.1\r\nhost: baton\r\n\r\n").await;
+        let (head, body) = raw.response().await;
+        assert_eq!((head.status, body.as_slice()), (200, b"ok\n".as_slice()));
+    }
+    // …and then idleness ends it.
+    assert!(raw.closed_by_server().await, "the idle connection was closed");
+    wait_for(&proxy, &[("baton_connections_closed_total{reason=\"idle\"}", 1.0)]).await;
+    still_serves(&proxy).await;
+    settled(&proxy).await;
+}
+
+#[tokio::test]
+async fn a_panic_inside_a_session_is_that_clients_error_only() {
+    let _serial = SERIAL.lock().await;
+    let proxy = start(&config(
+        "",
+        r#"
+        [[route]]
+        name = "late"
+        provider = "mock"
+        model = "oracle"
+        fault = "panic@3"
+        [[route]]
+        name = "early"
+        provider = "mock"
+        model = "oracle"
+        fault = "panic@0"
+        [[ladder]]
+        name = "late"
+        routes = ["late"]
+        [[ladder]]
+        name = "early"
+        routes = ["early"]
+        "#,
+    ))
+    .await;
+    let client = reqwest::Client::new();
+    let post = |body: Value| client.post(proxy.url("/v1/chat/completions")).json(&body).send();
+
+    // After text was sent: the stream ends with an error event, never [DONE].
+    let late = post(chat("late", "panic late", true)).await.expect("request");
+    assert_eq!(late.status(), 200);
+    let sse = Sse::parse(&late.text().await.expect("body"));
+    assert!(!sse.text().is_empty() && answer(&conversation("panic late")).starts_with(&sse.text()));
+    assert_eq!(sse.last_json()["error"]["code"], "internal_error");
+    assert!(!sse.data.iter().any(|d| d == "[DONE]"));
+    wait_for(&proxy, &[("baton_session_panics_total", 1.0)]).await;
+
+    // Before any text: a 500 with an OpenAI-style error.
+    let early = post(chat("early", "panic early", true)).await.expect("request");
+    assert_eq!(early.status(), 500);
+    let error: Value = early.json().await.expect("json");
+    assert_eq!(error["error"]["code"], "internal_error");
+    assert_eq!(error["error"]["type"], "server_error");
+    wait_for(
+        &proxy,
+        &[
+            ("baton_session_panics_total", 2.0),
+            ("baton_sessions_total{ladder=\"late\",outcome=\"panicked\"}", 1.0),
+            ("baton_sessions_total{ladder=\"early\",outcome=\"panicked\"}", 1.0),
+        ],
+    )
+    .await;
+    still_serves(&proxy).await;
+    settled(&proxy).await;
+}

@@ -2,6 +2,9 @@
 //! route for every session that uses it, and the recent inter-token gaps its
 //! adaptive stall deadline follows.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::continuation::ContinuationMode;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -26,6 +29,8 @@ pub struct RouteHealth {
     /// A replay's recorded effective deadlines, one per attempt on this route in
     /// order; `None` for live traffic (deadlines are computed, not replayed).
     recorded: Option<Mutex<VecDeque<Option<Deadlines>>>>,
+    /// The route rejected a prefill once: every later continuation on it is by instruction.
+    no_prefill: AtomicBool,
 }
 
 /// Where retry decisions come from.
@@ -87,6 +92,7 @@ impl RouteHealth {
             ttft: Mutex::new(TtftWindow::default()),
             gaps: Mutex::new(GapSample::default()),
             recorded: None,
+            no_prefill: AtomicBool::new(false),
         }
     }
 
@@ -99,6 +105,7 @@ impl RouteHealth {
             ttft: Mutex::new(TtftWindow::default()),
             gaps: Mutex::new(GapSample::default()),
             recorded: None,
+            no_prefill: AtomicBool::new(false),
         }
     }
 
@@ -167,6 +174,20 @@ impl RouteHealth {
     /// The p95 of recent times to first token, once there are enough samples.
     pub fn ttft_p95(&self) -> Option<std::time::Duration> {
         lock(&self.ttft).p95(Instant::now())
+    }
+
+    /// How the route continues a prefix: `configured`, unless it has rejected a prefill before.
+    pub fn continuation(&self, configured: ContinuationMode) -> ContinuationMode {
+        if self.no_prefill.load(Ordering::Relaxed) {
+            ContinuationMode::Instruct
+        } else {
+            configured
+        }
+    }
+
+    /// Remembers that the route rejects prefill, for every later session.
+    pub fn remember_no_prefill(&self) {
+        self.no_prefill.store(true, Ordering::Relaxed);
     }
 
     /// The breaker's state now.

@@ -243,7 +243,7 @@ impl Splicer {
                 }
                 return;
             };
-            let mut state = AttemptState { route: 0, retries: 0, mode: first.continuation, produced_text: false };
+            let mut state = AttemptState { route: 0, retries: 0, mode: first.health.continuation(first.continuation), produced_text: false };
             loop {
                 let route = &ladder.routes[state.route];
                 let mut attempt = session.open(route, &state, &ladder.instruction, &ladder.rules);
@@ -321,11 +321,14 @@ impl Splicer {
                                 tokio::time::sleep(delay).await;
                                 state.retries += 1;
                             }
-                            Decision::SwitchToInstruct => state.mode = continuation::ContinuationMode::Instruct,
+                            Decision::SwitchToInstruct => {
+                                route.health.remember_no_prefill();
+                                state.mode = continuation::ContinuationMode::Instruct;
+                            }
                             Decision::HandOver { to } => {
                                 session.pending.get_or_insert(Pending { from: route.name.clone(), reason: kind.label(), class: kind.class(), at: Instant::now() });
                                 let next = &ladder.routes[to];
-                                state = AttemptState { route: to, retries: 0, mode: next.continuation, produced_text: false };
+                                state = AttemptState { route: to, retries: 0, mode: next.health.continuation(next.continuation), produced_text: false };
                             }
                             Decision::Refuse => {
                                 let failures = std::mem::take(&mut session.failures);

@@ -1,4 +1,7 @@
-//! Circuit breakers and retry budgets across sessions, under virtual time.
+//! Route health shared across sessions, under virtual time: circuit breakers,
+//! retry budgets, and a prefill rejection remembered.
+
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -108,4 +111,59 @@ async fn a_spent_retry_budget_turns_retries_into_handovers() {
     // Sessions 1 and 2 spend the 4 retries (2 each); after that a 503 hands over at once.
     assert_eq!(retried, [2, 2, 0, 0]);
     assert_eq!(primary.requests(), 2 * 3 + 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_route_that_rejected_prefill_is_continued_by_instruction_from_then_on() {
+    let primary = mock("drop@4");
+    let repeat = Style {
+        repeat_words: 2,
+        extra_space: false,
+    };
+    let fallback = Arc::new(MockProvider::new(
+        FaultPlan::Fixed("noprefill".parse::<FaultScript>().expect("fault")),
+        repeat,
+    ));
+    let ladder = Ladder::new(vec![
+        Route::new("primary", "p", primary),
+        Route::new("fallback", "f", fallback.clone()),
+    ]);
+    let splicer = Splicer::new(ladder);
+    let mut events = splicer.subscribe();
+
+    // The first session learns it: a prefill attempt, rejected, then instruct.
+    let done = splicer.collect(ChatRequest::new(conversation(40))).await;
+    assert_eq!(done.text, answer(&conversation(40)));
+    assert_eq!(
+        kinds(&done.outcome.expect("complete").failures),
+        ["truncated", "prefill_rejected"]
+    );
+    assert_eq!(fallback.requests(), 2);
+    support::drain(&mut events);
+
+    // Every later session goes to instruct at once.
+    let done = splicer.collect(ChatRequest::new(conversation(41))).await;
+    assert_eq!(done.text, answer(&conversation(41)));
+    assert_eq!(kinds(&done.outcome.expect("complete").failures), ["truncated"]);
+    assert_eq!(fallback.requests(), 3, "one request, no rejected prefill first");
+    let session = support::drain(&mut events);
+    let modes: Vec<_> = session
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::AttemptOpened { route, mode, .. } => Some((route.clone(), *mode)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        modes,
+        [
+            ("primary".to_string(), baton::ContinuationMode::Prefill),
+            ("fallback".to_string(), baton::ContinuationMode::Instruct)
+        ]
+    );
+    // A replay knows the route had learnt it before the session began.
+    assert_eq!(
+        support::verify_events(&session),
+        baton::record::verify::Outcome::Ok { partial: false }
+    );
 }

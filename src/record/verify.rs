@@ -452,6 +452,8 @@ pub struct Plan {
     /// The answer the response cache gave, if it answered: where (`true`: as
     /// the last resort) and the answer as it was stored.
     pub cached: Option<(bool, CachedAnswer)>,
+    /// Routes already known, when the session began, to reject prefill.
+    pub no_prefill: Vec<String>,
     /// The recorded transcript.
     pub recorded: Transcript,
     /// Whether the recording includes the session's end.
@@ -557,6 +559,7 @@ pub fn plan(session: &RecordedSession) -> Result<Plan, Outcome> {
     }
     Ok(Plan {
         cached: cached_answer(&session.events),
+        no_prefill: known_no_prefill(spec, &session.events),
         session: session.id,
         ladder: ladder.clone(),
         spec: (**spec).clone(),
@@ -567,6 +570,25 @@ pub fn plan(session: &RecordedSession) -> Result<Plan, Outcome> {
         ended: session.ended(),
         events: session.events.len(),
     })
+}
+
+/// Routes configured for prefill whose first attempt in the session was by
+/// instruction: an earlier session had taught the route that it rejects prefill.
+fn known_no_prefill(spec: &LadderSpec, events: &[EngineEvent]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut known = Vec::new();
+    for e in events {
+        if let EventKind::AttemptOpened { route, mode, .. } = &e.kind {
+            let prefill = spec
+                .routes
+                .iter()
+                .any(|r| r.name == *route && r.continuation == ContinuationMode::Prefill);
+            if seen.insert(route.clone()) && prefill && *mode == ContinuationMode::Instruct {
+                known.push(route.clone());
+            }
+        }
+    }
+    known
 }
 
 /// The cache's answer in a recorded session: the text the client had when it
@@ -811,6 +833,9 @@ pub async fn redrive(plan: &Plan) -> Redriven {
             .filter(|a| a.route == *route.name)
             .map(|a| a.deadlines);
         route.health = Arc::new(crate::health::RouteHealth::scripted(answers).with_recorded_deadlines(deadlines));
+        if plan.no_prefill.iter().any(|r| *r == *route.name) {
+            route.health.remember_no_prefill();
+        }
     }
     let request = plan.request.build(plan.session);
     if let Some((last_resort, answer)) = &plan.cached {

@@ -18,6 +18,7 @@ use crate::cache::{CacheLimits, CacheRung, CacheUse, ResponseCache};
 use crate::continuation::{ContinuationMode, DEFAULT_INSTRUCTION};
 use crate::deadline::{Adaptive, AdaptiveStall, GAP_SAMPLES};
 use crate::health::RouteHealth;
+use crate::hedge::{self, HedgePolicy};
 use crate::ladder::{Ladder, RetryPolicy, Route};
 use crate::loopguard::{self, LoopConfig};
 use crate::oracle::fault::{FaultPlan, FaultScript};
@@ -219,6 +220,12 @@ pub struct LadderSection {
     pub loop_min_span_bytes: Option<u32>,
     /// What the client gets where its looped text was cut (default `" […] "`).
     pub loop_marker: Option<String>,
+    /// Start the next route in parallel when a first token is late (default false).
+    pub hedge: Option<bool>,
+    /// Hedge no earlier than this (ms), and after this while the route's p95 is unknown (default: not until known).
+    pub hedge_after_ms: Option<u64>,
+    /// Recent first-token times needed before a route's p95 is used (default 5).
+    pub hedge_min_samples: Option<usize>,
 }
 
 /// A config that could not be used.
@@ -535,6 +542,7 @@ impl Config {
                 }),
             };
             ladder.loop_guard = loop_config(l, &key).map_err(|(k, problem)| invalid(k, problem))?;
+            ladder.hedge = hedge_policy(l, &key).map_err(|(k, problem)| invalid(k, problem))?;
             ladders.push(ResolvedLadder {
                 name: l.name.clone(),
                 pattern: l.pattern.clone(),
@@ -644,6 +652,15 @@ fn describe_rungs(l: &Ladder) -> Vec<String> {
     }
     if l.safe_reply.is_some() {
         out.push("safe reply".to_string());
+    }
+    if let Some(h) = &l.hedge {
+        let floor = h
+            .after
+            .map_or(String::new(), |d| format!(", floor {} ms", d.as_millis()));
+        out.push(format!(
+            "hedge after p95 first token ({} samples{floor})",
+            h.min_samples
+        ));
     }
     out
 }
@@ -829,6 +846,43 @@ fn adaptive_config(
     a.stall = Some(rule);
     Ok(a)
 }
+
+/// The hedging policy of ladder section `l` (`None`: off).
+fn hedge_policy(l: &LadderSection, key: &dyn Fn(&str) -> String) -> Result<Option<HedgePolicy>, (String, String)> {
+    if l.hedge != Some(true) {
+        let set = [
+            ("hedge_after_ms", l.hedge_after_ms.is_some()),
+            ("hedge_min_samples", l.hedge_min_samples.is_some()),
+        ];
+        if let Some((field, _)) = set.iter().find(|(_, set)| *set) {
+            return Err((key(field), "has no effect unless hedge = true".into()));
+        }
+        return Ok(None);
+    }
+    if l.routes.len() < 2 {
+        return Err((
+            key("hedge"),
+            "needs at least two routes: a hedge goes to the next one".into(),
+        ));
+    }
+    if l.hedge_after_ms == Some(0) {
+        return Err((key("hedge_after_ms"), "must be above 0".into()));
+    }
+    let min_samples = l.hedge_min_samples.unwrap_or(hedge::DEFAULT_MIN_SAMPLES);
+    if !(1..=MAX_HEDGE_MIN_SAMPLES).contains(&min_samples) {
+        return Err((
+            key("hedge_min_samples"),
+            format!("{min_samples} is not between 1 and {MAX_HEDGE_MIN_SAMPLES}"),
+        ));
+    }
+    Ok(Some(HedgePolicy::new(
+        l.hedge_after_ms.map(Duration::from_millis),
+        min_samples,
+    )))
+}
+
+/// The most `hedge_min_samples`: a route keeps its latest 100 first-token times.
+const MAX_HEDGE_MIN_SAMPLES: usize = 100;
 
 /// The loop-guard settings of ladder section `l` (`None`: off).
 fn loop_config(l: &LadderSection, key: &dyn Fn(&str) -> String) -> Result<Option<LoopConfig>, (String, String)> {
@@ -1120,6 +1174,52 @@ mod tests {
         assert!(
             long.contains("`ladder[0].loop_marker`: 65 bytes is longer than 64"),
             "{long}"
+        );
+    }
+
+    #[test]
+    fn hedge_keys_are_checked() {
+        let ladder = |extra: &str| {
+            GOOD.replace(
+                "routes = [\"primary\", \"fallback\"]",
+                &format!("routes = [\"primary\", \"fallback\"]\n{extra}"),
+            )
+        };
+        let config = Config::parse("baton.toml", GOOD, &env).expect("valid");
+        assert!(config.ladders[0].ladder.hedge.is_none(), "off by default");
+        let on = Config::parse(
+            "baton.toml",
+            &ladder("hedge = true\nhedge_after_ms = 400\nhedge_min_samples = 8"),
+            &env,
+        )
+        .expect("valid");
+        let h = on.ladders[0].ladder.hedge.clone().expect("on");
+        assert_eq!((h.after, h.min_samples), (Some(Duration::from_millis(400)), 8));
+        assert!(on
+            .describe()
+            .contains("hedge after p95 first token (8 samples, floor 400 ms)"));
+        let bare = Config::parse("baton.toml", &ladder("hedge = true"), &env).expect("valid");
+        let h = bare.ladders[0].ladder.hedge.clone().expect("on");
+        assert_eq!((h.after, h.min_samples), (None, hedge::DEFAULT_MIN_SAMPLES));
+        let stray = error(&ladder("hedge_after_ms = 300"));
+        assert!(
+            stray.contains("`ladder[0].hedge_after_ms`: has no effect unless hedge = true"),
+            "{stray}"
+        );
+        let zero = error(&ladder("hedge = true\nhedge_after_ms = 0"));
+        assert!(zero.contains("`ladder[0].hedge_after_ms`: must be above 0"), "{zero}");
+        let many = error(&ladder("hedge = true\nhedge_min_samples = 101"));
+        assert!(
+            many.contains("`ladder[0].hedge_min_samples`: 101 is not between 1 and 100"),
+            "{many}"
+        );
+        let alone = error(&GOOD.replace(
+            "routes = [\"primary\", \"fallback\"]",
+            "routes = [\"primary\"]\nhedge = true",
+        ));
+        assert!(
+            alone.contains("`ladder[0].hedge`: needs at least two routes"),
+            "{alone}"
         );
     }
 

@@ -161,6 +161,35 @@ pub enum EventKind {
         /// From the failure's detection to the continuation's first byte.
         gap_ms: u64,
     },
+    /// An attempt's first token was late: the next route was started in parallel
+    /// (just before that hedge's `attempt_opened`).
+    Hedge {
+        /// The late attempt's route.
+        route: String,
+        /// The late attempt's number.
+        attempt: u32,
+        /// The route started in parallel.
+        hedge_route: String,
+        /// The hedge's attempt number.
+        hedge_attempt: u32,
+        /// How long after the late attempt opened (whole ms; a replay hedges after exactly this).
+        after_ms: u64,
+    },
+    /// A hedge race ended: `route` goes on, the other attempt was cancelled (or had failed).
+    HedgeWon {
+        /// The route that goes on.
+        route: String,
+        /// Its attempt number.
+        attempt: u32,
+        /// It is the hedge (else the attempt that was late).
+        by_hedge: bool,
+        /// The route of the attempt cancelled for it; `None`: the other had failed first.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cancelled: Option<String>,
+        /// The cancelled attempt's number.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cancelled_attempt: Option<u32>,
+    },
     /// The answer is complete.
     Finished {
         /// The last route's finish reason.

@@ -176,6 +176,11 @@ impl RouteHealth {
         lock(&self.ttft).p95(Instant::now())
     }
 
+    /// The p95 of recent times to first token, once at least `min_samples` are known (hedging).
+    pub fn ttft_p95_of(&self, min_samples: usize) -> Option<std::time::Duration> {
+        lock(&self.ttft).p95_of(Instant::now(), min_samples)
+    }
+
     /// How the route continues a prefix: `configured`, unless it has rejected a prefill before.
     pub fn continuation(&self, configured: ContinuationMode) -> ContinuationMode {
         if self.no_prefill.load(Ordering::Relaxed) {

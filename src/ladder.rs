@@ -11,6 +11,7 @@ use crate::continuation::{ContinuationMode, DEFAULT_INSTRUCTION};
 use crate::deadline::Adaptive;
 use crate::failure::{FailureClass, FailureKind};
 use crate::health::RouteHealth;
+use crate::hedge::HedgePolicy;
 use crate::loopguard::LoopConfig;
 use crate::provider::Provider;
 use crate::rules::Rules;
@@ -140,6 +141,8 @@ pub struct Ladder {
     pub safe_reply: Option<SafeReply>,
     /// The loop guard's settings; `None` turns it off.
     pub loop_guard: Option<LoopConfig>,
+    /// Hedging of late first tokens; `None` (the default) turns it off.
+    pub hedge: Option<HedgePolicy>,
 }
 
 impl Ladder {
@@ -154,6 +157,7 @@ impl Ladder {
             cache: None,
             safe_reply: None,
             loop_guard: Some(LoopConfig::default()),
+            hedge: None,
         }
     }
 }
@@ -197,6 +201,12 @@ impl Ladder {
     pub fn named(mut self, name: &str) -> Self {
         self.name = name.to_string();
         self
+    }
+
+    /// The route a hedge of an attempt on route `from` goes to: the next one, if any.
+    pub fn hedge_route(&self, from: usize) -> Option<usize> {
+        let next = from.checked_add(1)?;
+        (next < self.routes.len()).then_some(next)
     }
 
     /// The next step after `failure` on the attempt described by `state`.

@@ -17,6 +17,7 @@
 //! * [`breaker`]: circuit breaker per route.
 //! * [`budget`]: retry budget per route.
 //! * [`health`]: a route's shared breaker, budget and recent gaps.
+//! * [`hedge`]: hedged requests (a late first token starts the next route in parallel).
 //! * [`continuation`]: how a route is asked to continue a prefix.
 //! * [`fit`]: dropping the oldest turns so a request fits a route's context window.
 //! * [`loopguard`]: noticing an answer that repeats itself.
@@ -69,6 +70,7 @@ pub mod fit;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod health;
+pub mod hedge;
 pub mod ladder;
 pub mod live;
 pub mod loopguard;

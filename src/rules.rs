@@ -102,8 +102,13 @@ impl TtftWindow {
 
     /// The p95 of the recent samples, once there are enough of them.
     pub fn p95(&mut self, now: Instant) -> Option<Duration> {
+        self.p95_of(now, self.min_samples)
+    }
+
+    /// The p95 of the recent samples, once there are at least `min_samples` of them.
+    pub fn p95_of(&mut self, now: Instant, min_samples: usize) -> Option<Duration> {
         self.expire(now);
-        if self.samples.len() < self.min_samples {
+        if self.samples.len() < min_samples.max(1) {
             return None;
         }
         let mut sorted: Vec<Duration> = self.samples.iter().map(|(_, d)| *d).collect();

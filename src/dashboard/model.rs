@@ -363,6 +363,26 @@ impl Model {
         self.dropped += n;
     }
 
+    /// Adds a hedge's row to the handover log.
+    fn log_hedge(&mut self, id: &Uuid, now: Duration, from: &str, to: &str, reason: String) {
+        let mut session = id.simple().to_string();
+        session.truncate(8);
+        let prefix_bytes = self.session_mut(id).map_or(0, |s| s.bytes as u64);
+        self.handovers.push_back(HandoverRow {
+            at: now,
+            session,
+            from: from.to_string(),
+            to: to.to_string(),
+            class: FailureClass::Business,
+            reason,
+            prefix_bytes,
+            gap_ms: 0,
+        });
+        if self.handovers.len() > HANDOVER_LOG {
+            self.handovers.pop_front();
+        }
+    }
+
     /// Applies one event seen at dashboard time `now`.
     pub fn apply(&mut self, event: &EngineEvent, now: Duration) {
         self.events += 1;
@@ -471,6 +491,31 @@ impl Model {
                     self.handovers.pop_front();
                 }
             }
+            // Hedges go to the handover log (as `business`: a latency matter), not the handover count.
+            EventKind::Hedge {
+                route,
+                hedge_route,
+                after_ms,
+                ..
+            } => {
+                let reason = format!("hedge: no first token after {after_ms} ms");
+                self.log_hedge(&id, now, route, hedge_route, reason);
+            }
+            EventKind::HedgeWon {
+                route,
+                by_hedge,
+                cancelled: Some(cancelled),
+                ..
+            } => {
+                let reason = if *by_hedge {
+                    "hedge won, late attempt cancelled"
+                } else {
+                    "first token came, hedge cancelled"
+                };
+                self.log_hedge(&id, now, cancelled, route, reason.to_string());
+            }
+            // The other side failed: its failure, and any handover, show as such.
+            EventKind::HedgeWon { cancelled: None, .. } => {}
             EventKind::Finished { route_chain, .. } => {
                 if let Some(last) = route_chain.last() {
                     self.route(last).attempt_ended(false);

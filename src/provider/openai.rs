@@ -301,6 +301,49 @@ mod tests {
     }
 
     #[test]
+    fn choices_may_be_empty_but_not_missing_without_usage() {
+        // Usage and prompt-filter chunks have empty choices.
+        assert_eq!(parse_data(r#"{"choices":[],"prompt_filter_results":[]}"#), Ok(vec![]));
+        assert_eq!(
+            parse_data(r#"{"usage":{"prompt_tokens":2,"completion_tokens":null}}"#),
+            Ok(vec![Chunk::Usage(Usage {
+                prompt_tokens: 2,
+                completion_tokens: 0
+            })])
+        );
+        for garbage in [
+            r#"{"id":"x","object":"chat.completion.chunk"}"#,
+            r#"{"choices":null,"usage":null}"#,
+            r#"{"choices":"text"}"#,
+            r#"{"choices":[{"delta":{"content":5}}]}"#,
+            r#"[[{"delta":{"content":"x"}}]]"#,
+            "",
+        ] {
+            assert!(
+                matches!(parse_data(garbage), Err(FailureKind::Malformed { .. })),
+                "{garbage}: {:?}",
+                parse_data(garbage)
+            );
+        }
+        // Escapes are decoded; nulls are absent values; unknown fields are ignored.
+        assert_eq!(
+            parse_data(
+                r#"{"choices":[{"delta":{"role":"assistant","content":"a\"b\n\u00e9","tool_calls":null},"logprobs":null,"finish_reason":null}],"usage":null,"error":null}"#
+            ),
+            Ok(vec![Chunk::Text("a\"b\né".into())])
+        );
+    }
+
+    #[test]
+    fn only_unnamed_message_and_error_events_are_chunks() {
+        let data = r#"{"choices":[{"delta":{"content":"x"}}]}"#;
+        for event in ["", "message", "error"] {
+            assert_eq!(parse_sse_event(event, data), Ok(vec![Chunk::Text("x".into())]));
+        }
+        assert_eq!(parse_sse_event("ping", r#"{"type":"ping"}"#), Ok(vec![]));
+    }
+
+    #[test]
     fn http_errors_are_classified_by_status_and_body() {
         assert_eq!(
             classify_http(429, Some("2"), ""),

@@ -41,6 +41,15 @@ pub struct FailureLabels {
     pub kind: String,
 }
 
+/// Labels of a hedge race's end.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HedgeLabels {
+    /// The ladder.
+    pub ladder: String,
+    /// `hedge_won`, `primary_won`, `primary_failed` or `hedge_failed`.
+    pub outcome: String,
+}
+
 /// Labels naming a ladder.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LadderLabels {
@@ -86,6 +95,10 @@ pub struct Metrics {
     pub breaker_state: Family<RouteLabels, Gauge>,
     /// Each route's stall deadline for an attempt opening now, in ms (adaptive or fixed; set when /metrics is read).
     pub stall_deadline: Family<RouteLabels, Gauge>,
+    /// Hedge races by ladder and outcome (brought up to the ladders' counts when /metrics is read).
+    pub hedges: Family<HedgeLabels, Counter>,
+    /// One reader at a time brings `hedges` up to date, so none is counted twice.
+    hedges_sync: std::sync::Mutex<()>,
 }
 
 /// Labels naming a route.
@@ -135,6 +148,7 @@ impl Metrics {
         let rejected = Family::<RejectLabels, Counter>::default();
         let breaker_state = Family::<RouteLabels, Gauge>::default();
         let stall_deadline = Family::<RouteLabels, Gauge>::default();
+        let hedges = Family::<HedgeLabels, Counter>::default();
         registry.register("sessions", "Sessions by ladder and outcome", sessions.clone());
         registry.register(
             "handovers",
@@ -202,6 +216,11 @@ impl Metrics {
             "Stall deadline per route for an attempt opening now (ms; follows recent gaps when adaptive)",
             stall_deadline.clone(),
         );
+        registry.register(
+            "hedges",
+            "Hedge races (a late first token started the next route) by ladder and outcome",
+            hedges.clone(),
+        );
         Metrics {
             registry,
             sessions,
@@ -219,6 +238,23 @@ impl Metrics {
             rejected,
             breaker_state,
             stall_deadline,
+            hedges,
+            hedges_sync: std::sync::Mutex::new(()),
+        }
+    }
+
+    /// Brings `baton_hedges_total{ladder}` up to `policy`'s counts.
+    pub fn hedges(&self, ladder: &str, policy: &crate::hedge::HedgePolicy) {
+        let _one = self.hedges_sync.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for outcome in crate::hedge::Outcome::ALL {
+            let counter = self.hedges.get_or_create(&HedgeLabels {
+                ladder: ladder.to_string(),
+                outcome: outcome.as_str().to_string(),
+            });
+            let behind = policy.ended(outcome).saturating_sub(counter.get());
+            if behind > 0 {
+                counter.inc_by(behind);
+            }
         }
     }
 

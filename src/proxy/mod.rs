@@ -327,6 +327,11 @@ async fn metrics_text(State(state): State<Arc<AppState>>, headers: HeaderMap) ->
             .metrics
             .route_stall_deadline(&route.name, crate::deadline::current_stall(route));
     }
+    for ladder in state.entries.iter().map(|e| e.splicer.ladder()) {
+        if let Some(policy) = &ladder.hedge {
+            state.metrics.hedges(&ladder.name, policy);
+        }
+    }
     state.metrics.live_sessions.set(crate::live::sessions());
     state.metrics.upstream_connections_open.set(crate::live::upstreams());
     (

@@ -35,7 +35,9 @@ use uuid::Uuid;
 use super::metrics::LadderLabels;
 use super::wire::{self, ApiError, ChunkWriter};
 use super::{reached, AppState, Phase};
+use crate::cache::CACHE_ROUTE;
 use crate::live::LiveGuard;
+use crate::safe_reply::SAFE_REPLY_ROUTE;
 use crate::splice::{ClientItem, SpliceError, SpliceStream};
 
 /// Chunks a streamed answer may hold between its pump and its client.
@@ -139,7 +141,12 @@ impl Session {
             ClientItem::Handover(h) => metrics.handover(h),
             ClientItem::Done(done) => {
                 metrics.failures(&done.failures);
-                self.outcome = "complete";
+                // An answer the ladder's own rungs finished is counted apart: it is degraded or stale.
+                self.outcome = match done.route_chain.last().map(String::as_str) {
+                    Some(CACHE_ROUTE) => "cache",
+                    Some(SAFE_REPLY_ROUTE) => "safe_reply",
+                    _ => "complete",
+                };
             }
             ClientItem::Failed(error) => {
                 let (failures, outcome) = match error {

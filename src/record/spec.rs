@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 
 use crate::continuation::ContinuationMode;
 use crate::deadline::Adaptive;
+use crate::hedge::HedgePolicy;
 use crate::ladder::{Ladder, RetryPolicy, Route};
 use crate::loopguard::LoopConfig;
 use crate::provider::Provider;
@@ -35,6 +36,19 @@ pub struct LadderSpec {
     /// The loop guard's settings; absent: off (as in recordings made before it existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loop_guard: Option<LoopConfig>,
+    /// Hedging; absent: off (as in recordings made before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hedge: Option<HedgeSpec>,
+}
+
+/// A ladder's hedging settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HedgeSpec {
+    /// Floor under the p95 and fallback without samples, in ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_ms: Option<u64>,
+    /// First-token samples needed before the p95 is used.
+    pub min_samples: usize,
 }
 
 /// A route without its provider.
@@ -106,6 +120,10 @@ impl LadderSpec {
             instruction: ladder.instruction.clone(),
             safe_reply: ladder.safe_reply.clone(),
             loop_guard: ladder.loop_guard.clone(),
+            hedge: ladder.hedge.as_ref().map(|h| HedgeSpec {
+                after_ms: h.after.map(|d| d.as_millis() as u64),
+                min_samples: h.min_samples,
+            }),
         }
     }
 
@@ -121,6 +139,9 @@ impl LadderSpec {
         ladder.instruction = self.instruction.clone();
         ladder.safe_reply = self.safe_reply.clone();
         ladder.loop_guard = self.loop_guard.clone();
+        ladder.hedge = self
+            .hedge
+            .map(|h| HedgePolicy::new(h.after_ms.map(Duration::from_millis), h.min_samples));
         ladder
     }
 }
@@ -242,12 +263,14 @@ mod tests {
             min_repeats: 9,
             ..LoopConfig::default()
         });
+        ladder.hedge = Some(HedgePolicy::new(Some(Duration::from_millis(250)), 7));
         let spec = LadderSpec::of(&ladder);
         let json = serde_json::to_string(&spec).expect("serialize");
         assert!(json.contains("\"min_repeats\":9"), "{json}");
         assert!(json.contains("\"first_token_ms\":1.5"), "{json}");
         assert!(json.contains("\"stall_ms\":400"), "{json}");
         assert!(json.contains("\"ttft_per_1k_prompt_ms\":300"), "{json}");
+        assert!(json.contains(r#""hedge":{"after_ms":250,"min_samples":7}"#), "{json}");
         assert_eq!(
             json.matches("\"adaptive\"").count(),
             1,

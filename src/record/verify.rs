@@ -185,6 +185,24 @@ pub enum Step {
         /// Pause.
         delay_ms: u64,
     },
+    /// A late first token started a hedge.
+    Hedge {
+        /// The late attempt's route.
+        route: String,
+        /// The hedge's route.
+        hedge_route: String,
+        /// After how long.
+        after_ms: u64,
+    },
+    /// A hedge race ended.
+    HedgeWon {
+        /// The route that went on.
+        route: String,
+        /// It was the hedge.
+        by_hedge: bool,
+        /// The route cancelled for it, if still running.
+        cancelled: Option<String>,
+    },
     /// A handover reached the client.
     Handover {
         /// From.
@@ -244,6 +262,22 @@ impl std::fmt::Display for Step {
                 write!(f, "{route} failed: {} [{}] after {tokens} deltas", cause, cause.label())
             }
             Step::Retry { route, delay_ms } => write!(f, "retry {route} after {delay_ms} ms"),
+            Step::Hedge {
+                route,
+                hedge_route,
+                after_ms,
+            } => write!(f, "hedge {route} with {hedge_route} after {after_ms} ms"),
+            Step::HedgeWon {
+                route,
+                by_hedge,
+                cancelled,
+            } => {
+                let side = if *by_hedge { "the hedge" } else { "the late attempt" };
+                match cancelled {
+                    Some(c) => write!(f, "{side} on {route} wins, {c} cancelled"),
+                    None => write!(f, "{side} on {route} goes on alone"),
+                }
+            }
             Step::CacheHit { last_resort, bytes } => {
                 let when = if *last_resort { "as the last resort" } else { "first" };
                 write!(f, "the cache answers {when} with {bytes} bytes")
@@ -323,6 +357,26 @@ pub fn transcript(events: &[EngineEvent]) -> Transcript {
             EventKind::Retry { route, delay_ms } => Step::Retry {
                 route: route.clone(),
                 delay_ms: *delay_ms,
+            },
+            EventKind::Hedge {
+                route,
+                hedge_route,
+                after_ms,
+                ..
+            } => Step::Hedge {
+                route: route.clone(),
+                hedge_route: hedge_route.clone(),
+                after_ms: *after_ms,
+            },
+            EventKind::HedgeWon {
+                route,
+                by_hedge,
+                cancelled,
+                ..
+            } => Step::HedgeWon {
+                route: route.clone(),
+                by_hedge: *by_hedge,
+                cancelled: cancelled.clone(),
             },
             EventKind::Handover {
                 from,
@@ -430,6 +484,8 @@ pub enum AttemptEnd {
         /// The failure.
         cause: FailureKind,
     },
+    /// A hedge race cancelled it (replayed as silence: the re-drive's race cancels it again).
+    Cancelled,
     /// The recording stops first.
     Unknown,
 }
@@ -454,6 +510,8 @@ pub struct Plan {
     pub cached: Option<(bool, CachedAnswer)>,
     /// Routes already known, when the session began, to reject prefill.
     pub no_prefill: Vec<String>,
+    /// The hedge delays used, by the number of the attempt that was hedged.
+    pub hedges: std::collections::HashMap<u32, Duration>,
     /// The recorded transcript.
     pub recorded: Transcript,
     /// Whether the recording includes the session's end.
@@ -535,12 +593,23 @@ pub fn plan(session: &RecordedSession) -> Result<Plan, Outcome> {
                 }
                 a.items.push((e.t_ms, item.clone()));
             }
-            EventKind::Failure { cause, .. } => {
-                if let Some(a) = attempts.last_mut() {
+            EventKind::Failure { failure, cause } => {
+                // The latest attempt on the failure's route: with a hedge running, it may not be the last opened.
+                let on_route = attempts.iter().rposition(|a| a.route == failure.route);
+                let i = on_route.or(attempts.len().checked_sub(1));
+                if let Some(a) = i.and_then(|i| attempts.get_mut(i)) {
                     a.end = AttemptEnd::Failed {
                         at_ms: e.t_ms,
                         cause: cause.clone(),
                     };
+                }
+            }
+            EventKind::HedgeWon {
+                cancelled_attempt: Some(n),
+                ..
+            } => {
+                if let Some(a) = attempts.iter_mut().rev().find(|a| a.number == *n) {
+                    a.end = AttemptEnd::Cancelled;
                 }
             }
             _ => {}
@@ -550,8 +619,12 @@ pub fn plan(session: &RecordedSession) -> Result<Plan, Outcome> {
     // the provider; the re-drive does the same, so such attempts get no script.
     attempts.retain(|a| !matches!(&a.end, AttemptEnd::Failed { cause, .. } if cause.decided_before_upstream()));
     let mut budget: std::collections::HashMap<String, Vec<bool>> = std::collections::HashMap::new();
+    let mut hedges = std::collections::HashMap::new();
     for e in &session.events {
         match &e.kind {
+            EventKind::Hedge { attempt, after_ms, .. } => {
+                hedges.insert(*attempt, Duration::from_millis(*after_ms));
+            }
             EventKind::Retry { route, .. } => budget.entry(route.clone()).or_default().push(true),
             EventKind::RetryDenied { route } => budget.entry(route.clone()).or_default().push(false),
             _ => {}
@@ -560,6 +633,7 @@ pub fn plan(session: &RecordedSession) -> Result<Plan, Outcome> {
     Ok(Plan {
         cached: cached_answer(&session.events),
         no_prefill: known_no_prefill(spec, &session.events),
+        hedges,
         session: session.id,
         ladder: ladder.clone(),
         spec: (**spec).clone(),
@@ -737,6 +811,10 @@ fn schedule(script: &AttemptScript, d: Deadlines) -> Vec<Timed> {
             at: prev,
             what: What::End,
         },
+        AttemptEnd::Cancelled => Timed {
+            at: prev,
+            what: What::Silent,
+        },
         AttemptEnd::Unknown => Timed {
             at: prev,
             what: What::RecordingEnds,
@@ -837,6 +915,8 @@ pub async fn redrive(plan: &Plan) -> Redriven {
             route.health.remember_no_prefill();
         }
     }
+    // Hedge when the recording did, after the recorded delay: a re-drive has no first-token history.
+    ladder.hedge = ladder.hedge.take().map(|h| h.replaying(plan.hedges.clone()));
     let request = plan.request.build(plan.session);
     if let Some((last_resort, answer)) = &plan.cached {
         let store = Arc::new(ResponseCache::new(CacheLimits::default()));

@@ -167,6 +167,10 @@ impl SseDecoder {
     }
 
     fn feed_lines(&mut self, bytes: &[u8], out: &mut Vec<SseEvent>) -> Result<(), SseError> {
+        // An empty buffer between a CR and its LF must not forget the CR (found by fuzzing).
+        if bytes.is_empty() {
+            return Ok(());
+        }
         let base = self.offset;
         self.offset += bytes.len() as u64;
         let max = self.limits.max_line_bytes;
@@ -335,6 +339,18 @@ mod tests {
         assert_eq!(ok("Data: no\n\n"), []);
         // A cut event is not dispatched.
         assert_eq!(ok("data: cut\n"), []);
+    }
+
+    #[test]
+    fn an_empty_buffer_between_cr_and_lf_is_not_a_blank_line() {
+        // Fuzz finding: the empty feed cleared the pending CR, so the LF after it
+        // ended a second, empty line and dispatched the event early.
+        let mut d = SseDecoder::new(SseLimits::default());
+        let mut out = Vec::new();
+        for part in ["data: a\r", "", "\n", "data: b\r\n", "\r\n"] {
+            assert_eq!(d.feed(part.as_bytes(), &mut out), Ok(()));
+        }
+        assert_eq!(out, [event("", "a\nb")]);
     }
 
     #[test]

@@ -16,13 +16,16 @@
 //! * [`failure`]: failure kinds and their classes.
 //! * [`breaker`]: circuit breaker per route.
 //! * [`budget`]: retry budget per route.
-//! * [`health`]: a route's shared breaker, budget and recent gaps.
+//! * [`health`]: a route's shared breaker, budget, recent gaps and first-token times.
 //! * [`hedge`]: hedged requests (a late first token starts the next route in parallel).
+//! * [`rules`]: a ladder's latency and cost ceilings, which skip routes.
+//! * [`cache`]: the response cache rung (first rung and last resort).
+//! * [`safe_reply`]: the labelled degraded answer when nothing else can answer.
 //! * [`continuation`]: how a route is asked to continue a prefix.
 //! * [`fit`]: dropping the oldest turns so a request fits a route's context window.
 //! * [`loopguard`]: noticing an answer that repeats itself.
 //! * [`overlap`]: the overlap trim at the seam.
-//! * [`provider`]: upstream wire formats (`openai`, `mock`).
+//! * [`provider`]: upstream wire formats (`openai`, `anthropic`, `mock`) over a bounded SSE decoder.
 //! * [`oracle`]: the mock oracle, its fault scripts and its HTTP server.
 //! * [`event`]: [`EngineEvent`], the one schema of what happened.
 //! * [`request`]: the caller's conversation.

@@ -12,16 +12,16 @@
 //! Clients are `concurrency` workers taking session numbers from one counter,
 //! so that many streams are open at once until the last few. Each session's
 //! text must equal the oracle's answer to its conversation. The server's
-//! `VmRSS` is read before the load, after 10 % (warm-up), 50 % and 90 % of the
-//! sessions, and after the load has drained; its open descriptors
-//! (`/proc/<pid>/fd`) before and after.
+//! `VmRSS` is read before the load, after each tenth of the sessions (the
+//! first tenth is the warm-up), and after the load has drained; its open
+//! descriptors (`/proc/<pid>/fd`) before and after.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -395,6 +395,8 @@ struct Load {
     lost: AtomicU64,
     doubled: AtomicU64,
     samples: Mutex<Vec<String>>,
+    /// Every worker has returned (normally when `done` reaches the total; sooner if one panicked).
+    finished: AtomicBool,
 }
 
 impl Load {
@@ -558,7 +560,7 @@ fn metric_sum(samples: &BTreeMap<String, f64>, name: &str) -> f64 {
         .sum()
 }
 
-/// Records the proxy's RSS at 10 %, 50 % and 90 % of the sessions, and the peak,
+/// Records the proxy's RSS after each tenth of the sessions, and the peak,
 /// and prints progress to stderr every ten seconds.
 async fn watch(load: Arc<Load>, proxy_status: String, started: Instant, rss: Arc<Mutex<RssFigures>>) {
     let total = load.options.sessions;
@@ -580,7 +582,7 @@ async fn watch(load: Arc<Load>, proxy_status: String, started: Instant, rss: Arc
                 next_tenth += 1;
             }
         }
-        if done >= total {
+        if done >= total || load.finished.load(Ordering::Relaxed) {
             return;
         }
         if last_print.elapsed() >= Duration::from_secs(10) {
@@ -607,12 +609,11 @@ pub async fn run(options: SoakOptions) -> Result<SoakReport, SoakError> {
     }
     let world = World::start(&options).await?;
     let result = drive(&world, options).await;
-    if result.as_ref().map_or(true, |r| r.errors > 0) {
-        eprintln!("baton soak: the server's log is {}", world.log_path().display());
-        // Keep the log when something went wrong: copy it next to the scratch dir's removal.
+    if !result.as_ref().is_ok_and(|r| r.all_intact && r.no_fd_leak) {
+        // The scratch directory goes away with the children: keep the server's log for a look.
         let kept = std::env::temp_dir().join(format!("baton-soak-{}-serve.log", std::process::id()));
         if std::fs::copy(world.log_path(), &kept).is_ok() {
-            eprintln!("baton soak: kept as {}", kept.display());
+            eprintln!("baton soak: the server's log is kept as {}", kept.display());
         }
     }
     world.stop().await;
@@ -637,6 +638,7 @@ async fn drive(world: &World, options: SoakOptions) -> Result<SoakReport, SoakEr
         lost: AtomicU64::new(0),
         doubled: AtomicU64::new(0),
         samples: Mutex::new(Vec::new()),
+        finished: AtomicBool::new(false),
     });
     let started = Instant::now();
     let watcher = tokio::spawn(watch(load.clone(), proxy.proc("status"), started, rss.clone()));
@@ -648,6 +650,7 @@ async fn drive(world: &World, options: SoakOptions) -> Result<SoakReport, SoakEr
             load.sample("a client task panicked".into());
         }
     }
+    load.finished.store(true, Ordering::Relaxed);
     let elapsed = started.elapsed().as_secs_f64();
     let _ = watcher.await;
 

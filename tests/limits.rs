@@ -15,31 +15,18 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use baton::config::Config;
 use baton::oracle::{answer, SplitMix};
 use baton::{Message, Role};
 use serde_json::{json, Value};
-use support::{finish, scripted, text, End, Reply};
+use support::{finish, scripted, text, End, Reply, Serve, Served, Sse};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::oneshot;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::{timeout, Instant};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// How long any wait for the server may take before the test fails.
 const PATIENCE: Duration = Duration::from_secs(10);
-
-struct Proxy {
-    addr: SocketAddr,
-    _stop: oneshot::Sender<()>,
-}
-
-impl Proxy {
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-}
 
 /// The `ok` route and ladder (a healthy in-process oracle), then `more`.
 fn config(server: &str, more: &str) -> String {
@@ -62,22 +49,8 @@ fn config(server: &str, more: &str) -> String {
     )
 }
 
-async fn start(toml: &str) -> Proxy {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    start_on(listener, toml).await
-}
-
-async fn start_on(listener: TcpListener, toml: &str) -> Proxy {
-    let config = Config::parse("limits.toml", toml, &|_| None).unwrap_or_else(|e| panic!("{e}"));
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(async move {
-        baton::proxy::serve(listener, &config, async move {
-            let _ = stopped.await;
-        })
-        .await
-    });
-    Proxy { addr, _stop: stop }
+async fn start(toml: &str) -> Served {
+    Serve::new(toml).start().await
 }
 
 fn conversation(tag: &str) -> Vec<Message> {
@@ -88,7 +61,7 @@ fn chat(model: &str, tag: &str, stream: bool) -> Value {
     json!({"model": model, "messages": conversation(tag), "stream": stream})
 }
 
-async fn metrics(proxy: &Proxy) -> String {
+async fn metrics(proxy: &Served) -> String {
     reqwest::get(proxy.url("/metrics"))
         .await
         .expect("metrics")
@@ -105,7 +78,7 @@ fn sample(metrics: &str, sample: &str) -> Option<f64> {
 }
 
 /// Polls `/metrics` until every `(sample, value)` holds.
-async fn wait_for(proxy: &Proxy, want: &[(&str, f64)]) {
+async fn wait_for(proxy: &Served, want: &[(&str, f64)]) {
     let deadline = Instant::now() + PATIENCE;
     loop {
         let text = metrics(proxy).await;
@@ -118,7 +91,7 @@ async fn wait_for(proxy: &Proxy, want: &[(&str, f64)]) {
 }
 
 /// Everything per session is freed: no live session, no open upstream.
-async fn settled(proxy: &Proxy) {
+async fn settled(proxy: &Served) {
     wait_for(
         proxy,
         &[("baton_live_sessions", 0.0), ("baton_upstream_connections_open", 0.0)],
@@ -127,7 +100,7 @@ async fn settled(proxy: &Proxy) {
 }
 
 /// The server still streams a whole answer, byte for byte.
-async fn still_serves(proxy: &Proxy) {
+async fn still_serves(proxy: &Served) {
     let response = reqwest::Client::new()
         .post(proxy.url("/v1/chat/completions"))
         .json(&chat("ok", "afterwards", true))
@@ -137,49 +110,7 @@ async fn still_serves(proxy: &Proxy) {
     assert_eq!(response.status(), 200);
     let sse = Sse::parse(&response.text().await.expect("body"));
     assert_eq!(sse.text(), answer(&conversation("afterwards")));
-    assert_eq!(sse.data.last().map(String::as_str), Some("[DONE]"));
-}
-
-/// An SSE body: its `data:` payloads and its comments.
-struct Sse {
-    data: Vec<String>,
-    comments: Vec<String>,
-}
-
-impl Sse {
-    fn parse(body: &str) -> Sse {
-        let mut sse = Sse {
-            data: Vec::new(),
-            comments: Vec::new(),
-        };
-        for line in body.lines() {
-            if let Some(d) = line.strip_prefix("data: ") {
-                sse.data.push(d.to_string());
-            } else if let Some(c) = line.strip_prefix(": ") {
-                sse.comments.push(c.to_string());
-            }
-        }
-        sse
-    }
-
-    /// The answer text of the content deltas.
-    fn text(&self) -> String {
-        self.data
-            .iter()
-            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-            .filter_map(|c| {
-                c.pointer("/choices/0/delta/content")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-            })
-            .collect()
-    }
-
-    /// The last payload as JSON.
-    fn last_json(&self) -> Value {
-        let last = self.data.last().expect("at least one event");
-        serde_json::from_str(last).unwrap_or_else(|e| panic!("{last}: {e}"))
-    }
+    assert!(sse.done());
 }
 
 /// A response head.
@@ -593,11 +524,14 @@ fn big_config(server: &str, upstream: &support::Scripted) -> String {
 }
 
 /// A proxy whose accepted sockets have a small send buffer (inherited from the listener).
-async fn start_small(toml: &str) -> Proxy {
+async fn start_small(toml: &str) -> Served {
     let socket = TcpSocket::new_v4().expect("socket");
     socket.set_send_buffer_size(16 * 1024).expect("send buffer");
     socket.bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
-    start_on(socket.listen(1024).expect("listen"), toml).await
+    Serve::new(toml)
+        .listener(socket.listen(1024).expect("listen"))
+        .start()
+        .await
 }
 
 #[tokio::test]
@@ -628,7 +562,7 @@ async fn a_client_pausing_longer_than_the_stall_deadline_still_gets_every_byte()
         sse.comments
     );
     assert!(sse.text() == expected, "the answer arrived byte for byte");
-    assert_eq!(sse.data.last().map(String::as_str), Some("[DONE]"));
+    assert!(sse.done());
     settled(&proxy).await;
     let text = metrics(&proxy).await;
     assert_eq!(sample(&text, "baton_slow_clients_total"), Some(0.0), "{text}");
@@ -665,7 +599,7 @@ async fn a_client_that_stops_reading_gets_an_error_event_and_its_session_is_free
     assert!(raw.rest(&mut body).await, "the body ends properly");
     let sse = Sse::parse(&String::from_utf8(body).expect("utf-8"));
     assert_eq!(sse.last_json()["error"]["code"], "slow_client");
-    assert!(!sse.data.iter().any(|d| d == "[DONE]"));
+    assert!(!sse.done());
     let got = sse.text();
     assert!(
         got.len() < expected.len() && expected.starts_with(&got),
@@ -843,7 +777,7 @@ async fn a_panic_inside_a_session_is_that_clients_error_only() {
     let sse = Sse::parse(&late.text().await.expect("body"));
     assert!(!sse.text().is_empty() && answer(&conversation("panic late")).starts_with(&sse.text()));
     assert_eq!(sse.last_json()["error"]["code"], "internal_error");
-    assert!(!sse.data.iter().any(|d| d == "[DONE]"));
+    assert!(!sse.done());
     wait_for(&proxy, &[("baton_session_panics_total", 1.0)]).await;
 
     // Before any text: a 500 with an OpenAI-style error.

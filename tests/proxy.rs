@@ -5,56 +5,17 @@ mod support;
 
 use std::time::Duration;
 
-use baton::config::Config;
 use baton::oracle::answer;
 use baton::{Message, Role};
 use serde_json::{json, Value};
-use support::{finish, scripted, text, tool, End, Reply};
-use tokio::sync::oneshot;
-
-struct Proxy {
-    base: String,
-    stop: Option<oneshot::Sender<()>>,
-    done: tokio::task::JoinHandle<std::io::Result<()>>,
-    _upstreams: Vec<oneshot::Sender<()>>,
-}
-
-impl Proxy {
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-}
+use support::{finish, scripted, text, tool, End, Reply, Serve, Served, Sse};
 
 const KEY: &str = "sk-test-client-key";
-
-async fn start(toml: &str) -> Proxy {
-    start_with(toml, Vec::new()).await
-}
-
-async fn start_with(toml: &str, upstreams: Vec<oneshot::Sender<()>>) -> Proxy {
-    let env = |name: &str| (name == "BATON_TEST_KEY").then(|| KEY.to_string());
-    let config = Config::parse("test.toml", toml, &env).unwrap_or_else(|e| panic!("{e}"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let (stop, stopped) = oneshot::channel::<()>();
-    let done = tokio::spawn(async move {
-        baton::proxy::serve(listener, &config, async move {
-            let _ = stopped.await;
-        })
-        .await
-    });
-    Proxy {
-        base,
-        stop: Some(stop),
-        done,
-        _upstreams: upstreams,
-    }
-}
 
 use support::oracle_repeating as oracle;
 
 /// A proxy with ladder "chat" = primary (oracle with `fault`, model "big") → fallback (healthy oracle, model "small").
-async fn oracle_proxy(fault: &str, fallback_fault: &str, extra_server: &str) -> Proxy {
+async fn oracle_proxy(fault: &str, fallback_fault: &str, extra_server: &str) -> Served {
     let (primary, s1) = oracle(fault).await;
     let (fallback, s2) = oracle(fallback_fault).await;
     let toml = format!(
@@ -85,7 +46,11 @@ async fn oracle_proxy(fault: &str, fallback_fault: &str, extra_server: &str) -> 
         routes = ["primary", "fallback"]
         "#
     );
-    start_with(&toml, vec![s1, s2]).await
+    Serve::new(&toml)
+        .env("BATON_TEST_KEY", KEY)
+        .upstreams(vec![s1, s2])
+        .start()
+        .await
 }
 
 fn conversation(tag: &str) -> Vec<Message> {
@@ -105,35 +70,7 @@ fn body(model: &str, tag: &str, stream: bool) -> Value {
     })
 }
 
-/// An SSE body split into its `data:` payloads and comment lines.
-struct Sse {
-    data: Vec<String>,
-    comments: Vec<String>,
-}
-
-fn parse_sse(body: &str) -> Sse {
-    let mut sse = Sse {
-        data: Vec::new(),
-        comments: Vec::new(),
-    };
-    for line in body.lines() {
-        if let Some(d) = line.strip_prefix("data: ") {
-            sse.data.push(d.to_string());
-        } else if let Some(c) = line.strip_prefix(": ") {
-            sse.comments.push(c.to_string());
-        }
-    }
-    sse
-}
-
-fn chunk_text(chunks: &[Value]) -> String {
-    chunks
-        .iter()
-        .filter_map(|c| c.pointer("/choices/0/delta/content").and_then(Value::as_str))
-        .collect()
-}
-
-async fn post(proxy: &Proxy, body: &Value) -> reqwest::Response {
+async fn post(proxy: &Served, body: &Value) -> reqwest::Response {
     reqwest::Client::new()
         .post(proxy.url("/v1/chat/completions"))
         .json(body)
@@ -148,13 +85,11 @@ async fn a_streamed_answer_survives_a_stall_with_one_id_and_the_fallbacks_model(
     let response = post(&proxy, &body("chat", "stream stall", true)).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
-    let sse = parse_sse(&response.text().await.expect("body"));
-    assert_eq!(sse.data.last().map(String::as_str), Some("[DONE]"));
-    let chunks: Vec<Value> = sse.data[..sse.data.len() - 1]
-        .iter()
-        .map(|d| serde_json::from_str(d).expect("chunk json"))
-        .collect();
-    assert_eq!(chunk_text(&chunks), answer(&conversation("stream stall")));
+    let sse = Sse::parse(&response.text().await.expect("body"));
+    // With `chunks` refusing a `[DONE]` that is not last: it is last.
+    assert!(sse.done());
+    let chunks = sse.chunks();
+    assert_eq!(sse.text(), answer(&conversation("stream stall")));
     let ids: std::collections::HashSet<&str> = chunks.iter().filter_map(|c| c["id"].as_str()).collect();
     assert_eq!(ids.len(), 1, "one stable id for the spliced answer");
     let models: Vec<&str> = chunks
@@ -230,13 +165,9 @@ async fn failing_after_text_ends_with_an_error_event_and_no_done() {
     let proxy = oracle_proxy("stall@8", "drop@0", "").await;
     let response = post(&proxy, &body("chat", "late failure", true)).await;
     assert_eq!(response.status(), 200);
-    let sse = parse_sse(&response.text().await.expect("body"));
-    assert!(
-        !sse.data.iter().any(|d| d == "[DONE]"),
-        "an incomplete answer must not end with [DONE]"
-    );
-    let last: Value = serde_json::from_str(sse.data.last().expect("events")).expect("json");
-    assert_eq!(last["error"]["code"], "all_routes_failed");
+    let sse = Sse::parse(&response.text().await.expect("body"));
+    assert!(!sse.done(), "an incomplete answer must not end with [DONE]");
+    assert_eq!(sse.last_json()["error"]["code"], "all_routes_failed");
 }
 
 #[tokio::test]
@@ -327,7 +258,7 @@ async fn unknown_fields_and_the_requested_model_reach_the_upstream() {
         "#,
         upstream.base_url()
     );
-    let proxy = start(&toml).await;
+    let proxy = Serve::new(&toml).start().await;
     let request = json!({
         "model": "vendor-model-7", "messages": [{"role": "user", "content": "hi", "name": "ann"}],
         "temperature": 0.1, "top_p": 0.5, "stop": ["\n\n"], "seed": 42, "user": "u1",
@@ -396,16 +327,11 @@ async fn a_failure_inside_a_tool_call_restarts_the_call_on_the_fallback() {
         primary.base_url(),
         fallback.base_url()
     );
-    let proxy = start(&toml).await;
+    let proxy = Serve::new(&toml).start().await;
     let request = json!({"model": "tools", "messages": [{"role": "user", "content": "weather?"}], "stream": true});
-    let sse = parse_sse(&post(&proxy, &request).await.text().await.expect("body"));
-    let chunks: Vec<Value> = sse
-        .data
-        .iter()
-        .filter(|d| *d != "[DONE]")
-        .map(|d| serde_json::from_str(d).expect("json"))
-        .collect();
-    assert_eq!(chunk_text(&chunks), "Let me check. ");
+    let sse = Sse::parse(&post(&proxy, &request).await.text().await.expect("body"));
+    let chunks = sse.chunks();
+    assert_eq!(sse.text(), "Let me check. ");
     let deltas: Vec<Value> = chunks
         .iter()
         .filter_map(|c| c.pointer("/choices/0/delta/tool_calls").and_then(Value::as_array))
@@ -449,7 +375,7 @@ async fn a_client_that_disconnects_cancels_the_upstream() {
         "#,
         upstream.base_url()
     );
-    let proxy = start(&toml).await;
+    let proxy = Serve::new(&toml).start().await;
     let request = json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}], "stream": true});
     let mut response = post(&proxy, &request).await;
     let first = response.chunk().await.expect("read").expect("a first chunk");
@@ -577,12 +503,10 @@ async fn shutdown_lets_streams_finish_within_the_grace_period_then_ends_them() {
         "#,
         upstream.base_url()
     );
-    let mut proxy = start(&toml).await;
+    let mut proxy = Serve::new(&toml).start().await;
     let request = json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}], "stream": true});
     let response = post(&proxy, &request).await;
-    if let Some(stop) = proxy.stop.take() {
-        let _ = stop.send(());
-    }
+    proxy.stop();
     let text = tokio::time::timeout(Duration::from_secs(30), response.text())
         .await
         .expect("stream ended")
@@ -590,7 +514,7 @@ async fn shutdown_lets_streams_finish_within_the_grace_period_then_ends_them() {
     assert!(text.contains("partial"));
     assert!(text.contains("server_shutdown"), "{text}");
     assert!(!text.contains("[DONE]"));
-    let served = tokio::time::timeout(Duration::from_secs(30), proxy.done)
+    let served = tokio::time::timeout(Duration::from_secs(30), proxy.join_handle())
         .await
         .expect("server stopped");
     assert!(matches!(served, Ok(Ok(()))));

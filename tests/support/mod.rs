@@ -1,4 +1,5 @@
-//! Test helpers: a scripted raw-TCP SSE upstream that records what it was sent.
+//! Test helpers: scripted and raw-TCP SSE upstreams, oracle upstreams, an
+//! in-process `baton serve` ([`Serve`]), and an SSE body reader ([`Sse`]).
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -211,37 +212,159 @@ pub fn http_chunk(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A `baton serve` of `toml` on 127.0.0.1:0, in-process; it stops when dropped.
+/// A `baton serve` running in-process; it shuts down gracefully when dropped
+/// (or when [`Served::stop`] is called).
 pub struct Served {
-    /// `http://127.0.0.1:port`.
-    pub base: String,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<std::io::Result<()>>,
     _upstreams: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Served {
     /// The URL of `path` on it.
     pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Asks for a graceful shutdown: streams get the configured grace period.
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// The server's task: it ends with what `baton::proxy::serve` returned.
+    pub fn join_handle(self) -> tokio::task::JoinHandle<std::io::Result<()>> {
+        self.done
+    }
+}
+
+/// How to start a `baton serve` in-process: a config, and optionally an
+/// environment, a listener, and upstreams to keep alive as long as the server.
+pub struct Serve<'a> {
+    toml: &'a str,
+    env: Vec<(String, String)>,
+    listener: Option<TcpListener>,
+    upstreams: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl<'a> Serve<'a> {
+    /// The config `toml`, an empty environment, a fresh listener on 127.0.0.1:0.
+    pub fn new(toml: &'a str) -> Self {
+        Serve {
+            toml,
+            env: Vec::new(),
+            listener: None,
+            upstreams: Vec::new(),
+        }
+    }
+
+    /// The config sees the environment variable `name` set to `value`.
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// Serves on `listener` instead of a fresh one (for socket options set before listening).
+    pub fn listener(mut self, listener: TcpListener) -> Self {
+        self.listener = Some(listener);
+        self
+    }
+
+    /// Keeps these upstreams' stop handles alive as long as the server.
+    pub fn upstreams(mut self, upstreams: Vec<tokio::sync::oneshot::Sender<()>>) -> Self {
+        self.upstreams = upstreams;
+        self
+    }
+
+    /// Parses the config (panicking on a bad one) and spawns the server.
+    pub async fn start(self) -> Served {
+        let env = self.env;
+        let lookup = |name: &str| env.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+        let config = baton::config::Config::parse("test.toml", self.toml, &lookup).unwrap_or_else(|e| panic!("{e}"));
+        let listener = match self.listener {
+            Some(listener) => listener,
+            None => TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+        };
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let done = tokio::spawn(async move {
+            baton::proxy::serve(listener, &config, async move {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        Served {
+            addr,
+            stop: Some(stop),
+            done,
+            _upstreams: self.upstreams,
+        }
     }
 }
 
 /// Starts `baton serve` with the config `toml`, keeping `upstreams` (stop handles) alive as long as it.
 pub async fn serve(toml: &str, upstreams: Vec<tokio::sync::oneshot::Sender<()>>) -> Served {
-    let config = baton::config::Config::parse("test.toml", toml, &|_: &str| None).unwrap_or_else(|e| panic!("{e}"));
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        baton::proxy::serve(listener, &config, async move {
-            let _ = stopped.await;
-        })
-        .await
-    });
-    Served {
-        base,
-        _stop: stop,
-        _upstreams: upstreams,
+    Serve::new(toml).upstreams(upstreams).start().await
+}
+
+/// An SSE response body as the client read it: its `data:` payloads and its comments.
+pub struct Sse {
+    /// The `data:` payloads, `[DONE]` included, in order.
+    pub data: Vec<String>,
+    /// The comment lines, without their `: `.
+    pub comments: Vec<String>,
+}
+
+impl Sse {
+    /// Splits `body` into its payloads and comments.
+    pub fn parse(body: &str) -> Sse {
+        let mut sse = Sse {
+            data: Vec::new(),
+            comments: Vec::new(),
+        };
+        for line in body.lines() {
+            if let Some(d) = line.strip_prefix("data: ") {
+                sse.data.push(d.to_string());
+            } else if let Some(c) = line.strip_prefix(": ") {
+                sse.comments.push(c.to_string());
+            }
+        }
+        sse
+    }
+
+    /// Whether a `[DONE]` payload came.
+    pub fn done(&self) -> bool {
+        self.data.iter().any(|d| d == "[DONE]")
+    }
+
+    /// Every payload but a last `[DONE]`, as JSON; panics on one that is not
+    /// JSON (a `[DONE]` anywhere but last included).
+    pub fn chunks(&self) -> Vec<serde_json::Value> {
+        let payloads = match self.data.split_last() {
+            Some((last, rest)) if last == "[DONE]" => rest,
+            _ => &self.data[..],
+        };
+        payloads
+            .iter()
+            .map(|d| serde_json::from_str(d).unwrap_or_else(|e| panic!("chunk json: {d}: {e}")))
+            .collect()
+    }
+
+    /// The answer text: the content deltas of [`Sse::chunks`], concatenated.
+    pub fn text(&self) -> String {
+        self.chunks()
+            .iter()
+            .filter_map(|c| c.pointer("/choices/0/delta/content").and_then(serde_json::Value::as_str))
+            .collect()
+    }
+
+    /// The last payload as JSON.
+    pub fn last_json(&self) -> serde_json::Value {
+        let last = self.data.last().expect("at least one event");
+        serde_json::from_str(last).unwrap_or_else(|e| panic!("{last}: {e}"))
     }
 }
 

@@ -1,0 +1,451 @@
+//! The splicer: one continuous client stream out of a ladder of upstream attempts.
+//!
+//! States: `Streaming(route) → HandingOver → Streaming(next) → Done | Failed`.
+//! Each attempt is a provider stream wrapped in a [`Watchdog`]; a failure goes
+//! to [`Ladder::decide`]; a handover builds the continuation request from the
+//! text the client already has and streams the new route's answer through the
+//! [`OverlapTrim`]. The splicer owns no socket and no clock but tokio's.
+//!
+//! The attempt loop is here; a session's steps are in `session`, the hedge
+//! race in `race`, and the cache and safe-reply rungs in `rungs`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+use crate::breaker::Transition;
+use crate::cache::{CachedAnswer, ResponseCache, CACHE_MODEL, CACHE_ROUTE};
+use crate::continuation;
+use crate::event::{EngineEvent, EventKind, SessionLog, UpstreamItem};
+use crate::failure::{Failure, FailureClass, FailureKind};
+use crate::fit::{self, TooSmall};
+use crate::health::{Permit, RouteHealth};
+use crate::hedge::Side;
+use crate::ladder::{AttemptState, Decision, Ladder, Route};
+use crate::loopguard::{Loop, LoopGuard};
+use crate::oracle::SplitMix;
+use crate::overlap::OverlapTrim;
+use crate::provider::UpstreamRequest;
+use crate::record::spec::{LadderSpec, RequestSpec};
+use crate::request::{ChatRequest, Message, Usage};
+use crate::rules::Rules;
+use crate::safe_reply::{self, SAFE_REPLY_MODEL, SAFE_REPLY_ROUTE};
+use crate::watchdog::{Watchdog, Watched};
+
+mod race;
+mod rungs;
+mod session;
+
+use race::Race;
+
+/// How many events the broadcast keeps for slow subscribers.
+pub const EVENT_CAPACITY: usize = 16 * 1024;
+
+/// What the client receives.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ClientItem {
+    /// Answer text.
+    Text {
+        /// The text.
+        text: String,
+        /// The route that wrote it.
+        route: Arc<str>,
+        /// That route's upstream model.
+        model: Arc<str>,
+    },
+    /// Complete tool-call deltas from one attempt. Tool calls are held until
+    /// the attempt finishes, so a failure inside one never splices half a JSON
+    /// argument: the next route makes the call again from the start.
+    ToolCalls {
+        /// The deltas, as the upstream sent them.
+        deltas: Vec<serde_json::Value>,
+        /// The route that wrote them.
+        route: Arc<str>,
+        /// That route's upstream model.
+        model: Arc<str>,
+    },
+    /// Another route took over; the next text is its.
+    Handover(Handover),
+    /// The answer is complete. Last item.
+    Done(Completion),
+    /// The session ended without a complete answer. Last item.
+    Failed(SpliceError),
+}
+
+/// A handover, as the client may be told of it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Handover {
+    /// The route that failed.
+    pub from: Arc<str>,
+    /// The route that continues.
+    pub to: Arc<str>,
+    /// The failure's class.
+    pub class: FailureClass,
+    /// The failure's label.
+    pub reason: &'static str,
+    /// Bytes the client had.
+    pub prefix_bytes: u64,
+    /// From the failure's detection to this continuation's first byte.
+    pub gap: Duration,
+}
+
+/// How a complete answer ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Completion {
+    /// The last route's finish reason.
+    pub finish_reason: String,
+    /// Token counts of the attempts that contributed text.
+    pub usage: Usage,
+    /// The routes that wrote the answer, in order.
+    pub route_chain: Vec<String>,
+    /// Every failed attempt on the way.
+    pub failures: Vec<Failure>,
+}
+
+/// Why a session ended without a complete answer.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum SpliceError {
+    /// A provider refused on policy grounds; its reason is passed on.
+    #[error("refused by {route}: {message}")]
+    Refused {
+        /// The refusing route.
+        route: String,
+        /// The provider's reason.
+        message: String,
+        /// Every failed attempt.
+        failures: Vec<Failure>,
+        /// Bytes the client had received.
+        emitted_bytes: u64,
+    },
+    /// Every route failed.
+    #[error("every route failed: {}", list(failures))]
+    Exhausted {
+        /// Every failed attempt.
+        failures: Vec<Failure>,
+        /// Bytes the client had received.
+        emitted_bytes: u64,
+    },
+}
+
+fn list(failures: &[Failure]) -> String {
+    if failures.is_empty() {
+        return "the ladder has no routes".to_string();
+    }
+    failures.iter().map(Failure::to_string).collect::<Vec<_>>().join("; ")
+}
+
+/// The client-side stream of one session.
+pub type SpliceStream = Pin<Box<dyn Stream<Item = ClientItem> + Send>>;
+
+/// Runs sessions along one ladder and publishes their events.
+#[derive(Clone, Debug)]
+pub struct Splicer {
+    ladder: Arc<Ladder>,
+    events: broadcast::Sender<EngineEvent>,
+}
+
+/// A finished session, collected.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Collected {
+    /// Everything the client received, concatenated.
+    pub text: String,
+    /// Tool-call deltas the client received.
+    pub tool_calls: Vec<serde_json::Value>,
+    /// The handovers, in order.
+    pub handovers: Vec<Handover>,
+    /// How it ended.
+    pub outcome: Result<Completion, SpliceError>,
+}
+
+impl Splicer {
+    /// A splicer over `ladder` with its own event broadcast.
+    pub fn new(ladder: Ladder) -> Self {
+        Splicer::with_events(ladder, broadcast::channel(EVENT_CAPACITY).0)
+    }
+
+    /// A splicer publishing to an existing broadcast (several ladders, one feed).
+    pub fn with_events(ladder: Ladder, events: broadcast::Sender<EngineEvent>) -> Self {
+        Splicer {
+            ladder: Arc::new(ladder),
+            events,
+        }
+    }
+
+    /// A new subscription to the event feed.
+    pub fn subscribe(&self) -> broadcast::Receiver<EngineEvent> {
+        self.events.subscribe()
+    }
+
+    /// The ladder it runs.
+    pub fn ladder(&self) -> &Ladder {
+        &self.ladder
+    }
+
+    /// Runs `request` to completion and collects what the client would receive.
+    pub async fn collect(&self, request: ChatRequest) -> Collected {
+        let mut stream = self.splice(request);
+        let mut text = String::new();
+        let mut handovers = Vec::new();
+        let mut tool_calls = Vec::new();
+        while let Some(item) = stream.next().await {
+            match item {
+                ClientItem::Text { text: t, .. } => text.push_str(&t),
+                ClientItem::ToolCalls { deltas, .. } => tool_calls.extend(deltas),
+                ClientItem::Handover(h) => handovers.push(h),
+                ClientItem::Done(c) => {
+                    return Collected {
+                        text,
+                        tool_calls,
+                        handovers,
+                        outcome: Ok(c),
+                    }
+                }
+                ClientItem::Failed(e) => {
+                    return Collected {
+                        text,
+                        tool_calls,
+                        handovers,
+                        outcome: Err(e),
+                    }
+                }
+            }
+        }
+        let failures = Vec::new();
+        let emitted_bytes = text.len() as u64;
+        Collected {
+            text,
+            tool_calls,
+            handovers,
+            outcome: Err(SpliceError::Exhausted {
+                failures,
+                emitted_bytes,
+            }),
+        }
+    }
+
+    /// The client stream for `request`. Dropping it cancels the upstream.
+    pub fn splice(&self, request: ChatRequest) -> SpliceStream {
+        let ladder = self.ladder.clone();
+        let log = SessionLog::new(request.session, self.events.clone());
+        Box::pin(async_stream::stream! {
+            if log.listened() {
+                log.emit(EventKind::SessionStarted {
+                    ladder: ladder.name.clone(),
+                    messages: request.messages.len(),
+                    spec: Some(Box::new(LadderSpec::of(&ladder))),
+                    request: Some(Box::new(RequestSpec::of(&request))),
+                });
+            }
+            let mut session = Session::new(&request, log, ladder.cache.is_some());
+            if let Some(items) = session.cached(&ladder, false) {
+                for item in items {
+                    yield item;
+                }
+                return;
+            }
+            let Some(first) = ladder.routes.first() else {
+                for item in session.last_resort(&ladder) {
+                    yield item;
+                }
+                return;
+            };
+            let mut state = AttemptState { route: 0, retries: 0, mode: first.health.continuation(first.continuation), produced_text: false };
+            loop {
+                let mut route = &ladder.routes[state.route];
+                let mut attempt = session.open(route, &state, &ladder.instruction, &ladder.rules);
+                let mut race = Race::arm(&ladder, route, &state, &attempt);
+                let mut guard = ladder.loop_guard.as_ref().map(|c| LoopGuard::new(c, session.emitted.len()));
+                let ended = loop {
+                    // A hedge race may switch the attempt (and its route and state) to the hedge.
+                    let next = session.next_item(&ladder, &mut route, &mut attempt, &mut state, &mut race).await;
+                    session.upstream(&attempt, next.as_ref());
+                    match next {
+                        Some(Watched::Text(text)) => {
+                            let out = attempt.text(&session, text);
+                            for item in session.deliver(&attempt, out) {
+                                yield item;
+                            }
+                            if let Some(found) = guard.as_mut().and_then(|g| g.observe(&session.emitted)) {
+                                let marker = ladder.loop_guard.as_ref().map_or("", |c| c.marker.as_str());
+                                if let Some(item) = session.cut_loop(&attempt, &found, marker) {
+                                    yield item;
+                                }
+                                let period = u32::try_from(found.period).unwrap_or(u32::MAX);
+                                break Err(FailureKind::Loop { period, repeats: found.repeats });
+                            }
+                        }
+                        Some(Watched::ToolCalls(calls)) => {
+                            attempt.tokens += 1;
+                            attempt.tool_calls.extend(calls);
+                        }
+                        Some(Watched::Usage(usage)) => attempt.usage = Some(usage),
+                        Some(Watched::Finished(reason)) => break Ok(reason),
+                        Some(Watched::Failed(kind)) => break Err(kind),
+                        None => break Err(FailureKind::Truncated { detail: None }),
+                    }
+                };
+                session.settle(route, &mut attempt, ended.as_ref().err());
+                match ended {
+                    Ok(reason) => {
+                        let rest = attempt.trim.finish();
+                        for item in session.deliver(&attempt, rest) {
+                            yield item;
+                        }
+                        if !attempt.tool_calls.is_empty() {
+                            let deltas = std::mem::take(&mut attempt.tool_calls);
+                            for item in session.deliver_tool_calls(&attempt, deltas) {
+                                yield item;
+                            }
+                        }
+                        // A fallback that had nothing left to add still took over: it confirmed the end.
+                        if session.pending.is_some() {
+                            if let Some(item) = session.arrive(&attempt.route) {
+                                yield item;
+                            }
+                        }
+                        session.account(&attempt);
+                        session.remember(&ladder, &reason);
+                        yield session.finish(reason);
+                        return;
+                    }
+                    Err(kind) => {
+                        if let FailureKind::FirstTokenTimeout { after } = kind {
+                            route.health.record_ttft(after);
+                        }
+                        session.account(&attempt);
+                        state.produced_text = attempt.tokens > 0;
+                        let jitter = session.rng.below(1 << 20) as f64 / f64::from(1u32 << 20);
+                        let mut decision = ladder.decide(&kind, &state, jitter);
+                        if matches!(decision, Decision::Retry { .. }) && !route.health.allow_retry() {
+                            // The route's retry budget is spent: hand over instead of adding load.
+                            session.log.emit(EventKind::RetryDenied { route: route.name.to_string() });
+                            let spent = AttemptState { retries: u32::MAX, ..state };
+                            decision = ladder.decide(&kind, &spent, jitter);
+                        }
+                        session.record_failure(route, &kind, attempt.tokens);
+                        match decision {
+                            Decision::Retry { delay } => {
+                                session.log.emit(EventKind::Retry { route: route.name.to_string(), delay_ms: delay.as_millis() as u64 });
+                                tokio::time::sleep(delay).await;
+                                state.retries += 1;
+                            }
+                            Decision::SwitchToInstruct => {
+                                route.health.remember_no_prefill();
+                                state.mode = continuation::ContinuationMode::Instruct;
+                            }
+                            Decision::HandOver { to } => {
+                                session.pending.get_or_insert(Pending { from: route.name.clone(), reason: kind.label(), class: kind.class(), at: Instant::now() });
+                                let next = &ladder.routes[to];
+                                state = AttemptState { route: to, retries: 0, mode: next.health.continuation(next.continuation), produced_text: false };
+                            }
+                            Decision::Refuse => {
+                                let failures = std::mem::take(&mut session.failures);
+                                let error = SpliceError::Refused { route: route.name.to_string(), message: refusal(&kind), failures, emitted_bytes: session.sent };
+                                yield session.fail(error);
+                                return;
+                            }
+                            Decision::Exhausted => {
+                                session.pending.get_or_insert(Pending { from: route.name.clone(), reason: kind.label(), class: kind.class(), at: Instant::now() });
+                                for item in session.last_resort(&ladder) {
+                                    yield item;
+                                }
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// The stream of an attempt skipped without a request (an open breaker, a
+/// business rule): it fails at once with `kind`, as a recorded failure of its
+/// own, so a replay takes the same path.
+fn fails_at_once(kind: FailureKind) -> crate::provider::ChunkStream {
+    Box::pin(futures::stream::once(async move { Err(kind) }))
+}
+
+fn refusal(kind: &FailureKind) -> String {
+    match kind {
+        FailureKind::ContentPolicy { message } => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A failure waiting for the next route's first byte, to become a handover.
+struct Pending {
+    from: Arc<str>,
+    reason: &'static str,
+    class: FailureClass,
+    at: Instant,
+}
+
+/// The zero, one or two items one delivery yields.
+type Delivered = std::iter::Flatten<std::array::IntoIter<Option<ClientItem>, 2>>;
+
+/// One session's state between attempts.
+struct Session<'r> {
+    request: &'r ChatRequest,
+    log: SessionLog,
+    /// The prefix every continuation builds on: everything the client has
+    /// received, except a loop cut out of it (and the marker that ended it).
+    emitted: String,
+    /// Bytes the client has received.
+    sent: u64,
+    chain: Vec<String>,
+    failures: Vec<Failure>,
+    usage: Usage,
+    pending: Option<Pending>,
+    attempts: u32,
+    rng: SplitMix,
+    /// Tool-call deltas sent to the client, for the `Finished` event (only kept when someone listens).
+    tool_calls: Vec<serde_json::Value>,
+    /// Whether any tool call reached the client (such an answer is not cached).
+    tool_calls_sent: bool,
+    /// The text deltas as sent, for the cache (only kept when the ladder has one).
+    deltas: Option<Vec<String>>,
+}
+
+/// One upstream attempt.
+struct Attempt {
+    /// Its number in the session, from 1.
+    number: u32,
+    /// The breaker's permission; `None` when the breaker skipped the route.
+    permit: Option<Permit>,
+    watchdog: Watchdog,
+    trim: OverlapTrim,
+    opened: Instant,
+    tokens: u64,
+    contributed: bool,
+    usage: Option<Usage>,
+    route: Arc<str>,
+    /// The upstream model actually asked for (`{model}` resolved).
+    model: Arc<str>,
+    /// Tool-call deltas held until the attempt finishes.
+    tool_calls: Vec<serde_json::Value>,
+    /// The route's shared health, which learns its first-token times.
+    health: Arc<RouteHealth>,
+}
+
+impl Attempt {
+    /// Feeds one upstream delta through the overlap trim.
+    fn text(&mut self, session: &Session<'_>, text: String) -> String {
+        self.tokens += 1;
+        if self.tokens == 1 {
+            let ttft = self.opened.elapsed();
+            self.health.record_ttft(ttft);
+            session.log.emit(EventKind::FirstToken {
+                route: self.route.to_string(),
+                ttft_ms: ttft.as_millis() as u64,
+            });
+        }
+        let out = self.trim.push(text);
+        self.contributed |= !out.is_empty();
+        out
+    }
+}

@@ -1,0 +1,194 @@
+//! Hedging inside a session: racing an attempt against a hedge on the next
+//! route, and settling the race (see [`crate::hedge`] for the timing rule).
+
+use super::*;
+
+/// Hedging of the attempt the ladder opened (see [`crate::hedge`]).
+pub(super) enum Race {
+    /// Not hedged (hedging off, no next route, no delay known, or the race is over).
+    Off,
+    /// The hedge starts at `at` unless content comes first.
+    Armed {
+        /// When.
+        at: Instant,
+        /// Since the attempt opened, as recorded.
+        after: Duration,
+        /// The hedge's route index.
+        to: usize,
+    },
+    /// Both run; the first content decides.
+    Running {
+        /// The hedge attempt.
+        hedge: Box<Attempt>,
+        /// Its state, which becomes the session's if it goes on.
+        state: AttemptState,
+    },
+}
+
+impl Race {
+    /// The race for `attempt`, just opened on `route` as `state` says.
+    pub(super) fn arm(ladder: &Ladder, route: &Route, state: &AttemptState, attempt: &Attempt) -> Race {
+        let Some(policy) = &ladder.hedge else {
+            return Race::Off;
+        };
+        let Some(to) = ladder.hedge_route(state.route) else {
+            return Race::Off;
+        };
+        match policy.delay_for(attempt.number, &route.health) {
+            Some(after) => Race::Armed {
+                at: attempt.opened + after,
+                after,
+                to,
+            },
+            None => Race::Off,
+        }
+    }
+}
+
+impl<'r> Session<'r> {
+    /// The next item of the current attempt, racing it against a hedge while `race`
+    /// says so; when the hedge goes on, `route`, `attempt` and `state` become its.
+    pub(super) async fn next_item<'l>(
+        &mut self,
+        ladder: &'l Ladder,
+        route: &mut &'l Route,
+        attempt: &mut Attempt,
+        state: &mut AttemptState,
+        race: &mut Race,
+    ) -> Option<Watched> {
+        loop {
+            match std::mem::replace(race, Race::Off) {
+                Race::Off => return attempt.watchdog.next().await,
+                // Content already came: nothing left to hedge.
+                Race::Armed { .. } if attempt.tokens > 0 => {}
+                Race::Armed { at, after, to } => {
+                    tokio::select! {
+                        // The attempt first: content ready at the deadline needs no hedge.
+                        biased;
+                        next = attempt.watchdog.next() => {
+                            *race = Race::Armed { at, after, to };
+                            return next;
+                        }
+                        () = tokio::time::sleep_until(at) => {
+                            *race = self.start_hedge(ladder, route, attempt, after, to);
+                        }
+                    }
+                }
+                Race::Running {
+                    mut hedge,
+                    state: hedge_state,
+                } => {
+                    let (side, next) = crate::hedge::race(&mut attempt.watchdog, &mut hedge.watchdog).await;
+                    match (side, next) {
+                        (Side::Primary, Some(Watched::Usage(usage))) => {
+                            *race = Race::Running {
+                                hedge,
+                                state: hedge_state,
+                            };
+                            return Some(Watched::Usage(usage));
+                        }
+                        (Side::Hedge, Some(Watched::Usage(usage))) => {
+                            self.upstream(&hedge, Some(&Watched::Usage(usage)));
+                            hedge.usage = Some(usage);
+                            *race = Race::Running {
+                                hedge,
+                                state: hedge_state,
+                            };
+                        }
+                        (Side::Primary, Some(Watched::Failed(kind))) if kind.class() != FailureClass::Policy => {
+                            // The hedge is already the handover the failure calls for.
+                            let mut failed = std::mem::replace(attempt, *hedge);
+                            self.race_lost(route, &mut failed, &kind);
+                            self.pending.get_or_insert(Pending {
+                                from: route.name.clone(),
+                                reason: kind.label(),
+                                class: kind.class(),
+                                at: Instant::now(),
+                            });
+                            *route = &ladder.routes[hedge_state.route];
+                            *state = hedge_state;
+                            self.hedge_won(ladder, attempt, true, None);
+                        }
+                        (Side::Primary, None) => {
+                            // A watchdog yields `None` only after its end, which ends the race first.
+                            return None;
+                        }
+                        (Side::Primary, next) => {
+                            // Content, a finish or a refusal: the hedge is not needed.
+                            self.hedge_won(ladder, attempt, false, Some(&hedge));
+                            return next;
+                        }
+                        (Side::Hedge, Some(Watched::Failed(kind))) => {
+                            let hedge_route = &ladder.routes[hedge_state.route];
+                            self.race_lost(hedge_route, &mut hedge, &kind);
+                            self.hedge_won(ladder, attempt, false, None);
+                        }
+                        (Side::Hedge, None) => {}
+                        (Side::Hedge, next) => {
+                            let cancelled = std::mem::replace(attempt, *hedge);
+                            *route = &ladder.routes[hedge_state.route];
+                            *state = hedge_state;
+                            self.hedge_won(ladder, attempt, true, Some(&cancelled));
+                            // Dropping it frees its breaker permit without counting a failure.
+                            drop(cancelled);
+                            return next;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts the hedge of `attempt` on route `to`, `after` its opening.
+    pub(super) fn start_hedge(
+        &mut self,
+        ladder: &Ladder,
+        route: &Route,
+        attempt: &Attempt,
+        after: Duration,
+        to: usize,
+    ) -> Race {
+        let next = &ladder.routes[to];
+        let state = AttemptState {
+            route: to,
+            retries: 0,
+            mode: next.health.continuation(next.continuation),
+            produced_text: false,
+        };
+        self.log.emit(EventKind::Hedge {
+            route: route.name.to_string(),
+            attempt: attempt.number,
+            hedge_route: next.name.to_string(),
+            hedge_attempt: self.attempts + 1,
+            after_ms: after.as_millis() as u64,
+        });
+        let hedge = self.open(next, &state, &ladder.instruction, &ladder.rules);
+        Race::Running {
+            hedge: Box::new(hedge),
+            state,
+        }
+    }
+
+    /// One side of a race failed before any content: recorded like any failed attempt.
+    pub(super) fn race_lost(&mut self, route: &Route, attempt: &mut Attempt, kind: &FailureKind) {
+        self.settle(route, attempt, Some(kind));
+        if let FailureKind::FirstTokenTimeout { after } = kind {
+            route.health.record_ttft(*after);
+        }
+        self.record_failure(route, kind, attempt.tokens);
+    }
+
+    /// A race ended: `winner` goes on; `cancelled` was still running.
+    pub(super) fn hedge_won(&self, ladder: &Ladder, winner: &Attempt, by_hedge: bool, cancelled: Option<&Attempt>) {
+        if let Some(policy) = &ladder.hedge {
+            policy.count(crate::hedge::Outcome::of(by_hedge, cancelled.is_some()));
+        }
+        self.log.emit(EventKind::HedgeWon {
+            route: winner.route.to_string(),
+            attempt: winner.number,
+            by_hedge,
+            cancelled: cancelled.map(|c| c.route.to_string()),
+            cancelled_attempt: cancelled.map(|c| c.number),
+        });
+    }
+}

@@ -1,0 +1,275 @@
+//! A session's steps between and within attempts: opening one, delivering
+//! its text, completing handovers, accounting and ending.
+
+use super::*;
+
+impl<'r> Session<'r> {
+    pub(super) fn new(request: &'r ChatRequest, log: SessionLog, cached: bool) -> Self {
+        let (hi, lo) = request.session.as_u64_pair();
+        Session {
+            request,
+            log,
+            emitted: String::new(),
+            sent: 0,
+            chain: Vec::new(),
+            failures: Vec::new(),
+            usage: Usage::default(),
+            pending: None,
+            attempts: 0,
+            rng: SplitMix::new(hi ^ lo),
+            tool_calls: Vec::new(),
+            tool_calls_sent: false,
+            deltas: cached.then(Vec::new),
+        }
+    }
+
+    pub(super) fn open(&mut self, route: &Route, state: &AttemptState, instruction: &str, rules: &Rules) -> Attempt {
+        self.attempts += 1;
+        let messages = continuation::messages(&self.request.messages, &self.emitted, state.mode, instruction);
+        let (messages, too_small) = self.fit(route, messages);
+        let model: Arc<str> = match (&*route.model, &self.request.model) {
+            (crate::config::PASS_THROUGH_MODEL, Some(asked)) => asked.as_str().into(),
+            _ => route.model.clone(),
+        };
+        let upstream = UpstreamRequest {
+            model: model.to_string(),
+            messages,
+            params: self.request.params.clone(),
+            continue_final_message: route.continue_final_message
+                && state.mode == continuation::ContinuationMode::Prefill
+                && !self.emitted.is_empty(),
+        };
+        // Decided once, here, and recorded: a replay re-drives with these, not with a history it lacks.
+        let deadlines = crate::deadline::decide(route, &upstream.messages);
+        if self.log.listened() {
+            self.log.emit(EventKind::AttemptOpened {
+                route: route.name.to_string(),
+                model: model.to_string(),
+                attempt: self.attempts,
+                mode: state.mode,
+                prefix_bytes: self.emitted.len() as u64,
+                request: upstream.clone(),
+                deadlines: Some(Box::new(deadlines)),
+            });
+        }
+        let (permit, stream) = if let Some(broken) = too_small.or_else(|| rules.check(route, &upstream)) {
+            (None, fails_at_once(broken))
+        } else {
+            match route.health.admit(state.retries == 0) {
+                Some((permit, transition)) => {
+                    self.breaker_changed(route, transition);
+                    (Some(permit), route.provider.stream(upstream))
+                }
+                None => (None, fails_at_once(FailureKind::CircuitOpen)),
+            }
+        };
+        Attempt {
+            number: self.attempts,
+            permit,
+            watchdog: crate::deadline::watchdog(route, stream, deadlines),
+            trim: OverlapTrim::new(&self.emitted),
+            opened: Instant::now(),
+            tokens: 0,
+            contributed: false,
+            usage: None,
+            route: route.name.clone(),
+            model,
+            tool_calls: Vec::new(),
+            health: route.health.clone(),
+        }
+    }
+
+    /// The client items for `text` from `attempt`: a handover notice first if one is pending.
+    pub(super) fn deliver(&mut self, attempt: &Attempt, text: String) -> Delivered {
+        self.deliver_as(&attempt.route, &attempt.model, text)
+    }
+
+    /// The client items for `text` written by `route` as `model`.
+    pub(super) fn deliver_as(&mut self, route: &Arc<str>, model: &Arc<str>, text: String) -> Delivered {
+        if text.is_empty() {
+            return [None, None].into_iter().flatten();
+        }
+        let handover = self.arrive(route);
+        if self.log.listened() {
+            self.log.emit(EventKind::Delta {
+                route: route.to_string(),
+                text: text.clone(),
+            });
+        }
+        self.emitted.push_str(&text);
+        self.sent += text.len() as u64;
+        if let Some(deltas) = &mut self.deltas {
+            deltas.push(text.clone());
+        }
+        let item = ClientItem::Text {
+            text,
+            route: route.clone(),
+            model: model.clone(),
+        };
+        [handover, Some(item)].into_iter().flatten()
+    }
+
+    /// The client items for a finished attempt's tool calls.
+    pub(super) fn deliver_tool_calls(&mut self, attempt: &Attempt, deltas: Vec<serde_json::Value>) -> Delivered {
+        if self.log.listened() {
+            self.tool_calls.extend(deltas.iter().cloned());
+        }
+        let item = ClientItem::ToolCalls {
+            deltas,
+            route: attempt.route.clone(),
+            model: attempt.model.clone(),
+        };
+        self.tool_calls_sent = true;
+        [self.arrive(&attempt.route), Some(item)].into_iter().flatten()
+    }
+
+    /// `attempt` is about to reach the client: completes a pending handover and extends the route chain.
+    pub(super) fn arrive(&mut self, route: &Arc<str>) -> Option<ClientItem> {
+        if self.chain.last().map(String::as_str) != Some(&**route) {
+            self.chain.push(route.to_string());
+        }
+        let p = self.pending.take()?;
+        let handover = Handover {
+            from: p.from,
+            to: route.clone(),
+            class: p.class,
+            reason: p.reason,
+            prefix_bytes: self.sent,
+            gap: p.at.elapsed(),
+        };
+        self.log.emit(EventKind::Handover {
+            from: handover.from.to_string(),
+            to: handover.to.to_string(),
+            class: handover.class,
+            reason: handover.reason.to_string(),
+            prefix_bytes: handover.prefix_bytes,
+            gap_ms: handover.gap.as_millis() as u64,
+        });
+        Some(ClientItem::Handover(handover))
+    }
+
+    pub(super) fn account(&mut self, attempt: &Attempt) {
+        if attempt.contributed {
+            // An attempt cut off mid-stream reports no usage: count its deltas.
+            self.usage += attempt.usage.unwrap_or(Usage {
+                prompt_tokens: 0,
+                completion_tokens: attempt.tokens,
+            });
+        }
+    }
+
+    /// Publishes what the upstream sent (failures are published with their decision).
+    pub(super) fn upstream(&self, attempt: &Attempt, item: Option<&Watched>) {
+        if !self.log.listened() {
+            return;
+        }
+        let item = match item {
+            Some(Watched::Text(t)) => UpstreamItem::Text(t.clone()),
+            Some(Watched::ToolCalls(c)) => UpstreamItem::ToolCalls(c.clone()),
+            Some(Watched::Usage(u)) => UpstreamItem::Usage(*u),
+            Some(Watched::Finished(r)) => UpstreamItem::Finished(r.clone()),
+            Some(Watched::Failed(_)) | None => return,
+        };
+        self.log.emit(EventKind::Upstream {
+            attempt: attempt.number,
+            item,
+        });
+    }
+
+    /// Settles the attempt's breaker permit with its outcome.
+    pub(super) fn settle(&self, route: &Route, attempt: &mut Attempt, failure: Option<&FailureKind>) {
+        if let Some(permit) = attempt.permit.take() {
+            let transition = permit.settle(failure);
+            self.breaker_changed(route, transition);
+        }
+    }
+
+    pub(super) fn breaker_changed(&self, route: &Route, transition: Option<Transition>) {
+        if let Some(t) = transition {
+            tracing::info!(route = %route.name, from = t.from.as_str(), to = t.to.as_str(), "circuit breaker");
+            self.log.emit(EventKind::Breaker {
+                route: route.name.to_string(),
+                from: t.from,
+                to: t.to,
+            });
+        }
+    }
+
+    pub(super) fn record_failure(&mut self, route: &Route, kind: &FailureKind, tokens: u64) {
+        let failure = Failure::new(kind, &route.name, tokens, self.sent, self.log.t_ms());
+        self.log.emit(EventKind::Failure {
+            failure: failure.clone(),
+            cause: kind.clone(),
+        });
+        self.failures.push(failure);
+    }
+
+    pub(super) fn finish(&mut self, finish_reason: String) -> ClientItem {
+        self.log.emit(EventKind::Finished {
+            finish_reason: finish_reason.clone(),
+            route_chain: self.chain.clone(),
+            bytes: self.sent,
+            usage: self.usage,
+            tool_calls: std::mem::take(&mut self.tool_calls),
+        });
+        ClientItem::Done(Completion {
+            finish_reason,
+            usage: self.usage,
+            route_chain: std::mem::take(&mut self.chain),
+            failures: std::mem::take(&mut self.failures),
+        })
+    }
+
+    /// `messages` fitted to `route`'s context window (announcing what was
+    /// dropped); unchanged, with the failure that skips the route, if they cannot fit.
+    pub(super) fn fit(&self, route: &Route, messages: Vec<Message>) -> (Vec<Message>, Option<FailureKind>) {
+        let reserve = fit::reserve(&self.request.params);
+        let protected = fit::protected_from(&self.request.messages);
+        match fit::fit(&messages, protected, route.context_tokens, reserve) {
+            Ok(plan) if plan.drops() => {
+                self.log.emit(EventKind::ContextFitted {
+                    route: route.name.to_string(),
+                    dropped_messages: plan.dropped_messages,
+                    dropped_tokens: plan.dropped_tokens,
+                    kept_tokens: plan.kept_tokens,
+                    reserve,
+                    window: route.context_tokens,
+                });
+                (plan.apply(messages), None)
+            }
+            Ok(_) => (messages, None),
+            Err(TooSmall { needed, window }) => (messages, Some(FailureKind::ContextTooSmall { needed, window })),
+        }
+    }
+
+    /// Cuts a loop out of the prefix, back to where it began; the client, which
+    /// already has the looped text, gets `marker` where that text ends.
+    pub(super) fn cut_loop(&mut self, attempt: &Attempt, found: &Loop, marker: &str) -> Option<ClientItem> {
+        if self.emitted.is_char_boundary(found.start) {
+            self.emitted.truncate(found.start);
+        }
+        // What the client got is not an answer to serve again.
+        self.deltas = None;
+        if marker.is_empty() {
+            return None;
+        }
+        self.log.emit(EventKind::Delta {
+            route: attempt.route.to_string(),
+            text: marker.to_string(),
+        });
+        self.sent += marker.len() as u64;
+        Some(ClientItem::Text {
+            text: marker.to_string(),
+            route: attempt.route.clone(),
+            model: attempt.model.clone(),
+        })
+    }
+
+    pub(super) fn fail(&mut self, error: SpliceError) -> ClientItem {
+        self.log.emit(EventKind::Failed {
+            error: error.to_string(),
+            bytes: self.sent,
+        });
+        ClientItem::Failed(error)
+    }
+}

@@ -460,3 +460,57 @@ fn replay_keys_pause_change_speed_and_jump_between_handovers() {
     );
     assert!(!player.on_key(&mut app, KeyEvent::new(KeyCode::Char('j'), KeyModifiers::NONE)));
 }
+
+/// The ladder's own rungs show on the dashboard like routes: a dropped answer
+/// the cache finished and one the safe reply closed, from real sessions.
+#[tokio::test(start_paused = true)]
+async fn the_cache_and_the_safe_reply_show_as_routes_and_handovers() {
+    use baton::cache::{CacheLimits, CacheRung, CacheUse, ResponseCache};
+    use baton::oracle::fault::{FaultPlan, FaultScript};
+    use baton::oracle::Style;
+    use baton::provider::mock::MockProvider;
+    use baton::safe_reply::SafeReply;
+    use baton::{ChatRequest, Ladder, Message, Role, Route, Splicer};
+    use std::sync::Arc;
+
+    let mock = |fault: &str| {
+        Arc::new(MockProvider::new(
+            FaultPlan::Fixed(fault.parse::<FaultScript>().expect("fault")),
+            Style::default(),
+        ))
+    };
+    let conversation = |tag: &str| vec![Message::new(Role::User, format!("dashboard {tag}"))];
+    let store = Arc::new(ResponseCache::new(CacheLimits::default()));
+    let ladder = |fault: &str| {
+        let mut l = Ladder::new(vec![Route::new("primary", "p", mock(fault))]).named("chat");
+        l.cache = Some(CacheRung {
+            uses: CacheUse::LastResort,
+            store: store.clone(),
+        });
+        l.safe_reply = Some(SafeReply {
+            reply: "Sorry.".into(),
+            note: " [cut short]".into(),
+        });
+        Splicer::new(l)
+    };
+    let healthy = ladder("none");
+    let dropping = ladder("drop@4");
+    let mut feeds = vec![healthy.subscribe(), dropping.subscribe()];
+    healthy.collect(ChatRequest::new(conversation("cached"))).await;
+    dropping.collect(ChatRequest::new(conversation("cached"))).await;
+    dropping.collect(ChatRequest::new(conversation("not cached"))).await;
+
+    let mut app = App::new("test feed");
+    let mut t = 0;
+    for feed in &mut feeds {
+        while let Ok(e) = feed.try_recv() {
+            t += 1;
+            app.on_event(&e, Duration::from_millis(t));
+        }
+    }
+    app.tick(Duration::from_millis(t + 100));
+    let screen = render(&app, 120, 40);
+    for wanted in ["cache", "safe-reply", "primary → cache", "primary → safe-reply"] {
+        assert!(screen.contains(wanted), "{wanted:?} is not on the screen:\n{screen}");
+    }
+}

@@ -27,7 +27,7 @@ use baton::provider::{ChunkStream, Provider, UpstreamRequest};
 use baton::splice::Collected;
 use baton::{ChatRequest, Deadlines, Ladder, Message, Role, Route, Splicer};
 use serde_json::Value;
-use support::{http_chunk, oracle_upstream, raw_upstream, serve};
+use support::{http_chunk, oracle_upstream, raw_upstream, serve, Served, Sse};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -110,6 +110,64 @@ async fn flood(socket: &mut TcpStream, piece: &[u8], total: u64, sent: &mpsc::Un
     let _ = sent.send((written, true));
 }
 
+/// What a hostile upstream reported on its channel (waiting at most [`HANG`]).
+async fn reported(sent: &mut mpsc::UnboundedReceiver<(u64, bool)>, what: &str) -> (u64, bool) {
+    tokio::time::timeout(HANG, sent.recv())
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("{what}"))
+}
+
+/// An upstream that streams the first half of `conversation`'s answer, then
+/// `start` (unless empty), then `piece` over and over up to 50 MB. Its base
+/// URL, and where it reports what [`flood`] sent.
+async fn flooding_upstream(
+    conversation: &[Message],
+    start: &'static [u8],
+    piece: Vec<u8>,
+) -> (String, mpsc::UnboundedReceiver<(u64, bool)>) {
+    let (sent_tx, sent) = mpsc::unbounded_channel();
+    let c = conversation.to_vec();
+    let url = raw_upstream(move |mut socket, _, _| {
+        let (c, sent_tx, piece) = (c.clone(), sent_tx.clone(), piece.clone());
+        async move {
+            if open_with_prefix(&mut socket, &c).await && (start.is_empty() || send(&mut socket, start).await) {
+                flood(&mut socket, &piece, 50 << 20, &sent_tx).await;
+            }
+        }
+    })
+    .await;
+    (url, sent)
+}
+
+/// An upstream that writes the SSE head, each of `pieces` as one HTTP chunk
+/// (until the client goes), then a clean end of the chunked body. Its base URL.
+async fn chunked_upstream(pieces: Vec<Vec<u8>>) -> String {
+    raw_upstream(move |mut socket, _, _| {
+        let pieces = pieces.clone();
+        async move {
+            if socket.write_all(SSE_HEAD).await.is_err() {
+                return;
+            }
+            for piece in &pieces {
+                if !send(&mut socket, piece).await {
+                    return;
+                }
+            }
+            let _ = socket.write_all(b"0\r\n\r\n").await;
+        }
+    })
+    .await
+}
+
+/// [`chunked_upstream`] of the first half of `conversation`'s answer, then `tail`.
+async fn prefix_then(conversation: &[Message], tail: Vec<Vec<u8>>) -> String {
+    let mut pieces = vec![prefix_events(conversation)];
+    pieces.extend(tail);
+    chunked_upstream(pieces).await
+}
+
 /// The in-process oracle, healthy and fast.
 fn oracle_fallback() -> Route {
     let oracle = MockProvider::new(FaultPlan::Fixed(FaultScript::NONE), Style::default()).with_pacing(Pacing {
@@ -132,6 +190,16 @@ async fn splice(base_url: &str, conversation: &[Message], deadlines: Deadlines) 
     tokio::time::timeout(HANG, splicer.collect(ChatRequest::new(conversation.to_vec())))
         .await
         .expect("the session hung")
+}
+
+/// Asserts that the client got the oracle's whole answer from the hostile
+/// route alone, without a failure; the completion.
+fn assert_untouched(done: Collected, conversation: &[Message]) -> baton::splice::Completion {
+    assert_eq!(done.text, answer(conversation));
+    let completion = done.outcome.expect("complete");
+    assert!(completion.failures.is_empty(), "{:?}", completion.failures);
+    assert_eq!(completion.route_chain, ["hostile"]);
+    completion
 }
 
 /// Asserts that the client got the oracle's whole answer after one failure of
@@ -157,29 +225,18 @@ fn assert_handed_over(done: &Collected, conversation: &[Message], kind: &str, ch
 #[tokio::test]
 async fn a_fifty_megabyte_line_without_a_newline_is_too_large_after_about_the_limit() {
     let conv = conversation("long line");
-    let (sent_tx, mut sent) = mpsc::unbounded_channel();
-    let c = conv.clone();
-    let url = raw_upstream(move |mut socket, _, _| {
-        let (c, sent_tx) = (c.clone(), sent_tx.clone());
-        async move {
-            if open_with_prefix(&mut socket, &c).await
-                && send(&mut socket, b"data: {\"choices\":[{\"delta\":{\"content\":\"").await
-            {
-                flood(&mut socket, &[b'a'; 64 * 1024], 50 << 20, &sent_tx).await;
-            }
-        }
-    })
+    let (url, mut sent) = flooding_upstream(
+        &conv,
+        b"data: {\"choices\":[{\"delta\":{\"content\":\"",
+        vec![b'a'; 64 * 1024],
+    )
     .await;
     let done = splice(&url, &conv, GENEROUS).await;
     let detail = assert_handed_over(&done, &conv, "too_large", &["hostile", "fallback"]);
     assert!(detail.contains("line") && detail.contains("1048576"), "{detail}");
     // The client hung up long before the 50 MB: what went out is the limit
     // plus what the kernel's socket buffers held.
-    let (written, all) = tokio::time::timeout(HANG, sent.recv())
-        .await
-        .ok()
-        .flatten()
-        .expect("the upstream reports");
+    let (written, all) = reported(&mut sent, "the upstream reports").await;
     assert!(!all, "the client read all 50 MB instead of hanging up");
     assert!(written < 40 << 20, "{written} bytes went out before the client hung up");
 }
@@ -187,48 +244,31 @@ async fn a_fifty_megabyte_line_without_a_newline_is_too_large_after_about_the_li
 #[tokio::test]
 async fn an_event_of_endless_data_lines_is_too_large_after_the_event_limit() {
     let conv = conversation("big event");
-    let (sent_tx, mut sent) = mpsc::unbounded_channel();
-    let c = conv.clone();
-    let url = raw_upstream(move |mut socket, _, _| {
-        let (c, sent_tx) = (c.clone(), sent_tx.clone());
-        async move {
-            if open_with_prefix(&mut socket, &c).await {
-                // Each line is well under the line limit; the event never ends.
-                let mut line = b"data: ".to_vec();
-                line.extend_from_slice(&[b'x'; 60_000]);
-                line.push(b'\n');
-                flood(&mut socket, &line, 50 << 20, &sent_tx).await;
-            }
-        }
-    })
-    .await;
+    // Each line is well under the line limit; the event never ends.
+    let mut line = b"data: ".to_vec();
+    line.extend_from_slice(&[b'x'; 60_000]);
+    line.push(b'\n');
+    let (url, mut sent) = flooding_upstream(&conv, b"", line).await;
     let done = splice(&url, &conv, GENEROUS).await;
     let detail = assert_handed_over(&done, &conv, "too_large", &["hostile", "fallback"]);
     assert!(detail.contains("event") && detail.contains("4194304"), "{detail}");
-    let (_, all) = tokio::time::timeout(HANG, sent.recv())
-        .await
-        .ok()
-        .flatten()
-        .expect("the upstream reports");
+    let (_, all) = reported(&mut sent, "the upstream reports").await;
     assert!(!all, "the client read all 50 MB instead of hanging up");
 }
 
 #[tokio::test]
 async fn invalid_utf8_inside_a_json_string_is_malformed() {
     let conv = conversation("bad utf8");
-    let c = conv.clone();
-    let url = raw_upstream(move |mut socket, _, _| {
-        let c = c.clone();
-        async move {
-            if open_with_prefix(&mut socket, &c).await {
-                // A lone continuation byte and a truncated two-byte sequence inside the content string.
-                let bad = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"caf\xc3 \x80\"},\"finish_reason\":null}]}\n\n";
-                let _ = send(&mut socket, bad).await;
-                let _ = send(&mut socket, &event(&chunk_json("hostile", Some("never seen"), Some("stop")))).await;
-                let _ = socket.write_all(b"0\r\n\r\n").await;
-            }
-        }
-    })
+    // A lone continuation byte and a truncated two-byte sequence inside the content string.
+    let bad =
+        b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"caf\xc3 \x80\"},\"finish_reason\":null}]}\n\n";
+    let url = prefix_then(
+        &conv,
+        vec![
+            bad.to_vec(),
+            event(&chunk_json("hostile", Some("never seen"), Some("stop"))),
+        ],
+    )
     .await;
     let done = splice(&url, &conv, GENEROUS).await;
     let detail = assert_handed_over(&done, &conv, "malformed", &["hostile", "fallback"]);
@@ -238,74 +278,42 @@ async fn invalid_utf8_inside_a_json_string_is_malformed() {
 #[tokio::test]
 async fn every_byte_in_its_own_read_changes_nothing() {
     let conv = conversation("byte by byte");
-    let c = conv.clone();
-    let url = raw_upstream(move |mut socket, _, _| {
-        let c = c.clone();
-        async move {
-            if socket.write_all(SSE_HEAD).await.is_err() {
-                return;
-            }
-            // A BOM and CRLF line endings too: every kind of split is exercised.
-            let mut body = "\u{feff}".as_bytes().to_vec();
-            for e in whole_answer_events(&c) {
-                body.extend(String::from_utf8_lossy(&e).replace('\n', "\r\n").bytes());
-            }
-            // Each byte is its own HTTP chunk, so the decoder gets it alone
-            // however TCP coalesces the writes.
-            for b in body {
-                if !send(&mut socket, &[b]).await {
-                    return;
-                }
-            }
-            let _ = socket.write_all(b"0\r\n\r\n").await;
-        }
-    })
-    .await;
+    // A BOM and CRLF line endings too: every kind of split is exercised.
+    let mut body = "\u{feff}".as_bytes().to_vec();
+    for e in whole_answer_events(&conv) {
+        body.extend(String::from_utf8_lossy(&e).replace('\n', "\r\n").bytes());
+    }
+    // Each byte is its own HTTP chunk, so the decoder gets it alone
+    // however TCP coalesces the writes.
+    let url = chunked_upstream(body.into_iter().map(|b| vec![b]).collect()).await;
     let done = splice(&url, &conv, GENEROUS).await;
-    assert_eq!(done.text, answer(&conv));
-    let completion = done.outcome.expect("complete");
-    assert!(completion.failures.is_empty(), "{:?}", completion.failures);
-    assert_eq!(completion.route_chain, ["hostile"]);
+    let completion = assert_untouched(done, &conv);
     assert_eq!(completion.usage.completion_tokens, 42);
 }
 
 #[tokio::test]
 async fn comments_unknown_events_and_empty_choices_interleaved_change_nothing() {
     let conv = conversation("interleaved");
-    let c = conv.clone();
-    let url = raw_upstream(move |mut socket, _, _| {
-        let c = c.clone();
-        async move {
-            let noise: &[&[u8]] = &[
-                b": keep-alive\n\n",
-                b"event: ping\ndata: {\"type\":\"ping\"}\n\n",
-                b"id: 7\nretry: 100\nx-unknown: field\n",
-                b"data:\n\n",
-                b":\n",
-                // Azure's prompt-filter chunk: empty choices, no usage.
-                b"data: {\"choices\":[],\"prompt_filter_results\":[]}\n\n",
-                // A role-only delta, as OpenAI sends first.
-                b"data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\"},\"finish_reason\":null}]}\n\n",
-                b"event: message\n",
-            ];
-            if socket.write_all(SSE_HEAD).await.is_err() {
-                return;
-            }
-            for (i, e) in whole_answer_events(&c).iter().enumerate() {
-                let n = noise[i % noise.len()];
-                if !send(&mut socket, n).await || !send(&mut socket, e).await {
-                    return;
-                }
-            }
-            let _ = socket.write_all(b"0\r\n\r\n").await;
-        }
-    })
-    .await;
+    let noise: &[&[u8]] = &[
+        b": keep-alive\n\n",
+        b"event: ping\ndata: {\"type\":\"ping\"}\n\n",
+        b"id: 7\nretry: 100\nx-unknown: field\n",
+        b"data:\n\n",
+        b":\n",
+        // Azure's prompt-filter chunk: empty choices, no usage.
+        b"data: {\"choices\":[],\"prompt_filter_results\":[]}\n\n",
+        // A role-only delta, as OpenAI sends first.
+        b"data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\"},\"finish_reason\":null}]}\n\n",
+        b"event: message\n",
+    ];
+    let pieces = whole_answer_events(&conv)
+        .into_iter()
+        .enumerate()
+        .flat_map(|(i, e)| [noise[i % noise.len()].to_vec(), e])
+        .collect();
+    let url = chunked_upstream(pieces).await;
     let done = splice(&url, &conv, GENEROUS).await;
-    assert_eq!(done.text, answer(&conv));
-    let completion = done.outcome.expect("complete");
-    assert!(completion.failures.is_empty(), "{:?}", completion.failures);
-    assert_eq!(completion.route_chain, ["hostile"]);
+    let completion = assert_untouched(done, &conv);
     assert_eq!(
         completion.usage.completion_tokens, 42,
         "the usage chunk without choices counts"
@@ -315,20 +323,10 @@ async fn comments_unknown_events_and_empty_choices_interleaved_change_nothing() 
 #[tokio::test]
 async fn a_chunk_without_choices_or_usage_is_malformed() {
     let conv = conversation("no choices");
-    let c = conv.clone();
-    let url = raw_upstream(move |mut socket, _, _| {
-        let c = c.clone();
-        async move {
-            if open_with_prefix(&mut socket, &c).await {
-                let _ = send(
-                    &mut socket,
-                    &event(r#"{"id":"x","object":"chat.completion.chunk","model":"m"}"#),
-                )
-                .await;
-                let _ = socket.write_all(b"0\r\n\r\n").await;
-            }
-        }
-    })
+    let url = prefix_then(
+        &conv,
+        vec![event(r#"{"id":"x","object":"chat.completion.chunk","model":"m"}"#)],
+    )
     .await;
     let done = splice(&url, &conv, GENEROUS).await;
     let detail = assert_handed_over(&done, &conv, "malformed", &["hostile", "fallback"]);
@@ -403,17 +401,11 @@ async fn a_200_that_is_not_an_event_stream_is_malformed() {
 #[tokio::test]
 async fn a_body_cut_inside_an_event_is_truncated() {
     let conv = conversation("cut");
-    let c = conv.clone();
-    let url = raw_upstream(move |mut socket, _, _| {
-        let c = c.clone();
-        async move {
-            if open_with_prefix(&mut socket, &c).await {
-                // A clean end of the chunked body, but in the middle of an event.
-                let _ = send(&mut socket, b"data: {\"choices\":[{\"delta\":{\"content\":\"half").await;
-                let _ = socket.write_all(b"0\r\n\r\n").await;
-            }
-        }
-    })
+    // A clean end of the chunked body, but in the middle of an event.
+    let url = prefix_then(
+        &conv,
+        vec![b"data: {\"choices\":[{\"delta\":{\"content\":\"half".to_vec()],
+    )
     .await;
     let done = splice(&url, &conv, GENEROUS).await;
     let detail = assert_handed_over(&done, &conv, "truncated", &["hostile", "fallback"]);
@@ -467,11 +459,7 @@ async fn an_endless_stream_is_ended_by_the_total_deadline_and_the_upstream_is_ca
     let done = splice(&url, &conv, deadlines).await;
     let detail = assert_handed_over(&done, &conv, "total_timeout", &["hostile", "fallback"]);
     assert!(detail.contains("3000 ms"), "{detail}");
-    let (events, _) = tokio::time::timeout(HANG, sent.recv())
-        .await
-        .ok()
-        .flatten()
-        .expect("the upstream saw the client go");
+    let (events, _) = reported(&mut sent, "the upstream saw the client go").await;
     assert!(events > 0);
 }
 
@@ -515,7 +503,7 @@ async fn under_virtual_time_an_endless_stream_meets_the_default_total_deadline()
 // ------------------------------------------------------------ through the proxy
 
 /// `baton serve` with ladder "chat" = the upstream at `hostile_url` → a healthy oracle.
-async fn proxy(hostile_url: &str) -> support::Served {
+async fn proxy(hostile_url: &str) -> Served {
     let (fallback, stop) = oracle_upstream("none", Style::default()).await;
     let toml = format!(
         r#"
@@ -543,8 +531,8 @@ async fn proxy(hostile_url: &str) -> support::Served {
     serve(&toml, vec![stop]).await
 }
 
-/// Streams `conversation` through `proxy`: the client's text, the SSE comments, and whether `[DONE]` came.
-async fn stream_through(proxy: &support::Served, conversation: &[Message]) -> (String, Vec<String>, bool) {
+/// Streams `conversation` through `proxy`: the SSE body the client read.
+async fn stream_through(proxy: &Served, conversation: &[Message]) -> Sse {
     let body = serde_json::json!({"model": "chat", "messages": conversation, "stream": true});
     let read = async {
         let response = reqwest::Client::new()
@@ -556,48 +544,27 @@ async fn stream_through(proxy: &support::Served, conversation: &[Message]) -> (S
         assert_eq!(response.status(), 200);
         response.text().await.expect("body")
     };
-    let sse = tokio::time::timeout(HANG, read).await.expect("the proxy hung");
-    let mut text = String::new();
-    let mut comments = Vec::new();
-    let mut done = false;
-    for line in sse.lines() {
-        if let Some(data) = line.strip_prefix("data: ") {
-            if data == "[DONE]" {
-                done = true;
-                continue;
-            }
-            let chunk: Value = serde_json::from_str(data).expect("chunk json");
-            if let Some(t) = chunk.pointer("/choices/0/delta/content").and_then(Value::as_str) {
-                text.push_str(t);
-            }
-        } else if let Some(c) = line.strip_prefix(": ") {
-            comments.push(c.to_string());
-        }
-    }
-    (text, comments, done)
+    Sse::parse(&tokio::time::timeout(HANG, read).await.expect("the proxy hung"))
 }
 
 /// Asserts the proxy handed over once for `reason`, counted it, and is still up with no stream left open.
-async fn assert_proxy_handed_over(proxy: &support::Served, conversation: &[Message], reason: &str) {
-    let (text, comments, done) = stream_through(proxy, conversation).await;
-    assert_eq!(text, answer(conversation), "the client's text is the oracle's answer");
-    assert!(done, "a complete answer ends with [DONE]");
+async fn assert_proxy_handed_over(proxy: &Served, conversation: &[Message], reason: &str) {
+    let sse = stream_through(proxy, conversation).await;
+    assert_eq!(
+        sse.text(),
+        answer(conversation),
+        "the client's text is the oracle's answer"
+    );
+    assert!(sse.done(), "a complete answer ends with [DONE]");
     assert!(
-        comments
+        sse.comments
             .iter()
             .any(|c| c.starts_with(&format!("baton handover from=hostile to=fallback reason={reason}"))),
-        "{comments:?}"
+        "{:?}",
+        sse.comments
     );
-    let get = |path: &'static str| async move {
-        reqwest::get(proxy.url(path))
-            .await
-            .expect("the server is up")
-            .text()
-            .await
-            .expect("text")
-    };
-    assert_eq!(get("/healthz").await, "ok\n");
-    let metrics = get("/metrics").await;
+    assert_eq!(proxy.get("/healthz").await, "ok\n");
+    let metrics = proxy.get("/metrics").await;
     for line in [
         format!("baton_failures_total{{route=\"hostile\",class=\"technical\",kind=\"{reason}\"}} 1"),
         "baton_sessions_total{ladder=\"chat\",outcome=\"complete\"} 1".to_string(),
@@ -610,17 +577,7 @@ async fn assert_proxy_handed_over(proxy: &support::Served, conversation: &[Messa
 #[tokio::test]
 async fn through_the_proxy_a_fifty_megabyte_line_hands_over_and_the_server_stays_up() {
     let conv = conversation("proxy long line");
-    let c = conv.clone();
-    let (sent_tx, _sent) = mpsc::unbounded_channel();
-    let url = raw_upstream(move |mut socket, _, _| {
-        let (c, sent_tx) = (c.clone(), sent_tx.clone());
-        async move {
-            if open_with_prefix(&mut socket, &c).await && send(&mut socket, b"data: ").await {
-                flood(&mut socket, &[b'{'; 64 * 1024], 50 << 20, &sent_tx).await;
-            }
-        }
-    })
-    .await;
+    let (url, _sent) = flooding_upstream(&conv, b"data: ", vec![b'{'; 64 * 1024]).await;
     let proxy = proxy(&url).await;
     assert_proxy_handed_over(&proxy, &conv, "too_large").await;
 }
@@ -640,20 +597,10 @@ async fn through_the_proxy_a_gzip_response_hands_over() {
 #[tokio::test]
 async fn through_the_proxy_invalid_utf8_hands_over() {
     let conv = conversation("proxy utf8");
-    let c = conv.clone();
-    let url = raw_upstream(move |mut socket, _, _| {
-        let c = c.clone();
-        async move {
-            if open_with_prefix(&mut socket, &c).await {
-                let _ = send(
-                    &mut socket,
-                    b"data: {\"choices\":[{\"delta\":{\"content\":\"\xed\xa0\x80\"}}]}\n\n",
-                )
-                .await;
-                let _ = socket.write_all(b"0\r\n\r\n").await;
-            }
-        }
-    })
+    let url = prefix_then(
+        &conv,
+        vec![b"data: {\"choices\":[{\"delta\":{\"content\":\"\xed\xa0\x80\"}}]}\n\n".to_vec()],
+    )
     .await;
     let proxy = proxy(&url).await;
     assert_proxy_handed_over(&proxy, &conv, "malformed").await;

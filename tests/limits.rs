@@ -28,29 +28,31 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// How long any wait for the server may take before the test fails.
 const PATIENCE: Duration = Duration::from_secs(10);
 
-/// The `ok` route and ladder (a healthy in-process oracle), then `more`.
-fn config(server: &str, more: &str) -> String {
+/// A route `name` on the in-process oracle with `settings` (its fault and
+/// deadlines), and a ladder `name` of that route alone.
+fn mock_ladder(name: &str, settings: &str) -> String {
     format!(
         r#"
-        [server]
-        {server}
-
         [[route]]
-        name = "ok"
+        name = "{name}"
         provider = "mock"
         model = "oracle"
-
+        {settings}
         [[ladder]]
-        name = "ok"
-        routes = ["ok"]
-
-        {more}
+        name = "{name}"
+        routes = ["{name}"]
         "#
     )
 }
 
-async fn start(toml: &str) -> Served {
-    Serve::new(toml).start().await
+/// `[server]` settings `server`, the `ok` ladder (a healthy in-process oracle), then `more`.
+fn config(server: &str, more: &str) -> String {
+    format!("[server]\n{server}\n{}\n{more}", mock_ladder("ok", ""))
+}
+
+/// `baton serve` of [`config`]`(server, more)`.
+async fn start(server: &str, more: &str) -> Served {
+    Serve::new(&config(server, more)).start().await
 }
 
 fn conversation(tag: &str) -> Vec<Message> {
@@ -61,15 +63,6 @@ fn chat(model: &str, tag: &str, stream: bool) -> Value {
     json!({"model": model, "messages": conversation(tag), "stream": stream})
 }
 
-async fn metrics(proxy: &Served) -> String {
-    reqwest::get(proxy.url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text")
-}
-
 /// The value of the sample written exactly as `sample` (name and labels).
 fn sample(metrics: &str, sample: &str) -> Option<f64> {
     metrics
@@ -77,11 +70,20 @@ fn sample(metrics: &str, sample: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
+/// Asserts that `/metrics` now shows every `(sample, value)`; the metrics text.
+async fn assert_samples(proxy: &Served, want: &[(&str, f64)]) -> String {
+    let text = proxy.get("/metrics").await;
+    for (name, value) in want {
+        assert_eq!(sample(&text, name), Some(*value), "{name} in\n{text}");
+    }
+    text
+}
+
 /// Polls `/metrics` until every `(sample, value)` holds.
 async fn wait_for(proxy: &Served, want: &[(&str, f64)]) {
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let text = metrics(proxy).await;
+        let text = proxy.get("/metrics").await;
         if want.iter().all(|(name, value)| sample(&text, name) == Some(*value)) {
             return;
         }
@@ -111,6 +113,22 @@ async fn still_serves(proxy: &Served) {
     let sse = Sse::parse(&response.text().await.expect("body"));
     assert_eq!(sse.text(), answer(&conversation("afterwards")));
     assert!(sse.done());
+}
+
+/// The server still streams a whole answer, and then holds nothing per session.
+async fn recovers(proxy: &Served) {
+    still_serves(proxy).await;
+    settled(proxy).await;
+}
+
+/// Once `raw`'s session is live and holds its upstream (and `also` holds),
+/// the client vanishes; then everything per session is freed.
+async fn vanish(proxy: &Served, raw: Raw, also: &[(&str, f64)]) {
+    let mut held = vec![("baton_live_sessions", 1.0), ("baton_upstream_connections_open", 1.0)];
+    held.extend_from_slice(also);
+    wait_for(proxy, &held).await;
+    drop(raw);
+    settled(proxy).await;
 }
 
 /// A response head.
@@ -303,7 +321,7 @@ async fn read_until_text(raw: &mut Raw) -> Vec<u8> {
 #[tokio::test]
 async fn clients_vanishing_before_their_request_is_complete_leave_nothing_behind() {
     let _serial = SERIAL.lock().await;
-    let proxy = start(&config("", "")).await;
+    let proxy = start("", "").await;
     // Gone without a byte; gone mid request line; gone mid headers; gone mid body.
     let partial: [&[u8]; 4] = [
         b"",
@@ -316,14 +334,12 @@ async fn clients_vanishing_before_their_request_is_complete_leave_nothing_behind
         raw.send(bytes).await;
         drop(raw);
     }
-    still_serves(&proxy).await;
-    settled(&proxy).await;
-    let text = metrics(&proxy).await;
-    assert_eq!(
-        sample(&text, "baton_sessions_total{ladder=\"ok\",outcome=\"complete\"}"),
-        Some(1.0),
-        "{text}"
-    );
+    recovers(&proxy).await;
+    let text = assert_samples(
+        &proxy,
+        &[("baton_sessions_total{ladder=\"ok\",outcome=\"complete\"}", 1.0)],
+    )
+    .await;
     assert!(
         !text.contains("outcome=\"cancelled\""),
         "no session began for them:\n{text}"
@@ -333,75 +349,30 @@ async fn clients_vanishing_before_their_request_is_complete_leave_nothing_behind
 #[tokio::test]
 async fn a_client_vanishing_while_waiting_for_the_first_token_cancels_the_upstream() {
     let _serial = SERIAL.lock().await;
-    let proxy = start(&config(
-        "",
-        r#"
-        [[route]]
-        name = "slow"
-        provider = "mock"
-        model = "oracle"
-        fault = "slow:600000"
-        ttft_ms = 600000
-        [[ladder]]
-        name = "slow"
-        routes = ["slow"]
-        "#,
-    ))
-    .await;
+    let proxy = start("", &mock_ladder("slow", "fault = \"slow:600000\"\nttft_ms = 600000")).await;
     // Streamed and whole answers both wait for the first token inside the request handler.
     for (i, stream) in [true, false].into_iter().enumerate() {
         let mut raw = Raw::connect(proxy.addr).await;
         raw.post(&chat("slow", "first token", stream)).await;
-        wait_for(
-            &proxy,
-            &[("baton_live_sessions", 1.0), ("baton_upstream_connections_open", 1.0)],
-        )
-        .await;
-        drop(raw);
-        settled(&proxy).await;
+        vanish(&proxy, raw, &[]).await;
         let cancelled = sample(
-            &metrics(&proxy).await,
+            &proxy.get("/metrics").await,
             "baton_sessions_total{ladder=\"slow\",outcome=\"cancelled\"}",
         );
         assert_eq!(cancelled, Some(i as f64 + 1.0), "stream: {stream}");
     }
-    still_serves(&proxy).await;
-    settled(&proxy).await;
+    recovers(&proxy).await;
 }
 
 #[tokio::test]
 async fn a_client_vanishing_mid_stream_cancels_the_upstream() {
     let _serial = SERIAL.lock().await;
-    let proxy = start(&config(
-        "",
-        r#"
-        [[route]]
-        name = "stalls"
-        provider = "mock"
-        model = "oracle"
-        fault = "stall@5"
-        stall_ms = 600000
-        [[ladder]]
-        name = "stalls"
-        routes = ["stalls"]
-        "#,
-    ))
-    .await;
+    let proxy = start("", &mock_ladder("stalls", "fault = \"stall@5\"\nstall_ms = 600000")).await;
     let mut raw = Raw::connect(proxy.addr).await;
     raw.post(&chat("stalls", "mid-stream", true)).await;
     let seen = read_until_text(&mut raw).await;
     assert!(answer(&conversation("mid-stream")).starts_with(&Sse::parse(&String::from_utf8_lossy(&seen)).text()));
-    wait_for(
-        &proxy,
-        &[
-            ("baton_live_sessions", 1.0),
-            ("baton_upstream_connections_open", 1.0),
-            ("baton_active_streams", 1.0),
-        ],
-    )
-    .await;
-    drop(raw);
-    settled(&proxy).await;
+    vanish(&proxy, raw, &[("baton_active_streams", 1.0)]).await;
     wait_for(
         &proxy,
         &[
@@ -410,14 +381,13 @@ async fn a_client_vanishing_mid_stream_cancels_the_upstream() {
         ],
     )
     .await;
-    still_serves(&proxy).await;
-    settled(&proxy).await;
+    recovers(&proxy).await;
 }
 
 #[tokio::test]
 async fn a_client_vanishing_during_a_handover_cancels_the_fallback() {
     let _serial = SERIAL.lock().await;
-    let proxy = start(&config(
+    let proxy = start(
         "",
         r#"
         [[route]]
@@ -436,7 +406,7 @@ async fn a_client_vanishing_during_a_handover_cancels_the_fallback() {
         name = "handover"
         routes = ["primary", "fallback"]
         "#,
-    ))
+    )
     .await;
     let mut feed = reqwest::get(proxy.url("/events")).await.expect("events");
     let mut raw = Raw::connect(proxy.addr).await;
@@ -459,20 +429,13 @@ async fn a_client_vanishing_during_a_handover_cancels_the_fallback() {
     timeout(PATIENCE, fallback_opened)
         .await
         .expect("the fallback attempt opens");
-    wait_for(
-        &proxy,
-        &[("baton_live_sessions", 1.0), ("baton_upstream_connections_open", 1.0)],
-    )
-    .await;
-    drop(raw);
-    settled(&proxy).await;
+    vanish(&proxy, raw, &[]).await;
     wait_for(
         &proxy,
         &[("baton_sessions_total{ladder=\"handover\",outcome=\"cancelled\"}", 1.0)],
     )
     .await;
-    still_serves(&proxy).await;
-    settled(&proxy).await;
+    recovers(&proxy).await;
 }
 
 /// About 1 kB of random words: no period the loop guard could take for a loop.
@@ -534,13 +497,22 @@ async fn start_small(toml: &str) -> Served {
         .await
 }
 
+/// A small-buffered proxy of [`big_config`]`(server, …)`, and a
+/// small-buffered client that has sent it a streamed request tagged `tag`
+/// for [`big_upstream`]'s answer; that whole answer too. (The upstream's
+/// server task outlives its handle.)
+async fn big_stream(server: &str, tag: &str) -> (Served, Raw, String) {
+    let (upstream, expected) = big_upstream().await;
+    let proxy = start_small(&big_config(server, &upstream)).await;
+    let mut raw = Raw::connect_small(proxy.addr).await;
+    raw.post(&chat("big", tag, true)).await;
+    (proxy, raw, expected)
+}
+
 #[tokio::test]
 async fn a_client_pausing_longer_than_the_stall_deadline_still_gets_every_byte() {
     let _serial = SERIAL.lock().await;
-    let (upstream, expected) = big_upstream().await;
-    let proxy = start_small(&big_config("slow_client_timeout_ms = 60000", &upstream)).await;
-    let mut raw = Raw::connect_small(proxy.addr).await;
-    raw.post(&chat("big", "pause", true)).await;
+    let (proxy, mut raw, expected) = big_stream("slow_client_timeout_ms = 60000", "pause").await;
     let head = raw.head().await;
     assert_eq!(head.status, 200);
     let mut body = Vec::new();
@@ -564,23 +536,21 @@ async fn a_client_pausing_longer_than_the_stall_deadline_still_gets_every_byte()
     assert!(sse.text() == expected, "the answer arrived byte for byte");
     assert!(sse.done());
     settled(&proxy).await;
-    let text = metrics(&proxy).await;
-    assert_eq!(sample(&text, "baton_slow_clients_total"), Some(0.0), "{text}");
-    assert_eq!(
-        sample(&text, "baton_sessions_total{ladder=\"big\",outcome=\"complete\"}"),
-        Some(1.0),
-        "{text}"
-    );
+    assert_samples(
+        &proxy,
+        &[
+            ("baton_slow_clients_total", 0.0),
+            ("baton_sessions_total{ladder=\"big\",outcome=\"complete\"}", 1.0),
+        ],
+    )
+    .await;
     still_serves(&proxy).await;
 }
 
 #[tokio::test]
 async fn a_client_that_stops_reading_gets_an_error_event_and_its_session_is_freed() {
     let _serial = SERIAL.lock().await;
-    let (upstream, expected) = big_upstream().await;
-    let proxy = start_small(&big_config("slow_client_timeout_ms = 300", &upstream)).await;
-    let mut raw = Raw::connect_small(proxy.addr).await;
-    raw.post(&chat("big", "stops reading", true)).await;
+    let (proxy, mut raw, expected) = big_stream("slow_client_timeout_ms = 300", "stops reading").await;
     let head = raw.head().await;
     assert_eq!(head.status, 200);
     // Not reading now: the pump fills the buffer, waits, and gives up.
@@ -605,21 +575,17 @@ async fn a_client_that_stops_reading_gets_an_error_event_and_its_session_is_free
         got.len() < expected.len() && expected.starts_with(&got),
         "a clean prefix"
     );
-    still_serves(&proxy).await;
-    settled(&proxy).await;
+    recovers(&proxy).await;
 }
 
 #[tokio::test]
 async fn a_connection_that_accepts_nothing_is_closed_after_the_write_stall_timeout() {
     let _serial = SERIAL.lock().await;
-    let (upstream, _) = big_upstream().await;
-    let proxy = start_small(&big_config(
+    let (proxy, mut raw, _) = big_stream(
         "slow_client_timeout_ms = 600000\nwrite_stall_timeout_ms = 300",
-        &upstream,
-    ))
+        "accepts nothing",
+    )
     .await;
-    let mut raw = Raw::connect_small(proxy.addr).await;
-    raw.post(&chat("big", "accepts nothing", true)).await;
     wait_for(
         &proxy,
         &[
@@ -634,27 +600,16 @@ async fn a_connection_that_accepts_nothing_is_closed_after_the_write_stall_timeo
     assert_eq!(head.status, 200);
     let mut body = Vec::new();
     assert!(!raw.rest(&mut body).await, "the body was cut with the connection");
-    still_serves(&proxy).await;
-    settled(&proxy).await;
+    recovers(&proxy).await;
 }
 
 #[tokio::test]
 async fn past_the_session_cap_a_request_gets_503_with_retry_after() {
     let _serial = SERIAL.lock().await;
-    let proxy = start(&config(
+    let proxy = start(
         "max_sessions = 2",
-        r#"
-        [[route]]
-        name = "stalls"
-        provider = "mock"
-        model = "oracle"
-        fault = "stall@3"
-        stall_ms = 600000
-        [[ladder]]
-        name = "stalls"
-        routes = ["stalls"]
-        "#,
-    ))
+        &mock_ladder("stalls", "fault = \"stall@3\"\nstall_ms = 600000"),
+    )
     .await;
     let mut held = Vec::new();
     for i in 0..2 {
@@ -690,18 +645,17 @@ async fn past_the_session_cap_a_request_gets_503_with_retry_after() {
     still_serves(&proxy).await;
     drop(held);
     settled(&proxy).await;
-    let text = metrics(&proxy).await;
-    assert_eq!(
-        sample(&text, "baton_rejected_requests_total{code=\"server_overloaded\"}"),
-        Some(1.0),
-        "{text}"
-    );
+    assert_samples(
+        &proxy,
+        &[("baton_rejected_requests_total{code=\"server_overloaded\"}", 1.0)],
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_client_that_sends_half_a_request_and_goes_quiet_is_disconnected() {
     let _serial = SERIAL.lock().await;
-    let proxy = start(&config("header_read_timeout_ms = 500", "")).await;
+    let proxy = start("header_read_timeout_ms = 500", "").await;
     let mut half_line = Raw::connect(proxy.addr).await;
     half_line.send(b"POST /v1/chat/completions HT").await;
     let mut silent = Raw::connect(proxy.addr).await;
@@ -721,14 +675,13 @@ async fn a_client_that_sends_half_a_request_and_goes_quiet_is_disconnected() {
     assert_eq!(head.status, 408);
     let error: Value = serde_json::from_slice(&body).expect("json");
     assert_eq!(error["error"]["code"], "request_timeout");
-    still_serves(&proxy).await;
-    settled(&proxy).await;
+    recovers(&proxy).await;
 }
 
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     let _serial = SERIAL.lock().await;
-    let proxy = start(&config("keep_alive_timeout_ms = 300", "")).await;
+    let proxy = start("keep_alive_timeout_ms = 300", "").await;
     let mut raw = Raw::connect(proxy.addr).await;
     // Two requests on one connection: keep-alive works…
     for _ in 0..2 {
@@ -739,35 +692,14 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     // …and then idleness ends it.
     assert!(raw.closed_by_server().await, "the idle connection was closed");
     wait_for(&proxy, &[("baton_connections_closed_total{reason=\"idle\"}", 1.0)]).await;
-    still_serves(&proxy).await;
-    settled(&proxy).await;
+    recovers(&proxy).await;
 }
 
 #[tokio::test]
 async fn a_panic_inside_a_session_is_that_clients_error_only() {
     let _serial = SERIAL.lock().await;
-    let proxy = start(&config(
-        "",
-        r#"
-        [[route]]
-        name = "late"
-        provider = "mock"
-        model = "oracle"
-        fault = "panic@3"
-        [[route]]
-        name = "early"
-        provider = "mock"
-        model = "oracle"
-        fault = "panic@0"
-        [[ladder]]
-        name = "late"
-        routes = ["late"]
-        [[ladder]]
-        name = "early"
-        routes = ["early"]
-        "#,
-    ))
-    .await;
+    let panics = mock_ladder("late", "fault = \"panic@3\"") + &mock_ladder("early", "fault = \"panic@0\"");
+    let proxy = start("", &panics).await;
     let client = reqwest::Client::new();
     let post = |body: Value| client.post(proxy.url("/v1/chat/completions")).json(&body).send();
 
@@ -795,6 +727,5 @@ async fn a_panic_inside_a_session_is_that_clients_error_only() {
         ],
     )
     .await;
-    still_serves(&proxy).await;
-    settled(&proxy).await;
+    recovers(&proxy).await;
 }

@@ -380,14 +380,7 @@ async fn a_client_that_disconnects_cancels_the_upstream() {
     let mut response = post(&proxy, &request).await;
     let first = response.chunk().await.expect("read").expect("a first chunk");
     assert!(String::from_utf8_lossy(&first).contains("first words"));
-    let metrics = || async {
-        reqwest::get(proxy.url("/metrics"))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text")
-    };
+    let metrics = || proxy.get("/metrics");
     assert!(metrics().await.contains("baton_active_streams 1"));
     drop(response);
     // The upstream sees its connection close (bounded wait, generous for a loaded machine).
@@ -418,15 +411,7 @@ async fn models_health_metrics_and_the_event_feed() {
         .expect("json");
     assert_eq!(models["data"][0]["id"], "chat");
     assert_eq!(models["data"][0]["routes"], json!(["primary", "fallback"]));
-    assert_eq!(
-        reqwest::get(proxy.url("/healthz"))
-            .await
-            .expect("healthz")
-            .text()
-            .await
-            .expect("text"),
-        "ok\n"
-    );
+    assert_eq!(proxy.get("/healthz").await, "ok\n");
 
     let mut feed = reqwest::get(proxy.url("/events")).await.expect("events");
     assert_eq!(feed.headers()["content-type"], "text/event-stream");
@@ -462,12 +447,7 @@ async fn models_health_metrics_and_the_event_feed() {
             "no {kind} event in {seen}"
         );
     }
-    let metrics = reqwest::get(proxy.url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = proxy.get("/metrics").await;
     for line in [
         "baton_handovers_total{from=\"primary\",to=\"fallback\",class=\"technical\"} 1",
         "baton_failures_total{route=\"primary\",class=\"technical\",kind=\"stall\"} 1",

@@ -228,6 +228,16 @@ impl Served {
         format!("http://{}{path}", self.addr)
     }
 
+    /// The body of a GET of `path` (`/metrics`, `/healthz`), whatever its status.
+    pub async fn get(&self, path: &str) -> String {
+        reqwest::get(self.url(path))
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path} body: {e}"))
+    }
+
     /// Asks for a graceful shutdown: streams get the configured grace period.
     pub fn stop(&mut self) {
         if let Some(stop) = self.stop.take() {
@@ -357,7 +367,10 @@ impl Sse {
     pub fn text(&self) -> String {
         self.chunks()
             .iter()
-            .filter_map(|c| c.pointer("/choices/0/delta/content").and_then(serde_json::Value::as_str))
+            .filter_map(|c| {
+                c.pointer("/choices/0/delta/content")
+                    .and_then(serde_json::Value::as_str)
+            })
             .collect()
     }
 

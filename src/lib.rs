@@ -38,6 +38,22 @@
 //! * [`bench`](mod@bench): `baton bench`, streaming throughput, latency and memory, direct vs proxied.
 //! * [`soak`]: `baton soak`, many sessions through `baton serve` against `baton mock` with faults; RSS and descriptors.
 //!
+//! # Features
+//!
+//! All three are on by default; with `default-features = false` only the core is
+//! built (everything above not listed here: splicer, ladder, providers over
+//! `reqwest`, oracle and its server, config, recordings and replay, demo).
+//!
+//! * `proxy`: [`proxy`] (axum, hyper, prometheus-client).
+//! * `dashboard`: [`dashboard`] (ratatui, crossterm).
+//! * `cli`: the `baton` binary (clap, tracing-subscriber), [`bench`](mod@bench)
+//!   and [`soak`]; turns on `proxy` and `dashboard`.
+//!
+//! ```toml
+//! [dependencies]
+//! baton = { version = "0.1", default-features = false }
+//! ```
+//!
 //! # Example
 //!
 //! ```no_run
@@ -58,12 +74,20 @@
 //! # }
 //! ```
 
+// The module map above links every module; in a lean build some of them are compiled out.
+#![cfg_attr(
+    not(all(feature = "proxy", feature = "dashboard", feature = "cli")),
+    allow(rustdoc::broken_intra_doc_links)
+)]
+
+#[cfg(feature = "cli")]
 pub mod bench;
 pub mod breaker;
 pub mod budget;
 pub mod cache;
 pub mod config;
 pub mod continuation;
+#[cfg(feature = "dashboard")]
 pub mod dashboard;
 pub mod deadline;
 pub mod demo;
@@ -80,11 +104,13 @@ pub mod loopguard;
 pub mod oracle;
 pub mod overlap;
 pub mod provider;
+#[cfg(feature = "proxy")]
 pub mod proxy;
 pub mod record;
 pub mod request;
 pub mod rules;
 pub mod safe_reply;
+#[cfg(feature = "cli")]
 pub mod soak;
 pub mod splice;
 pub mod stats;

@@ -145,7 +145,7 @@ impl Outages {
         offset: Duration::from_millis(300),
         period: Duration::from_secs(3600),
         down: Duration::from_millis(500),
-        cool_down: Duration::from_millis(200),
+        cool_down: Duration::from_millis(100),
     };
 
     /// For the live dashboard: down 8 s of every 40 s.
@@ -215,6 +215,8 @@ impl DemoWorld {
             // A rate can never exceed 1: only a run of failures opens this breaker.
             failure_rate: 1.0,
             cool_down: outages.cool_down,
+            // Several probes at once: one slow probe must not keep every session off the primary.
+            probes: 4,
             ..BreakerConfig::default()
         };
         primary.health = Arc::new(RouteHealth::new(breaker, BudgetConfig::default()));

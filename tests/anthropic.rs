@@ -1,5 +1,6 @@
-//! A ladder mixing providers: an OpenAI-compatible primary is cut off and an
-//! Anthropic Messages fallback continues by prefill, through `baton serve`.
+//! Anthropic Messages routes: a fallback continuing a cut OpenAI answer by
+//! prefill through `baton serve`, and against the oracle in Anthropic's format
+//! (a whole answer, a splice byte for byte, and a prefill rejection remembered).
 
 mod support;
 
@@ -107,4 +108,78 @@ async fn an_anthropic_fallback_continues_a_prefix_with_one_space_at_the_seam() {
         messages[1],
         json!({"role": "assistant", "content": "The relay runner passes the"})
     );
+}
+
+/// The oracle in Anthropic's format: the same server answers `/v1/messages`.
+async fn anthropic_oracle(fault: &str) -> (String, tokio::sync::oneshot::Sender<()>) {
+    support::oracle_upstream(fault, baton::oracle::Style::default()).await
+}
+
+fn anthropic_route(name: &str, base: &str) -> baton::Route {
+    let client = baton::provider::openai::OpenAiProvider::default_client();
+    let provider = baton::provider::anthropic::AnthropicProvider::new(client, base, None);
+    baton::Route::new(name, "claude-oracle", std::sync::Arc::new(provider))
+}
+
+fn conversation(tag: &str) -> Vec<baton::Message> {
+    vec![
+        baton::Message::new(baton::Role::System, "You are the oracle."),
+        baton::Message::new(baton::Role::User, format!("anthropic {tag}")),
+    ]
+}
+
+#[tokio::test]
+async fn the_anthropic_format_oracle_answers_alone_and_continues_a_cut_openai_answer() {
+    let (claude, _s1) = anthropic_oracle("none").await;
+    let alone = baton::Splicer::new(baton::Ladder::new(vec![anthropic_route("claude", &claude)]));
+    let done = alone.collect(baton::ChatRequest::new(conversation("alone"))).await;
+    assert_eq!(done.text, baton::oracle::answer(&conversation("alone")));
+    let completion = done.outcome.expect("complete");
+    assert!(completion.failures.is_empty(), "{:?}", completion.failures);
+    assert!(completion.usage.completion_tokens > 0);
+
+    // An OpenAI-format primary cut after 6 chunks; the Anthropic route continues by prefill.
+    let (gpt, _s2) = support::oracle_upstream("drop@6", baton::oracle::Style::default()).await;
+    let client = baton::provider::openai::OpenAiProvider::default_client();
+    let primary = baton::provider::openai::OpenAiProvider::new(client, &gpt, None);
+    let ladder = baton::Ladder::new(vec![
+        baton::Route::new("gpt", "gpt-oracle", std::sync::Arc::new(primary)),
+        anthropic_route("claude", &claude),
+    ]);
+    let done = baton::Splicer::new(ladder)
+        .collect(baton::ChatRequest::new(conversation("spliced")))
+        .await;
+    assert_eq!(
+        done.text,
+        baton::oracle::answer(&conversation("spliced")),
+        "byte for byte"
+    );
+    assert_eq!(done.outcome.expect("complete").route_chain, ["gpt", "claude"]);
+}
+
+#[tokio::test]
+async fn an_anthropic_route_that_rejects_prefill_continues_by_instruction_and_remembers() {
+    let (gpt, _s1) = support::oracle_upstream("drop@4", baton::oracle::Style::default()).await;
+    let (claude, _s2) = anthropic_oracle("noprefill").await;
+    let client = baton::provider::openai::OpenAiProvider::default_client();
+    let primary = baton::provider::openai::OpenAiProvider::new(client, &gpt, None);
+    let splicer = baton::Splicer::new(baton::Ladder::new(vec![
+        baton::Route::new("gpt", "gpt-oracle", std::sync::Arc::new(primary)),
+        anthropic_route("claude", &claude),
+    ]));
+    let kinds = |c: &baton::splice::Completion| c.failures.iter().map(|f| f.kind.clone()).collect::<Vec<_>>();
+    let first = splicer
+        .collect(baton::ChatRequest::new(conversation("no prefill 1")))
+        .await;
+    assert_eq!(first.text, baton::oracle::answer(&conversation("no prefill 1")));
+    assert_eq!(
+        kinds(&first.outcome.expect("complete")),
+        ["truncated", "prefill_rejected"]
+    );
+    // Remembered for the route: the next handover goes to instruct at once.
+    let second = splicer
+        .collect(baton::ChatRequest::new(conversation("no prefill 2")))
+        .await;
+    assert_eq!(second.text, baton::oracle::answer(&conversation("no prefill 2")));
+    assert_eq!(kinds(&second.outcome.expect("complete")), ["truncated"]);
 }

@@ -1,4 +1,7 @@
 //! The oracle as an OpenAI-compatible SSE server on loopback (`baton mock`).
+//! It also answers Anthropic's Messages API (`POST …/messages`): the same
+//! answers and faults, as `message_start` … `message_stop` events, errors in
+//! Anthropic's shape, and an error event as `overloaded_error`.
 //!
 //! Written on raw TCP rather than a web framework because its job is to
 //! misbehave in ways a framework will not: reset before headers, accept and
@@ -91,6 +94,9 @@ struct Body {
     messages: Vec<Message>,
     #[serde(default)]
     stream: bool,
+    /// Anthropic's system prompt, apart from the messages.
+    #[serde(default)]
+    system: Option<String>,
 }
 
 async fn serve(mut socket: TcpStream, shared: &Shared) -> io::Result<()> {
@@ -101,7 +107,9 @@ async fn serve(mut socket: TcpStream, shared: &Shared) -> io::Result<()> {
         let list = json!({"object": "list", "data": [{"id": "oracle", "object": "model", "owned_by": "baton"}]});
         return write_json(&mut socket, 200, None, &list.to_string()).await;
     }
-    if method != "POST" || !path.ends_with("/chat/completions") {
+    // Anthropic's Messages API: the same oracle and faults, in Anthropic's event format.
+    let anthropic = path.ends_with("/messages");
+    if method != "POST" || !(path.ends_with("/chat/completions") || anthropic) {
         let err = json!({"error": {"message": format!("no route for {method} {path}"), "type": "invalid_request_error", "code": "not_found"}});
         return write_json(&mut socket, 404, None, &err.to_string()).await;
     }
@@ -114,9 +122,14 @@ async fn serve(mut socket: TcpStream, shared: &Shared) -> io::Result<()> {
     };
     let n = shared.requests.fetch_add(1, Ordering::Relaxed);
     let config = &shared.config;
+    let mut messages = body.messages;
+    if let Some(system) = body.system {
+        // The oracle's answer is a function of the whole conversation, system prompt included.
+        messages.insert(0, Message::new(crate::request::Role::System, system));
+    }
     let request = UpstreamRequest {
         model: body.model,
-        messages: body.messages,
+        messages,
         params: Default::default(),
         continue_final_message: false,
     };
@@ -124,13 +137,17 @@ async fn serve(mut socket: TcpStream, shared: &Shared) -> io::Result<()> {
     if !body.stream {
         return serve_whole(&mut socket, &request, config.style, &steps).await;
     }
+    let mut to_anthropic = anthropic.then(AnthropicEvents::default);
     for step in steps {
         match step {
             Step::Status {
                 status,
                 retry_after,
                 body,
-            } => return write_json(&mut socket, status, retry_after, &body).await,
+            } => {
+                let body = if anthropic { anthropic_error(&body) } else { body };
+                return write_json(&mut socket, status, retry_after, &body).await;
+            }
             Step::Reset => {
                 socket.set_zero_linger()?;
                 return Ok(());
@@ -142,10 +159,15 @@ async fn serve(mut socket: TcpStream, shared: &Shared) -> io::Result<()> {
             }
             Step::Wait(d) => tokio::time::sleep(d).await,
             Step::Data(data) => {
-                let event = format!("data: {data}\n\n");
-                socket
-                    .write_all(format!("{:x}\r\n{event}\r\n", event.len()).as_bytes())
-                    .await?;
+                let event = match &mut to_anthropic {
+                    Some(events) => events.translate(&data),
+                    None => format!("data: {data}\n\n"),
+                };
+                if !event.is_empty() {
+                    socket
+                        .write_all(format!("{:x}\r\n{event}\r\n", event.len()).as_bytes())
+                        .await?;
+                }
             }
             Step::Cut => return Ok(()),
             Step::End => {
@@ -155,6 +177,83 @@ async fn serve(mut socket: TcpStream, shared: &Shared) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Turns the oracle's OpenAI chunks into Anthropic stream events, one chunk at a time.
+#[derive(Default)]
+struct AnthropicEvents {
+    started: bool,
+    output_tokens: u64,
+}
+
+impl AnthropicEvents {
+    /// The SSE text for one OpenAI `data:` payload (empty when Anthropic has no counterpart).
+    fn translate(&mut self, data: &str) -> String {
+        let mut out = String::new();
+        let emit = |out: &mut String, value: serde_json::Value| {
+            let kind = value["type"].as_str().unwrap_or("").to_string();
+            out.push_str(&format!("event: {kind}\ndata: {value}\n\n"));
+        };
+        if !self.started {
+            self.started = true;
+            emit(
+                &mut out,
+                json!({"type": "message_start", "message": {"id": "msg_oracle", "type": "message", "role": "assistant", "content": [], "usage": {"input_tokens": 0, "output_tokens": 0}}}),
+            );
+            emit(
+                &mut out,
+                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            );
+        }
+        if data == "[DONE]" {
+            return out;
+        }
+        let Ok(chunk) = serde_json::from_str::<serde_json::Value>(data) else {
+            // Garbage stays garbage, in an Anthropic-named event.
+            out.push_str(&format!("event: content_block_delta\ndata: {data}\n\n"));
+            return out;
+        };
+        if let Some(error) = chunk.get("error") {
+            let message = error["message"].as_str().unwrap_or("oracle fault");
+            emit(
+                &mut out,
+                json!({"type": "error", "error": {"type": "overloaded_error", "message": message}}),
+            );
+            return out;
+        }
+        let choice = &chunk["choices"][0];
+        if let Some(text) = choice.pointer("/delta/content").and_then(serde_json::Value::as_str) {
+            self.output_tokens += 1;
+            emit(
+                &mut out,
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}),
+            );
+        }
+        if let Some(finish) = choice["finish_reason"].as_str() {
+            let stop = if finish == "length" { "max_tokens" } else { "end_turn" };
+            emit(&mut out, json!({"type": "content_block_stop", "index": 0}));
+            emit(
+                &mut out,
+                json!({"type": "message_delta", "delta": {"stop_reason": stop}, "usage": {"output_tokens": self.output_tokens}}),
+            );
+            emit(&mut out, json!({"type": "message_stop"}));
+        }
+        out
+    }
+}
+
+/// An OpenAI error body in Anthropic's shape.
+fn anthropic_error(body: &str) -> String {
+    let value: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    let message = value
+        .pointer("/error/message")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or(body);
+    let kind = value
+        .pointer("/error/type")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("api_error");
+    json!({"type": "error", "error": {"type": kind, "message": message}}).to_string()
 }
 
 /// A non-streaming request: the same faults before headers, else the whole reply as one JSON.

@@ -175,6 +175,19 @@ pub struct AttemptState {
     pub produced_text: bool,
 }
 
+impl AttemptState {
+    /// The first attempt on `route` (at index `index`): no retries yet, and the
+    /// route's continuation — instruct if it has rejected a prefill before.
+    pub fn first_on(index: usize, route: &Route) -> Self {
+        AttemptState {
+            route: index,
+            retries: 0,
+            mode: route.health.continuation(route.continuation),
+            produced_text: false,
+        }
+    }
+}
+
 /// What to do after a failure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {

@@ -21,9 +21,6 @@ use crate::ladder::Route;
 use crate::provider::UpstreamRequest;
 use crate::request::estimate_tokens;
 
-// The completion side of the cost estimate is the answer reserve context
-// fitting uses: `max_completion_tokens`, else `max_tokens`, else 1024.
-
 /// A ladder's ceilings. The default has none.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Rules {
@@ -37,6 +34,7 @@ impl Rules {
     /// The business failure that skips `route` for `request`, if a ceiling is broken.
     pub fn check(&self, route: &Route, request: &UpstreamRequest) -> Option<FailureKind> {
         if let (Some(ceiling), Some(price)) = (self.max_cost_per_request, route.price_per_1k) {
+            // The completion side is the answer reserve context fitting uses.
             let completion = crate::fit::reserve(&request.params);
             let tokens = f64::from(estimate_tokens(&request.messages).saturating_add(completion));
             let cost = tokens / 1000.0 * price;

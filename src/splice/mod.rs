@@ -253,7 +253,7 @@ impl Splicer {
                 }
                 return;
             };
-            let mut state = AttemptState { route: 0, retries: 0, mode: first.health.continuation(first.continuation), produced_text: false };
+            let mut state = AttemptState::first_on(0, first);
             loop {
                 let mut route = &ladder.routes[state.route];
                 let mut attempt = session.open(route, &state, &ladder.instruction, &ladder.rules);
@@ -338,9 +338,8 @@ impl Splicer {
                                 state.mode = continuation::ContinuationMode::Instruct;
                             }
                             Decision::HandOver { to } => {
-                                session.pending.get_or_insert(Pending { from: route.name.clone(), reason: kind.label(), class: kind.class(), at: Instant::now() });
-                                let next = &ladder.routes[to];
-                                state = AttemptState { route: to, retries: 0, mode: next.health.continuation(next.continuation), produced_text: false };
+                                session.pending.get_or_insert_with(|| Pending::after(route, &kind));
+                                state = AttemptState::first_on(to, &ladder.routes[to]);
                             }
                             Decision::Refuse => {
                                 let failures = std::mem::take(&mut session.failures);
@@ -349,7 +348,7 @@ impl Splicer {
                                 return;
                             }
                             Decision::Exhausted => {
-                                session.pending.get_or_insert(Pending { from: route.name.clone(), reason: kind.label(), class: kind.class(), at: Instant::now() });
+                                session.pending.get_or_insert_with(|| Pending::after(route, &kind));
                                 for item in session.last_resort(&ladder) {
                                     yield item;
                                 }
@@ -383,6 +382,18 @@ struct Pending {
     reason: &'static str,
     class: FailureClass,
     at: Instant,
+}
+
+impl Pending {
+    /// The handover `kind` on `route` calls for, detected now.
+    fn after(route: &Route, kind: &FailureKind) -> Self {
+        Pending {
+            from: route.name.clone(),
+            reason: kind.label(),
+            class: kind.class(),
+            at: Instant::now(),
+        }
+    }
 }
 
 /// The zero, one or two items one delivery yields.

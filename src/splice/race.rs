@@ -99,12 +99,7 @@ impl<'r> Session<'r> {
                             // The hedge is already the handover the failure calls for.
                             let mut failed = std::mem::replace(attempt, *hedge);
                             self.race_lost(route, &mut failed, &kind);
-                            self.pending.get_or_insert(Pending {
-                                from: route.name.clone(),
-                                reason: kind.label(),
-                                class: kind.class(),
-                                at: Instant::now(),
-                            });
+                            self.pending.get_or_insert_with(|| Pending::after(route, &kind));
                             *route = &ladder.routes[hedge_state.route];
                             *state = hedge_state;
                             self.hedge_won(ladder, attempt, true, None);
@@ -149,12 +144,7 @@ impl<'r> Session<'r> {
         to: usize,
     ) -> Race {
         let next = &ladder.routes[to];
-        let state = AttemptState {
-            route: to,
-            retries: 0,
-            mode: next.health.continuation(next.continuation),
-            produced_text: false,
-        };
+        let state = AttemptState::first_on(to, next);
         self.log.emit(EventKind::Hedge {
             route: route.name.to_string(),
             attempt: attempt.number,

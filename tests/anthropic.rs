@@ -1,6 +1,7 @@
 //! Anthropic Messages routes: a fallback continuing a cut OpenAI answer by
 //! prefill through `baton serve`, and against the oracle in Anthropic's format
 //! (a whole answer, a splice byte for byte, and a prefill rejection remembered).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
 
 mod support;
 

@@ -1,4 +1,5 @@
 //! The real binary: `baton demo --headless --json` and `baton mock`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};

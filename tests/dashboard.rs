@@ -1,5 +1,6 @@
 //! The dashboard drawn into ratatui's `TestBackend` from a fixed event
 //! sequence: one snapshot per behaviour, at two terminal sizes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
 
 use std::time::Duration;
 

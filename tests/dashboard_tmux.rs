@@ -1,6 +1,7 @@
 //! The real binary in a real terminal: `baton demo` under tmux, read with
 //! `capture-pane`. `.ci/run` installs tmux; without it (outside CI) the test
 //! says it was skipped.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
 
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -1,6 +1,7 @@
 //! End to end over loopback HTTP: the OpenAI provider against the oracle
 //! server (the one `baton mock` runs), one fault at a time. Real time, with
 //! deadlines far above the oracle's pacing so a loaded machine cannot flake.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
 
 mod support;
 

@@ -3,6 +3,7 @@
 //! oldest turns (never the system prompt, the latest user turn or the prefix),
 //! and a route that cannot fit the request at all is skipped as a `business`
 //! failure without being asked.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
 
 mod support;
 

@@ -4,6 +4,7 @@
 //! The corpora hold the seeds and the inputs that once found a bug, so this is
 //! the regression test for every fuzz finding. Running the fuzzers themselves
 //! for longer is documented in the README ("Fuzzing").
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
 
 use std::path::{Path, PathBuf};
 

@@ -1,6 +1,7 @@
 //! Hedged requests under virtual time: a late first token starts the next
 //! route in parallel, the first content wins, the other attempt is cancelled
 //! without counting against its route, and a recorded hedge replays.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
 
 mod support;
 

@@ -11,6 +11,7 @@
 //! every session runs under a timeout that only a hang would reach. The one
 //! deadline that matters (the total deadline of an endless stream) is also
 //! checked under virtual time.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
 
 mod support;
 

@@ -9,6 +9,7 @@
 //! time (`SERIAL`). Waits are generous deadlines polled, never fixed sleeps,
 //! except the slow readers' deliberate pauses, which are many times the
 //! deadline they must not trip.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
 
 mod support;
 

@@ -6,6 +6,7 @@
 //! The expected text is derived from the oracle: its answer up to the cut,
 //! then the looped text the client saw (copies of the oracle's loop phrase),
 //! the marker, then the rest of the answer.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
 
 mod support;
 

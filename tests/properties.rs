@@ -3,6 +3,7 @@
 //! depend on how the continuation is split into deltas, and SSE decoding gives
 //! the same events however the bytes arrive — the same events as
 //! `eventsource-stream`, a reference decoder with no size caps.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
 
 use eventsource_stream::Eventsource;
 use futures::StreamExt;

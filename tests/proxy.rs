@@ -1,5 +1,6 @@
 //! `baton serve` over loopback HTTP: a real server of ours on 127.0.0.1:0,
 //! oracle upstreams (and scripted raw-TCP ones) behind it, reqwest as the client.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
 
 mod support;
 

@@ -2,6 +2,7 @@
 //! re-driven with `--verify`; the recordings in `demos/recordings/` are
 //! verified here, so a change in splicing behaviour fails this test with a
 //! readable diff.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
 
 mod support;
 

@@ -69,6 +69,8 @@ pub fn plan_steps(plan: &FaultPlan, style: Style, pacing: Pacing, n: u32, reques
 }
 
 impl Provider for MockProvider {
+    // The scripted panic is the fault that tests the server's panic isolation.
+    #[allow(clippy::panic)]
     fn stream(&self, request: UpstreamRequest) -> ChunkStream {
         let n = self.requests.fetch_add(1, Ordering::Relaxed);
         let fault = plan_fault(&self.plan, self.style, n, &request);

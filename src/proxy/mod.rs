@@ -17,6 +17,7 @@
 //! boundary (`session`).
 
 mod conn;
+pub mod guard;
 pub mod metrics;
 mod session;
 pub mod wire;
@@ -28,7 +29,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -40,7 +41,7 @@ use tokio::sync::{broadcast, watch, Semaphore};
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::BroadcastStream;
 
-use crate::config::{glob_match, Config, Secret, ServerLimits};
+use crate::config::{glob_match, Config, ServerLimits};
 use crate::event::EngineEvent;
 use crate::record::{RecordOptions, Recorder};
 use crate::request::ChatRequest;
@@ -71,7 +72,8 @@ struct Entry {
 /// Everything a request handler needs.
 pub struct AppState {
     entries: Vec<Entry>,
-    api_key: Option<Secret>,
+    /// The client and operator keys ([`guard`]).
+    keys: guard::Keys,
     /// The metrics `/metrics` renders.
     pub metrics: Metrics,
     events: broadcast::Sender<EngineEvent>,
@@ -89,36 +91,6 @@ impl AppState {
                 .find(|e| e.pattern.as_deref().is_some_and(|p| glob_match(p, model)))
         })
     }
-
-    fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let Some(key) = &self.api_key else { return Ok(()) };
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match given {
-            Some(given) if constant_time_eq(given.as_bytes(), key.expose().as_bytes()) => Ok(()),
-            Some(_) => Err(unauthorized("the API key is wrong")),
-            None => Err(unauthorized(
-                "an API key is required: send `Authorization: Bearer <key>`",
-            )),
-        }
-    }
-}
-
-fn unauthorized(message: &str) -> ApiError {
-    ApiError {
-        status: StatusCode::UNAUTHORIZED,
-        message: message.to_string(),
-        kind: "invalid_request_error",
-        code: "invalid_api_key",
-        retry_after: None,
-    }
-}
-
-/// Compares without an early exit, so timing does not reveal the key.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Builds the router for `config`; `phase` tells handlers when the server shuts down.
@@ -136,7 +108,10 @@ pub fn router(config: &Config, phase: watch::Receiver<Phase>) -> (Router, Arc<Ap
         .collect();
     let state = Arc::new(AppState {
         entries,
-        api_key: config.api_key.clone(),
+        keys: guard::Keys {
+            client: config.api_key.clone(),
+            operator: config.operator_key.clone(),
+        },
         metrics: Metrics::new(),
         events,
         phase,
@@ -159,6 +134,7 @@ pub fn router(config: &Config, phase: watch::Receiver<Phase>) -> (Router, Arc<Ap
                 retry_after: None,
             }
         })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard::layer))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .with_state(state.clone());
     (router, state)
@@ -225,7 +201,6 @@ async fn chat(State(state): State<Arc<AppState>>, request: Request) -> Response 
 }
 
 async fn chat_inner(state: &Arc<AppState>, request: Request) -> Result<Response, ApiError> {
-    state.authorize(request.headers())?;
     // The body has the header read timeout too: a client that sent its head
     // and then trickles (or withholds) the body must not hold the connection.
     let limit = state.limits.header_read_timeout;
@@ -294,10 +269,7 @@ async fn reached(phase: &mut watch::Receiver<Phase>, at_least: Phase) {
     let _ = phase.wait_for(|p| order(*p) >= order(at_least)).await.is_ok();
 }
 
-async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(e) = state.authorize(&headers) {
-        return e.into_response();
-    }
+async fn models(State(state): State<Arc<AppState>>) -> Response {
     let data: Vec<Value> = state
         .entries
         .iter()
@@ -306,10 +278,7 @@ async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
     Json(json!({"object": "list", "data": data})).into_response()
 }
 
-async fn metrics_text(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(e) = state.authorize(&headers) {
-        return e.into_response();
-    }
+async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
     for route in state.entries.iter().flat_map(|e| e.splicer.ladder().routes.iter()) {
         let value = match route.health.state() {
             crate::breaker::BreakerState::Closed => 0,
@@ -341,20 +310,21 @@ async fn metrics_text(State(state): State<Arc<AppState>>, headers: HeaderMap) ->
         .into_response()
 }
 
-async fn events_feed(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(e) = state.authorize(&headers) {
-        return e.into_response();
-    }
+async fn events_feed(State(state): State<Arc<AppState>>) -> Response {
     let mut phase = state.phase.clone();
     let events = BroadcastStream::new(state.events.subscribe());
     let feed_state = state.clone();
     let feed = events
         .map(move |item| -> Result<Event, Infallible> {
             Ok(match item {
-                Ok(event) => match serde_json::to_string(&event) {
-                    Ok(json) => Event::default().data(json),
-                    Err(_) => Event::default().comment("unserializable event"),
-                },
+                Ok(mut event) => {
+                    // The feed shows what a recording would keep, no more.
+                    crate::record::scrub(&mut event);
+                    match serde_json::to_string(&event) {
+                        Ok(json) => Event::default().data(json),
+                        Err(_) => Event::default().comment("unserializable event"),
+                    }
+                }
                 Err(BroadcastStreamRecvError::Lagged(n)) => {
                     feed_state.metrics.events_dropped.inc_by(n);
                     Event::default().comment(format!("dropped {n} events"))

@@ -152,6 +152,15 @@ pub fn check(
     }
 }
 
+/// What to warn at start when `listening` is reachable beyond this machine without a client key.
+pub fn exposure_warning(listening: SocketAddr, client_key: bool) -> Option<String> {
+    (!listening.ip().is_loopback() && !client_key).then(|| {
+        format!(
+            "listening on {listening} beyond loopback without a client key (server.api_key_env): anyone who can reach it spends your upstream keys"
+        )
+    })
+}
+
 /// The middleware in front of every route.
 pub async fn layer(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let peer = request
@@ -267,6 +276,15 @@ mod tests {
     }
 
     const LOOPBACK: Option<SocketAddr> = Some(SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 5000));
+
+    #[test]
+    fn listening_beyond_loopback_without_a_client_key_is_warned_of() {
+        let any: SocketAddr = "0.0.0.0:8080".parse().expect("addr");
+        assert!(exposure_warning(any, false).is_some_and(|w| w.contains("0.0.0.0:8080")));
+        assert_eq!(exposure_warning(any, true), None);
+        assert_eq!(exposure_warning("127.0.0.1:8080".parse().expect("addr"), false), None);
+        assert_eq!(exposure_warning("[::1]:8080".parse().expect("addr"), false), None);
+    }
 
     #[test]
     fn names_a_rebinding_page_cannot_use() {

@@ -81,6 +81,8 @@ pub struct AppState {
     limits: ServerLimits,
     /// One permit per session served now (`server.max_sessions`).
     slots: Arc<Semaphore>,
+    /// The recorder's figures, once `serve` has started one (`/metrics` shows its losses).
+    recording: std::sync::OnceLock<crate::record::StatsHandle>,
 }
 
 impl AppState {
@@ -117,6 +119,7 @@ pub fn router(config: &Config, phase: watch::Receiver<Phase>) -> (Router, Arc<Ap
         phase,
         limits: config.limits,
         slots: Arc::new(Semaphore::new(config.limits.max_sessions.min(Semaphore::MAX_PERMITS))),
+        recording: std::sync::OnceLock::new(),
     });
     let router = Router::new()
         .route("/v1/chat/completions", post(chat))
@@ -147,18 +150,26 @@ pub async fn serve(
     config: &Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    if let Some(warning) = listener
+        .local_addr()
+        .ok()
+        .and_then(|addr| guard::exposure_warning(addr, config.api_key.is_some()))
+    {
+        tracing::warn!("{warning}");
+    }
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let (router, state) = router(config, phase_rx);
     // Recording: subscribed before the first request, written off the hot path.
     let recorder = match &config.record_dir {
         Some(dir) => {
             let mut options = RecordOptions::new(dir);
-            if let Some(key) = &config.api_key {
+            for key in [&config.api_key, &config.operator_key].into_iter().flatten() {
                 options = options.redact(key.expose());
             }
             let recorder = Recorder::attach(&state.events, options)
                 .map_err(|e| std::io::Error::new(e.kind(), format!("cannot record to {}: {e}", dir.display())))?;
             tracing::info!(dir = %dir.display(), "recording every session");
+            let _ = state.recording.set(recorder.stats_handle());
             Some(recorder)
         }
         None => None,
@@ -300,6 +311,9 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
         if let Some(policy) = &ladder.hedge {
             state.metrics.hedges(&ladder.name, policy);
         }
+    }
+    if let Some(recording) = state.recording.get() {
+        state.metrics.recordings_lost(recording.stats().write_errors);
     }
     state.metrics.live_sessions.set(crate::live::sessions());
     state.metrics.upstream_connections_open.set(crate::live::upstreams());

@@ -673,9 +673,12 @@ impl Writer {
         match &mut self.lost_warned {
             Some((at, since)) if at.elapsed() < Duration::from_secs(10) => *since += 1,
             _ => {
-                let since = self.lost_warned.map_or(0, |(_, n)| n);
+                let since = match self.lost_warned.map_or(0, |(_, n)| n) {
+                    0 => String::new(),
+                    n => format!("; {n} more lost since the last warning"),
+                };
                 tracing::warn!(
-                    "recording lost: cannot write session {id} to {dir}: {e} ({since} more lost since the last warning; see baton_recordings_lost_total)"
+                    "recording lost: cannot write session {id} to {dir}: {e}{since} (counted in baton_recordings_lost_total)"
                 );
                 self.lost_warned = Some((std::time::Instant::now(), 0));
             }

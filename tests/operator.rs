@@ -196,14 +196,19 @@ async fn a_keyless_server_refuses_foreign_hosts_cross_origin_browsers_and_plain_
 #[tokio::test]
 async fn the_event_feed_redacts_secret_looking_fields_as_recordings_do() {
     const PARAM_SECRET: &str = "sk-param-SECRET-0d9e8f7a";
-    let proxy = Serve::new(&config("")).start().await;
+    let proxy = Serve::new(&config("api_key_env = \"CLIENT\""))
+        .env("CLIENT", CLIENT_KEY)
+        .start()
+        .await;
+    // Loopback, no operator key: served without a key, client key or not.
     let mut feed = reqwest::get(proxy.url("/events")).await.expect("events");
     assert_eq!(feed.status(), 200);
-    let mut body = chat("secrets in the feed");
+    let mut body = chat(&format!("a user pasting the key {CLIENT_KEY}"));
     body["api_key"] = json!(PARAM_SECRET);
     body["metadata"] = json!({"Authorization": format!("Bearer {PARAM_SECRET}"), "password": PARAM_SECRET});
     let answer = reqwest::Client::new()
         .post(proxy.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
         .json(&body)
         .send()
         .await
@@ -223,6 +228,7 @@ async fn the_event_feed_redacts_secret_looking_fields_as_recordings_do() {
         .expect("the session's events arrive");
     assert!(seen.contains("\"event\":\"attempt_opened\""), "{seen}");
     assert!(!seen.contains("SECRET"), "a secret in the feed: {seen}");
+    assert!(!seen.contains(CLIENT_KEY), "the client key in the feed: {seen}");
     assert!(seen.contains(baton::record::REDACTED), "{seen}");
 }
 
@@ -331,4 +337,14 @@ fn a_recording_that_cannot_be_written_whole_is_removed_and_counted_in_metrics() 
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
+}
+
+#[test]
+fn the_operator_key_must_differ_from_the_client_key() {
+    let same = |name: &str| (name == "CLIENT" || name == "OPERATOR").then(|| CLIENT_KEY.to_string());
+    let text = config("api_key_env = \"CLIENT\"\noperator_key_env = \"OPERATOR\"");
+    let error = baton::config::Config::parse("t.toml", &text, &same).expect_err("the same key");
+    let message = error.to_string();
+    assert!(message.contains("server.operator_key_env"), "{message}");
+    assert!(!message.contains(CLIENT_KEY), "{message}");
 }

@@ -74,6 +74,8 @@ pub struct AppState {
     entries: Vec<Entry>,
     /// The client and operator keys ([`guard`]).
     keys: guard::Keys,
+    /// The keys' values, never shown on `/events` (as in recordings).
+    secrets: crate::record::Secrets,
     /// The metrics `/metrics` renders.
     pub metrics: Metrics,
     events: broadcast::Sender<EngineEvent>,
@@ -114,6 +116,13 @@ pub fn router(config: &Config, phase: watch::Receiver<Phase>) -> (Router, Arc<Ap
             client: config.api_key.clone(),
             operator: config.operator_key.clone(),
         },
+        secrets: crate::record::Secrets::new(
+            &[&config.api_key, &config.operator_key]
+                .into_iter()
+                .flatten()
+                .map(|k| k.expose())
+                .collect::<Vec<_>>(),
+        ),
         metrics: Metrics::new(),
         events,
         phase,
@@ -335,7 +344,7 @@ async fn events_feed(State(state): State<Arc<AppState>>) -> Response {
                     // The feed shows what a recording would keep, no more.
                     crate::record::scrub(&mut event);
                     match serde_json::to_string(&event) {
-                        Ok(json) => Event::default().data(json),
+                        Ok(json) => Event::default().data(feed_state.secrets.apply(json)),
                         Err(_) => Event::default().comment("unserializable event"),
                     }
                 }

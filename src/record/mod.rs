@@ -157,6 +157,37 @@ fn scrub_value(v: &mut Value) {
     }
 }
 
+/// Strings never shown, as they appear inside JSON text: what recordings and
+/// the `/events` feed replace with [`REDACTED`] wherever they appear.
+#[derive(Clone, Debug, Default)]
+pub struct Secrets(Vec<String>);
+
+impl Secrets {
+    /// These `secrets` (those shorter than 4 bytes are ignored: they would redact ordinary text).
+    pub fn new<S: AsRef<str>>(secrets: &[S]) -> Self {
+        Secrets(
+            secrets
+                .iter()
+                .map(|s| {
+                    let quoted = serde_json::to_string(s.as_ref()).unwrap_or_default();
+                    quoted.trim_matches('"').to_string()
+                })
+                .filter(|s| s.len() >= 4)
+                .collect(),
+        )
+    }
+
+    /// `json` with every secret replaced.
+    pub fn apply(&self, mut json: String) -> String {
+        for secret in &self.0 {
+            if json.contains(secret.as_str()) {
+                json = json.replace(secret.as_str(), REDACTED);
+            }
+        }
+        json
+    }
+}
+
 /// Where and how a [`Recorder`] writes.
 #[derive(Clone, Debug)]
 pub struct RecordOptions {
@@ -467,8 +498,8 @@ struct Open {
 /// The writer thread: buffers sessions, writes their files.
 struct Writer {
     options: RecordOptions,
-    /// `options.redact` as they appear inside JSON strings.
-    redact: Vec<String>,
+    /// Replaces `options.redact` in written lines.
+    redact: Secrets,
     counters: Arc<Counters>,
     open: HashMap<Uuid, Open>,
     buffered: usize,
@@ -478,15 +509,7 @@ struct Writer {
 
 impl Writer {
     fn new(options: RecordOptions, counters: Arc<Counters>) -> Self {
-        let redact = options
-            .redact
-            .iter()
-            .map(|s| {
-                let quoted = serde_json::to_string(s).unwrap_or_default();
-                quoted.trim_matches('"').to_string()
-            })
-            .filter(|s| s.len() >= 4)
-            .collect();
+        let redact = Secrets::new(&options.redact);
         Writer {
             options,
             redact,
@@ -573,12 +596,8 @@ impl Writer {
         } else {
             scrub(&mut event);
             match line(&event) {
-                Ok(mut text) => {
-                    for secret in &self.redact {
-                        if text.contains(secret.as_str()) {
-                            text = text.replace(secret.as_str(), REDACTED);
-                        }
-                    }
+                Ok(text) => {
+                    let text = self.redact.apply(text);
                     let size = text.len() + 1;
                     if open.lines.len() + size > self.options.max_session_bytes
                         || self.buffered + size > self.options.max_buffered_bytes

@@ -97,7 +97,7 @@ enum Command {
         url: String,
         /// Environment variable holding the proxy's operator key (`server.operator_key_env`),
         /// sent as a bearer to /events; default BATON_OPERATOR_KEY, sent only if set.
-        #[arg(long, value_name = "NAME")]
+        #[arg(long, value_name = "NAME", alias = "api-key-env")]
         key_env: Option<String>,
     },
     /// Validate a config file and print the resolved ladders (no secrets).

@@ -348,3 +348,15 @@ fn the_operator_key_must_differ_from_the_client_key() {
     assert!(message.contains("server.operator_key_env"), "{message}");
     assert!(!message.contains(CLIENT_KEY), "{message}");
 }
+
+#[test]
+fn replay_help_says_the_dashboard_plays_recordings() {
+    let out = Command::new(BATON)
+        .args(["replay", "--help"])
+        .output()
+        .expect("run baton replay --help");
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{help}");
+    assert!(!help.contains("is coming"), "{help}");
+    assert!(help.contains("plays the recording in the dashboard"), "{help}");
+}

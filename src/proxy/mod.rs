@@ -10,6 +10,10 @@
 //! [`serve`] takes an injected listener and a shutdown future, so tests bind
 //! `127.0.0.1:0` and talk real HTTP to it.
 //!
+//! Access (`guard`): client keys open the client endpoints, the operator key
+//! `/events` and `/metrics`; a keyless server refuses what only a web page
+//! would send.
+//!
 //! Limits (`[server]`): connections have a header read timeout, a keep-alive
 //! idle timeout and a write-stall limit (`conn`); sessions are capped at
 //! `max_sessions` (past it: 503 with `Retry-After`), stream through a bounded
@@ -41,7 +45,7 @@ use tokio::sync::{broadcast, watch, Semaphore};
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::BroadcastStream;
 
-use crate::config::{glob_match, Config, ServerLimits};
+use crate::config::{glob_match, Config, Secret, ServerLimits};
 use crate::event::EngineEvent;
 use crate::record::{RecordOptions, Recorder};
 use crate::request::ChatRequest;
@@ -97,6 +101,11 @@ impl AppState {
     }
 }
 
+/// The keys the proxy itself takes (client, operator): never shown, never recorded.
+fn own_keys(config: &Config) -> impl Iterator<Item = &Secret> {
+    [&config.api_key, &config.operator_key].into_iter().flatten()
+}
+
 /// Builds the router for `config`; `phase` tells handlers when the server shuts down.
 pub fn router(config: &Config, phase: watch::Receiver<Phase>) -> (Router, Arc<AppState>) {
     let events = broadcast::channel(EVENT_CAPACITY).0;
@@ -116,13 +125,7 @@ pub fn router(config: &Config, phase: watch::Receiver<Phase>) -> (Router, Arc<Ap
             client: config.api_key.clone(),
             operator: config.operator_key.clone(),
         },
-        secrets: crate::record::Secrets::new(
-            &[&config.api_key, &config.operator_key]
-                .into_iter()
-                .flatten()
-                .map(|k| k.expose())
-                .collect::<Vec<_>>(),
-        ),
+        secrets: crate::record::Secrets::new(&own_keys(config).map(Secret::expose).collect::<Vec<_>>()),
         metrics: Metrics::new(),
         events,
         phase,
@@ -172,7 +175,7 @@ pub async fn serve(
     let recorder = match &config.record_dir {
         Some(dir) => {
             let mut options = RecordOptions::new(dir);
-            for key in [&config.api_key, &config.operator_key].into_iter().flatten() {
+            for key in own_keys(config) {
                 options = options.redact(key.expose());
             }
             let recorder = Recorder::attach(&state.events, options)

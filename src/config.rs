@@ -58,6 +58,8 @@ pub struct ServerSection {
     pub listen: Option<String>,
     /// Environment variable holding the bearer key clients must send.
     pub api_key_env: Option<String>,
+    /// Environment variable holding the bearer key `/events` and `/metrics` require (client keys do not open them).
+    pub operator_key_env: Option<String>,
     /// Where session recordings go.
     pub record_dir: Option<PathBuf>,
     /// Largest request body accepted (bytes); default 4 MiB.
@@ -277,6 +279,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The bearer key clients must send, if any (never printed).
     pub api_key: Option<Secret>,
+    /// The bearer key the operator endpoints require, if any (never printed).
+    pub operator_key: Option<Secret>,
     /// Where recordings go.
     pub record_dir: Option<PathBuf>,
     /// Largest request body.
@@ -294,6 +298,11 @@ pub struct Config {
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps `value` (for keys that come from somewhere else than the config).
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
     /// The value, for the one place that needs it.
     pub fn expose(&self) -> &str {
         &self.0
@@ -346,6 +355,16 @@ impl Config {
             Some(var) => Some(secret("server.api_key_env".into(), var)?),
             None => None,
         };
+        let operator_key = match &raw.server.operator_key_env {
+            Some(var) => Some(secret("server.operator_key_env".into(), var)?),
+            None => None,
+        };
+        if operator_key.is_some() && operator_key == api_key {
+            return Err(invalid(
+                "server.operator_key_env".into(),
+                "the operator key must differ from the client key (a client could read every conversation)".into(),
+            ));
+        }
         let max_body_bytes = raw.server.max_body_bytes.unwrap_or(4 * 1024 * 1024);
         if max_body_bytes == 0 {
             return Err(invalid("server.max_body_bytes".into(), "must be above 0".into()));
@@ -552,6 +571,7 @@ impl Config {
         Ok(Config {
             listen,
             api_key,
+            operator_key,
             record_dir: raw.server.record_dir,
             max_body_bytes,
             shutdown_grace: Duration::from_millis(raw.server.shutdown_grace_ms.unwrap_or(10_000)),
@@ -587,6 +607,14 @@ impl Config {
                 "required"
             } else {
                 "not required"
+            }
+        ));
+        out.push_str(&format!(
+            "operator key {}\n",
+            if self.operator_key.is_some() {
+                "required on /events and /metrics"
+            } else {
+                "not set: /events and /metrics are served to loopback only"
             }
         ));
         for l in &self.ladders {

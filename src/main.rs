@@ -14,6 +14,9 @@ use baton::oracle::script::Pacing;
 use baton::oracle::server::{run, MockConfig};
 use baton::oracle::Style;
 
+/// The variable `baton watch` reads the operator key from unless told another.
+const DEFAULT_OPERATOR_KEY_ENV: &str = "BATON_OPERATOR_KEY";
+
 /// baton: mid-stream handover for LLM token streams.
 ///
 /// When a model's streamed answer stalls, is cut off, or turns to garbage,
@@ -56,7 +59,8 @@ enum Command {
     ///
     /// Reads recording files (`*.jsonl`, as `baton demo --record` and `baton serve`
     /// with `record_dir` write them) or directories of them. Without a flag it
-    /// prints the summary (playing a recording in the dashboard is coming).
+    /// plays the recording in the dashboard with its original timing when stdout is
+    /// a terminal, and prints the summary otherwise.
     /// `--verify` exits 1 on any divergence, 2 if some sessions could not be
     /// verified (events were dropped while recording).
     Replay {
@@ -91,9 +95,10 @@ enum Command {
         /// The proxy's base URL.
         #[arg(default_value = "http://127.0.0.1:8080")]
         url: String,
-        /// Environment variable holding the proxy's client key, if it requires one.
-        #[arg(long)]
-        api_key_env: Option<String>,
+        /// Environment variable holding the proxy's operator key (`server.operator_key_env`),
+        /// sent as a bearer to /events; default BATON_OPERATOR_KEY, sent only if set.
+        #[arg(long, value_name = "NAME", alias = "api-key-env")]
+        key_env: Option<String>,
     },
     /// Validate a config file and print the resolved ladders (no secrets).
     Check {
@@ -219,11 +224,14 @@ async fn main() -> ExitCode {
             run(&paths, mode, json)
         }
         Command::Serve { config } => serve(&config).await,
-        Command::Watch { url, api_key_env } => {
-            let key = match api_key_env.map(|var| std::env::var(&var).map_err(|_| var)) {
-                None => None,
-                Some(Ok(key)) => Some(key),
-                Some(Err(var)) => {
+        Command::Watch { url, key_env } => {
+            let named = key_env.is_some();
+            let var = key_env.unwrap_or_else(|| DEFAULT_OPERATOR_KEY_ENV.to_string());
+            let key = match std::env::var(&var) {
+                Ok(key) if !key.is_empty() => Some(key),
+                // The default variable is optional: a keyless local server needs none.
+                _ if !named => None,
+                _ => {
                     eprintln!("baton watch: environment variable {var} is not set");
                     return ExitCode::FAILURE;
                 }
@@ -305,6 +313,12 @@ async fn main() -> ExitCode {
 }
 
 async fn demo(headless: bool, sessions: usize, seed: u64, json: bool, record: Option<PathBuf>) -> ExitCode {
+    if let Some(dir) = &record {
+        if let Err(e) = baton::record::dir::prepare(dir) {
+            eprintln!("baton demo: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     if !headless {
         if std::io::stdout().is_terminal() {
             return demo_dashboard(seed, record).await;
@@ -369,6 +383,13 @@ async fn serve(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Before listening: a server that cannot record must not look healthy.
+    if let Some(dir) = &config.record_dir {
+        if let Err(e) = baton::record::dir::prepare(dir) {
+            eprintln!("baton serve: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(l) => l,
         Err(e) => {

@@ -71,7 +71,7 @@ fn mock_serves_the_oracle_over_http() {
     let body = r#"{"model":"m","stream":false,"messages":[{"role":"user","content":"hi"}]}"#;
     let post = |body: &str| {
         let mut s = std::net::TcpStream::connect(&addr).expect("connect");
-        write!(s, "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len()).expect("write");
+        write!(s, "POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len()).expect("write");
         let mut response = String::new();
         s.read_to_string(&mut response).expect("read");
         response

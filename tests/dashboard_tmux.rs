@@ -97,3 +97,79 @@ fn the_demo_dashboard_runs_in_a_real_terminal_and_quits_cleanly() {
         "the terminal was not restored:\n{screen}"
     );
 }
+
+/// `baton watch` on a `baton serve` child that has an operator key: refused
+/// (with the reason in the header) until the key is in `BATON_OPERATOR_KEY`,
+/// then connected, and the key is never on the screen.
+#[test]
+fn watch_sends_the_operator_key_from_the_environment() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    if Command::new("tmux").arg("-V").output().is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run this test: .ci/run installs tmux"
+        );
+        eprintln!("skipped: tmux is not installed");
+        return;
+    }
+    const KEY: &str = "op-key-watch-9c2e71";
+    let dir = std::env::temp_dir().join(format!("baton-watch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("baton.toml");
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:0\"\noperator_key_env = \"WATCH_TEST_OPERATOR_KEY\"\n\
+         [[route]]\nname = \"oracle\"\nprovider = \"mock\"\nmodel = \"oracle\"\n\
+         [[ladder]]\nname = \"chat\"\nroutes = [\"oracle\"]\n",
+    )
+    .expect("config");
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["serve", "-c"])
+        .arg(&config)
+        .env("WATCH_TEST_OPERATOR_KEY", KEY)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn baton serve");
+    let mut line = String::new();
+    if let Some(stdout) = serve.stdout.take() {
+        let _ = BufReader::new(stdout).read_line(&mut line);
+    }
+    let result = std::panic::catch_unwind(|| {
+        let base = line
+            .split_whitespace()
+            .find_map(|w| w.strip_suffix("/v1"))
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .to_string();
+        let tmux = Tmux {
+            socket: format!("baton-watch-test-{}", std::process::id()),
+        };
+        let watch = |env: &str| {
+            let command = format!("{} watch {base}; sleep 120", env!("CARGO_BIN_EXE_baton"));
+            let mut args = vec!["new-session", "-d", "-s", "baton", "-x", "160", "-y", "30"];
+            if !env.is_empty() {
+                args.extend(["-e", env]);
+            }
+            args.push(&command);
+            tmux.run(&args).expect("start tmux");
+        };
+        watch("");
+        tmux.wait_for(Duration::from_secs(60), |s| s.contains("401"))
+            .unwrap_or_else(|s| panic!("no refusal in the header:\n{s}"));
+        tmux.run(&["kill-session", "-t", "baton"]).expect("kill session");
+        let env = format!("BATON_OPERATOR_KEY={KEY}");
+        watch(&env);
+        let screen = tmux
+            .wait_for(Duration::from_secs(60), |s| s.contains("connected to"))
+            .unwrap_or_else(|s| panic!("not connected:\n{s}"));
+        assert!(!screen.contains(KEY), "{screen}");
+    });
+    let _ = serve.kill();
+    let _ = serve.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}

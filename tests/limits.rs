@@ -187,7 +187,7 @@ impl Raw {
     async fn post(&mut self, body: &Value) {
         let body = body.to_string();
         let head = format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nhost: baton\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
             body.len()
         );
         self.send(head.as_bytes()).await;
@@ -327,8 +327,8 @@ async fn clients_vanishing_before_their_request_is_complete_leave_nothing_behind
     let partial: [&[u8]; 4] = [
         b"",
         b"POST /v1/chat/compl",
-        b"POST /v1/chat/completions HTTP/1.1\r\nhost: baton\r\ncontent-ty",
-        b"POST /v1/chat/completions HTTP/1.1\r\nhost: baton\r\ncontent-type: application/json\r\ncontent-length: 500\r\n\r\n{\"model\":\"ok\",",
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-ty",
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 500\r\n\r\n{\"model\":\"ok\",",
     ];
     for bytes in partial {
         let mut raw = Raw::connect(proxy.addr).await;
@@ -670,7 +670,7 @@ async fn a_client_that_sends_half_a_request_and_goes_quiet_is_disconnected() {
     // A head without its whole body: the body has the same limit, and a 408.
     let mut no_body = Raw::connect(proxy.addr).await;
     no_body
-        .send(b"POST /v1/chat/completions HTTP/1.1\r\nhost: baton\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"model\"")
+        .send(b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"model\"")
         .await;
     let (head, body) = no_body.response().await;
     assert_eq!(head.status, 408);
@@ -686,7 +686,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     let mut raw = Raw::connect(proxy.addr).await;
     // Two requests on one connection: keep-alive works…
     for _ in 0..2 {
-        raw.send(b"GET /healthz HTTP/1.1\r\nhost: baton\r\n\r\n").await;
+        raw.send(b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n").await;
         let (head, body) = raw.response().await;
         assert_eq!((head.status, body.as_slice()), (200, b"ok\n".as_slice()));
     }

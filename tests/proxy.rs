@@ -217,7 +217,17 @@ async fn bad_requests_get_openai_style_errors() {
     }
     let ok = send(good, Some(KEY)).await.expect("request");
     assert_eq!(ok.status(), 200);
-    // Every endpoint but /healthz needs the key too.
+    // Every client endpoint needs the key too; /metrics is the operator's
+    // (served to loopback without an operator key, client key or not).
+    assert_eq!(
+        client
+            .get(proxy.url("/v1/models"))
+            .send()
+            .await
+            .expect("models")
+            .status(),
+        401
+    );
     assert_eq!(
         client
             .get(proxy.url("/metrics"))
@@ -225,7 +235,7 @@ async fn bad_requests_get_openai_style_errors() {
             .await
             .expect("metrics")
             .status(),
-        401
+        200
     );
     assert_eq!(
         client

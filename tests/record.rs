@@ -24,40 +24,14 @@ use baton::provider::{Chunk, ChunkStream, Provider, UpstreamRequest};
 use baton::record::reader::{self, RecordedSession};
 use baton::record::verify::{self, Outcome, Verdict};
 use baton::record::{RecordOptions, Recorder};
+use support::TempDir;
+
 use baton::{ChatRequest, ClientItem, ContinuationMode, FailureKind, Ladder, Message, Role, Route, Splicer, Usage};
 
 const BATON: &str = env!("CARGO_BIN_EXE_baton");
 
 fn demos() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("demos/recordings")
-}
-
-/// A fresh directory under the system temp dir, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("baton-test-{tag}-{}", uuid::Uuid::new_v4().simple()));
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    fn files(&self) -> Vec<PathBuf> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.0)
-            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-            .unwrap_or_default();
-        files.sort();
-        files
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn verify_paths(paths: &[PathBuf]) -> (reader::Recording, Vec<Verdict>) {

@@ -53,41 +53,49 @@ pub fn from_broadcast(events: broadcast::Receiver<EngineEvent>) -> FeedStream {
     }))
 }
 
-/// A running proxy's `/events` feed, reconnecting every second while it is away.
+/// A running proxy's `/events` feed (`api_key`: the operator key, sent as a bearer), reconnecting every second while it is away.
 pub fn from_url(base: &str, api_key: Option<String>) -> FeedStream {
     let url = format!("{}/events", base.trim_end_matches('/'));
     let client = reqwest::Client::new();
     Box::pin(async_stream::stream! {
-        let mut request = client.get(&url);
-        if let Some(key) = &api_key {
-            request = request.bearer_auth(key);
-        }
-        let mut source = match EventSource::new(request) {
-            Ok(source) => source,
-            Err(e) => {
-                yield Feed::Status(format!("cannot open {url}: {e}"));
-                return;
-            }
-        };
-        source.set_retry_policy(Box::new(Constant::new(Duration::from_secs(1), None)));
         yield Feed::Status(format!("connecting to {url}"));
-        while let Some(item) = source.next().await {
-            match item {
-                Ok(SseEvent::Open) => yield Feed::Status(format!("connected to {url}")),
-                Ok(SseEvent::Message(message)) => match serde_json::from_str::<EngineEvent>(&message.data) {
-                    Ok(event) => yield Feed::Event(event),
-                    Err(_) => yield Feed::Dropped(1),
-                },
-                Err(reqwest_eventsource::Error::StreamEnded) => {
-                    yield Feed::Status("the proxy closed the feed; reconnecting".to_string());
-                }
-                Err(reqwest_eventsource::Error::InvalidStatusCode(status, _)) => {
-                    yield Feed::Status(format!("{url} answered {status}; retrying"));
-                }
-                Err(e) => yield Feed::Status(format!("disconnected ({e}); retrying")),
+        loop {
+            let mut request = client.get(&url);
+            if let Some(key) = &api_key {
+                request = request.bearer_auth(key);
             }
+            let mut source = match EventSource::new(request) {
+                Ok(source) => source,
+                Err(e) => {
+                    yield Feed::Status(format!("cannot open {url}: {e}"));
+                    return;
+                }
+            };
+            source.set_retry_policy(Box::new(Constant::new(Duration::from_secs(1), None)));
+            while let Some(item) = source.next().await {
+                match item {
+                    Ok(SseEvent::Open) => yield Feed::Status(format!("connected to {url}")),
+                    Ok(SseEvent::Message(message)) => match serde_json::from_str::<EngineEvent>(&message.data) {
+                        Ok(event) => yield Feed::Event(event),
+                        Err(_) => yield Feed::Dropped(1),
+                    },
+                    Err(reqwest_eventsource::Error::StreamEnded) => {
+                        yield Feed::Status("the proxy closed the feed; reconnecting".to_string());
+                    }
+                    Err(reqwest_eventsource::Error::InvalidStatusCode(status, _)) => {
+                        let hint = match status.as_u16() {
+                            401 | 403 => " (operator key: set BATON_OPERATOR_KEY or --key-env)",
+                            _ => "",
+                        };
+                        yield Feed::Status(format!("{url} answered {status}{hint}; retrying"));
+                    }
+                    Err(e) => yield Feed::Status(format!("disconnected ({e}); retrying")),
+                }
+            }
+            // The event source gives up after a refusal (a missing key, say): ask again
+            // a second later, as it does after any other failure.
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        yield Feed::Status("feed closed".to_string());
     })
 }
 

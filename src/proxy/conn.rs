@@ -125,6 +125,7 @@ async fn connection(
     _alive: watch::Receiver<()>,
 ) {
     let state = Arc::new(ConnState::new());
+    let peer = tcp.peer_addr().ok();
     let io = TokioIo::new(WatchedIo {
         inner: tcp,
         state: state.clone(),
@@ -132,6 +133,7 @@ async fn connection(
     let service = ConnService {
         inner: TowerToHyperService::new(router),
         state: state.clone(),
+        peer,
     };
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.header_read_timeout(None::<Duration>);
@@ -359,6 +361,8 @@ impl AsyncWrite for WatchedIo {
 struct ConnService {
     inner: TowerToHyperService<Router>,
     state: Arc<ConnState>,
+    /// The client's address, for the guard's loopback rule.
+    peer: Option<std::net::SocketAddr>,
 }
 
 impl Service<Request<Incoming>> for ConnService {
@@ -366,7 +370,10 @@ impl Service<Request<Incoming>> for ConnService {
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+        if let Some(peer) = self.peer {
+            request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+        }
         let in_flight = self.state.request_started();
         let response = self.inner.call(request);
         Box::pin(async move {

@@ -97,8 +97,18 @@ pub struct Metrics {
     pub stall_deadline: Family<RouteLabels, Gauge>,
     /// Hedge races by ladder and outcome (brought up to the ladders' counts when /metrics is read).
     pub hedges: Family<HedgeLabels, Counter>,
-    /// One reader at a time brings `hedges` up to date, so none is counted twice.
+    /// Session recordings that could not be written (brought up to the recorder's count when /metrics is read).
+    pub recordings_lost: Counter,
+    /// One reader at a time brings `hedges` (and `recordings_lost`) up to date, so none is counted twice.
     hedges_sync: std::sync::Mutex<()>,
+}
+
+/// Raises `counter` to `total` (a counter only grows; the source keeps the truth).
+fn catch_up(counter: &Counter, total: u64) {
+    let behind = total.saturating_sub(counter.get());
+    if behind > 0 {
+        counter.inc_by(behind);
+    }
 }
 
 /// Labels naming a route.
@@ -149,6 +159,7 @@ impl Metrics {
         let breaker_state = Family::<RouteLabels, Gauge>::default();
         let stall_deadline = Family::<RouteLabels, Gauge>::default();
         let hedges = Family::<HedgeLabels, Counter>::default();
+        let recordings_lost = Counter::default();
         registry.register("sessions", "Sessions by ladder and outcome", sessions.clone());
         registry.register(
             "handovers",
@@ -221,6 +232,11 @@ impl Metrics {
             "Hedge races (a late first token started the next route) by ladder and outcome",
             hedges.clone(),
         );
+        registry.register(
+            "recordings_lost",
+            "Session recordings that could not be written to record_dir (partial files are removed)",
+            recordings_lost.clone(),
+        );
         Metrics {
             registry,
             sessions,
@@ -239,6 +255,7 @@ impl Metrics {
             breaker_state,
             stall_deadline,
             hedges,
+            recordings_lost,
             hedges_sync: std::sync::Mutex::new(()),
         }
     }
@@ -251,11 +268,14 @@ impl Metrics {
                 ladder: ladder.to_string(),
                 outcome: outcome.as_str().to_string(),
             });
-            let behind = policy.ended(outcome).saturating_sub(counter.get());
-            if behind > 0 {
-                counter.inc_by(behind);
-            }
+            catch_up(&counter, policy.ended(outcome));
         }
+    }
+
+    /// Brings `baton_recordings_lost_total` up to the recorder's `lost`.
+    pub fn recordings_lost(&self, lost: u64) {
+        let _one = self.hedges_sync.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        catch_up(&self.recordings_lost, lost);
     }
 
     /// Sets the stall deadline `route` would give an attempt opening now.

@@ -10,6 +10,10 @@
 //! [`serve`] takes an injected listener and a shutdown future, so tests bind
 //! `127.0.0.1:0` and talk real HTTP to it.
 //!
+//! Access (`guard`): client keys open the client endpoints, the operator key
+//! `/events` and `/metrics`; a keyless server refuses what only a web page
+//! would send.
+//!
 //! Limits (`[server]`): connections have a header read timeout, a keep-alive
 //! idle timeout and a write-stall limit (`conn`); sessions are capped at
 //! `max_sessions` (past it: 503 with `Retry-After`), stream through a bounded
@@ -17,6 +21,7 @@
 //! boundary (`session`).
 
 mod conn;
+pub mod guard;
 pub mod metrics;
 mod session;
 pub mod wire;
@@ -28,7 +33,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -71,7 +76,10 @@ struct Entry {
 /// Everything a request handler needs.
 pub struct AppState {
     entries: Vec<Entry>,
-    api_key: Option<Secret>,
+    /// The client and operator keys ([`guard`]).
+    keys: guard::Keys,
+    /// The keys' values, never shown on `/events` (as in recordings).
+    secrets: crate::record::Secrets,
     /// The metrics `/metrics` renders.
     pub metrics: Metrics,
     events: broadcast::Sender<EngineEvent>,
@@ -79,6 +87,8 @@ pub struct AppState {
     limits: ServerLimits,
     /// One permit per session served now (`server.max_sessions`).
     slots: Arc<Semaphore>,
+    /// The recorder's figures, once `serve` has started one (`/metrics` shows its losses).
+    recording: std::sync::OnceLock<crate::record::StatsHandle>,
 }
 
 impl AppState {
@@ -89,36 +99,11 @@ impl AppState {
                 .find(|e| e.pattern.as_deref().is_some_and(|p| glob_match(p, model)))
         })
     }
-
-    fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let Some(key) = &self.api_key else { return Ok(()) };
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match given {
-            Some(given) if constant_time_eq(given.as_bytes(), key.expose().as_bytes()) => Ok(()),
-            Some(_) => Err(unauthorized("the API key is wrong")),
-            None => Err(unauthorized(
-                "an API key is required: send `Authorization: Bearer <key>`",
-            )),
-        }
-    }
 }
 
-fn unauthorized(message: &str) -> ApiError {
-    ApiError {
-        status: StatusCode::UNAUTHORIZED,
-        message: message.to_string(),
-        kind: "invalid_request_error",
-        code: "invalid_api_key",
-        retry_after: None,
-    }
-}
-
-/// Compares without an early exit, so timing does not reveal the key.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The keys the proxy itself takes (client, operator): never shown, never recorded.
+fn own_keys(config: &Config) -> impl Iterator<Item = &Secret> {
+    [&config.api_key, &config.operator_key].into_iter().flatten()
 }
 
 /// Builds the router for `config`; `phase` tells handlers when the server shuts down.
@@ -136,12 +121,17 @@ pub fn router(config: &Config, phase: watch::Receiver<Phase>) -> (Router, Arc<Ap
         .collect();
     let state = Arc::new(AppState {
         entries,
-        api_key: config.api_key.clone(),
+        keys: guard::Keys {
+            client: config.api_key.clone(),
+            operator: config.operator_key.clone(),
+        },
+        secrets: crate::record::Secrets::new(&own_keys(config).map(Secret::expose).collect::<Vec<_>>()),
         metrics: Metrics::new(),
         events,
         phase,
         limits: config.limits,
         slots: Arc::new(Semaphore::new(config.limits.max_sessions.min(Semaphore::MAX_PERMITS))),
+        recording: std::sync::OnceLock::new(),
     });
     let router = Router::new()
         .route("/v1/chat/completions", post(chat))
@@ -159,6 +149,7 @@ pub fn router(config: &Config, phase: watch::Receiver<Phase>) -> (Router, Arc<Ap
                 retry_after: None,
             }
         })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard::layer))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .with_state(state.clone());
     (router, state)
@@ -171,18 +162,26 @@ pub async fn serve(
     config: &Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    if let Some(warning) = listener
+        .local_addr()
+        .ok()
+        .and_then(|addr| guard::exposure_warning(addr, config.api_key.is_some()))
+    {
+        tracing::warn!("{warning}");
+    }
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let (router, state) = router(config, phase_rx);
     // Recording: subscribed before the first request, written off the hot path.
     let recorder = match &config.record_dir {
         Some(dir) => {
             let mut options = RecordOptions::new(dir);
-            if let Some(key) = &config.api_key {
+            for key in own_keys(config) {
                 options = options.redact(key.expose());
             }
             let recorder = Recorder::attach(&state.events, options)
                 .map_err(|e| std::io::Error::new(e.kind(), format!("cannot record to {}: {e}", dir.display())))?;
             tracing::info!(dir = %dir.display(), "recording every session");
+            let _ = state.recording.set(recorder.stats_handle());
             Some(recorder)
         }
         None => None,
@@ -225,7 +224,6 @@ async fn chat(State(state): State<Arc<AppState>>, request: Request) -> Response 
 }
 
 async fn chat_inner(state: &Arc<AppState>, request: Request) -> Result<Response, ApiError> {
-    state.authorize(request.headers())?;
     // The body has the header read timeout too: a client that sent its head
     // and then trickles (or withholds) the body must not hold the connection.
     let limit = state.limits.header_read_timeout;
@@ -294,10 +292,7 @@ async fn reached(phase: &mut watch::Receiver<Phase>, at_least: Phase) {
     let _ = phase.wait_for(|p| order(*p) >= order(at_least)).await.is_ok();
 }
 
-async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(e) = state.authorize(&headers) {
-        return e.into_response();
-    }
+async fn models(State(state): State<Arc<AppState>>) -> Response {
     let data: Vec<Value> = state
         .entries
         .iter()
@@ -306,10 +301,7 @@ async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
     Json(json!({"object": "list", "data": data})).into_response()
 }
 
-async fn metrics_text(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(e) = state.authorize(&headers) {
-        return e.into_response();
-    }
+async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
     for route in state.entries.iter().flat_map(|e| e.splicer.ladder().routes.iter()) {
         let value = match route.health.state() {
             crate::breaker::BreakerState::Closed => 0,
@@ -332,6 +324,9 @@ async fn metrics_text(State(state): State<Arc<AppState>>, headers: HeaderMap) ->
             state.metrics.hedges(&ladder.name, policy);
         }
     }
+    if let Some(recording) = state.recording.get() {
+        state.metrics.recordings_lost(recording.stats().write_errors);
+    }
     state.metrics.live_sessions.set(crate::live::sessions());
     state.metrics.upstream_connections_open.set(crate::live::upstreams());
     (
@@ -341,20 +336,21 @@ async fn metrics_text(State(state): State<Arc<AppState>>, headers: HeaderMap) ->
         .into_response()
 }
 
-async fn events_feed(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(e) = state.authorize(&headers) {
-        return e.into_response();
-    }
+async fn events_feed(State(state): State<Arc<AppState>>) -> Response {
     let mut phase = state.phase.clone();
     let events = BroadcastStream::new(state.events.subscribe());
     let feed_state = state.clone();
     let feed = events
         .map(move |item| -> Result<Event, Infallible> {
             Ok(match item {
-                Ok(event) => match serde_json::to_string(&event) {
-                    Ok(json) => Event::default().data(json),
-                    Err(_) => Event::default().comment("unserializable event"),
-                },
+                Ok(mut event) => {
+                    // The feed shows what a recording would keep, no more.
+                    crate::record::scrub(&mut event);
+                    match serde_json::to_string(&event) {
+                        Ok(json) => Event::default().data(feed_state.secrets.apply(json)),
+                        Err(_) => Event::default().comment("unserializable event"),
+                    }
+                }
                 Err(BroadcastStreamRecvError::Lagged(n)) => {
                     feed_state.metrics.events_dropped.inc_by(n);
                     Event::default().comment(format!("dropped {n} events"))

@@ -34,6 +34,7 @@
 //! request fields named like credentials (`api_key`, `authorization`, …) are
 //! redacted, and so is any string given to [`RecordOptions::redact`].
 
+pub mod dir;
 pub mod reader;
 pub mod replay;
 pub mod spec;
@@ -156,6 +157,37 @@ fn scrub_value(v: &mut Value) {
     }
 }
 
+/// Strings never shown, as they appear inside JSON text: what recordings and
+/// the `/events` feed replace with [`REDACTED`] wherever they appear.
+#[derive(Clone, Debug, Default)]
+pub struct Secrets(Vec<String>);
+
+impl Secrets {
+    /// These `secrets` (those shorter than 4 bytes are ignored: they would redact ordinary text).
+    pub fn new<S: AsRef<str>>(secrets: &[S]) -> Self {
+        Secrets(
+            secrets
+                .iter()
+                .map(|s| {
+                    let quoted = serde_json::to_string(s.as_ref()).unwrap_or_default();
+                    quoted.trim_matches('"').to_string()
+                })
+                .filter(|s| s.len() >= 4)
+                .collect(),
+        )
+    }
+
+    /// `json` with every secret replaced.
+    pub fn apply(&self, mut json: String) -> String {
+        for secret in &self.0 {
+            if json.contains(secret.as_str()) {
+                json = json.replace(secret.as_str(), REDACTED);
+            }
+        }
+        json
+    }
+}
+
 /// Where and how a [`Recorder`] writes.
 #[derive(Clone, Debug)]
 pub struct RecordOptions {
@@ -264,6 +296,17 @@ impl Counters {
     }
 }
 
+/// A [`Recorder`]'s figures, readable while it records.
+#[derive(Clone, Debug)]
+pub struct StatsHandle(Arc<Counters>);
+
+impl StatsHandle {
+    /// The figures so far.
+    pub fn stats(&self) -> RecordStats {
+        self.0.snapshot()
+    }
+}
+
 /// Records every session of an event broadcast, one file per session.
 ///
 /// Start it before the sessions it should record. It records while it lives:
@@ -303,7 +346,7 @@ impl Recorder {
 
     /// Records what `events` receives.
     pub fn start(events: broadcast::Receiver<EngineEvent>, options: RecordOptions) -> std::io::Result<Recorder> {
-        create_dir(&options.dir)?;
+        dir::prepare(&options.dir).map_err(std::io::Error::other)?;
         let counters = Arc::new(Counters::default());
         let (tx, rx) = mpsc::sync_channel(options.queue.max(1));
         let (stop, stopped) = oneshot::channel();
@@ -344,6 +387,11 @@ impl Recorder {
         self.counters.snapshot()
     }
 
+    /// Reads its figures from elsewhere (a metrics endpoint) while it records.
+    pub fn stats_handle(&self) -> StatsHandle {
+        StatsHandle(self.counters.clone())
+    }
+
     /// Records what is already in the feed, writes every open session, and returns the figures.
     pub async fn finish(mut self) -> RecordStats {
         if let Some(stop) = self.stop.take() {
@@ -358,21 +406,6 @@ impl Recorder {
         .await;
         self.counters.snapshot()
     }
-}
-
-fn create_dir(dir: &Path) -> std::io::Result<()> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder.create(dir)?;
-    if !std::fs::metadata(dir)?.is_dir() {
-        return Err(std::io::Error::other(format!("{} is not a directory", dir.display())));
-    }
-    Ok(())
 }
 
 /// Moves events from the broadcast into the writer's queue, never waiting for it.
@@ -465,30 +498,25 @@ struct Open {
 /// The writer thread: buffers sessions, writes their files.
 struct Writer {
     options: RecordOptions,
-    /// `options.redact` as they appear inside JSON strings.
-    redact: Vec<String>,
+    /// Replaces `options.redact` in written lines.
+    redact: Secrets,
     counters: Arc<Counters>,
     open: HashMap<Uuid, Open>,
     buffered: usize,
+    /// When a lost recording was last logged, and how many were lost since.
+    lost_warned: Option<(std::time::Instant, u64)>,
 }
 
 impl Writer {
     fn new(options: RecordOptions, counters: Arc<Counters>) -> Self {
-        let redact = options
-            .redact
-            .iter()
-            .map(|s| {
-                let quoted = serde_json::to_string(s).unwrap_or_default();
-                quoted.trim_matches('"').to_string()
-            })
-            .filter(|s| s.len() >= 4)
-            .collect();
+        let redact = Secrets::new(&options.redact);
         Writer {
             options,
             redact,
             counters,
             open: HashMap::new(),
             buffered: 0,
+            lost_warned: None,
         }
     }
 
@@ -568,12 +596,8 @@ impl Writer {
         } else {
             scrub(&mut event);
             match line(&event) {
-                Ok(mut text) => {
-                    for secret in &self.redact {
-                        if text.contains(secret.as_str()) {
-                            text = text.replace(secret.as_str(), REDACTED);
-                        }
-                    }
+                Ok(text) => {
+                    let text = self.redact.apply(text);
                     let size = text.len() + 1;
                     if open.lines.len() + size > self.options.max_session_bytes
                         || self.buffered + size > self.options.max_buffered_bytes
@@ -654,16 +678,35 @@ impl Writer {
             }
             Err(e) => {
                 Counters::add(&self.counters.write_errors, 1);
-                tracing::warn!(
-                    "recording: cannot write session {id} to {}: {e}",
-                    self.options.dir.display()
-                );
+                self.warn_lost(id, &e);
             }
         }
     }
 }
 
-/// Creates `path` (mode 0600, never overwriting) with `bytes`.
+impl Writer {
+    /// Logs a lost recording: the first at once, then at most one line per 10 s
+    /// with the count (a full disk loses every session; the log must stay readable).
+    fn warn_lost(&mut self, id: Uuid, e: &std::io::Error) {
+        let dir = self.options.dir.display();
+        match &mut self.lost_warned {
+            Some((at, since)) if at.elapsed() < Duration::from_secs(10) => *since += 1,
+            _ => {
+                let since = match self.lost_warned.map_or(0, |(_, n)| n) {
+                    0 => String::new(),
+                    n => format!("; {n} more lost since the last warning"),
+                };
+                tracing::warn!(
+                    "recording lost: cannot write session {id} to {dir}: {e}{since} (counted in baton_recordings_lost_total)"
+                );
+                self.lost_warned = Some((std::time::Instant::now(), 0));
+            }
+        }
+    }
+}
+
+/// Creates `path` (mode 0600, never overwriting) with `bytes`; on a failure
+/// part-way, removes what was written.
 fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -673,8 +716,13 @@ fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         options.mode(0o600);
     }
     let mut file = options.open(path)?;
-    file.write_all(bytes)?;
-    file.flush()
+    let written = file.write_all(bytes).and_then(|()| file.flush());
+    if written.is_err() {
+        // A truncated recording would pass for a session that ended early.
+        drop(file);
+        let _ = std::fs::remove_file(path);
+    }
+    written
 }
 
 /// `20261121T234731Z` for `t`.
@@ -791,7 +839,7 @@ mod tests {
     #[test]
     fn sessions_are_written_at_their_end_with_gaps_marked() {
         let dir = temp("writer");
-        create_dir(&dir).expect("dir");
+        dir::prepare(&dir).expect("dir");
         let counters = Arc::new(Counters::default());
         let mut w = Writer::new(RecordOptions::new(&dir).redact("hunter22"), counters.clone());
         let (a, b, c) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
@@ -843,7 +891,7 @@ mod tests {
     #[test]
     fn a_session_over_its_memory_cap_is_cut_and_marked() {
         let dir = temp("cap");
-        create_dir(&dir).expect("dir");
+        dir::prepare(&dir).expect("dir");
         let counters = Arc::new(Counters::default());
         let mut options = RecordOptions::new(&dir);
         options.max_session_bytes = 400;
@@ -872,7 +920,7 @@ mod tests {
     #[test]
     fn idle_and_unfinished_sessions_are_written_when_the_writer_stops() {
         let dir = temp("idle");
-        create_dir(&dir).expect("dir");
+        dir::prepare(&dir).expect("dir");
         let counters = Arc::new(Counters::default());
         let mut options = RecordOptions::new(&dir);
         options.idle_flush = Duration::from_millis(20);

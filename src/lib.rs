@@ -49,6 +49,8 @@
 //! * `dashboard`: [`dashboard`] (ratatui, crossterm).
 //! * `cli`: the `baton` binary (clap, tracing-subscriber), [`bench`](mod@bench)
 //!   and [`soak`]; turns on `proxy` and `dashboard`.
+//! * `fuzzing` (off by default): the checks the fuzz targets and
+//!   `tests/fuzz_corpus.rs` run.
 //!
 //! ```toml
 //! [dependencies]
@@ -95,6 +97,7 @@ pub mod demo;
 pub mod event;
 pub mod failure;
 pub mod fit;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod health;

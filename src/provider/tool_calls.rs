@@ -5,9 +5,10 @@
 //! answer, merges them by index). An index of four billion once made that
 //! merge allocate until the process aborted, taking every session with it.
 //! So every attempt's deltas pass a [`ToolCallBudget`]: an index must be below
-//! [`MAX_TOOL_CALLS`] (else the chunk is [`FailureKind::Malformed`]), and the
-//! deltas held may not pass [`MAX_TOOL_CALL_DELTAS`] in number or
-//! [`MAX_TOOL_CALL_BYTES`] in size (else [`FailureKind::TooLarge`]). The
+//! [`MAX_TOOL_CALLS`], and the deltas held may not pass
+//! [`MAX_TOOL_CALL_DELTAS`] in number (else the chunk is
+//! [`FailureKind::Malformed`]) or [`MAX_TOOL_CALL_BYTES`] in size (else
+//! [`FailureKind::TooLarge`]). The
 //! attempt then fails and hands over like any other broken stream; nothing
 //! of its tool calls has reached the client.
 
@@ -44,19 +45,17 @@ impl ToolCallBudget {
             self.bytes = self.bytes.saturating_add(json_len(delta));
         }
         if self.deltas > MAX_TOOL_CALL_DELTAS {
-            return Err(too_large("tool-call deltas (count)", MAX_TOOL_CALL_DELTAS));
+            return Err(FailureKind::Malformed {
+                detail: format!("more than {MAX_TOOL_CALL_DELTAS} tool-call deltas in one answer"),
+            });
         }
         if self.bytes > MAX_TOOL_CALL_BYTES {
-            return Err(too_large("tool-call deltas", MAX_TOOL_CALL_BYTES));
+            return Err(FailureKind::TooLarge {
+                what: "tool-call deltas".to_string(),
+                limit: MAX_TOOL_CALL_BYTES as u64,
+            });
         }
         Ok(())
-    }
-}
-
-fn too_large(what: &str, limit: usize) -> FailureKind {
-    FailureKind::TooLarge {
-        what: what.to_string(),
-        limit: limit as u64,
     }
 }
 
@@ -182,7 +181,7 @@ mod tests {
         let mut budget = ToolCallBudget::default();
         let tiny = vec![json!({}); MAX_TOOL_CALL_DELTAS];
         assert_eq!(budget.admit(&tiny), Ok(()));
-        assert!(matches!(budget.admit(&[json!({})]), Err(FailureKind::TooLarge { .. })));
+        assert!(matches!(budget.admit(&[json!({})]), Err(FailureKind::Malformed { .. })));
         let mut budget = ToolCallBudget::default();
         assert!(matches!(
             budget.admit(&[json!({"index": 4_000_000_000u64})]),

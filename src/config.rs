@@ -27,6 +27,7 @@ use crate::provider::anthropic::AnthropicProvider;
 use crate::provider::mock::MockProvider;
 use crate::provider::openai::OpenAiProvider;
 use crate::provider::Provider;
+use crate::redact::Redactor;
 use crate::safe_reply::{self, SafeReply};
 use crate::watchdog::Deadlines;
 
@@ -371,6 +372,20 @@ impl Config {
         }
         let limits = server_limits(&raw.server).map_err(|(k, problem)| invalid(k, problem))?;
 
+        // Every secret the config reads, so each route also scrubs the others' keys
+        // (an upstream's error text might hold any of them).
+        let route_keys: Vec<String> = raw
+            .routes
+            .iter()
+            .filter_map(|r| r.api_key_env.as_deref().and_then(env))
+            .collect();
+        let redactor = Redactor::new(
+            api_key
+                .iter()
+                .map(Secret::expose)
+                .chain(route_keys.iter().map(String::as_str)),
+        );
+
         let client = OpenAiProvider::default_client();
         let mut routes: Vec<Route> = Vec::new();
         for (i, r) in raw.routes.iter().enumerate() {
@@ -421,9 +436,9 @@ impl Config {
                         None => None,
                     };
                     if r.provider == ProviderKind::Anthropic {
-                        Arc::new(AnthropicProvider::new(client.clone(), url, api_key))
+                        Arc::new(AnthropicProvider::new(client.clone(), url, api_key).with_redactor(&redactor))
                     } else {
-                        Arc::new(OpenAiProvider::new(client.clone(), url, api_key))
+                        Arc::new(OpenAiProvider::new(client.clone(), url, api_key).with_redactor(&redactor))
                     }
                 }
                 ProviderKind::Mock => {

@@ -130,10 +130,10 @@ pub enum FailureKind {
         detail: String,
     },
     /// The upstream sent a line or an event over baton's size limit (an SSE
-    /// line of megabytes without a newline): cut off before memory grows.
+    /// line of megabytes without a newline, tool calls past their bounds): cut off before memory grows.
     #[error("upstream {what} over the limit of {limit} bytes")]
     TooLarge {
-        /// `line` or `event`.
+        /// `line`, `event`, or `tool-call deltas` (what an attempt holds).
         what: String,
         /// The limit it broke, in bytes.
         limit: u64,

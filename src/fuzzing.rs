@@ -16,17 +16,27 @@
 //! * [`config`]: the whole input is a config file.
 //! * [`recording`]: the whole input is a recording file.
 //! * [`sse_decoder`]: see its docs (limits and split points come first).
+//! * [`tool_calls`]: the input, as lossy UTF-8, one JSON value a line: an
+//!   array is one chunk's tool-call deltas, anything else a single delta.
 
 use std::path::Path;
 
 use crate::config::Config;
 use crate::overlap::{OverlapTrim, MAX_OVERLAP, MIN_OVERLAP};
 use crate::provider::sse::{SseDecoder, SseError, SseEvent, SseLimits};
+use crate::provider::tool_calls::{self as calls, ToolCallBudget, MAX_TOOL_CALLS, MAX_TOOL_CALL_BYTES};
 use crate::provider::{anthropic, openai, Chunk};
 use crate::record::{reader, summary, verify};
 
 /// The names of the fuzz targets, which are also the corpus directories under `fuzz/corpus/`.
-pub const TARGETS: &[&str] = &["chunk_parse", "overlap", "config", "recording", "sse_decoder"];
+pub const TARGETS: &[&str] = &[
+    "chunk_parse",
+    "overlap",
+    "config",
+    "recording",
+    "sse_decoder",
+    "tool_calls",
+];
 
 /// Runs the check of the target named `target` on `data`; `false` for an unknown name.
 pub fn run(target: &str, data: &[u8]) -> bool {
@@ -36,6 +46,7 @@ pub fn run(target: &str, data: &[u8]) -> bool {
         "config" => config(data),
         "recording" => recording(data),
         "sse_decoder" => sse_decoder(data),
+        "tool_calls" => tool_calls(data),
         _ => return false,
     }
     true
@@ -378,4 +389,74 @@ pub fn sse_decoder(data: &[u8]) {
             assert!(justified, "{e} without a cause in the stream");
         }
     }
+}
+
+/// The chunks of tool-call deltas a [`tool_calls`] input stands for (see the module docs).
+fn tool_call_chunks(data: &[u8]) -> Vec<Vec<serde_json::Value>> {
+    String::from_utf8_lossy(data)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .map(|value| match value {
+            serde_json::Value::Array(deltas) => deltas,
+            delta => vec![delta],
+        })
+        .collect()
+}
+
+/// Tool-call deltas through an attempt's [`ToolCallBudget`], then merged as a
+/// whole answer does: no panic and no allocation an index decides; what is
+/// admitted stays within the bounds; the merge keeps every admitted piece of
+/// every call, in index order, compared with a plain concatenation per index.
+pub fn tool_calls(data: &[u8]) {
+    let chunks = tool_call_chunks(data);
+    let mut budget = ToolCallBudget::default();
+    let mut admitted = Vec::new();
+    for chunk in &chunks {
+        match budget.admit(chunk) {
+            Ok(()) => admitted.extend(chunk.iter().cloned()),
+            Err(kind) => {
+                assert!(
+                    matches!(
+                        kind,
+                        crate::FailureKind::Malformed { .. } | crate::FailureKind::TooLarge { .. }
+                    ),
+                    "a bound broken as {kind:?}"
+                );
+                // The attempt fails here: nothing after it is held.
+                break;
+            }
+        }
+    }
+    let merged = calls::merge(&admitted);
+    // The reference: each admitted delta's pieces appended to its index's call.
+    let mut expected: std::collections::BTreeMap<u64, (String, String)> = Default::default();
+    for delta in &admitted {
+        let index = calls::index_of(delta).unwrap_or_else(|e| panic!("admitted {delta} although {e}"));
+        assert!(index < MAX_TOOL_CALLS, "admitted index {index}");
+        let call = expected.entry(index).or_default();
+        let piece = |key: &str| {
+            delta
+                .get("function")
+                .and_then(|f| f.get(key))
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
+        call.0.push_str(&piece("name"));
+        call.1.push_str(&piece("arguments"));
+    }
+    assert_eq!(merged.len(), expected.len(), "one merged call per index that occurs");
+    let mut argument_bytes = 0usize;
+    for (call, (name, arguments)) in merged.iter().zip(expected.values()) {
+        assert_eq!(call["function"]["name"].as_str(), Some(name.as_str()));
+        assert_eq!(call["function"]["arguments"].as_str(), Some(arguments.as_str()));
+        argument_bytes += arguments.len();
+    }
+    assert!(
+        argument_bytes <= MAX_TOOL_CALL_BYTES,
+        "{argument_bytes} bytes of arguments admitted"
+    );
+    // Unchecked deltas too: the merge makes at most one call per delta, whatever the indices.
+    let everything: Vec<serde_json::Value> = chunks.into_iter().flatten().collect();
+    assert!(calls::merge(&everything).len() <= everything.len().min(MAX_TOOL_CALLS as usize));
 }

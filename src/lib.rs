@@ -33,6 +33,7 @@
 //! * [`demo`]: the headless demo run (`baton demo --headless`).
 //! * [`config`]: the proxy's TOML config.
 //! * [`proxy`]: `baton serve`, the OpenAI-compatible proxy.
+//! * [`redact`]: secrets out of upstream error text before any sink sees it.
 //! * [`record`]: session recordings on disk (JSONL) and `baton replay` (`--verify`, `--summary`).
 //! * [`dashboard`]: the terminal dashboard (`baton demo`, `baton watch`).
 //! * [`bench`](mod@bench): `baton bench`, streaming throughput, latency and memory, direct vs proxied.
@@ -48,6 +49,8 @@
 //! * `dashboard`: [`dashboard`] (ratatui, crossterm).
 //! * `cli`: the `baton` binary (clap, tracing-subscriber), [`bench`](mod@bench)
 //!   and [`soak`]; turns on `proxy` and `dashboard`.
+//! * `fuzzing` (off by default): the checks the fuzz targets and
+//!   `tests/fuzz_corpus.rs` run.
 //!
 //! ```toml
 //! [dependencies]
@@ -94,6 +97,7 @@ pub mod demo;
 pub mod event;
 pub mod failure;
 pub mod fit;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod health;
@@ -107,6 +111,7 @@ pub mod provider;
 #[cfg(feature = "proxy")]
 pub mod proxy;
 pub mod record;
+pub mod redact;
 pub mod request;
 pub mod rules;
 pub mod safe_reply;

@@ -4,7 +4,8 @@
 //! every way the stream can go bad into a [`FailureKind`]: no first token in
 //! time (headers alone do not count), a stall between tokens, the total
 //! deadline, an end without a finish reason, and whatever the provider
-//! reported (malformed chunk, error event, HTTP status …).
+//! reported (malformed chunk, error event, HTTP status …), and tool-call
+//! deltas past the bounds of [`crate::provider::tool_calls`].
 //!
 //! The stall clock starts when the consumer asks for the next item, not when
 //! the previous one arrived: a slow client reading the spliced stream is
@@ -24,6 +25,7 @@ use tokio::time::{sleep_until, Instant, Sleep};
 use crate::deadline::GapBatch;
 use crate::failure::FailureKind;
 use crate::health::RouteHealth;
+use crate::provider::tool_calls::ToolCallBudget;
 use crate::provider::{Chunk, ChunkStream};
 use crate::request::Usage;
 
@@ -79,6 +81,8 @@ pub struct Watchdog {
     over: bool,
     /// Where the gaps seen go, when the route's stall deadline adapts.
     gaps: Option<GapBatch>,
+    /// The attempt's tool-call deltas are held until it ends: their index, number and size are bounded.
+    tool_calls: ToolCallBudget,
 }
 
 impl Watchdog {
@@ -94,6 +98,7 @@ impl Watchdog {
             finish: None,
             over: false,
             gaps: None,
+            tool_calls: ToolCallBudget::default(),
         }
     }
 
@@ -190,6 +195,9 @@ impl Watchdog {
                     return Watched::Text(text);
                 }
                 Some(Ok(Chunk::ToolCalls(calls))) => {
+                    if let Err(kind) = self.tool_calls.admit(&calls) {
+                        return self.end_or(kind);
+                    }
                     self.seen_text = true;
                     return Watched::ToolCalls(calls);
                 }

@@ -3,7 +3,9 @@
 //!
 //! The corpora hold the seeds and the inputs that once found a bug, so this is
 //! the regression test for every fuzz finding. Running the fuzzers themselves
-//! for longer is documented in the README ("Fuzzing").
+//! for longer is documented in the README ("Fuzzing"). The checks are behind
+//! the `fuzzing` feature (Cargo.toml's `required-features` for this test):
+//! `cargo test --features fuzzing`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
 
 use std::path::{Path, PathBuf};
@@ -75,6 +77,11 @@ fn recording_corpus() {
 #[test]
 fn sse_decoder_corpus() {
     replay("sse_decoder");
+}
+
+#[test]
+fn tool_calls_corpus() {
+    replay("tool_calls");
 }
 
 #[test]

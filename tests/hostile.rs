@@ -606,3 +606,85 @@ async fn through_the_proxy_invalid_utf8_hands_over() {
     let proxy = proxy(&url).await;
     assert_proxy_handed_over(&proxy, &conv, "malformed").await;
 }
+
+// ------------------------------------------------------------ tool calls
+
+/// A tool-call delta whose index would make a merge allocate four billion calls.
+fn huge_index_delta() -> String {
+    support::tool(
+        "hostile",
+        serde_json::json!({"index": 4_000_000_000u64, "id": "call_x", "type": "function", "function": {"name": "f", "arguments": "{}"}}),
+    )
+}
+
+/// The first half of `conversation`'s answer, then `tool_events`, a `tool_calls` finish and `[DONE]`.
+async fn tool_calls_then_finish(conversation: &[Message], tool_events: Vec<String>) -> String {
+    let mut tail: Vec<Vec<u8>> = tool_events.iter().map(|e| event(e)).collect();
+    tail.push(event(&chunk_json("hostile", None, Some("tool_calls"))));
+    tail.push(event("[DONE]"));
+    prefix_then(conversation, tail).await
+}
+
+#[tokio::test]
+async fn a_tool_call_index_of_four_billion_is_malformed() {
+    let conv = conversation("tool index");
+    let url = tool_calls_then_finish(&conv, vec![huge_index_delta()]).await;
+    let done = splice(&url, &conv, GENEROUS).await;
+    let detail = assert_handed_over(&done, &conv, "malformed", &["hostile", "fallback"]);
+    assert!(detail.contains("index 4000000000"), "{detail}");
+}
+
+#[tokio::test]
+async fn tool_calls_over_the_held_size_are_too_large() {
+    let conv = conversation("tool flood");
+    // Each delta is small enough for an event; together they pass the bound.
+    let piece = "x".repeat(60_000);
+    let deltas = (0..100)
+        .map(|_| {
+            support::tool(
+                "hostile",
+                serde_json::json!({"index": 0, "function": {"arguments": piece}}),
+            )
+        })
+        .collect();
+    let url = tool_calls_then_finish(&conv, deltas).await;
+    let done = splice(&url, &conv, GENEROUS).await;
+    let detail = assert_handed_over(&done, &conv, "too_large", &["hostile", "fallback"]);
+    assert!(
+        detail.contains("tool-call") && detail.contains(&baton::provider::tool_calls::MAX_TOOL_CALL_BYTES.to_string()),
+        "{detail}"
+    );
+}
+
+#[tokio::test]
+async fn through_the_proxy_a_tool_call_index_of_four_billion_hands_over_streamed_and_whole() {
+    let conv = conversation("proxy tool index");
+    let url = tool_calls_then_finish(&conv, vec![huge_index_delta()]).await;
+    let proxy = proxy(&url).await;
+    assert_proxy_handed_over(&proxy, &conv, "malformed").await;
+    // Whole: the merge of the held tool calls is where memory once ran out.
+    let body = serde_json::json!({"model": "chat", "messages": conv, "stream": false});
+    let read = async {
+        let response = reqwest::Client::new()
+            .post(proxy.url("/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .await
+            .expect("the server answers");
+        assert_eq!(response.status(), 200);
+        response.json::<Value>().await.expect("a JSON completion")
+    };
+    let completion = tokio::time::timeout(HANG, read).await.expect("the proxy hung");
+    let message = &completion["choices"][0]["message"];
+    assert_eq!(message["content"], answer(&conv), "{completion}");
+    assert!(message.get("tool_calls").is_none(), "{completion}");
+    assert_eq!(
+        completion["baton"]["route_chain"],
+        serde_json::json!(["hostile", "fallback"])
+    );
+    // And the server goes on answering.
+    assert_eq!(proxy.get("/healthz").await, "ok\n");
+    let metrics = proxy.get("/metrics").await;
+    let line = "baton_failures_total{route=\"hostile\",class=\"technical\",kind=\"malformed\"} 2";
+    assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
+}

@@ -13,6 +13,7 @@ use serde_json::{json, Map, Value};
 use super::sse::{snippet, SseLimits};
 use super::{Chunk, ChunkStream, Provider, UpstreamRequest};
 use crate::failure::FailureKind;
+use crate::redact::Redactor;
 use crate::request::{Role, Usage};
 
 /// The API version header sent with every request.
@@ -28,6 +29,8 @@ pub struct AnthropicProvider {
     api_key: Option<String>,
     /// Caps on what the upstream may send in one line or event.
     limits: SseLimits,
+    /// Scrubs secrets (this route's key at least) from every failure's text.
+    redactor: Redactor,
 }
 
 impl std::fmt::Debug for AnthropicProvider {
@@ -45,9 +48,16 @@ impl AnthropicProvider {
         AnthropicProvider {
             client,
             endpoint: format!("{}/messages", base_url.trim_end_matches('/')),
+            redactor: Redactor::new(api_key.iter()),
             api_key,
             limits: SseLimits::default(),
         }
+    }
+
+    /// The same provider, also redacting `redactor`'s secrets (the config's other keys).
+    pub fn with_redactor(mut self, redactor: &Redactor) -> Self {
+        self.redactor = self.redactor.union(redactor);
+        self
     }
 
     /// The same provider with other caps on the size of a line and an event.
@@ -119,7 +129,7 @@ impl Provider for AnthropicProvider {
         if let Some(key) = &self.api_key {
             builder = builder.header("x-api-key", key);
         }
-        super::sse::stream(builder, parse_sse_event, self.limits)
+        super::sse::stream(builder, parse_sse_event, self.limits, self.redactor.clone())
     }
 }
 

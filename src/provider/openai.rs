@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use super::sse::{snippet, SseLimits};
 use super::{Chunk, ChunkStream, Provider, UpstreamRequest};
 use crate::failure::FailureKind;
+use crate::redact::Redactor;
 use crate::request::Usage;
 
 /// A provider speaking the OpenAI chat-completions streaming protocol.
@@ -20,6 +21,8 @@ pub struct OpenAiProvider {
     api_key: Option<String>,
     /// Caps on what the upstream may send in one line or event.
     limits: SseLimits,
+    /// Scrubs secrets (this route's key at least) from every failure's text.
+    redactor: Redactor,
 }
 
 impl std::fmt::Debug for OpenAiProvider {
@@ -39,9 +42,16 @@ impl OpenAiProvider {
         OpenAiProvider {
             client,
             endpoint: format!("{}/chat/completions", base_url.trim_end_matches('/')),
+            redactor: Redactor::new(api_key.iter()),
             api_key,
             limits: SseLimits::default(),
         }
+    }
+
+    /// The same provider, also redacting `redactor`'s secrets (the config's other keys).
+    pub fn with_redactor(mut self, redactor: &Redactor) -> Self {
+        self.redactor = self.redactor.union(redactor);
+        self
     }
 
     /// The same provider with other caps on the size of a line and an event.
@@ -85,7 +95,7 @@ impl Provider for OpenAiProvider {
         if let Some(key) = &self.api_key {
             builder = builder.bearer_auth(key);
         }
-        super::sse::stream(builder, parse_sse_event, self.limits)
+        super::sse::stream(builder, parse_sse_event, self.limits, self.redactor.clone())
     }
 }
 

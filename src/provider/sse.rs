@@ -23,6 +23,9 @@
 //!   or a body cut inside an event is [`FailureKind::Truncated`]. An event
 //!   named `error` is a failure whatever its data; an event with blank data
 //!   is a keep-alive. There are no retries: baton owns them.
+//! * **Secrets.** Every failure leaves through the provider's
+//!   [`Redactor`]: an error body or a chunk can echo the request's key, and a
+//!   failure's text reaches the client, events, recordings and logs.
 
 mod decoder;
 
@@ -36,6 +39,7 @@ pub use decoder::{SseDecoder, SseError, SseEvent, SseLimits};
 
 use super::{Chunk, ChunkStream};
 use crate::failure::FailureKind;
+use crate::redact::Redactor;
 
 /// How much of an error body is read to classify it.
 pub const ERROR_BODY_LIMIT: usize = 64 * 1024;
@@ -47,8 +51,14 @@ pub const ERROR_BODY_TIME: Duration = Duration::from_secs(2);
 /// Turns one event (its name, `""` when unnamed, and its data) into chunks.
 pub type ParseEvent = fn(&str, &str) -> Result<Vec<Chunk>, FailureKind>;
 
-/// Streams the SSE response to `builder`, each event parsed by `parse`, with `limits` on its size.
-pub fn stream(builder: reqwest::RequestBuilder, parse: ParseEvent, limits: SseLimits) -> ChunkStream {
+/// Streams the SSE response to `builder`, each event parsed by `parse`, with `limits` on its size;
+/// every failure's text goes through `redactor` (an error body may echo the request's key).
+pub fn stream(
+    builder: reqwest::RequestBuilder,
+    parse: ParseEvent,
+    limits: SseLimits,
+    redactor: Redactor,
+) -> ChunkStream {
     Box::pin(async_stream::stream! {
         // Counted from the request being sent until this stream is dropped, so a
         // client that vanished without its upstream being cancelled shows in /metrics.
@@ -56,14 +66,14 @@ pub fn stream(builder: reqwest::RequestBuilder, parse: ParseEvent, limits: SseLi
         let response = match open(builder).await {
             Ok(response) => response,
             Err(kind) => {
-                yield Err(kind);
+                yield Err(redactor.failure(kind));
                 return;
             }
         };
         yield Ok(Chunk::Opened);
         let mut chunks = std::pin::pin!(decode_body(response.bytes_stream(), parse, limits));
         while let Some(item) = chunks.next().await {
-            yield item;
+            yield item.map_err(|kind| redactor.failure(kind));
         }
     })
 }

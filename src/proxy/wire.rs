@@ -339,7 +339,7 @@ pub fn usage_json(usage: Usage) -> Value {
     json!({
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens.saturating_add(usage.completion_tokens),
     })
 }
 
@@ -374,29 +374,8 @@ fn typed_error_event(message: &str, kind: &str, code: &str) -> Bytes {
     Bytes::from(format!("data: {body}\n\n"))
 }
 
-/// Merges streamed tool-call deltas into complete `tool_calls` entries (by `index`).
-pub fn merge_tool_calls(deltas: &[Value]) -> Vec<Value> {
-    let mut calls: Vec<Value> = Vec::new();
-    for delta in deltas {
-        let index = delta.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
-        while calls.len() <= index {
-            calls.push(json!({"id": "", "type": "function", "function": {"name": "", "arguments": ""}}));
-        }
-        let call = &mut calls[index];
-        for key in ["id", "type"] {
-            if let Some(v) = delta.get(key).and_then(Value::as_str) {
-                call[key] = json!(v);
-            }
-        }
-        for key in ["name", "arguments"] {
-            if let Some(v) = delta.pointer(&format!("/function/{key}")).and_then(Value::as_str) {
-                let joined = format!("{}{v}", call["function"][key].as_str().unwrap_or(""));
-                call["function"][key] = json!(joined);
-            }
-        }
-    }
-    calls
-}
+/// Merges streamed tool-call deltas into complete `tool_calls` entries (by `index`, bounded).
+pub use crate::provider::tool_calls::merge as merge_tool_calls;
 
 #[cfg(test)]
 mod tests {

@@ -243,8 +243,9 @@ pub fn totals(sessions: &[SessionSummary], files: usize, bytes: u64) -> Totals {
             *t.failures_by_kind.entry(f.kind.clone()).or_default() += 1;
         }
         t.bytes += s.bytes;
-        t.prompt_tokens += s.prompt_tokens;
-        t.completion_tokens += s.completion_tokens;
+        // Usage figures come from upstreams (through the recording): saturate, never overflow.
+        t.prompt_tokens = t.prompt_tokens.saturating_add(s.prompt_tokens);
+        t.completion_tokens = t.completion_tokens.saturating_add(s.completion_tokens);
         if s.gaps > 0 {
             t.sessions_with_gaps += 1;
         }

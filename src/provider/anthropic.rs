@@ -168,7 +168,7 @@ impl<'a> Block<'a> {
                 Block::image(url).ok_or_else(|| Unsupported::ImageUrl {
                     message: i,
                     part: j,
-                    url: url.chars().take(40).collect(),
+                    scheme: url.split(':').next().unwrap_or("").chars().take(16).collect(),
                     provider: WIRE,
                 })
             }
@@ -419,16 +419,21 @@ mod tests {
         assert_eq!(provider.check(&conversation), Err(error));
         let ftp = with_parts(
             Role::User,
-            json!([{"type": "image_url", "image_url": {"url": "ftp://host/x.png"}}]),
+            json!([{"type": "image_url", "image_url": {"url": "ftp://user:token@host/x.png"}}]),
         );
+        let error = request_body(&request(vec![ftp])).expect_err("no ftp images");
         assert!(matches!(
-            request_body(&request(vec![ftp])),
-            Err(Unsupported::ImageUrl {
+            error,
+            Unsupported::ImageUrl {
                 message: 0,
                 part: 0,
                 ..
-            })
+            }
         ));
+        assert!(
+            error.to_string().contains("\"ftp\"") && !error.to_string().contains("token"),
+            "only the scheme is echoed: {error}"
+        );
         let system_image = with_parts(
             Role::System,
             json!([{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]),

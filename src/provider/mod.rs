@@ -67,15 +67,15 @@ pub enum Unsupported {
     },
     /// An `image_url` part whose URL is neither a base64 data URL nor http(s).
     #[error(
-        "messages[{message}].content[{part}]: {provider} takes images as base64 data URLs or http(s) URLs, not {url:?}"
+        "messages[{message}].content[{part}]: {provider} takes images as base64 data URLs or http(s) URLs, not a {scheme:?} URL"
     )]
     ImageUrl {
         /// The message's position in the conversation.
         message: usize,
         /// The part's position in the message's content.
         part: usize,
-        /// The start of the URL.
-        url: String,
+        /// The URL's scheme, or its start: never the rest, which may hold a token.
+        scheme: String,
         /// The wire's name.
         provider: &'static str,
     },

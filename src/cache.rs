@@ -160,6 +160,10 @@ impl ResponseCache {
                 let mut fields = Map::new();
                 fields.insert("content".into(), Value::String(m.content.trim().to_string()));
                 fields.insert("extra".into(), sorted(&Value::Object(m.extra.clone())));
+                // Two questions with the same text about different images are different questions.
+                if let Some(parts) = &m.parts {
+                    fields.insert("parts".into(), sorted(&Value::Array(parts.clone())));
+                }
                 fields.insert("role".into(), serde_json::to_value(m.role).unwrap_or(Value::Null));
                 Value::Object(fields)
             })
@@ -280,6 +284,17 @@ mod tests {
         assert_ne!(ResponseCache::key(&a), ResponseCache::key(&c));
         let d = request("hello!", serde_json::json!({"temperature": 0, "top_p": 1}));
         assert_ne!(ResponseCache::key(&a), ResponseCache::key(&d));
+    }
+
+    #[test]
+    fn the_same_words_about_different_images_are_different_keys() {
+        let about = |url: &str| {
+            let parts = serde_json::json!([{"type": "text", "text": "hello"}, {"type": "image_url", "image_url": {"url": url}}]);
+            let mut r = request("hello", serde_json::json!({}));
+            r.messages = vec![Message::with_content(Role::User, parts, Map::new()).unwrap_or_else(|e| panic!("{e}"))];
+            ResponseCache::key(&r)
+        };
+        assert_ne!(about("https://x/cat.png"), about("https://x/dog.png"));
     }
 
     #[tokio::test(start_paused = true)]

@@ -40,7 +40,7 @@ pub fn messages(original: &[Message], prefix: &str, mode: ContinuationMode, inst
     let mut out = original.to_vec();
     if !prefix.is_empty() {
         match out.last_mut() {
-            Some(last) if last.role == Role::Assistant => last.content.push_str(prefix),
+            Some(last) if last.role == Role::Assistant => last.push_text(prefix),
             _ => out.push(Message::new(Role::Assistant, prefix)),
         }
     }

@@ -1,16 +1,18 @@
-//! A real client we did not write: the official `openai` Python SDK streams
-//! through `baton serve` against oracle upstreams with faults. `.ci/run`
-//! installs the SDK in a virtual environment and sets `BATON_OPENAI_PYTHON`.
+//! Real clients we did not write: the official `openai` Python SDK streams
+//! through `baton serve` against oracle upstreams with faults, and it and
+//! LangChain's ChatOpenAI assemble tool calls through a handover. `.ci/run`
+//! installs both in a virtual environment, sets `BATON_OPENAI_PYTHON` and runs
+//! these `#[ignore]`d tests with `--ignored`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
 
 mod support;
 
 use std::time::Duration;
 
-use baton::config::Config;
 use baton::oracle::{answer, Style};
 use baton::{Message, Role};
-use serde_json::Value;
+use serde_json::{json, Value};
+use support::{finish, scripted, tool, End, Reply};
 
 const FAULTS: [(&str, &str); 6] = [
     ("stall", "stall@20"),
@@ -39,16 +41,36 @@ async fn oracle(fault: &str, repeat_words: usize) -> (String, tokio::sync::onesh
     .await
 }
 
+/// The Python that has the SDK and LangChain (`.ci/run` sets it); these tests
+/// are `#[ignore]`d by default, so one asked for without it fails, never passes.
+fn python() -> std::ffi::OsString {
+    std::env::var_os("BATON_OPENAI_PYTHON")
+        .expect("set BATON_OPENAI_PYTHON to a python with openai and langchain-openai installed (bash .ci/run does)")
+}
+
+/// Runs `tests/<script>` with `args` and reads its JSON lines.
+async fn run_python(script: &str, args: &[&str]) -> Vec<Value> {
+    let script = format!("{}/tests/{script}", env!("CARGO_MANIFEST_DIR"));
+    let output = tokio::process::Command::new(python()).arg(script).args(args).output();
+    let output = tokio::time::timeout(Duration::from_secs(240), output)
+        .await
+        .expect("the Python run finished")
+        .expect("python ran");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "python failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the openai Python SDK in BATON_OPENAI_PYTHON; .ci/run runs it"]
 async fn the_official_openai_sdk_gets_the_oracles_answer_through_every_fault() {
-    let Some(python) = std::env::var_os("BATON_OPENAI_PYTHON") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run this test: .ci/run sets BATON_OPENAI_PYTHON"
-        );
-        eprintln!("skipped: set BATON_OPENAI_PYTHON to a python with the openai package (bash .ci/run does)");
-        return;
-    };
     let mut stops = Vec::new();
     let (fallback, stop) = oracle("none", 2).await;
     stops.push(stop);
@@ -63,32 +85,12 @@ async fn the_official_openai_sdk_gets_the_oracles_answer_through_every_fault() {
              [[ladder]]\nname = \"{name}\"\nroutes = [\"{name}\", \"fallback\"]\n"
         ));
     }
-    let config = Config::parse("sdk.toml", &toml, &|_| None).unwrap_or_else(|e| panic!("{e}"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let base = format!("http://{}/v1", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { baton::proxy::serve(listener, &config, std::future::pending()).await });
-
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_sdk.py");
-    let output = tokio::process::Command::new(python)
-        .arg(script)
-        .arg(&base)
-        .args(FAULTS.iter().map(|(name, _)| *name))
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(240), output)
-        .await
-        .expect("the SDK run finished")
-        .expect("python ran");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "python failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let lines: Vec<Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect();
-    assert_eq!(lines.len(), FAULTS.len(), "{stdout}");
+    let proxy = support::Serve::new(&toml).upstreams(stops).start().await;
+    let base = proxy.url("/v1");
+    let mut args = vec![base.as_str()];
+    args.extend(FAULTS.iter().map(|(name, _)| *name));
+    let lines = run_python("openai_sdk.py", &args).await;
+    assert_eq!(lines.len(), FAULTS.len(), "{lines:?}");
     for line in lines {
         let model = line["model"].as_str().expect("model");
         assert!(line["error"].is_null(), "{model}: the SDK raised {}", line["error"]);
@@ -100,4 +102,78 @@ async fn the_official_openai_sdk_gets_the_oracles_answer_through_every_fault() {
             );
         }
     }
+}
+
+/// Two parallel calls, streamed the way OpenAI does: each call's id and name
+/// first, then its arguments in fragments.
+fn parallel_calls(model: &str) -> Vec<String> {
+    let args = |index: u32, a: &str| json!({"index": index, "function": {"arguments": a}});
+    vec![
+        tool(
+            model,
+            json!({"index": 0, "id": "call_w", "type": "function", "function": {"name": "weather", "arguments": ""}}),
+        ),
+        tool(model, args(0, "{\"place\": ")),
+        tool(model, args(0, "\"Paris\"}")),
+        tool(
+            model,
+            json!({"index": 1, "id": "call_t", "type": "function", "function": {"name": "time", "arguments": ""}}),
+        ),
+        tool(model, args(1, "{\"pla")),
+        tool(model, args(1, "ce\": \"Tokyo\"}")),
+        finish(model, "tool_calls"),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the openai SDK and langchain-openai in BATON_OPENAI_PYTHON; .ci/run runs it"]
+async fn the_sdk_and_langchain_assemble_every_tool_call_through_a_handover_mid_call() {
+    // The primary dies in the middle of a call's arguments; the fallback makes two calls.
+    let primary = scripted(vec![Reply {
+        data: vec![
+            tool("p", json!({"index": 0, "id": "call_p", "type": "function", "function": {"name": "weather", "arguments": ""}})),
+            tool("p", json!({"index": 0, "function": {"arguments": "{\"place\": \"Pa"}})),
+        ],
+        end: End::Cut,
+    }])
+    .await;
+    let fallback = scripted(vec![Reply {
+        data: parallel_calls("f"),
+        end: End::Done,
+    }])
+    .await;
+    let direct = scripted(vec![Reply {
+        data: parallel_calls("d"),
+        end: End::Done,
+    }])
+    .await;
+    let route = |name: &str, url: String| {
+        format!("[[route]]\nname = \"{name}\"\nprovider = \"openai\"\nbase_url = \"{url}\"\nmodel = \"{name}\"\n")
+    };
+    let toml = format!(
+        "{}{}{}[[ladder]]\nname = \"handover\"\nroutes = [\"p\", \"f\"]\n[[ladder]]\nname = \"direct\"\nroutes = [\"d\"]\n",
+        route("p", primary.base_url()),
+        route("f", fallback.base_url()),
+        route("d", direct.base_url()),
+    );
+    let proxy = support::Serve::new(&toml).start().await;
+    let base = proxy.url("/v1");
+    let lines = run_python("client_tools.py", &[&base, "direct", "handover"]).await;
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let expected = json!({
+        "calls": [
+            {"id": "call_w", "name": "weather", "args": {"place": "Paris"}},
+            {"id": "call_t", "name": "time", "args": {"place": "Tokyo"}},
+        ],
+        "invalid": 0,
+    });
+    for line in &lines {
+        for client in ["sdk_stream", "sdk_whole", "langchain_stream", "langchain_whole"] {
+            assert_eq!(line[client], expected, "{} through {client}", line["model"]);
+        }
+    }
+    assert!(
+        !primary.bodies().is_empty() && fallback.bodies().len() == 4,
+        "every request of the handover ladder started on the primary and ended on the fallback"
+    );
 }

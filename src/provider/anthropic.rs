@@ -11,10 +11,10 @@
 use serde_json::{json, Map, Value};
 
 use super::sse::{snippet, SseLimits};
-use super::{Chunk, ChunkStream, Provider, UpstreamRequest};
+use super::{Chunk, ChunkStream, Provider, Unsupported, UpstreamRequest};
 use crate::failure::FailureKind;
 use crate::redact::Redactor;
-use crate::request::{Role, Usage};
+use crate::request::{part_type, Message, Role, Usage};
 
 /// The API version header sent with every request.
 pub const API_VERSION: &str = "2023-06-01";
@@ -67,27 +67,39 @@ impl AnthropicProvider {
     }
 }
 
-/// The JSON body sent upstream for `request`.
-pub fn request_body(request: &UpstreamRequest) -> Value {
-    let system: Vec<&str> = request
-        .messages
-        .iter()
-        .filter(|m| matches!(m.role, Role::System | Role::Developer))
-        .map(|m| m.content.as_str())
-        .collect();
+/// The wire's name in errors.
+const WIRE: &str = "the Anthropic Messages API";
+
+/// The JSON body sent upstream for `request`, or the content part Anthropic cannot take.
+pub fn request_body(request: &UpstreamRequest) -> Result<Value, Unsupported> {
+    let mut system: Vec<&str> = Vec::new();
     let mut messages: Vec<Value> = Vec::new();
-    for m in request
-        .messages
-        .iter()
-        .filter(|m| !matches!(m.role, Role::System | Role::Developer))
-    {
+    for (i, m) in request.messages.iter().enumerate() {
+        let blocks: Option<Vec<Block>> = m
+            .parts
+            .as_ref()
+            .map(|parts| {
+                parts
+                    .iter()
+                    .enumerate()
+                    .map(|(j, p)| Block::of(i, m.role, j, p))
+                    .collect()
+            })
+            .transpose()?;
+        if matches!(m.role, Role::System | Role::Developer) {
+            system.push(m.content.as_str());
+            continue;
+        }
         let role = if m.role == Role::Assistant { "assistant" } else { "user" };
-        messages.push(json!({"role": role, "content": m.content}));
+        let content = match blocks {
+            None => json!(m.content),
+            Some(blocks) => Value::Array(blocks.iter().map(Block::to_json).collect()),
+        };
+        messages.push(json!({"role": role, "content": content}));
     }
     // A prefill may not end in whitespace.
     if let Some(last) = messages.last_mut().filter(|m| m["role"] == "assistant") {
-        let trimmed = last["content"].as_str().unwrap_or("").trim_end().to_string();
-        last["content"] = json!(trimmed);
+        trim_prefill(&mut last["content"]);
     }
     let params = &request.params;
     let max_tokens = ["max_tokens", "max_completion_tokens"]
@@ -116,20 +128,112 @@ pub fn request_body(request: &UpstreamRequest) -> Value {
         }
         _ => {}
     }
-    Value::Object(body)
+    Ok(Value::Object(body))
+}
+
+/// Strips the whitespace ending a prefill: the whole string, or its last block when that is text.
+fn trim_prefill(content: &mut Value) {
+    let text = match content {
+        Value::Array(blocks) => blocks
+            .last_mut()
+            .filter(|b| b["type"] == "text")
+            .and_then(|b| b.get_mut("text")),
+        other => Some(other),
+    };
+    if let Some(Value::String(s)) = text {
+        s.truncate(s.trim_end().len());
+    }
+}
+
+/// An OpenAI content part as Anthropic can take it, borrowed from the request.
+enum Block<'a> {
+    /// A text block.
+    Text(&'a str),
+    /// An image given inline: `data:<media_type>;base64,<data>`.
+    Base64 { media_type: &'a str, data: &'a str },
+    /// An image at an http(s) URL.
+    Url(&'a str),
+}
+
+impl<'a> Block<'a> {
+    /// Part `j` of message `i` (written by `role`), or why Anthropic cannot take it.
+    fn of(i: usize, role: Role, j: usize, part: &'a Value) -> Result<Self, Unsupported> {
+        let kind = part_type(part).unwrap_or("");
+        let unsupported = || Unsupported::Part {
+            message: i,
+            part: j,
+            kind: kind.to_string(),
+            provider: WIRE,
+        };
+        match kind {
+            "text" => Ok(Block::Text(part.get("text").and_then(Value::as_str).unwrap_or(""))),
+            // Anthropic's system prompt is text only.
+            _ if matches!(role, Role::System | Role::Developer) => Err(unsupported()),
+            "image_url" => {
+                let url = part
+                    .pointer("/image_url/url")
+                    .or_else(|| part.get("image_url"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                Block::image(url).ok_or_else(|| Unsupported::ImageUrl {
+                    message: i,
+                    part: j,
+                    scheme: url.split(':').next().unwrap_or("").chars().take(16).collect(),
+                    provider: WIRE,
+                })
+            }
+            _ => Err(unsupported()),
+        }
+    }
+
+    /// The image block for `url`: base64 for a `data:<type>;base64,` URL, a URL source for http(s).
+    fn image(url: &'a str) -> Option<Self> {
+        if let Some(rest) = url.strip_prefix("data:") {
+            let (head, data) = rest.split_once(',')?;
+            let media_type = head.strip_suffix(";base64")?;
+            let media_type = media_type.split(';').next().filter(|t| !t.is_empty())?;
+            return Some(Block::Base64 { media_type, data });
+        }
+        let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        matches!(scheme.as_deref(), Some("http" | "https")).then_some(Block::Url(url))
+    }
+
+    fn to_json(&self) -> Value {
+        match self {
+            Block::Text(text) => json!({"type": "text", "text": text}),
+            Block::Base64 { media_type, data } => {
+                json!({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}})
+            }
+            Block::Url(url) => json!({"type": "image", "source": {"type": "url", "url": url}}),
+        }
+    }
 }
 
 impl Provider for AnthropicProvider {
     fn stream(&self, request: UpstreamRequest) -> ChunkStream {
+        let body = match request_body(&request) {
+            Ok(body) => body,
+            // Never sent: a library caller's ladder moves on as after any rejection.
+            Err(unsupported) => return Box::pin(futures::stream::once(async move { Err(unsupported.failure()) })),
+        };
         let mut builder = self
             .client
             .post(&self.endpoint)
             .header("anthropic-version", API_VERSION)
-            .json(&request_body(&request));
+            .json(&body);
         if let Some(key) = &self.api_key {
             builder = builder.header("x-api-key", key);
         }
         super::sse::stream(builder, parse_sse_event, self.limits, self.redactor.clone())
+    }
+
+    fn check(&self, messages: &[Message]) -> Result<(), Unsupported> {
+        for (i, m) in messages.iter().enumerate() {
+            for (j, part) in m.parts.iter().flatten().enumerate() {
+                Block::of(i, m.role, j, part)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -195,7 +299,6 @@ pub fn parse_event(data: &str) -> Result<Vec<Chunk>, FailureKind> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request::Message;
 
     #[test]
     fn a_stream_becomes_chunks() {
@@ -248,7 +351,7 @@ mod tests {
                 .unwrap_or_default(),
             continue_final_message: false,
         };
-        let body = request_body(&request);
+        let body = request_body(&request).expect("text only");
         assert_eq!(body["system"], "persona");
         assert_eq!(body["messages"].as_array().map(Vec::len), Some(2));
         assert_eq!(body["messages"][1]["content"], "Half an answer");
@@ -259,5 +362,99 @@ mod tests {
             body.get("tools").is_none(),
             "OpenAI-shaped tools are not sent to Anthropic"
         );
+    }
+
+    fn with_parts(role: Role, parts: Value) -> Message {
+        Message::with_content(role, parts, Map::new()).expect("typed parts")
+    }
+
+    fn request(messages: Vec<Message>) -> UpstreamRequest {
+        UpstreamRequest {
+            model: "claude".into(),
+            messages,
+            params: Map::new(),
+            continue_final_message: false,
+        }
+    }
+
+    #[test]
+    fn images_become_base64_or_url_sources_and_text_parts_stay_blocks() {
+        let user = with_parts(
+            Role::User,
+            json!([
+                {"type": "text", "text": "Hello"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "high"}},
+                {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}},
+                {"type": "text", "text": "world"},
+            ]),
+        );
+        let prefill = with_parts(Role::Assistant, json!([{"type": "text", "text": "It is "}]));
+        let body = request_body(&request(vec![user, prefill])).expect("Anthropic takes text and images");
+        assert_eq!(
+            body["messages"][0]["content"],
+            json!([
+                {"type": "text", "text": "Hello"},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}},
+                {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}},
+                {"type": "text", "text": "world"},
+            ])
+        );
+        assert_eq!(
+            body["messages"][1]["content"],
+            json!([{"type": "text", "text": "It is"}])
+        );
+        let provider = AnthropicProvider::new(reqwest::Client::new(), "http://127.0.0.1:9/v1", None);
+        assert_eq!(provider.check(&request(vec![]).messages), Ok(()));
+    }
+
+    #[test]
+    fn parts_anthropic_cannot_take_are_named() {
+        let audio = with_parts(
+            Role::User,
+            json!([{"type": "text", "text": "listen"}, {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}]),
+        );
+        let conversation = vec![Message::new(Role::System, "persona"), audio];
+        let error = request_body(&request(conversation.clone())).expect_err("no audio on Anthropic");
+        assert_eq!(
+            error,
+            Unsupported::Part {
+                message: 1,
+                part: 1,
+                kind: "input_audio".into(),
+                provider: WIRE
+            }
+        );
+        assert!(error.to_string().contains("`input_audio`"), "{error}");
+        let provider = AnthropicProvider::new(reqwest::Client::new(), "http://127.0.0.1:9/v1", None);
+        assert_eq!(provider.check(&conversation), Err(error));
+        let ftp = with_parts(
+            Role::User,
+            json!([{"type": "image_url", "image_url": {"url": "ftp://user:token@host/x.png"}}]),
+        );
+        let error = request_body(&request(vec![ftp])).expect_err("no ftp images");
+        assert!(matches!(
+            error,
+            Unsupported::ImageUrl {
+                message: 0,
+                part: 0,
+                ..
+            }
+        ));
+        assert!(
+            error.to_string().contains("\"ftp\"") && !error.to_string().contains("token"),
+            "only the scheme is echoed: {error}"
+        );
+        let system_image = with_parts(
+            Role::System,
+            json!([{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]),
+        );
+        assert!(matches!(
+            provider.check(&[system_image]),
+            Err(Unsupported::Part {
+                message: 0,
+                part: 0,
+                ..
+            })
+        ));
     }
 }

@@ -51,8 +51,55 @@ pub enum Chunk {
 /// The stream a provider returns: chunks, or the failure that ended it.
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Chunk, FailureKind>> + Send>>;
 
+/// Why a provider cannot send a conversation in its wire format.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unsupported {
+    /// A content part the wire has no equivalent for (e.g. `input_audio` to Anthropic).
+    #[error("messages[{message}].content[{part}] has type `{kind}`, which {provider} cannot take")]
+    Part {
+        /// The message's position in the conversation.
+        message: usize,
+        /// The part's position in the message's content.
+        part: usize,
+        /// The part's `type`.
+        kind: String,
+        /// The wire's name.
+        provider: &'static str,
+    },
+    /// An `image_url` part whose URL is neither a base64 data URL nor http(s).
+    #[error(
+        "messages[{message}].content[{part}]: {provider} takes images as base64 data URLs or http(s) URLs, not a {scheme:?} URL"
+    )]
+    ImageUrl {
+        /// The message's position in the conversation.
+        message: usize,
+        /// The part's position in the message's content.
+        part: usize,
+        /// The URL's scheme, or its start: never the rest, which may hold a token.
+        scheme: String,
+        /// The wire's name.
+        provider: &'static str,
+    },
+}
+
+impl Unsupported {
+    /// The failure of an attempt that was never sent because of it.
+    pub fn failure(&self) -> FailureKind {
+        FailureKind::Rejected {
+            status: 400,
+            message: self.to_string(),
+        }
+    }
+}
+
 /// A source of upstream token streams.
 pub trait Provider: Send + Sync {
     /// Starts one attempt. Dropping the stream cancels it.
     fn stream(&self, request: UpstreamRequest) -> ChunkStream;
+
+    /// Whether the wire can carry `messages` (every content part); the proxy
+    /// asks before a session starts, so a client learns it with a 400.
+    fn check(&self, _messages: &[Message]) -> Result<(), Unsupported> {
+        Ok(())
+    }
 }

@@ -270,6 +270,18 @@ async fn chat_inner(state: &Arc<AppState>, request: Request) -> Result<Response,
             retry_after: None,
         });
     };
+    // Any route may have to continue the answer, so each must be able to take the conversation.
+    for route in &entry.splicer.ladder().routes {
+        route.provider.check(&parsed.messages).map_err(|e| {
+            ApiError::bad_request(
+                "unsupported_content",
+                format!(
+                    "route {:?} of ladder {:?} cannot take this request: {e}",
+                    &*route.name, entry.name
+                ),
+            )
+        })?;
+    }
     let Ok(slot) = state.slots.clone().try_acquire_owned() else {
         return Err(ApiError::overloaded(state.limits.max_sessions));
     };

@@ -453,6 +453,10 @@ pub async fn whole(mut session: Session, mut stream: Guarded) -> Result<Response
                 let mut message = json!({"role": "assistant", "content": text});
                 if !tool_deltas.is_empty() {
                     message["tool_calls"] = json!(wire::merge_tool_calls(&tool_deltas));
+                    if text.is_empty() {
+                        // As OpenAI answers a call without words.
+                        message["content"] = Value::Null;
+                    }
                 }
                 let writer = ChunkWriter::new(format!("chatcmpl-{}", Uuid::new_v4().simple()));
                 let body = json!({

@@ -1,5 +1,7 @@
 //! The OpenAI wire format on the client side: requests in, chunks and errors out.
 
+use std::collections::BTreeMap;
+
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -192,35 +194,13 @@ fn parse_message(i: usize, value: &Value) -> Result<Message, ApiError> {
         Some(other) => return Err(bad(format!("unknown role {other:?}"))),
         None => return Err(bad("`role` is required".into())),
     };
-    let content = match fields.get("content") {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => {
-            let mut text = String::new();
-            for (j, part) in parts.iter().enumerate() {
-                match (
-                    part.get("type").and_then(Value::as_str),
-                    part.get("text").and_then(Value::as_str),
-                ) {
-                    (Some("text"), Some(t)) => text.push_str(t),
-                    (kind, _) => {
-                        return Err(bad(format!(
-                            "content part {j} has type {:?}; only text parts are supported",
-                            kind.unwrap_or("?")
-                        )))
-                    }
-                }
-            }
-            text
-        }
-        Some(_) => return Err(bad("`content` must be a string, null or an array of text parts".into())),
-    };
+    let content = fields.get("content").cloned().unwrap_or(Value::Null);
     let extra: Map<String, Value> = fields
         .iter()
         .filter(|(k, _)| *k != "role" && *k != "content")
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    Ok(Message { role, content, extra })
+    Message::with_content(role, content, extra).map_err(|e| bad(e.to_string()))
 }
 
 /// Writes the chunks of one spliced answer, all with one stable id.
@@ -308,14 +288,26 @@ impl ChunkWriter {
         )
     }
 
-    /// Tool-call deltas written by `model`, as the upstream sent them.
+    /// Tool calls written by `model`, merged from the upstream's deltas: one
+    /// chunk per call with its index, id, name and complete arguments. Clients
+    /// join fragments by `index` across chunks (LangChain, the OpenAI SDK), so
+    /// fragments of one call in one chunk would become several calls.
     pub fn tool_calls(&mut self, model: &str, deltas: &[Value]) -> Bytes {
-        let delta = self.delta(json!({"tool_calls": deltas}));
-        self.chunk(
-            model,
-            json!([{"index": 0, "delta": delta, "finish_reason": null}]),
-            None,
-        )
+        let mut out = Vec::new();
+        for (index, mut call) in merge_tool_calls(deltas).into_iter().enumerate() {
+            if let Value::Object(fields) = &mut call {
+                // Dense from 0, whatever the upstream numbered: the SDK stores calls at `index` in a list.
+                fields.insert("index".into(), json!(index));
+            }
+            let delta = self.delta(json!({"tool_calls": [call]}));
+            let chunk = self.chunk(
+                model,
+                json!([{"index": 0, "delta": delta, "finish_reason": null}]),
+                None,
+            );
+            out.extend_from_slice(&chunk);
+        }
+        Bytes::from(out)
     }
 
     /// The final chunk with the finish reason.
@@ -406,7 +398,15 @@ mod tests {
             "invalid_messages"
         );
         assert_eq!(
-            code(r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#),
+            code(r#"{"model":"m","messages":[{"role":"user","content":[{"text":"untyped"}]}]}"#),
+            "invalid_messages"
+        );
+        assert_eq!(
+            code(r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":5}]}]}"#),
+            "invalid_messages"
+        );
+        assert_eq!(
+            code(r#"{"model":"m","messages":[{"role":"user","content":7}]}"#),
             "invalid_messages"
         );
         assert_eq!(
@@ -436,6 +436,76 @@ mod tests {
             );
             assert_eq!(fast.text("mo\"del", text), general, "{text:?}");
         }
+    }
+
+    #[test]
+    fn content_arrays_are_kept_as_sent_and_read_as_text_with_separators() {
+        let content = json!([
+            {"type": "text", "text": "Hello", "cache_control": {"type": "ephemeral"}},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "low"}},
+            {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
+            {"type": "text", "text": "world"},
+        ]);
+        let body = json!({"model": "m", "messages": [{"role": "user", "content": content, "name": "ann"}]});
+        let parsed = parse_request(body.to_string().as_bytes()).expect("multi-part content is accepted");
+        let message = &parsed.messages[0];
+        assert_eq!(message.content, "Hello\nworld");
+        assert_eq!(message.parts.as_ref(), content.as_array());
+        // What goes upstream is what came in.
+        assert_eq!(
+            serde_json::to_value(message).ok(),
+            Some(json!({"role": "user", "content": content, "name": "ann"}))
+        );
+    }
+
+    #[test]
+    fn tool_calls_go_out_one_complete_call_per_chunk_with_dense_indexes() {
+        let deltas = vec![
+            json!({"index":3,"id":"call_a","type":"function","function":{"name":"weather","arguments":""}}),
+            json!({"index":7,"id":"call_b","type":"function","function":{"name":"time","arguments":"{\"tz\":"}}),
+            json!({"index":3,"function":{"arguments":"{\"city\":\"Paris\"}"}}),
+            json!({"index":7,"function":{"arguments":"\"CET\"}"}}),
+        ];
+        let mut writer = ChunkWriter::new("chatcmpl-t".into());
+        let bytes = writer.tool_calls("m", &deltas);
+        let text = String::from_utf8_lossy(&bytes);
+        let chunks: Vec<Value> = text
+            .split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str(d).ok())
+            .collect();
+        assert_eq!(chunks.len(), 2, "{text}");
+        let calls: Vec<&Value> = chunks
+            .iter()
+            .map(|c| {
+                let list = c.pointer("/choices/0/delta/tool_calls").and_then(Value::as_array);
+                assert_eq!(list.map(Vec::len), Some(1), "one call per chunk: {c}");
+                &list.expect("tool_calls")[0]
+            })
+            .collect();
+        assert_eq!(
+            *calls[0],
+            json!({"index":0,"id":"call_a","type":"function","function":{"name":"weather","arguments":"{\"city\":\"Paris\"}"}})
+        );
+        assert_eq!(
+            *calls[1],
+            json!({"index":1,"id":"call_b","type":"function","function":{"name":"time","arguments":"{\"tz\":\"CET\"}"}})
+        );
+        assert_eq!(chunks[0].pointer("/choices/0/delta/role"), Some(&json!("assistant")));
+        assert_eq!(chunks[1].pointer("/choices/0/delta/role"), None);
+    }
+
+    #[test]
+    fn merging_tolerates_garbage_and_huge_indexes() {
+        let deltas = vec![
+            json!("not an object"),
+            json!({"index": u64::MAX, "id": "call_x", "function": {"name": "f", "arguments": "{}"}}),
+            json!({"index": u64::MAX, "id": null, "function": {"arguments": null}}),
+        ];
+        let merged = merge_tool_calls(&deltas);
+        assert_eq!(merged.len(), 1, "no empty calls padded in before a high index");
+        assert_eq!(merged[0]["id"], "call_x");
+        assert_eq!(merged[0]["function"]["arguments"], "{}");
     }
 
     #[test]

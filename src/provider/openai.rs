@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::sse::{snippet, SseLimits};
 use super::{Chunk, ChunkStream, Provider, UpstreamRequest};
-use crate::failure::FailureKind;
+use crate::failure::{upstream_code, FailureKind};
 use crate::request::Usage;
 
 /// A provider speaking the OpenAI chat-completions streaming protocol.
@@ -233,13 +233,20 @@ pub fn classify_http(status: u16, retry_after: Option<&str>, body: &str) -> Fail
         .and_then(|v| v.trim().parse::<f64>().ok())
         .filter(|s| s.is_finite() && *s >= 0.0)
         .map(|s| Duration::from_secs_f64(s.min(86_400.0)));
-    let (message, code) = match serde_json::from_str::<Value>(body) {
-        Ok(v) => match v.get("error") {
-            Some(error) => error_fields(error),
-            None => (snippet(body), String::new()),
-        },
-        Err(_) => (snippet(body), String::new()),
+    let parsed = serde_json::from_str::<Value>(body).ok();
+    // OpenAI nests the error under `error`; vLLM's error body is the object itself.
+    let error = parsed
+        .as_ref()
+        .and_then(|v| v.get("error").or_else(|| v.get("message").map(|_| v)));
+    let (message, code) = match error {
+        Some(error) => error_fields(error),
+        None => (snippet(body), String::new()),
     };
+    let named = error.and_then(|e| {
+        ["code", "type"]
+            .iter()
+            .find_map(|k| e.get(*k).and_then(Value::as_str).and_then(upstream_code))
+    });
     let lower = message.to_lowercase();
     match status {
         429 => FailureKind::RateLimited { retry_after },
@@ -255,7 +262,11 @@ pub fn classify_http(status: u16, retry_after: Option<&str>, body: &str) -> Fail
         _ if code.contains("prefill") || lower.contains("prefill") || lower.contains("continue_final_message") => {
             FailureKind::PrefillRejected { message }
         }
-        _ => FailureKind::Rejected { status, message },
+        _ => FailureKind::Rejected {
+            status,
+            message,
+            code: named,
+        },
     }
 }
 

@@ -19,6 +19,7 @@
 mod conn;
 pub mod metrics;
 mod session;
+mod status;
 pub mod wire;
 
 use std::convert::Infallible;

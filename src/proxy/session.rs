@@ -328,10 +328,9 @@ impl Pump {
                 Sent::Stop
             }
             ClientItem::Failed(error) => {
-                // Text was already sent: end with an error, never with [DONE].
-                let _ = self
-                    .send(wire::error_event(&error.to_string(), "all_routes_failed"))
-                    .await;
+                // Text was already sent: end with an error, never with [DONE]; its
+                // type and code are what the status would have said before any text.
+                let _ = self.send(ApiError::from_splice(&error).event()).await;
                 Sent::Stop
             }
         }

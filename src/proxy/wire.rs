@@ -59,9 +59,20 @@ impl ApiError {
         }
     }
 
-    /// The JSON body.
+    /// The JSON body, in OpenAI's error shape.
     pub fn body(&self) -> Value {
-        json!({"error": {"message": self.message, "type": self.kind, "code": self.code}})
+        json!({"error": {"message": self.message, "type": self.kind, "param": null, "code": self.code}})
+    }
+
+    /// The same error as the SSE event that ends a stream already begun.
+    pub fn event(&self) -> Bytes {
+        Bytes::from(format!("data: {}\n\n", self.body()))
+    }
+
+    /// Whether a client retry cannot help: baton's own upstream credentials or
+    /// route configuration are wrong, whatever the 5xx status says.
+    fn retry_is_useless(&self) -> bool {
+        self.status == StatusCode::BAD_GATEWAY && matches!(self.code, "upstream_auth_failed" | "upstream_rejected")
     }
 
     /// The error for a session that ended without an answer, before any text was sent.
@@ -74,13 +85,7 @@ impl ApiError {
                 code: "content_policy_violation",
                 retry_after: None,
             },
-            SpliceError::Exhausted { .. } => ApiError {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                message: error.to_string(),
-                kind: "upstream_error",
-                code: "all_routes_failed",
-                retry_after: None,
-            },
+            SpliceError::Exhausted { failures, .. } => super::status::exhausted(failures),
         }
     }
 }
@@ -92,6 +97,12 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.retry_is_useless() {
+            // The openai SDKs obey this header over their status rule (they retry every 5xx).
+            response
+                .headers_mut()
+                .insert("x-should-retry", HeaderValue::from_static("false"));
         }
         response
     }
@@ -359,18 +370,13 @@ pub fn handover_comment(h: &Handover) -> Bytes {
     ))
 }
 
-/// The error event that ends a stream which the upstreams could not complete.
-pub fn error_event(message: &str, code: &str) -> Bytes {
-    typed_error_event(message, "upstream_error", code)
-}
-
 /// The error event that ends a stream baton itself had to stop (shutdown, slow client, internal error).
 pub fn server_error_event(message: &str, code: &str) -> Bytes {
     typed_error_event(message, "server_error", code)
 }
 
 fn typed_error_event(message: &str, kind: &str, code: &str) -> Bytes {
-    let body = json!({"error": {"message": message, "type": kind, "code": code}});
+    let body = json!({"error": {"message": message, "type": kind, "param": null, "code": code}});
     Bytes::from(format!("data: {body}\n\n"))
 }
 

@@ -9,6 +9,7 @@ use prometheus_client::registry::Registry;
 
 use crate::failure::Failure;
 use crate::splice::Handover;
+use crate::usage::Tally;
 
 /// Labels of a session outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -48,6 +49,26 @@ pub struct HedgeLabels {
     pub ladder: String,
     /// `hedge_won`, `primary_won`, `primary_failed` or `hedge_failed`.
     pub outcome: String,
+}
+
+/// Labels of upstream tokens.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    /// The route.
+    pub route: String,
+    /// The upstream model asked for.
+    pub model: String,
+    /// `prompt` or `completion`.
+    pub kind: String,
+}
+
+/// Labels naming a route and its upstream model.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteModelLabels {
+    /// The route.
+    pub route: String,
+    /// The upstream model asked for.
+    pub model: String,
 }
 
 /// Labels naming a ladder.
@@ -97,6 +118,10 @@ pub struct Metrics {
     pub stall_deadline: Family<RouteLabels, Gauge>,
     /// Hedge races by ladder and outcome (brought up to the ladders' counts when /metrics is read).
     pub hedges: Family<HedgeLabels, Counter>,
+    /// Tokens the upstreams reported, every attempt's (cut ones are billed too), by route, model and kind.
+    pub upstream_tokens: Family<TokenLabels, Counter>,
+    /// Text deltas of attempts that reported no usage, by route and model (chunks, not tokens).
+    pub upstream_unreported_deltas: Family<RouteModelLabels, Counter>,
     /// One reader at a time brings `hedges` up to date, so none is counted twice.
     hedges_sync: std::sync::Mutex<()>,
 }
@@ -149,6 +174,8 @@ impl Metrics {
         let breaker_state = Family::<RouteLabels, Gauge>::default();
         let stall_deadline = Family::<RouteLabels, Gauge>::default();
         let hedges = Family::<HedgeLabels, Counter>::default();
+        let upstream_tokens = Family::<TokenLabels, Counter>::default();
+        let upstream_unreported_deltas = Family::<RouteModelLabels, Counter>::default();
         registry.register("sessions", "Sessions by ladder and outcome", sessions.clone());
         registry.register(
             "handovers",
@@ -221,6 +248,16 @@ impl Metrics {
             "Hedge races (a late first token started the next route) by ladder and outcome",
             hedges.clone(),
         );
+        registry.register(
+            "upstream_tokens",
+            "Tokens the upstreams reported, over every attempt (cut ones included), by route, model and kind (prompt, completion)",
+            upstream_tokens.clone(),
+        );
+        registry.register(
+            "upstream_unreported_deltas",
+            "Text deltas streamed by attempts that reported no usage, by route and model (chunks, not tokens)",
+            upstream_unreported_deltas.clone(),
+        );
         Metrics {
             registry,
             sessions,
@@ -239,6 +276,8 @@ impl Metrics {
             breaker_state,
             stall_deadline,
             hedges,
+            upstream_tokens,
+            upstream_unreported_deltas,
             hedges_sync: std::sync::Mutex::new(()),
         }
     }
@@ -299,6 +338,30 @@ impl Metrics {
                     kind: f.kind.clone(),
                 })
                 .inc();
+        }
+    }
+
+    /// Counts every attempt's tokens of a session that ended.
+    pub fn tokens(&self, tally: &Tally) {
+        for a in &tally.attempts {
+            let Some(usage) = a.reported else {
+                self.upstream_unreported_deltas
+                    .get_or_create(&RouteModelLabels {
+                        route: a.route.clone(),
+                        model: a.model.clone(),
+                    })
+                    .inc_by(a.deltas);
+                continue;
+            };
+            for (kind, n) in [("prompt", usage.prompt_tokens), ("completion", usage.completion_tokens)] {
+                self.upstream_tokens
+                    .get_or_create(&TokenLabels {
+                        route: a.route.clone(),
+                        model: a.model.clone(),
+                        kind: kind.to_string(),
+                    })
+                    .inc_by(n);
+            }
         }
     }
 

@@ -5,8 +5,9 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
-use crate::request::{Message, Role, Usage};
+use crate::request::{Message, Role};
 use crate::splice::{Handover, SpliceError};
+use crate::usage::Tally;
 
 /// An OpenAI-style error response: `{"error": {"message", "type", "code"}}`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -339,18 +340,43 @@ impl ChunkWriter {
         )
     }
 
-    /// The usage chunk (`stream_options.include_usage`).
-    pub fn usage(&self, model: &str, usage: Usage) -> Bytes {
-        self.chunk(model, json!([]), Some(usage_json(usage)))
+    /// The usage chunk (`stream_options.include_usage`), with baton's account of what it misses.
+    pub fn usage(&self, model: &str, tokens: &Tally) -> Bytes {
+        // `usage: null` when no attempt reported any, as OpenAI's chunks have it.
+        let chunk = json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": model,
+            "choices": [],
+            "usage": usage_json(tokens),
+            "baton": {"usage": usage_account(tokens)},
+        });
+        Bytes::from(format!("data: {chunk}\n\n"))
     }
 }
 
-/// OpenAI's usage object.
-pub fn usage_json(usage: Usage) -> Value {
+/// OpenAI's usage object: what the upstreams reported, summed over every
+/// attempt (cut ones included); `null` when no attempt reported usage, never
+/// a count of deltas presented as tokens.
+pub fn usage_json(tokens: &Tally) -> Value {
+    match tokens.reported() {
+        Some(usage) => json!({
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        }),
+        None => Value::Null,
+    }
+}
+
+/// baton's note on `usage`: how many attempts reported it, and what those
+/// that did not streamed (text deltas: chunks, not tokens).
+pub fn usage_account(tokens: &Tally) -> Value {
     json!({
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        "reported_attempts": tokens.reported_attempts(),
+        "unreported_attempts": tokens.unreported_attempts(),
+        "unreported_deltas": tokens.unreported_deltas(),
     })
 }
 

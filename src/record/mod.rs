@@ -721,6 +721,7 @@ mod tests {
         EventKind::Failed {
             error: "x".into(),
             bytes: 0,
+            tokens: None,
         }
     }
 
@@ -803,6 +804,7 @@ mod tests {
             EventKind::Failed {
                 error: "key hunter22 rejected".into(),
                 bytes: 0,
+                tokens: None,
             },
         ))));
         w.handle(Msg::Gap(7));

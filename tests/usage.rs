@@ -74,7 +74,7 @@ fn sample(metrics: &str, metric: &str, labels: &[&str]) -> Option<f64> {
 fn usage_of(sse: &Sse) -> Value {
     sse.chunks()
         .into_iter()
-        .find(|c| c.get("baton").is_some())
+        .find(|c| c["choices"].as_array().is_some_and(Vec::is_empty))
         .expect("a usage chunk")
 }
 

@@ -78,6 +78,11 @@ pub struct LadderLabels {
     pub ladder: String,
 }
 
+/// Models named per route in the token metrics; later ones are counted as
+/// `other`. A pass-through route's model is the client's to choose, and every
+/// new label value is a new series kept for the life of the process.
+const MAX_MODELS_PER_ROUTE: usize = 32;
+
 fn seconds() -> Histogram {
     // 1 ms … ~65 s.
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
@@ -124,6 +129,8 @@ pub struct Metrics {
     pub upstream_unreported_deltas: Family<RouteModelLabels, Counter>,
     /// One reader at a time brings `hedges` up to date, so none is counted twice.
     hedges_sync: std::sync::Mutex<()>,
+    /// The models each route's token metrics name (at most [`MAX_MODELS_PER_ROUTE`]).
+    token_models: std::sync::Mutex<std::collections::HashMap<String, std::collections::HashSet<String>>>,
 }
 
 /// Labels naming a route.
@@ -279,6 +286,7 @@ impl Metrics {
             upstream_tokens,
             upstream_unreported_deltas,
             hedges_sync: std::sync::Mutex::new(()),
+            token_models: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -344,11 +352,12 @@ impl Metrics {
     /// Counts every attempt's tokens of a session that ended.
     pub fn tokens(&self, tally: &Tally) {
         for a in &tally.attempts {
+            let model = self.model_label(&a.route, &a.model);
             let Some(usage) = a.reported else {
                 self.upstream_unreported_deltas
                     .get_or_create(&RouteModelLabels {
                         route: a.route.clone(),
-                        model: a.model.clone(),
+                        model,
                     })
                     .inc_by(a.deltas);
                 continue;
@@ -357,12 +366,27 @@ impl Metrics {
                 self.upstream_tokens
                     .get_or_create(&TokenLabels {
                         route: a.route.clone(),
-                        model: a.model.clone(),
+                        model: model.clone(),
                         kind: kind.to_string(),
                     })
                     .inc_by(n);
             }
         }
+    }
+
+    /// `model` as the token metrics of `route` name it: itself, or `other`
+    /// once the route has named [`MAX_MODELS_PER_ROUTE`] others.
+    fn model_label(&self, route: &str, model: &str) -> String {
+        let mut seen = self
+            .token_models
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let models = seen.entry(route.to_string()).or_default();
+        if models.contains(model) || models.len() < MAX_MODELS_PER_ROUTE {
+            models.insert(model.to_string());
+            return model.to_string();
+        }
+        "other".to_string()
     }
 
     /// Counts a rejected request.
@@ -379,5 +403,50 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::Usage;
+    use crate::usage::AttemptTokens;
+
+    fn on(model: &str) -> Tally {
+        let mut tally = Tally::default();
+        tally.push(AttemptTokens {
+            attempt: 1,
+            route: "pass".into(),
+            model: model.into(),
+            reported: Some(Usage {
+                prompt_tokens: 3,
+                completion_tokens: 1,
+            }),
+            deltas: 1,
+        });
+        tally
+    }
+
+    #[test]
+    fn a_pass_through_routes_models_are_bounded_in_the_token_metrics() {
+        let metrics = Metrics::new();
+        for i in 0..MAX_MODELS_PER_ROUTE + 10 {
+            metrics.tokens(&on(&format!("client-model-{i}")));
+        }
+        metrics.tokens(&on("client-model-0"));
+        let text = metrics.render();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("baton_upstream_tokens_total{") && l.contains("kind=\"prompt\""))
+            .count();
+        assert_eq!(series, MAX_MODELS_PER_ROUTE + 1, "{text}");
+        assert!(
+            text.contains(r#"baton_upstream_tokens_total{route="pass",model="other",kind="prompt"} 30"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"baton_upstream_tokens_total{route="pass",model="client-model-0",kind="prompt"} 6"#),
+            "{text}"
+        );
     }
 }

@@ -27,7 +27,6 @@ const KNOWN_CODES: &[&str] = &[
     "invalid_value",
     "invalid_type",
     "invalid_prompt",
-    "invalid_request_error",
     "unsupported_parameter",
     "unsupported_value",
     "unknown_parameter",

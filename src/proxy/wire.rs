@@ -397,13 +397,15 @@ pub fn handover_comment(h: &Handover) -> Bytes {
 }
 
 /// The error event that ends a stream baton itself had to stop (shutdown, slow client, internal error).
-pub fn server_error_event(message: &str, code: &str) -> Bytes {
-    typed_error_event(message, "server_error", code)
-}
-
-fn typed_error_event(message: &str, kind: &str, code: &str) -> Bytes {
-    let body = json!({"error": {"message": message, "type": kind, "param": null, "code": code}});
-    Bytes::from(format!("data: {body}\n\n"))
+pub fn server_error_event(message: &str, code: &'static str) -> Bytes {
+    ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        message: message.to_string(),
+        kind: "server_error",
+        code,
+        retry_after: None,
+    }
+    .event()
 }
 
 /// Merges streamed tool-call deltas into complete `tool_calls` entries (by `index`).

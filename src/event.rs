@@ -14,6 +14,7 @@ use crate::failure::{Failure, FailureClass, FailureKind};
 use crate::provider::UpstreamRequest;
 use crate::record::spec::{LadderSpec, RequestSpec};
 use crate::request::Usage;
+use crate::usage::Tally;
 use crate::watchdog::Deadlines;
 
 /// One thing that happened in a session.
@@ -198,11 +199,16 @@ pub enum EventKind {
         route_chain: Vec<String>,
         /// Bytes sent to the client.
         bytes: u64,
-        /// Token counts summed over the contributing attempts.
+        /// Token counts the upstreams reported, summed over every attempt
+        /// (before `tokens` was recorded: over the attempts that contributed
+        /// text, an unreported one counting its deltas).
         usage: Usage,
         /// Tool-call deltas sent to the client (just before the end).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         tool_calls: Vec<serde_json::Value>,
+        /// Every attempt's tokens; `None` in a recording made before they were recorded.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tokens: Option<Tally>,
     },
     /// The session ended without a complete answer.
     Failed {
@@ -210,6 +216,9 @@ pub enum EventKind {
         error: String,
         /// Bytes the client had received.
         bytes: u64,
+        /// Every attempt's tokens; `None` in a recording made before they were recorded.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tokens: Option<Tally>,
     },
 }
 

@@ -98,6 +98,10 @@ pub enum FailureKind {
         status: u16,
         /// The provider's message.
         message: String,
+        /// The error `code` (else `type`) the provider's body named, bounded
+        /// (see [`upstream_code`]): what a client is told the refusal was.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<String>,
     },
     /// No content arrived within the time-to-first-token deadline.
     #[error("no first token within {} ms", after.as_millis())]
@@ -246,6 +250,25 @@ impl FailureKind {
         matches!(self, FailureKind::ContextTooSmall { .. })
     }
 
+    /// The HTTP status the upstream answered with, for the failures that are one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            FailureKind::RateLimited { .. } => Some(429),
+            FailureKind::ServerError { status, .. }
+            | FailureKind::Auth { status, .. }
+            | FailureKind::Rejected { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The upstream's error code, for a refusal that named one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            FailureKind::Rejected { code, .. } => code.as_deref(),
+            _ => None,
+        }
+    }
+
     /// The server's `Retry-After`, for the failures that carry one.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -272,6 +295,12 @@ pub struct Failure {
     pub bytes: u64,
     /// Milliseconds since the session started.
     pub at_ms: u64,
+    /// The HTTP status the upstream answered with, when the failure was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// The upstream's error code, when its refusal named one (bounded, see [`upstream_code`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
 }
 
 impl Failure {
@@ -285,8 +314,27 @@ impl Failure {
             tokens,
             bytes,
             at_ms,
+            status: kind.status(),
+            code: kind.code().map(str::to_string),
         }
     }
+}
+
+/// Longest upstream error code kept: codes are identifiers, not prose.
+const MAX_CODE_BYTES: usize = 64;
+
+/// `code` if it looks like an error code (`context_length_exceeded`,
+/// `invalid_value`): ASCII letters, digits, `_`, `-` and `.`, at most 64
+/// bytes. Anything else (prose, a number, an echoed value that might hold a
+/// secret) is not kept.
+pub fn upstream_code(code: &str) -> Option<String> {
+    let plausible = !code.is_empty()
+        && code.len() <= MAX_CODE_BYTES
+        && code.bytes().any(|b| b.is_ascii_alphabetic())
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    plausible.then(|| code.to_ascii_lowercase())
 }
 
 impl std::fmt::Display for Failure {

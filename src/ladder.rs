@@ -344,6 +344,7 @@ mod tests {
         let bad = FailureKind::Rejected {
             status: 400,
             message: "bad".into(),
+            code: None,
         };
         assert_eq!(l.decide(&bad, &state(0, 0, false), 0.1), Decision::HandOver { to: 1 });
         let policy = FailureKind::ContentPolicy { message: "no".into() };

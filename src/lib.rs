@@ -29,6 +29,7 @@
 //! * [`oracle`]: the mock oracle, its fault scripts and its HTTP server.
 //! * [`event`]: [`EngineEvent`], the one schema of what happened.
 //! * [`request`]: the caller's conversation.
+//! * [`usage`]: a session's tokens across its attempts, reported or not.
 //! * [`stats`]: percentiles shared by the demo, dashboard and summaries.
 //! * [`demo`]: the headless demo run (`baton demo --headless`).
 //! * [`config`]: the proxy's TOML config.
@@ -119,6 +120,7 @@ pub mod safe_reply;
 pub mod soak;
 pub mod splice;
 pub mod stats;
+pub mod usage;
 pub mod watchdog;
 
 pub use continuation::ContinuationMode;

@@ -472,6 +472,7 @@ async fn a_policy_refusal_stops_with_the_providers_message() {
             message,
             failures,
             emitted_bytes,
+            ..
         }) => {
             assert_eq!(route, "primary");
             assert_eq!(message, "Your request was rejected by the oracle's content policy");
@@ -565,6 +566,7 @@ async fn an_exhausted_ladder_reports_every_failure() {
         Err(SpliceError::Exhausted {
             failures,
             emitted_bytes,
+            ..
         }) => {
             let got: Vec<_> = failures.iter().map(|f| (f.route.as_str(), f.kind.as_str())).collect();
             assert_eq!(got, vec![("primary", "truncated"), ("fallback", "first_token_timeout")]);

@@ -804,3 +804,86 @@ async fn sessions_answered_by_the_cache_the_safe_reply_or_a_business_rule_verify
     let kinds = failure_kinds(&recording.sessions);
     assert!(kinds.iter().any(|k| k == "over_cost"), "{kinds:?}");
 }
+
+/// A primary that reports its prompt tokens at the start (as Anthropic's
+/// `message_start` does), streams a little and is cut.
+struct ReportsThenCut;
+
+impl Provider for ReportsThenCut {
+    fn stream(&self, _request: UpstreamRequest) -> ChunkStream {
+        Box::pin(async_stream::stream! {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            yield Ok(Chunk::Opened);
+            yield Ok(Chunk::Usage(Usage { prompt_tokens: 31, completion_tokens: 0 }));
+            yield Ok(Chunk::Text("The relay ".into()));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            yield Ok(Chunk::Text("runner ".into()));
+            yield Err(FailureKind::Truncated { detail: Some("cut".into()) });
+        })
+    }
+}
+
+/// The `finished` event of `events`, as JSON.
+fn finished_line(events: &[EngineEvent]) -> Value {
+    let finished = events
+        .iter()
+        .find(|e| matches!(e.kind, baton::EventKind::Finished { .. }))
+        .expect("a finished event");
+    serde_json::to_value(finished).expect("an event serializes")
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_attempts_tokens_are_recorded_and_verified() {
+    let splicer = Splicer::new(Ladder::new(vec![
+        Route::new("primary", "big", Arc::new(ReportsThenCut)),
+        Route::new("fallback", "small", mock("none", Style::default())),
+    ]));
+    let mut feed = splicer.subscribe();
+    let done = splicer.collect(ChatRequest::new(conversation("tallies"))).await;
+    let completion = done.outcome.expect("complete");
+    let events = support::drain(&mut feed);
+    let line = finished_line(&events);
+    let tokens = line["tokens"]
+        .as_array()
+        .expect("the finished event has every attempt's tokens");
+    assert_eq!(tokens.len(), 2, "{line}");
+    assert_eq!(
+        tokens[0],
+        json!({"attempt": 1, "route": "primary", "model": "big",
+               "reported": {"prompt_tokens": 31, "completion_tokens": 0}, "deltas": 2})
+    );
+    assert_eq!(tokens[1]["route"], "fallback");
+    let fallback = tokens[1]["reported"]["prompt_tokens"]
+        .as_u64()
+        .expect("the fallback reports usage");
+    // The cut attempt's prompt is in the session's usage; its two deltas are not tokens.
+    assert_eq!(line["usage"]["prompt_tokens"].as_u64(), Some(31 + fallback));
+    assert_eq!(completion.usage.prompt_tokens, 31 + fallback);
+    assert_eq!(
+        Some(completion.usage.completion_tokens),
+        tokens[1]["reported"]["completion_tokens"].as_u64()
+    );
+    assert_eq!(support::verify_events(&events), Outcome::Ok { partial: false });
+
+    // A re-drive that tallied differently diverges at the end...
+    let mut changed = events.clone();
+    for e in &mut changed {
+        if let baton::EventKind::Finished { usage, .. } = &mut e.kind {
+            usage.prompt_tokens += 1;
+        }
+    }
+    assert!(matches!(support::verify_events(&changed), Outcome::Diverged { .. }));
+    // ...but a recording made before tokens were tallied summed usage its own
+    // way (deltas of cut attempts as tokens): its usage is not held against it.
+    let mut older = events.clone();
+    for e in &mut older {
+        if let baton::EventKind::Finished { usage, tokens, .. } = &mut e.kind {
+            *usage = Usage {
+                prompt_tokens: 0,
+                completion_tokens: 99,
+            };
+            *tokens = None;
+        }
+    }
+    assert_eq!(support::verify_events(&older), Outcome::Ok { partial: false });
+}

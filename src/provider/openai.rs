@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::sse::{snippet, SseLimits};
 use super::{Chunk, ChunkStream, Provider, UpstreamRequest};
-use crate::failure::FailureKind;
+use crate::failure::{upstream_code, FailureKind};
 use crate::redact::Redactor;
 use crate::request::Usage;
 
@@ -243,13 +243,20 @@ pub fn classify_http(status: u16, retry_after: Option<&str>, body: &str) -> Fail
         .and_then(|v| v.trim().parse::<f64>().ok())
         .filter(|s| s.is_finite() && *s >= 0.0)
         .map(|s| Duration::from_secs_f64(s.min(86_400.0)));
-    let (message, code) = match serde_json::from_str::<Value>(body) {
-        Ok(v) => match v.get("error") {
-            Some(error) => error_fields(error),
-            None => (snippet(body), String::new()),
-        },
-        Err(_) => (snippet(body), String::new()),
+    let parsed = serde_json::from_str::<Value>(body).ok();
+    // OpenAI nests the error under `error`; vLLM's error body is the object itself.
+    let error = parsed
+        .as_ref()
+        .and_then(|v| v.get("error").or_else(|| v.get("message").map(|_| v)));
+    let (message, code) = match error {
+        Some(error) => error_fields(error),
+        None => (snippet(body), String::new()),
     };
+    let named = error.and_then(|e| {
+        ["code", "type"]
+            .iter()
+            .find_map(|k| e.get(*k).and_then(Value::as_str).and_then(upstream_code))
+    });
     let lower = message.to_lowercase();
     match status {
         429 => FailureKind::RateLimited { retry_after },
@@ -257,7 +264,9 @@ pub fn classify_http(status: u16, retry_after: Option<&str>, body: &str) -> Fail
         401 | 403 => FailureKind::Auth { status, message },
         _ if code.contains("context_length")
             || lower.contains("context length")
-            || lower.contains("maximum context") =>
+            || lower.contains("maximum context")
+            // Anthropic's: "prompt is too long: 210000 tokens > 200000 maximum".
+            || lower.contains("prompt is too long") =>
         {
             FailureKind::ContextLength { message }
         }
@@ -265,7 +274,11 @@ pub fn classify_http(status: u16, retry_after: Option<&str>, body: &str) -> Fail
         _ if code.contains("prefill") || lower.contains("prefill") || lower.contains("continue_final_message") => {
             FailureKind::PrefillRejected { message }
         }
-        _ => FailureKind::Rejected { status, message },
+        _ => FailureKind::Rejected {
+            status,
+            message,
+            code: named,
+        },
     }
 }
 
@@ -394,5 +407,39 @@ mod tests {
             classify_http(400, None, "nope"),
             FailureKind::Rejected { status: 400, .. }
         ));
+    }
+
+    #[test]
+    fn a_refusal_keeps_the_upstreams_code_when_it_is_one() {
+        let code = |body: &str| match classify_http(400, None, body) {
+            FailureKind::Rejected { code, .. } => code,
+            other => panic!("{other:?}"),
+        };
+        let openai = r#"{"error":{"message":"Invalid value","type":"invalid_request_error","param":"temperature","code":"invalid_value"}}"#;
+        assert_eq!(code(openai).as_deref(), Some("invalid_value"));
+        // No code: the type stands in.
+        let anthropic = r#"{"type":"error","error":{"type":"invalid_request_error","message":"bad"}}"#;
+        assert_eq!(code(anthropic).as_deref(), Some("invalid_request_error"));
+        // vLLM's top-level object with a numeric code: the type, lower-cased.
+        let vllm = r#"{"object":"error","message":"bad","type":"BadRequestError","param":null,"code":400}"#;
+        assert_eq!(code(vllm).as_deref(), Some("badrequesterror"));
+        // Prose or an echoed value is no code.
+        let prose = r#"{"error":{"message":"bad","code":"the key sk-abc is wrong"}}"#;
+        assert_eq!(code(prose), None);
+        assert_eq!(code("not json"), None);
+    }
+
+    #[test]
+    fn every_providers_context_length_error_is_one() {
+        for body in [
+            r#"{"error":{"message":"This model's maximum context length is 8192 tokens","code":"context_length_exceeded"}}"#,
+            r#"{"object":"error","message":"This model's maximum context length is 4096 tokens.","type":"BadRequestError","code":400}"#,
+            r#"{"type":"error","error":{"type":"invalid_request_error","message":"prompt is too long: 210000 tokens > 200000 maximum"}}"#,
+        ] {
+            assert!(
+                matches!(classify_http(400, None, body), FailureKind::ContextLength { .. }),
+                "{body}"
+            );
+        }
     }
 }

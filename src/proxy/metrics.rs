@@ -9,6 +9,7 @@ use prometheus_client::registry::Registry;
 
 use crate::failure::Failure;
 use crate::splice::Handover;
+use crate::usage::Tally;
 
 /// Labels of a session outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -50,12 +51,37 @@ pub struct HedgeLabels {
     pub outcome: String,
 }
 
+/// Labels of upstream tokens.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    /// The route.
+    pub route: String,
+    /// The upstream model asked for.
+    pub model: String,
+    /// `prompt` or `completion`.
+    pub kind: String,
+}
+
+/// Labels naming a route and its upstream model.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteModelLabels {
+    /// The route.
+    pub route: String,
+    /// The upstream model asked for.
+    pub model: String,
+}
+
 /// Labels naming a ladder.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LadderLabels {
     /// The ladder.
     pub ladder: String,
 }
+
+/// Models named per route in the token metrics; later ones are counted as
+/// `other`. A pass-through route's model is the client's to choose, and every
+/// new label value is a new series kept for the life of the process.
+const MAX_MODELS_PER_ROUTE: usize = 32;
 
 fn seconds() -> Histogram {
     // 1 ms … ~65 s.
@@ -99,8 +125,14 @@ pub struct Metrics {
     pub hedges: Family<HedgeLabels, Counter>,
     /// Session recordings that could not be written (brought up to the recorder's count when /metrics is read).
     pub recordings_lost: Counter,
+    /// Tokens the upstreams reported, every attempt's (cut ones are billed too), by route, model and kind.
+    pub upstream_tokens: Family<TokenLabels, Counter>,
+    /// Text deltas of attempts that reported no usage, by route and model (chunks, not tokens).
+    pub upstream_unreported_deltas: Family<RouteModelLabels, Counter>,
     /// One reader at a time brings `hedges` (and `recordings_lost`) up to date, so none is counted twice.
     hedges_sync: std::sync::Mutex<()>,
+    /// The models each route's token metrics name (at most [`MAX_MODELS_PER_ROUTE`]).
+    token_models: std::sync::Mutex<std::collections::HashMap<String, std::collections::HashSet<String>>>,
 }
 
 /// Raises `counter` to `total` (a counter only grows; the source keeps the truth).
@@ -160,6 +192,8 @@ impl Metrics {
         let stall_deadline = Family::<RouteLabels, Gauge>::default();
         let hedges = Family::<HedgeLabels, Counter>::default();
         let recordings_lost = Counter::default();
+        let upstream_tokens = Family::<TokenLabels, Counter>::default();
+        let upstream_unreported_deltas = Family::<RouteModelLabels, Counter>::default();
         registry.register("sessions", "Sessions by ladder and outcome", sessions.clone());
         registry.register(
             "handovers",
@@ -237,6 +271,16 @@ impl Metrics {
             "Session recordings that could not be written to record_dir (partial files are removed)",
             recordings_lost.clone(),
         );
+        registry.register(
+            "upstream_tokens",
+            "Tokens the upstreams reported, over every attempt (cut ones included), by route, model and kind (prompt, completion)",
+            upstream_tokens.clone(),
+        );
+        registry.register(
+            "upstream_unreported_deltas",
+            "Text deltas streamed by attempts that reported no usage, by route and model (chunks, not tokens)",
+            upstream_unreported_deltas.clone(),
+        );
         Metrics {
             registry,
             sessions,
@@ -256,7 +300,10 @@ impl Metrics {
             stall_deadline,
             hedges,
             recordings_lost,
+            upstream_tokens,
+            upstream_unreported_deltas,
             hedges_sync: std::sync::Mutex::new(()),
+            token_models: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -322,6 +369,46 @@ impl Metrics {
         }
     }
 
+    /// Counts every attempt's tokens of a session that ended.
+    pub fn tokens(&self, tally: &Tally) {
+        for a in &tally.attempts {
+            let model = self.model_label(&a.route, &a.model);
+            let Some(usage) = a.reported else {
+                self.upstream_unreported_deltas
+                    .get_or_create(&RouteModelLabels {
+                        route: a.route.clone(),
+                        model,
+                    })
+                    .inc_by(a.deltas);
+                continue;
+            };
+            for (kind, n) in [("prompt", usage.prompt_tokens), ("completion", usage.completion_tokens)] {
+                self.upstream_tokens
+                    .get_or_create(&TokenLabels {
+                        route: a.route.clone(),
+                        model: model.clone(),
+                        kind: kind.to_string(),
+                    })
+                    .inc_by(n);
+            }
+        }
+    }
+
+    /// `model` as the token metrics of `route` name it: itself, or `other`
+    /// once the route has named [`MAX_MODELS_PER_ROUTE`] others.
+    fn model_label(&self, route: &str, model: &str) -> String {
+        let mut seen = self
+            .token_models
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let models = seen.entry(route.to_string()).or_default();
+        if models.contains(model) || models.len() < MAX_MODELS_PER_ROUTE {
+            models.insert(model.to_string());
+            return model.to_string();
+        }
+        "other".to_string()
+    }
+
     /// Counts a rejected request.
     pub fn reject(&self, code: &str) {
         self.rejected
@@ -336,5 +423,50 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::Usage;
+    use crate::usage::AttemptTokens;
+
+    fn on(model: &str) -> Tally {
+        let mut tally = Tally::default();
+        tally.push(AttemptTokens {
+            attempt: 1,
+            route: "pass".into(),
+            model: model.into(),
+            reported: Some(Usage {
+                prompt_tokens: 3,
+                completion_tokens: 1,
+            }),
+            deltas: 1,
+        });
+        tally
+    }
+
+    #[test]
+    fn a_pass_through_routes_models_are_bounded_in_the_token_metrics() {
+        let metrics = Metrics::new();
+        for i in 0..MAX_MODELS_PER_ROUTE + 10 {
+            metrics.tokens(&on(&format!("client-model-{i}")));
+        }
+        metrics.tokens(&on("client-model-0"));
+        let text = metrics.render();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("baton_upstream_tokens_total{") && l.contains("kind=\"prompt\""))
+            .count();
+        assert_eq!(series, MAX_MODELS_PER_ROUTE + 1, "{text}");
+        assert!(
+            text.contains(r#"baton_upstream_tokens_total{route="pass",model="other",kind="prompt"} 30"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"baton_upstream_tokens_total{route="pass",model="client-model-0",kind="prompt"} 6"#),
+            "{text}"
+        );
     }
 }

@@ -24,6 +24,7 @@ mod conn;
 pub mod guard;
 pub mod metrics;
 mod session;
+mod status;
 pub mod wire;
 
 use std::convert::Infallible;

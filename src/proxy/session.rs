@@ -141,6 +141,7 @@ impl Session {
             ClientItem::Handover(h) => metrics.handover(h),
             ClientItem::Done(done) => {
                 metrics.failures(&done.failures);
+                metrics.tokens(&done.tokens);
                 // An answer the ladder's own rungs finished is counted apart: it is degraded or stale.
                 self.outcome = match done.route_chain.last().map(String::as_str) {
                     Some(CACHE_ROUTE) => "cache",
@@ -154,6 +155,7 @@ impl Session {
                     SpliceError::Exhausted { failures, .. } => (failures, "failed"),
                 };
                 metrics.failures(failures);
+                metrics.tokens(error.tokens());
                 self.outcome = outcome;
             }
             _ => {}
@@ -204,6 +206,7 @@ pub async fn streamed(mut session: Session, mut stream: Guarded, include_usage: 
             return Err(ApiError::from_splice(&SpliceError::Exhausted {
                 failures: Vec::new(),
                 emitted_bytes: 0,
+                tokens: Default::default(),
             }))
         }
     };
@@ -319,7 +322,7 @@ impl Pump {
                     return Sent::Stop;
                 }
                 if self.include_usage {
-                    let usage = self.writer.usage(&self.model, done.usage);
+                    let usage = self.writer.usage(&self.model, &done.tokens);
                     if let Sent::Stop = self.send(usage).await {
                         return Sent::Stop;
                     }
@@ -328,10 +331,9 @@ impl Pump {
                 Sent::Stop
             }
             ClientItem::Failed(error) => {
-                // Text was already sent: end with an error, never with [DONE].
-                let _ = self
-                    .send(wire::error_event(&error.to_string(), "all_routes_failed"))
-                    .await;
+                // Text was already sent: end with an error, never with [DONE]; its
+                // type and code are what the status would have said before any text.
+                let _ = self.send(ApiError::from_splice(&error).event()).await;
                 Sent::Stop
             }
         }
@@ -465,8 +467,12 @@ pub async fn whole(mut session: Session, mut stream: Guarded) -> Result<Response
                     "created": writer.created(),
                     "model": model,
                     "choices": [{"index": 0, "message": message, "finish_reason": done.finish_reason}],
-                    "usage": wire::usage_json(done.usage),
-                    "baton": {"route_chain": done.route_chain, "failures": done.failures.len()},
+                    "usage": wire::usage_json(&done.tokens),
+                    "baton": {
+                        "route_chain": done.route_chain,
+                        "failures": done.failures.len(),
+                        "usage": wire::usage_account(&done.tokens),
+                    },
                 });
                 return Ok(Json(body).into_response());
             }
@@ -479,5 +485,6 @@ pub async fn whole(mut session: Session, mut stream: Guarded) -> Result<Response
     Err(ApiError::from_splice(&SpliceError::Exhausted {
         failures: Vec::new(),
         emitted_bytes: text.len() as u64,
+        tokens: Default::default(),
     }))
 }

@@ -7,8 +7,9 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
-use crate::request::{Message, Role, Usage};
+use crate::request::{Message, Role};
 use crate::splice::{Handover, SpliceError};
+use crate::usage::Tally;
 
 /// An OpenAI-style error response: `{"error": {"message", "type", "code"}}`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,9 +62,20 @@ impl ApiError {
         }
     }
 
-    /// The JSON body.
+    /// The JSON body, in OpenAI's error shape.
     pub fn body(&self) -> Value {
-        json!({"error": {"message": self.message, "type": self.kind, "code": self.code}})
+        json!({"error": {"message": self.message, "type": self.kind, "param": null, "code": self.code}})
+    }
+
+    /// The same error as the SSE event that ends a stream already begun.
+    pub fn event(&self) -> Bytes {
+        Bytes::from(format!("data: {}\n\n", self.body()))
+    }
+
+    /// Whether a client retry cannot help: baton's own upstream credentials or
+    /// route configuration are wrong, whatever the 5xx status says.
+    fn retry_is_useless(&self) -> bool {
+        self.status == StatusCode::BAD_GATEWAY && matches!(self.code, "upstream_auth_failed" | "upstream_rejected")
     }
 
     /// The error for a session that ended without an answer, before any text was sent.
@@ -76,13 +88,7 @@ impl ApiError {
                 code: "content_policy_violation",
                 retry_after: None,
             },
-            SpliceError::Exhausted { .. } => ApiError {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                message: error.to_string(),
-                kind: "upstream_error",
-                code: "all_routes_failed",
-                retry_after: None,
-            },
+            SpliceError::Exhausted { failures, .. } => super::status::exhausted(failures),
         }
     }
 }
@@ -94,6 +100,12 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.retry_is_useless() {
+            // The openai SDKs obey this header over their status rule (they retry every 5xx).
+            response
+                .headers_mut()
+                .insert("x-should-retry", HeaderValue::from_static("false"));
         }
         response
     }
@@ -320,18 +332,43 @@ impl ChunkWriter {
         )
     }
 
-    /// The usage chunk (`stream_options.include_usage`).
-    pub fn usage(&self, model: &str, usage: Usage) -> Bytes {
-        self.chunk(model, json!([]), Some(usage_json(usage)))
+    /// The usage chunk (`stream_options.include_usage`), with baton's account of what it misses.
+    pub fn usage(&self, model: &str, tokens: &Tally) -> Bytes {
+        // `usage: null` when no attempt reported any, as OpenAI's chunks have it.
+        let chunk = json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": model,
+            "choices": [],
+            "usage": usage_json(tokens),
+            "baton": {"usage": usage_account(tokens)},
+        });
+        Bytes::from(format!("data: {chunk}\n\n"))
     }
 }
 
-/// OpenAI's usage object.
-pub fn usage_json(usage: Usage) -> Value {
+/// OpenAI's usage object: what the upstreams reported, summed over every
+/// attempt (cut ones included); `null` when no attempt reported usage, never
+/// a count of deltas presented as tokens.
+pub fn usage_json(tokens: &Tally) -> Value {
+    match tokens.reported() {
+        Some(usage) => json!({
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        }),
+        None => Value::Null,
+    }
+}
+
+/// baton's note on `usage`: how many attempts reported it, and what those
+/// that did not streamed (text deltas: chunks, not tokens).
+pub fn usage_account(tokens: &Tally) -> Value {
     json!({
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.prompt_tokens.saturating_add(usage.completion_tokens),
+        "reported_attempts": tokens.reported_attempts(),
+        "unreported_attempts": tokens.unreported_attempts(),
+        "unreported_deltas": tokens.unreported_deltas(),
     })
 }
 
@@ -351,19 +388,16 @@ pub fn handover_comment(h: &Handover) -> Bytes {
     ))
 }
 
-/// The error event that ends a stream which the upstreams could not complete.
-pub fn error_event(message: &str, code: &str) -> Bytes {
-    typed_error_event(message, "upstream_error", code)
-}
-
 /// The error event that ends a stream baton itself had to stop (shutdown, slow client, internal error).
-pub fn server_error_event(message: &str, code: &str) -> Bytes {
-    typed_error_event(message, "server_error", code)
-}
-
-fn typed_error_event(message: &str, kind: &str, code: &str) -> Bytes {
-    let body = json!({"error": {"message": message, "type": kind, "code": code}});
-    Bytes::from(format!("data: {body}\n\n"))
+pub fn server_error_event(message: &str, code: &'static str) -> Bytes {
+    ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        message: message.to_string(),
+        kind: "server_error",
+        code,
+        retry_after: None,
+    }
+    .event()
 }
 
 /// Merges streamed tool-call deltas into complete `tool_calls` entries (by `index`, bounded).

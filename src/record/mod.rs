@@ -769,6 +769,7 @@ mod tests {
         EventKind::Failed {
             error: "x".into(),
             bytes: 0,
+            tokens: None,
         }
     }
 
@@ -851,6 +852,7 @@ mod tests {
             EventKind::Failed {
                 error: "key hunter22 rejected".into(),
                 bytes: 0,
+                tokens: None,
             },
         ))));
         w.handle(Msg::Gap(7));

@@ -9,7 +9,8 @@ use uuid::Uuid;
 
 use super::human_bytes;
 use super::reader::{RecordedSession, Recording};
-use crate::event::{EventKind, UpstreamItem};
+use crate::event::{EngineEvent, EventKind, UpstreamItem};
+use crate::usage::{self, AttemptTokens, Tally};
 
 /// One session, summarized.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -40,10 +41,12 @@ pub struct SessionSummary {
     pub gap_ms: Option<u64>,
     /// Bytes the client received.
     pub bytes: u64,
-    /// Prompt tokens (as the upstreams reported them).
+    /// Prompt tokens, as the upstreams reported them, over every attempt (cut ones included).
     pub prompt_tokens: u64,
-    /// Completion tokens (reported, or deltas counted when an attempt was cut off).
+    /// Completion tokens, as the upstreams reported them, over every attempt.
     pub completion_tokens: u64,
+    /// Text deltas of the attempts that reported no usage (chunks, not tokens).
+    pub unreported_deltas: u64,
     /// From the start to the last recorded event.
     pub duration_ms: u64,
     /// The recorder lost events here.
@@ -109,6 +112,8 @@ pub struct Totals {
     pub prompt_tokens: u64,
     /// Completion tokens.
     pub completion_tokens: u64,
+    /// Text deltas of attempts that reported no usage.
+    pub unreported_deltas: u64,
     /// Sessions whose recording misses events (the recorder dropped some while they were open).
     pub sessions_with_gaps: usize,
     /// Recording files read.
@@ -144,18 +149,14 @@ pub fn session(s: &RecordedSession) -> SessionSummary {
         bytes: 0,
         prompt_tokens: 0,
         completion_tokens: 0,
+        unreported_deltas: 0,
         duration_ms: s.events.last().map_or(0, |e| e.t_ms),
         gaps: s.gaps.len(),
         dropped: s.gaps.iter().map(|g| g.dropped).sum(),
     };
-    let mut deltas = 0u64;
     for e in &s.events {
         match &e.kind {
             EventKind::AttemptOpened { .. } => out.attempts += 1,
-            EventKind::Upstream {
-                item: UpstreamItem::Text(_),
-                ..
-            } => deltas += 1,
             EventKind::Retry { .. } => out.retries += 1,
             EventKind::Failure { failure, .. } => out.failures.push(FailureSummary {
                 route: failure.route.clone(),
@@ -186,17 +187,14 @@ pub fn session(s: &RecordedSession) -> SessionSummary {
                 finish_reason,
                 route_chain,
                 bytes,
-                usage,
                 ..
             } => {
                 out.outcome = "finished";
                 out.finish_reason = Some(finish_reason.clone());
                 out.route_chain = route_chain.clone();
                 out.bytes = *bytes;
-                out.prompt_tokens = usage.prompt_tokens;
-                out.completion_tokens = usage.completion_tokens;
             }
-            EventKind::Failed { error, bytes } => {
+            EventKind::Failed { error, bytes, .. } => {
                 out.outcome = "failed";
                 out.error = Some(error.clone());
                 out.bytes = *bytes;
@@ -204,11 +202,49 @@ pub fn session(s: &RecordedSession) -> SessionSummary {
             _ => {}
         }
     }
-    if out.outcome != "finished" {
-        out.completion_tokens = deltas;
-    }
+    // From the upstream items, which every recording version has: the same
+    // figures for a session that finished, failed or was cut off.
+    let tokens = tally(&s.events);
+    let reported = tokens.reported().unwrap_or_default();
+    out.prompt_tokens = reported.prompt_tokens;
+    out.completion_tokens = reported.completion_tokens;
+    out.unreported_deltas = tokens.unreported_deltas();
     out.gap_ms = out.handovers.iter().map(|h| h.gap_ms).max();
     out
+}
+
+/// Every attempt's tokens in one session's `events`, from what its upstream sent.
+pub fn tally(events: &[EngineEvent]) -> Tally {
+    let mut attempts: Vec<AttemptTokens> = Vec::new();
+    for e in events {
+        match &e.kind {
+            EventKind::AttemptOpened {
+                route, model, attempt, ..
+            } => attempts.push(AttemptTokens {
+                attempt: *attempt,
+                route: route.clone(),
+                model: model.clone(),
+                reported: None,
+                deltas: 0,
+            }),
+            EventKind::Upstream { attempt, item } => {
+                let Some(a) = attempts.iter_mut().find(|a| a.attempt == *attempt) else {
+                    continue;
+                };
+                match item {
+                    UpstreamItem::Text(_) => a.deltas += 1,
+                    UpstreamItem::Usage(u) => a.reported = Some(usage::merge(a.reported, *u)),
+                    UpstreamItem::ToolCalls(_) | UpstreamItem::Finished(_) => {}
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut tally = Tally::default();
+    for a in attempts {
+        tally.push(a);
+    }
+    tally
 }
 
 /// Summarizes every session of `recording`.
@@ -246,6 +282,7 @@ pub fn totals(sessions: &[SessionSummary], files: usize, bytes: u64) -> Totals {
         // Usage figures come from upstreams (through the recording): saturate, never overflow.
         t.prompt_tokens = t.prompt_tokens.saturating_add(s.prompt_tokens);
         t.completion_tokens = t.completion_tokens.saturating_add(s.completion_tokens);
+        t.unreported_deltas = t.unreported_deltas.saturating_add(s.unreported_deltas);
         if s.gaps > 0 {
             t.sessions_with_gaps += 1;
         }
@@ -298,6 +335,9 @@ impl std::fmt::Display for SessionSummary {
             self.completion_tokens,
             self.duration_ms as f64 / 1000.0
         )?;
+        if self.unreported_deltas > 0 {
+            write!(f, "  (+{} deltas without usage)", self.unreported_deltas)?;
+        }
         if let Some(e) = &self.error {
             write!(f, "  error: {e}")?;
         }
@@ -342,8 +382,8 @@ impl std::fmt::Display for Totals {
         writeln!(f, "client bytes    {}", self.bytes)?;
         writeln!(
             f,
-            "tokens          {} prompt + {} completion",
-            self.prompt_tokens, self.completion_tokens
+            "tokens          {} prompt + {} completion as reported, {} deltas of attempts that reported none",
+            self.prompt_tokens, self.completion_tokens, self.unreported_deltas
         )?;
         write!(
             f,

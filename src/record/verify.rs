@@ -44,6 +44,7 @@ use crate::failure::{FailureClass, FailureKind};
 use crate::provider::{Chunk, ChunkStream, Provider, UpstreamRequest};
 use crate::request::Usage;
 use crate::splice::{Splicer, EVENT_CAPACITY};
+use crate::usage::Tally;
 use crate::watchdog::Deadlines;
 
 /// The oldest recording format `--verify` can re-drive.
@@ -233,6 +234,8 @@ pub enum Step {
         usage: Usage,
         /// Tool calls sent.
         tool_calls: Vec<serde_json::Value>,
+        /// Every attempt's tokens (`None`: recorded before they were).
+        tokens: Option<Tally>,
     },
     /// The session failed.
     Failed {
@@ -240,7 +243,37 @@ pub enum Step {
         error: String,
         /// Bytes.
         bytes: u64,
+        /// Every attempt's tokens (`None`: recorded before they were).
+        tokens: Option<Tally>,
     },
+}
+
+impl Mark {
+    /// Whether `now` does what this recorded mark did. A recording made
+    /// before tokens were tallied summed `usage` differently (deltas of cut
+    /// attempts counted as tokens): its end is compared without the usage.
+    pub fn matches(&self, now: &Mark) -> bool {
+        if self == now {
+            return true;
+        }
+        let mut now = now.clone();
+        match (&self.step, &mut now.step) {
+            (
+                Step::Finished {
+                    usage, tokens: None, ..
+                },
+                Step::Finished {
+                    usage: u, tokens: t, ..
+                },
+            ) => {
+                *u = *usage;
+                *t = None;
+            }
+            (Step::Failed { tokens: None, .. }, Step::Failed { tokens: t, .. }) => *t = None,
+            _ => return false,
+        }
+        *self == now
+    }
 }
 
 impl std::fmt::Display for Step {
@@ -308,6 +341,7 @@ impl std::fmt::Display for Step {
                 bytes,
                 usage,
                 tool_calls,
+                tokens,
             } => {
                 write!(
                     f,
@@ -316,14 +350,42 @@ impl std::fmt::Display for Step {
                     usage.prompt_tokens,
                     usage.completion_tokens
                 )?;
+                if let Some(t) = tokens {
+                    write!(f, ", {}", describe(t))?;
+                }
                 if !tool_calls.is_empty() {
                     write!(f, ", {} tool-call deltas", tool_calls.len())?;
                 }
                 Ok(())
             }
-            Step::Failed { error, bytes } => write!(f, "failed after {bytes} bytes: {error}"),
+            Step::Failed { error, bytes, tokens } => {
+                write!(f, "failed after {bytes} bytes: {error}")?;
+                match tokens {
+                    Some(t) => write!(f, " ({})", describe(t)),
+                    None => Ok(()),
+                }
+            }
         }
     }
+}
+
+/// Each attempt's tokens, in a line.
+fn describe(tokens: &Tally) -> String {
+    let each: Vec<String> = tokens
+        .attempts
+        .iter()
+        .map(|a| match a.reported {
+            Some(u) => format!(
+                "attempt {} on {}: {}+{}",
+                a.attempt, a.route, u.prompt_tokens, u.completion_tokens
+            ),
+            None => format!("attempt {} on {}: {} deltas, no usage", a.attempt, a.route, a.deltas),
+        })
+        .collect();
+    if each.is_empty() {
+        return "no tokens".to_string();
+    }
+    each.join("; ")
 }
 
 /// The transcript of `events` (one session's, in order).
@@ -409,12 +471,14 @@ pub fn transcript(events: &[EngineEvent]) -> Transcript {
                 bytes,
                 usage,
                 tool_calls,
+                tokens,
             } => Step::Finished {
                 finish_reason: finish_reason.clone(),
                 route_chain: route_chain.clone(),
                 bytes: *bytes,
                 usage: *usage,
                 tool_calls: tool_calls.clone(),
+                tokens: tokens.clone(),
             },
             EventKind::CacheHit {
                 last_resort, bytes, ..
@@ -426,9 +490,10 @@ pub fn transcript(events: &[EngineEvent]) -> Transcript {
                 partial: *partial,
                 bytes: *bytes,
             },
-            EventKind::Failed { error, bytes } => Step::Failed {
+            EventKind::Failed { error, bytes, tokens } => Step::Failed {
                 error: error.clone(),
                 bytes: *bytes,
+                tokens: tokens.clone(),
             },
             // Breaker changes come from traffic shared across sessions: a skip
             // shows in the session as its own `circuit_open` failure instead.
@@ -1085,7 +1150,7 @@ pub fn compare(rec: &Transcript, now: &Transcript, partial: bool, stopped: Optio
     let mut mark_at = None;
     for i in 0.. {
         match (rec.marks.get(i), now.marks.get(i)) {
-            (Some(a), Some(b)) if a == b => continue,
+            (Some(a), Some(b)) if a.matches(b) => continue,
             (None, None) => break,
             (None, Some(_)) if partial => break,
             (a, b) => {

@@ -34,6 +34,7 @@ use crate::record::spec::{LadderSpec, RequestSpec};
 use crate::request::{ChatRequest, Message, Usage};
 use crate::rules::Rules;
 use crate::safe_reply::{self, SAFE_REPLY_MODEL, SAFE_REPLY_ROUTE};
+use crate::usage::{self, AttemptTokens, Tally};
 use crate::watchdog::{Watchdog, Watched};
 
 mod race;
@@ -98,8 +99,10 @@ pub struct Handover {
 pub struct Completion {
     /// The last route's finish reason.
     pub finish_reason: String,
-    /// Token counts of the attempts that contributed text.
+    /// Token counts the upstreams reported, summed over every attempt (cut ones included).
     pub usage: Usage,
+    /// Every attempt's tokens, with what they did not report.
+    pub tokens: Tally,
     /// The routes that wrote the answer, in order.
     pub route_chain: Vec<String>,
     /// Every failed attempt on the way.
@@ -120,6 +123,8 @@ pub enum SpliceError {
         failures: Vec<Failure>,
         /// Bytes the client had received.
         emitted_bytes: u64,
+        /// Every attempt's tokens (a refused or cut attempt may be billed too).
+        tokens: Tally,
     },
     /// Every route failed.
     #[error("every route failed: {}", list(failures))]
@@ -128,7 +133,18 @@ pub enum SpliceError {
         failures: Vec<Failure>,
         /// Bytes the client had received.
         emitted_bytes: u64,
+        /// Every attempt's tokens (a cut attempt is billed too).
+        tokens: Tally,
     },
+}
+
+impl SpliceError {
+    /// Every attempt's tokens.
+    pub fn tokens(&self) -> &Tally {
+        match self {
+            SpliceError::Refused { tokens, .. } | SpliceError::Exhausted { tokens, .. } => tokens,
+        }
+    }
 }
 
 fn list(failures: &[Failure]) -> String {
@@ -223,6 +239,7 @@ impl Splicer {
             outcome: Err(SpliceError::Exhausted {
                 failures,
                 emitted_bytes,
+                tokens: Tally::default(),
             }),
         }
     }
@@ -282,7 +299,7 @@ impl Splicer {
                             attempt.tokens += 1;
                             attempt.tool_calls.extend(calls);
                         }
-                        Some(Watched::Usage(usage)) => attempt.usage = Some(usage),
+                        Some(Watched::Usage(usage)) => attempt.usage = Some(usage::merge(attempt.usage, usage)),
                         Some(Watched::Finished(reason)) => break Ok(reason),
                         Some(Watched::Failed(kind)) => break Err(kind),
                         None => break Err(FailureKind::Truncated { detail: None }),
@@ -343,7 +360,8 @@ impl Splicer {
                             }
                             Decision::Refuse => {
                                 let failures = std::mem::take(&mut session.failures);
-                                let error = SpliceError::Refused { route: route.name.to_string(), message: refusal(&kind), failures, emitted_bytes: session.sent };
+                                let tokens = std::mem::take(&mut session.tokens);
+                                let error = SpliceError::Refused { route: route.name.to_string(), message: refusal(&kind), failures, emitted_bytes: session.sent, tokens };
                                 yield session.fail(error);
                                 return;
                             }
@@ -410,7 +428,8 @@ struct Session<'r> {
     sent: u64,
     chain: Vec<String>,
     failures: Vec<Failure>,
-    usage: Usage,
+    /// Every finished attempt's tokens.
+    tokens: Tally,
     pending: Option<Pending>,
     attempts: u32,
     rng: SplitMix,
@@ -432,7 +451,6 @@ struct Attempt {
     trim: OverlapTrim,
     opened: Instant,
     tokens: u64,
-    contributed: bool,
     usage: Option<Usage>,
     route: Arc<str>,
     /// The upstream model actually asked for (`{model}` resolved).
@@ -455,8 +473,6 @@ impl Attempt {
                 ttft_ms: ttft.as_millis() as u64,
             });
         }
-        let out = self.trim.push(text);
-        self.contributed |= !out.is_empty();
-        out
+        self.trim.push(text)
     }
 }

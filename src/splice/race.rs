@@ -89,7 +89,7 @@ impl<'r> Session<'r> {
                         }
                         (Side::Hedge, Some(Watched::Usage(usage))) => {
                             self.upstream(&hedge, Some(&Watched::Usage(usage)));
-                            hedge.usage = Some(usage);
+                            hedge.usage = Some(usage::merge(hedge.usage, usage));
                             *race = Race::Running {
                                 hedge,
                                 state: hedge_state,
@@ -111,6 +111,7 @@ impl<'r> Session<'r> {
                         (Side::Primary, next) => {
                             // Content, a finish or a refusal: the hedge is not needed.
                             self.hedge_won(ladder, attempt, false, Some(&hedge));
+                            self.account(&hedge);
                             return next;
                         }
                         (Side::Hedge, Some(Watched::Failed(kind))) => {
@@ -125,6 +126,7 @@ impl<'r> Session<'r> {
                             *state = hedge_state;
                             self.hedge_won(ladder, attempt, true, Some(&cancelled));
                             // Dropping it frees its breaker permit without counting a failure.
+                            self.account(&cancelled);
                             drop(cancelled);
                             return next;
                         }
@@ -166,6 +168,7 @@ impl<'r> Session<'r> {
             route.health.record_ttft(*after);
         }
         self.record_failure(route, kind, attempt.tokens);
+        self.account(attempt);
     }
 
     /// A race ended: `winner` goes on; `cancelled` was still running.

@@ -57,6 +57,7 @@ impl<'r> Session<'r> {
             let error = SpliceError::Exhausted {
                 failures,
                 emitted_bytes: self.sent,
+                tokens: std::mem::take(&mut self.tokens),
             };
             return vec![self.fail(error)];
         };

@@ -13,7 +13,7 @@ impl<'r> Session<'r> {
             sent: 0,
             chain: Vec::new(),
             failures: Vec::new(),
-            usage: Usage::default(),
+            tokens: Tally::default(),
             pending: None,
             attempts: 0,
             rng: SplitMix::new(hi ^ lo),
@@ -70,7 +70,6 @@ impl<'r> Session<'r> {
             trim: OverlapTrim::new(&self.emitted),
             opened: Instant::now(),
             tokens: 0,
-            contributed: false,
             usage: None,
             route: route.name.clone(),
             model,
@@ -148,14 +147,16 @@ impl<'r> Session<'r> {
         Some(ClientItem::Handover(handover))
     }
 
+    /// Counts `attempt`'s tokens, once it is over: every attempt's, not only
+    /// those that contributed text, since a provider bills a cut one too.
     pub(super) fn account(&mut self, attempt: &Attempt) {
-        if attempt.contributed {
-            // An attempt cut off mid-stream reports no usage: count its deltas.
-            self.usage += attempt.usage.unwrap_or(Usage {
-                prompt_tokens: 0,
-                completion_tokens: attempt.tokens,
-            });
-        }
+        self.tokens.push(AttemptTokens {
+            attempt: attempt.number,
+            route: attempt.route.to_string(),
+            model: attempt.model.to_string(),
+            reported: attempt.usage,
+            deltas: attempt.tokens,
+        });
     }
 
     /// Publishes what the upstream sent (failures are published with their decision).
@@ -205,16 +206,20 @@ impl<'r> Session<'r> {
     }
 
     pub(super) fn finish(&mut self, finish_reason: String) -> ClientItem {
+        let tokens = std::mem::take(&mut self.tokens);
+        let usage = tokens.reported().unwrap_or_default();
         self.log.emit(EventKind::Finished {
             finish_reason: finish_reason.clone(),
             route_chain: self.chain.clone(),
             bytes: self.sent,
-            usage: self.usage,
+            usage,
             tool_calls: std::mem::take(&mut self.tool_calls),
+            tokens: Some(tokens.clone()),
         });
         ClientItem::Done(Completion {
             finish_reason,
-            usage: self.usage,
+            usage,
+            tokens,
             route_chain: std::mem::take(&mut self.chain),
             failures: std::mem::take(&mut self.failures),
         })
@@ -269,6 +274,7 @@ impl<'r> Session<'r> {
         self.log.emit(EventKind::Failed {
             error: error.to_string(),
             bytes: self.sent,
+            tokens: Some(error.tokens().clone()),
         });
         ClientItem::Failed(error)
     }

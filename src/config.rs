@@ -23,6 +23,7 @@ use crate::ladder::{Ladder, RetryPolicy, Route};
 use crate::loopguard::{self, LoopConfig};
 use crate::oracle::fault::{FaultPlan, FaultScript};
 use crate::oracle::Style;
+use crate::overlap::OverlapMode;
 use crate::provider::anthropic::AnthropicProvider;
 use crate::provider::mock::MockProvider;
 use crate::provider::openai::OpenAiProvider;
@@ -134,6 +135,8 @@ pub struct RouteSection {
     pub api_key_env: Option<String>,
     /// `prefill` (default) or `instruct`.
     pub continuation: Option<ContinuationMode>,
+    /// When a repeat at the seam is trimmed: `auto` (on evidence, default), `off` or `always`.
+    pub overlap: Option<OverlapMode>,
     /// Send `continue_final_message`/`add_generation_prompt` (vLLM, SGLang).
     #[serde(default)]
     pub continue_final_message: bool,
@@ -434,7 +437,8 @@ impl Config {
             let mut route = Route::new(&r.name, &r.model, provider)
                 .with_deadlines(deadlines)
                 .with_adaptive(adaptive)
-                .with_continuation(r.continuation.unwrap_or(ContinuationMode::Prefill));
+                .with_continuation(r.continuation.unwrap_or(ContinuationMode::Prefill))
+                .with_overlap(r.overlap.unwrap_or_default());
             route.continue_final_message = r.continue_final_message;
             if let Some(tokens) = r.context_tokens {
                 if tokens == 0 {

@@ -67,13 +67,23 @@ struct World {
     splicer: Splicer,
 }
 
+///
+/// An echoing fallback has been seen echoing before (in both modes): a
+/// one-word echo after a space is otherwise as likely a genuine repeat, and
+/// kept. The seam matrix below shows how a fresh route learns it.
 fn world(primary: &str, fallback: &str, mode: ContinuationMode, style: Style) -> World {
     let p = mock(primary, Style::default());
     let f = mock(fallback, style);
     let s = mock("none", Style::default());
+    let fallback = Route::new("fallback", "oracle-small", f.clone()).with_continuation(mode);
+    if style.repeat_words > 0 {
+        for mode in MODES {
+            fallback.health.remember_echo("oracle-small", mode);
+        }
+    }
     let splicer = Splicer::new(Ladder::new(vec![
         Route::new("primary", "oracle-big", p.clone()),
-        Route::new("fallback", "oracle-small", f.clone()).with_continuation(mode),
+        fallback,
         Route::new("spare", "oracle-spare", s.clone()),
     ]));
     World {

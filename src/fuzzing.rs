@@ -105,10 +105,15 @@ pub fn overlap_reference(prefix: &str, continuation: &str, evidence: Evidence) -
             return false;
         }
         let words = candidate.split_ascii_whitespace().count();
-        evidence.setting == OverlapMode::Always
-            || glued
-            || (words >= ECHO_WORDS && !candidate.contains('\n'))
-            || evidence.seen_echoing
+        // A line said again: the candidate spans a line break, and the cut's
+        // line began (up to the cut) with what stands before it on its own line.
+        let lines = candidate.rfind('\n').is_some_and(|i| {
+            let head = &candidate[i + 1..];
+            prefix[..s]
+                .strip_suffix(head)
+                .is_some_and(|line| line.is_empty() || line.ends_with('\n'))
+        });
+        evidence.setting == OverlapMode::Always || glued || (words >= ECHO_WORDS && !lines) || evidence.seen_echoing
     };
     // Longest first: the first confirmed echo from the prefix's start.
     let echo = (0..prefix.len())

@@ -23,8 +23,11 @@
 //!      a word and *B* goes on from a word start of *P* with no separator
 //!      (`… nickel violet` + `violet raven`) — text does not repeat a word
 //!      glued to itself;
-//!   3. *E* is at least [`MIN_OVERLAP`] bytes and **several words**
-//!      ([`ECHO_WORDS`] or more) on one line;
+//!   3. *E* is at least [`MIN_OVERLAP`] bytes, **several words**
+//!      ([`ECHO_WORDS`] or more), and not a **line said again** (*E* spans a
+//!      line break and its first line began as the cut's line did: a list
+//!      item, a code line) — words said back to back mid-sentence are rare, a
+//!      repeated line is not;
 //!   4. *E* is at least [`MIN_OVERLAP`] bytes and this (route, model) has been
 //!      **seen echoing** in this continuation mode: an echo proved by 1–3 is
 //!      remembered for every later session.
@@ -46,7 +49,7 @@ use serde::{Deserialize, Serialize};
 pub const MIN_OVERLAP: usize = 4;
 /// How far back into the prefix a repeat may reach (a restart of the whole prefix reaches further).
 pub const MAX_OVERLAP: usize = 256;
-/// How many words on one line make an echo unambiguous.
+/// How many words (not making whole lines) make an echo unambiguous.
 pub const ECHO_WORDS: usize = 2;
 
 /// A route's overlap setting (`overlap` in its config).
@@ -231,7 +234,7 @@ fn echo_candidates(prefix: &str, evidence: Evidence) -> Vec<(usize, Proof)> {
             continue;
         }
         let candidate = &prefix[s..];
-        let several = !candidate.contains('\n') && candidate.split_ascii_whitespace().count() >= ECHO_WORDS;
+        let several = candidate.split_ascii_whitespace().count() >= ECHO_WORDS && !whole_lines(prefix, s);
         if glued || several {
             out.push((s, if always { Proof::Known } else { Proof::Proved }));
         } else if always || evidence.seen_echoing {
@@ -239,6 +242,21 @@ fn echo_candidates(prefix: &str, evidence: Evidence) -> Vec<(usize, Proof)> {
         }
     }
     out
+}
+
+/// Whether `prefix[s..]` reads as a line said again: it spans a line break,
+/// and its first line begins with what the cut's line began with (nothing, an
+/// indentation, a bullet, `x = `), so a repeat of it repeats that line.
+fn whole_lines(prefix: &str, s: usize) -> bool {
+    let Some(last) = prefix[s..].rfind('\n') else {
+        return false;
+    };
+    let head = &prefix[s + last + 1..];
+    let before = &prefix[..s];
+    before.ends_with(head) && {
+        let line = &before[..before.len() - head.len()];
+        line.is_empty() || line.ends_with('\n')
+    }
 }
 
 /// Trims a whole continuation at once (the streaming rule applied to one delta).
@@ -291,10 +309,13 @@ mod tests {
     }
 
     #[test]
-    fn several_words_on_one_line_are_an_echo_after_a_space() {
+    fn several_words_are_an_echo_after_a_space_unless_they_are_a_line_again() {
         assert_eq!(trim("the quick brown ", "quick brown fox", AUTO), "fox");
-        // A repeated line is text.
+        assert_eq!(trim("a;\n    x = 1;\n", "= 1;\n    y = 2;", AUTO), "    y = 2;");
+        // A repeated line is text, wherever in it the cut is.
         assert_eq!(trim("a;\nx = 1;\n", "x = 1;\ny = 2;", AUTO), "x = 1;\ny = 2;");
+        assert_eq!(trim("a;\n    x = 1;\n    ", "x = 1;\n", AUTO), "x = 1;\n");
+        assert_eq!(trim("a\n- one two\n- ", "one two\n- six", AUTO), "one two\n- six");
     }
 
     #[test]

@@ -442,7 +442,14 @@ impl Seam {
     }
 
     fn case(&self, conv: usize, at: usize, answer: &str) -> String {
-        let before: String = answer[..at].chars().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect();
+        let before: String = answer[..at]
+            .chars()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         let after: String = answer[at..].chars().take(20).collect();
         format!(
             "conv={conv} cut={at} {before:?}|{after:?} mode={:?} style={:?} whole={}",

@@ -1300,6 +1300,23 @@ mod tests {
     }
 
     #[test]
+    fn a_routes_overlap_setting_is_read_and_defaults_to_auto() {
+        let text = GOOD.replace(
+            "continuation = \"instruct\"",
+            "continuation = \"instruct\"\noverlap = \"always\"",
+        );
+        let config = Config::parse("baton.toml", &text, &env).expect("valid");
+        let routes = config
+            .ladder_for("chat")
+            .map(|l| l.ladder.routes.clone())
+            .unwrap_or_default();
+        let overlap: Vec<OverlapMode> = routes.iter().map(|r| r.overlap).collect();
+        assert_eq!(overlap, vec![OverlapMode::Auto, OverlapMode::Always]);
+        let bad = error(&GOOD.replace("continuation = \"instruct\"", "overlap = \"sometimes\""));
+        assert!(bad.starts_with("baton.toml") && bad.contains("sometimes"), "{bad}");
+    }
+
+    #[test]
     fn globs() {
         assert!(glob_match("fb-*", "fb-large"));
         assert!(glob_match("*", ""));

@@ -23,6 +23,7 @@ use crate::ladder::{Ladder, RetryPolicy, Route};
 use crate::loopguard::{self, LoopConfig};
 use crate::oracle::fault::{FaultPlan, FaultScript};
 use crate::oracle::Style;
+use crate::overlap::OverlapMode;
 use crate::provider::anthropic::AnthropicProvider;
 use crate::provider::mock::MockProvider;
 use crate::provider::openai::OpenAiProvider;
@@ -137,6 +138,8 @@ pub struct RouteSection {
     pub api_key_env: Option<String>,
     /// `prefill` (default) or `instruct`.
     pub continuation: Option<ContinuationMode>,
+    /// When a repeat at the seam is trimmed: `auto` (on evidence, default), `off` or `always`.
+    pub overlap: Option<OverlapMode>,
     /// Send `continue_final_message`/`add_generation_prompt` (vLLM, SGLang).
     #[serde(default)]
     pub continue_final_message: bool,
@@ -468,7 +471,8 @@ impl Config {
             let mut route = Route::new(&r.name, &r.model, provider)
                 .with_deadlines(deadlines)
                 .with_adaptive(adaptive)
-                .with_continuation(r.continuation.unwrap_or(ContinuationMode::Prefill));
+                .with_continuation(r.continuation.unwrap_or(ContinuationMode::Prefill))
+                .with_overlap(r.overlap.unwrap_or_default());
             route.continue_final_message = r.continue_final_message;
             if let Some(tokens) = r.context_tokens {
                 if tokens == 0 {
@@ -1336,6 +1340,23 @@ mod tests {
                 .replace("\"fallback\"]", "\"cache\"]"),
         );
         assert!(e.contains("`route[1].name`: \"cache\" is reserved"), "{e}");
+    }
+
+    #[test]
+    fn a_routes_overlap_setting_is_read_and_defaults_to_auto() {
+        let text = GOOD.replace(
+            "continuation = \"instruct\"",
+            "continuation = \"instruct\"\noverlap = \"always\"",
+        );
+        let config = Config::parse("baton.toml", &text, &env).expect("valid");
+        let routes = config
+            .ladder_for("chat")
+            .map(|l| l.ladder.routes.clone())
+            .unwrap_or_default();
+        let overlap: Vec<OverlapMode> = routes.iter().map(|r| r.overlap).collect();
+        assert_eq!(overlap, vec![OverlapMode::Auto, OverlapMode::Always]);
+        let bad = error(&GOOD.replace("continuation = \"instruct\"", "overlap = \"sometimes\""));
+        assert!(bad.starts_with("baton.toml") && bad.contains("sometimes"), "{bad}");
     }
 
     #[test]

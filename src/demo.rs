@@ -20,6 +20,7 @@ use crate::oracle::fault::{Fault, FaultPlan, FaultScript};
 use crate::oracle::script::Pacing;
 use crate::oracle::server::{spawn, MockConfig};
 use crate::oracle::{answer, Style};
+use crate::overlap::OverlapMode;
 use crate::provider::openai::OpenAiProvider;
 use crate::record::{RecordOptions, RecordStats, Recorder};
 use crate::request::{ChatRequest, Message, Role};
@@ -221,9 +222,12 @@ impl DemoWorld {
         };
         primary.health = Arc::new(RouteHealth::new(breaker, BudgetConfig::default()));
         let echo = Route::new("echo", "oracle-echo", provider(echo)).with_deadlines(patient);
+        // It echoes a word on every continuation, and says so: one word after a
+        // space is otherwise as likely a genuine repeat, and kept.
         let steady = Route::new("steady", "oracle-small", provider(steady))
             .with_deadlines(patient)
-            .with_continuation(ContinuationMode::Instruct);
+            .with_continuation(ContinuationMode::Instruct)
+            .with_overlap(OverlapMode::Always);
         let events = broadcast::channel(EVENT_CAPACITY).0;
         let splicers = vec![
             Splicer::with_events(

@@ -65,6 +65,10 @@ pub enum EventKind {
         /// Boxed: every event pays for its largest variant.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         deadlines: Option<Box<Deadlines>>,
+        /// The route had been seen echoing this model's continuations in this
+        /// mode, so its short echoes are trimmed (a replay must know it too).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        seen_echoing: bool,
     },
     /// The oldest turns were dropped so the request fits the route's context
     /// window (just before that attempt's `attempt_opened`).

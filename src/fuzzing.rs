@@ -22,7 +22,7 @@
 use std::path::Path;
 
 use crate::config::Config;
-use crate::overlap::{OverlapTrim, MAX_OVERLAP, MIN_OVERLAP};
+use crate::overlap::{Evidence, OverlapMode, OverlapTrim, ECHO_WORDS, MAX_OVERLAP, MIN_OVERLAP};
 use crate::provider::sse::{SseDecoder, SseError, SseEvent, SseLimits};
 use crate::provider::tool_calls::{self as calls, ToolCallBudget, MAX_TOOL_CALLS, MAX_TOOL_CALL_BYTES};
 use crate::provider::{anthropic, openai, Chunk};
@@ -92,67 +92,105 @@ fn overlap_input(data: &[u8]) -> (String, Vec<String>) {
 
 /// The overlap rule of [`crate::overlap`], applied to the whole continuation at once,
 /// written from the module docs independently of the streaming code.
-pub fn overlap_reference(prefix: &str, continuation: &str) -> String {
+pub fn overlap_reference(prefix: &str, continuation: &str, evidence: Evidence) -> String {
     if prefix.is_empty() {
         return continuation.to_string();
     }
-    let mut from = prefix.len().saturating_sub(MAX_OVERLAP);
-    while !prefix.is_char_boundary(from) {
-        from += 1;
-    }
-    let tail = &prefix[from..];
-    let body = continuation.trim_start();
-    let bytes = tail.as_bytes();
-    let word_start = |s: usize| {
-        if s == 0 {
-            from == 0
-        } else {
-            bytes[s - 1].is_ascii_whitespace() && !bytes[s].is_ascii_whitespace()
-        }
+    let white = &prefix[prefix.trim_end_matches(|c: char| c.is_ascii_whitespace()).len()..];
+    let body = match continuation.strip_prefix(white) {
+        Some(rest) if !white.is_empty() => rest,
+        _ => continuation,
     };
-    let longest = (0..tail.len())
-        .filter(|&s| tail.len() - s >= MIN_OVERLAP && word_start(s))
-        .map(|s| &tail[s..])
+    let bytes = prefix.as_bytes();
+    let glued = !prefix.ends_with(char::is_whitespace);
+    let is_echo = |s: usize| {
+        let candidate = &prefix[s..];
+        if evidence.setting == OverlapMode::Off {
+            return false;
+        }
+        if s == 0 {
+            return true; // a restart
+        }
+        let word_start = bytes[s - 1].is_ascii_whitespace() && !bytes[s].is_ascii_whitespace();
+        if !word_start || s + MAX_OVERLAP < prefix.len() || candidate.len() < MIN_OVERLAP {
+            return false;
+        }
+        let words = candidate.split_ascii_whitespace().count();
+        // A line said again: the candidate spans a line break, and the cut's
+        // line began (up to the cut) with what stands before it on its own line.
+        let lines = candidate.rfind('\n').is_some_and(|i| {
+            let head = &candidate[i + 1..];
+            prefix[..s]
+                .strip_suffix(head)
+                .is_some_and(|line| line.is_empty() || line.ends_with('\n'))
+        });
+        evidence.setting == OverlapMode::Always || glued || (words >= ECHO_WORDS && !lines) || evidence.seen_echoing
+    };
+    // Longest first: the first confirmed echo from the prefix's start.
+    let echo = (0..prefix.len())
+        .filter(|&s| prefix.is_char_boundary(s) && is_echo(s))
+        .map(|s| &prefix[s..])
         .find(|candidate| body.starts_with(candidate));
-    match longest {
+    match echo {
         Some(repeat) => body[repeat.len()..].to_string(),
-        None if tail.ends_with(char::is_whitespace) => body.to_string(),
-        None => continuation.to_string(),
+        None => body.to_string(),
     }
 }
 
-/// [`OverlapTrim`] on an arbitrary prefix and arbitrary deltas: no panic, the
-/// output is what the rule says whatever the split, and is a suffix of the continuation.
+/// Every combination of route setting and learned fact the trim can run under.
+const EVIDENCE: [Evidence; 4] = [
+    Evidence {
+        setting: OverlapMode::Auto,
+        seen_echoing: false,
+    },
+    Evidence {
+        setting: OverlapMode::Auto,
+        seen_echoing: true,
+    },
+    Evidence {
+        setting: OverlapMode::Off,
+        seen_echoing: false,
+    },
+    Evidence {
+        setting: OverlapMode::Always,
+        seen_echoing: false,
+    },
+];
+
+/// [`OverlapTrim`] on an arbitrary prefix and arbitrary deltas, under every
+/// setting: no panic, the output is what the rule says whatever the split, and
+/// is a suffix of the continuation.
 pub fn overlap(data: &[u8]) {
     let (prefix, deltas) = overlap_input(data);
     let continuation = deltas.concat();
-    let mut trim = OverlapTrim::new(&prefix);
-    let mut out = String::new();
-    for delta in deltas {
-        out.push_str(&trim.push(delta));
+    for evidence in EVIDENCE {
+        let mut trim = OverlapTrim::new(&prefix, evidence);
+        let mut out = String::new();
+        for delta in &deltas {
+            out.push_str(&trim.push(delta.clone()));
+        }
+        out.push_str(&trim.finish());
+        assert!(!trim.holding(), "text still held after finish");
+        assert!(
+            continuation.ends_with(&out),
+            "the output {out:?} is not what is left of the continuation {continuation:?}"
+        );
+        let whole = crate::overlap::trim(&prefix, &continuation, evidence);
+        assert_eq!(
+            out, whole,
+            "streamed and whole trims differ for {prefix:?} + {continuation:?} ({evidence:?})"
+        );
+        let expected = overlap_reference(&prefix, &continuation, evidence);
+        assert_eq!(
+            out, expected,
+            "the trim breaks the rule for {prefix:?} + {continuation:?} ({evidence:?})"
+        );
+        let dropped = continuation.len() - out.len();
+        assert!(
+            dropped <= 2 * prefix.len(),
+            "dropped {dropped} bytes, more than the seam's whitespace and a restart"
+        );
     }
-    out.push_str(&trim.finish());
-    assert!(!trim.holding(), "text still held after finish");
-    assert!(
-        continuation.ends_with(&out),
-        "the output {out:?} is not what is left of the continuation {continuation:?}"
-    );
-    let whole = crate::overlap::trim(&prefix, &continuation);
-    assert_eq!(
-        out, whole,
-        "streamed and whole trims differ for {prefix:?} + {continuation:?}"
-    );
-    let expected = overlap_reference(&prefix, &continuation);
-    assert_eq!(
-        out, expected,
-        "the trim breaks the rule for {prefix:?} + {continuation:?}"
-    );
-    let dropped = continuation.len() - out.len();
-    let lead = continuation.len() - continuation.trim_start().len();
-    assert!(
-        dropped <= lead + MAX_OVERLAP,
-        "dropped {dropped} bytes, more than the lead whitespace and a repeat"
-    );
 }
 
 /// What every secret [`config`] reads from its environment starts with.

@@ -31,6 +31,8 @@ pub struct RouteHealth {
     recorded: Option<Mutex<VecDeque<Option<Deadlines>>>>,
     /// The route rejected a prefill once: every later continuation on it is by instruction.
     no_prefill: AtomicBool,
+    /// The (upstream model, mode) pairs an unambiguous echo was seen from: their short echoes are trimmed.
+    echoes: Mutex<Vec<(String, ContinuationMode)>>,
 }
 
 /// Where retry decisions come from.
@@ -93,6 +95,7 @@ impl RouteHealth {
             gaps: Mutex::new(GapSample::default()),
             recorded: None,
             no_prefill: AtomicBool::new(false),
+            echoes: Mutex::new(Vec::new()),
         }
     }
 
@@ -106,6 +109,7 @@ impl RouteHealth {
             gaps: Mutex::new(GapSample::default()),
             recorded: None,
             no_prefill: AtomicBool::new(false),
+            echoes: Mutex::new(Vec::new()),
         }
     }
 
@@ -193,6 +197,19 @@ impl RouteHealth {
     /// Remembers that the route rejects prefill, for every later session.
     pub fn remember_no_prefill(&self) {
         self.no_prefill.store(true, Ordering::Relaxed);
+    }
+
+    /// Remembers that `model` on this route echoes the prefix when continuing in `mode`.
+    pub fn remember_echo(&self, model: &str, mode: ContinuationMode) {
+        let mut echoes = lock(&self.echoes);
+        if !echoes.iter().any(|(m, k)| m == model && *k == mode) {
+            echoes.push((model.to_string(), mode));
+        }
+    }
+
+    /// Whether `model` on this route has been seen echoing in `mode`.
+    pub fn seen_echoing(&self, model: &str, mode: ContinuationMode) -> bool {
+        lock(&self.echoes).iter().any(|(m, k)| m == model && *k == mode)
     }
 
     /// The breaker's state now.

@@ -13,6 +13,7 @@ use crate::failure::{FailureClass, FailureKind};
 use crate::health::RouteHealth;
 use crate::hedge::HedgePolicy;
 use crate::loopguard::LoopConfig;
+use crate::overlap::OverlapMode;
 use crate::provider::Provider;
 use crate::rules::Rules;
 use crate::safe_reply::SafeReply;
@@ -41,6 +42,8 @@ pub struct Route {
     pub health: Arc<RouteHealth>,
     /// Its price in dollars per 1k tokens, for a ladder's cost ceiling.
     pub price_per_1k: Option<f64>,
+    /// When a repeat at the seam is taken for an echo and trimmed.
+    pub overlap: OverlapMode,
 }
 
 impl Route {
@@ -57,6 +60,7 @@ impl Route {
             context_tokens: 128_000,
             health: Arc::new(RouteHealth::default()),
             price_per_1k: None,
+            overlap: OverlapMode::Auto,
         }
     }
 
@@ -78,6 +82,12 @@ impl Route {
         self
     }
 
+    /// The same route with the overlap setting `overlap`.
+    pub fn with_overlap(mut self, overlap: OverlapMode) -> Self {
+        self.overlap = overlap;
+        self
+    }
+
     /// The same route with a context window of `tokens`.
     pub fn with_context(mut self, tokens: u32) -> Self {
         self.context_tokens = tokens;
@@ -94,6 +104,7 @@ impl std::fmt::Debug for Route {
             .field("deadlines", &self.deadlines)
             .field("adaptive", &self.adaptive)
             .field("context_tokens", &self.context_tokens)
+            .field("overlap", &self.overlap)
             .finish_non_exhaustive()
     }
 }

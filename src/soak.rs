@@ -295,6 +295,8 @@ provider = "openai"
 base_url = "http://{steady}/v1"
 model = "oracle-small"
 continuation = "instruct"
+# It echoes a word on every continuation: one word after a space is otherwise ambiguous, and kept.
+overlap = "always"
 ttft_ms = 5000
 stall_ms = 2000
 total_ms = 60000

@@ -20,9 +20,11 @@ use tokio::time::Instant;
 use baton::oracle::fault::{FaultPlan, FaultScript};
 use baton::oracle::{self, Style};
 use baton::provider::mock::MockProvider;
-use baton::provider::{ChunkStream, Provider, UpstreamRequest};
+use baton::provider::{Chunk, ChunkStream, Provider, UpstreamRequest};
 use baton::splice::{Collected, Completion, SpliceError};
-use baton::{ChatRequest, ClientItem, ContinuationMode, FailureClass, Ladder, Message, Role, Route, Splicer};
+use baton::{
+    ChatRequest, ClientItem, ContinuationMode, FailureClass, FailureKind, Ladder, Message, Role, Route, Splicer,
+};
 
 // ---------------------------------------------------------------- fixtures
 
@@ -68,13 +70,23 @@ struct World {
     splicer: Splicer,
 }
 
+///
+/// An echoing fallback has been seen echoing before (in both modes): a
+/// one-word echo after a space is otherwise as likely a genuine repeat, and
+/// kept. The seam matrix below shows how a fresh route learns it.
 fn world(primary: &str, fallback: &str, mode: ContinuationMode, style: Style) -> World {
     let p = mock(primary, Style::default());
     let f = mock(fallback, style);
     let s = mock("none", Style::default());
+    let fallback = Route::new("fallback", "oracle-small", f.clone()).with_continuation(mode);
+    if style.repeat_words > 0 {
+        for mode in MODES {
+            fallback.health.remember_echo("oracle-small", mode);
+        }
+    }
     let splicer = Splicer::new(Ladder::new(vec![
         Route::new("primary", "oracle-big", p.clone()),
-        Route::new("fallback", "oracle-small", f.clone()).with_continuation(mode),
+        fallback,
         Route::new("spare", "oracle-spare", s.clone()),
     ]));
     World {
@@ -303,6 +315,307 @@ async fn extra_space_at_a_word_boundary() {
         }
     }
     assert_eq!(cases, 5 * 3 * 2 * 2 * 3);
+}
+
+// ------------------------------------------------------------- the seam
+
+/// A primary that streams its answer exactly up to byte `at` (in the oracle's
+/// chunks) and then drops, so a cut lands anywhere, not only at a chunk's end.
+struct CutAt(usize);
+
+impl Provider for CutAt {
+    fn stream(&self, request: UpstreamRequest) -> ChunkStream {
+        let answer = oracle::answer(&request.messages);
+        let text = answer[..self.0].to_string();
+        let chunks: Vec<Result<Chunk, FailureKind>> = std::iter::once(Chunk::Opened)
+            .chain(
+                oracle::chunks(&text, oracle::conversation_hash(&request.messages))
+                    .into_iter()
+                    .map(|c| Chunk::Text(c.to_string())),
+            )
+            .map(Ok)
+            .collect();
+        Box::pin(futures::stream::iter(chunks))
+    }
+}
+
+/// A fallback whose whole continuation arrives as one delta.
+struct Whole(Arc<MockProvider>);
+
+impl Provider for Whole {
+    fn stream(&self, request: UpstreamRequest) -> ChunkStream {
+        let inner = self.0.stream(request);
+        Box::pin(futures::stream::once(inner.collect::<Vec<_>>()).flat_map(|items| {
+            let mut out: Vec<Result<Chunk, FailureKind>> = Vec::new();
+            for item in items {
+                match (item, out.last_mut()) {
+                    (Ok(Chunk::Text(t)), Some(Ok(Chunk::Text(all)))) => all.push_str(&t),
+                    (item, _) => out.push(item),
+                }
+            }
+            futures::stream::iter(out)
+        }))
+    }
+}
+
+/// Cut points at the answer's genuine repeats: where the text goes on with
+/// what it just said (after the first of two words, around its space, between
+/// two equal lines, inside the second), and at a phrase said again.
+fn repeat_cuts(answer: &str) -> Vec<usize> {
+    let b = answer.as_bytes();
+    let word_start = |s: usize| s == 0 || (b[s - 1].is_ascii_whitespace() && !b[s].is_ascii_whitespace());
+    let mut cuts = Vec::new();
+    for at in 1..answer.len() {
+        if !answer.is_char_boundary(at) {
+            continue;
+        }
+        let next = &answer[at..];
+        let after_space = next.strip_prefix([' ', '\n']).unwrap_or(next);
+        let repeats = (at.saturating_sub(40)..at)
+            .filter(|&s| answer.is_char_boundary(s) && word_start(s))
+            .any(|s| next.starts_with(&answer[s..at]) || after_space.starts_with(&answer[s..at]));
+        // A phrase said again: the next dozen bytes were said before.
+        let again =
+            word_start(at) && next.len() >= 12 && next.is_char_boundary(12) && answer[..at].contains(&next[..12]);
+        if repeats || again {
+            cuts.push(at);
+        }
+    }
+    cuts
+}
+
+/// The fallback styles of the seam matrix: not echoing, echoing one word or
+/// three, echoing one word after giving the seam's whitespace back.
+const SEAM_STYLES: [Style; 4] = [
+    Style {
+        repeat_words: 0,
+        extra_space: false,
+    },
+    Style {
+        repeat_words: 1,
+        extra_space: false,
+    },
+    Style {
+        repeat_words: 3,
+        extra_space: false,
+    },
+    Style {
+        repeat_words: 1,
+        extra_space: true,
+    },
+];
+
+/// One route learning by itself: a fallback in `mode`/`style`, whole or streamed.
+struct Seam {
+    health: Arc<baton::health::RouteHealth>,
+    fallback: Arc<MockProvider>,
+    mode: ContinuationMode,
+    style: Style,
+    whole: bool,
+}
+
+impl Seam {
+    fn new(mode: ContinuationMode, style: Style, whole: bool) -> Self {
+        let fallback = mock("none", style);
+        Seam {
+            health: Arc::default(),
+            fallback,
+            mode,
+            style,
+            whole,
+        }
+    }
+
+    /// The client's text when the primary is cut after `at` bytes of `messages`' answer.
+    async fn cut(&self, messages: &[Message], at: usize) -> Collected {
+        let provider: Arc<dyn Provider> = if self.whole {
+            Arc::new(Whole(self.fallback.clone()))
+        } else {
+            self.fallback.clone()
+        };
+        let mut fallback = Route::new("fallback", "oracle-small", provider).with_continuation(self.mode);
+        fallback.health = self.health.clone();
+        let splicer = Splicer::new(Ladder::new(vec![
+            Route::new("primary", "oracle-big", Arc::new(CutAt(at))),
+            fallback,
+        ]));
+        splicer.collect(request(messages)).await
+    }
+
+    fn case(&self, conv: usize, at: usize, answer: &str) -> String {
+        let before: String = answer[..at]
+            .chars()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        let after: String = answer[at..].chars().take(20).collect();
+        format!(
+            "conv={conv} cut={at} {before:?}|{after:?} mode={:?} style={:?} whole={}",
+            self.mode, self.style, self.whole
+        )
+    }
+
+    /// Cuts at `at` and checks the client ends with exactly the oracle's answer.
+    async fn exact(&self, conv: usize, messages: &[Message], at: usize) {
+        let answer = oracle::answer(messages);
+        let case = self.case(conv, at, &answer);
+        let done = self.cut(messages, at).await;
+        assert_eq!(done.text, answer, "[{case}] the client text is not the oracle's answer");
+        let c = completion(&done, &case);
+        assert_eq!(labels(c), vec![("primary", "truncated")], "[{case}]");
+        assert_eq!(c.route_chain, vec!["primary", "fallback"], "[{case}]");
+    }
+
+    /// An echoing route proves it echoes on a cut inside a word (an echo glued
+    /// to the prefix): from then on its short echoes are trimmed.
+    async fn learn(&self, conv: usize, messages: &[Message]) {
+        if self.style.repeat_words == 0 {
+            return;
+        }
+        let answer = oracle::answer(messages);
+        // Four bytes into a word of at least six, after the first 40 bytes.
+        let at = answer
+            .char_indices()
+            .map(|(i, _)| i)
+            .find(|&i| {
+                i > 40
+                    && answer[..i]
+                        .rsplit(' ')
+                        .next()
+                        .is_some_and(|w| w.len() == 4 && w.is_ascii())
+                    && answer[i..]
+                        .split(' ')
+                        .next()
+                        .is_some_and(|rest| rest.len() >= 2 && rest.is_ascii())
+            })
+            .unwrap_or_else(|| panic!("conv={conv}: no word to cut inside"));
+        assert!(
+            !self.health.seen_echoing("oracle-small", self.mode),
+            "conv={conv}: learned too early"
+        );
+        self.exact(conv, messages, at).await;
+        assert!(
+            self.health.seen_echoing("oracle-small", self.mode),
+            "conv={conv} at={at} style={:?}: a glued echo was not remembered",
+            self.style
+        );
+    }
+}
+
+/// The oracle's answers repeat themselves genuinely; the primary is cut
+/// exactly at each repeat, and fallbacks that echo and that do not, in both
+/// modes, streamed and whole, continue it: the client ends with the oracle's
+/// answer byte for byte. Nothing is lost at a genuine repeat (a non-echoing
+/// fallback's continuation starts with it) and nothing doubled (an echo of it
+/// is trimmed, once the route was seen echoing).
+#[tokio::test(start_paused = true)]
+async fn cuts_at_genuine_repeats_lose_and_double_nothing() {
+    let mut cases = 0;
+    for (conv, messages) in conversations().iter().enumerate() {
+        let answer = oracle::answer(messages);
+        let cuts = repeat_cuts(&answer);
+        assert!(
+            cuts.len() >= 8,
+            "conv={conv}: the answer hardly repeats itself: {answer:?}"
+        );
+        for mode in MODES {
+            for style in SEAM_STYLES {
+                for whole in [false, true] {
+                    let seam = Seam::new(mode, style, whole);
+                    seam.learn(conv, messages).await;
+                    for &at in &cuts {
+                        seam.exact(conv, messages, at).await;
+                        cases += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(cases >= 5 * 16 * 8, "{cases}");
+}
+
+/// The answer's kinds of repeat are all there to be cut at.
+#[test]
+fn the_oracle_repeats_words_phrases_and_lines() {
+    let answers: Vec<String> = conversations().iter().map(|m| oracle::answer(m)).collect();
+    let all = answers.concat();
+    let words: Vec<&str> = all.split([' ', '\n']).collect();
+    assert!(
+        words.windows(2).any(|w| w[0] == w[1] && w[0].len() >= 4),
+        "no word said twice in a row"
+    );
+    let lines: Vec<&str> = all.split('\n').collect();
+    assert!(
+        lines.windows(2).any(|l| l[0] == l[1] && l[0].starts_with("- ")),
+        "no list line said twice"
+    );
+    assert!(
+        lines.windows(2).any(|l| l[0] == l[1] && l[0].starts_with("    ")),
+        "no code line said twice"
+    );
+    for a in &answers {
+        assert!(!repeat_cuts(a).is_empty(), "{a:?}");
+    }
+}
+
+/// A prefix of 1–3 bytes, continued by a fallback that restarts the answer
+/// (an echoing style repeats the whole prefix when it is that short) or that
+/// continues it: never `RRéponse`, never a lost letter.
+#[tokio::test(start_paused = true)]
+async fn a_prefix_of_one_to_three_bytes_is_restarted_or_continued_exactly() {
+    let mut cases = 0;
+    for (conv, messages) in conversations().iter().enumerate() {
+        let answer = oracle::answer(messages);
+        let cuts: Vec<usize> = (1..=3).filter(|&at| answer.is_char_boundary(at)).collect();
+        for mode in MODES {
+            for style in SEAM_STYLES {
+                for whole in [false, true] {
+                    for &at in &cuts {
+                        // A fresh route each time: a restart is evidence by itself.
+                        let seam = Seam::new(mode, style, whole);
+                        seam.exact(conv, messages, at).await;
+                        cases += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(cases >= 5 * 16, "{cases}");
+}
+
+/// Where one continuation cannot tell an echo from a genuine repeat (a word
+/// said again after the prefix's space), a route never seen echoing keeps the
+/// text; once it has proved an echo, the same cut is trimmed.
+#[tokio::test(start_paused = true)]
+async fn an_ambiguous_echo_is_kept_until_the_route_is_seen_echoing() {
+    for (conv, messages) in conversations().iter().enumerate() {
+        let answer = oracle::answer(messages);
+        // After a word and its space, where the next word is a different one.
+        let Some(at) = (20..answer.len()).find(|&i| {
+            answer.is_char_boundary(i)
+                && answer[..i].ends_with(' ')
+                && !answer[..i - 1].ends_with(|c: char| !c.is_alphanumeric())
+                && answer[..i - 1]
+                    .rsplit(' ')
+                    .next()
+                    .is_some_and(|w| w.len() >= 4 && !answer[i..].starts_with(w))
+        }) else {
+            panic!("conv={conv}: no word to cut after");
+        };
+        let seam = Seam::new(ContinuationMode::Instruct, SEAM_STYLES[1], false);
+        let last = answer[..at - 1].rsplit(' ').next().unwrap_or_default();
+        let done = seam.cut(messages, at).await;
+        let kept = format!("{}{last} {}", &answer[..at], &answer[at..]);
+        assert_eq!(
+            done.text, kept,
+            "conv={conv}: a one-word echo after a space is ambiguous, so kept"
+        );
+        seam.learn(conv, messages).await;
+        seam.exact(conv, messages, at).await;
+    }
 }
 
 // ------------------------------------------------- before-headers faults

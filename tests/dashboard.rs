@@ -48,6 +48,7 @@ fn opened(route: &str, attempt: u32, prefix_bytes: u64) -> EventKind {
             continue_final_message: false,
         },
         deadlines: None,
+        seen_echoing: false,
     }
 }
 

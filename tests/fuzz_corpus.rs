@@ -86,10 +86,33 @@ fn tool_calls_corpus() {
 
 #[test]
 fn the_overlap_reference_follows_the_documented_rule() {
-    use baton::fuzzing::overlap_reference as rule;
+    use baton::fuzzing::overlap_reference;
+    use baton::overlap::{Evidence, OverlapMode};
+    let auto = Evidence::default();
+    let seen = Evidence {
+        seen_echoing: true,
+        ..auto
+    };
+    let off = Evidence {
+        setting: OverlapMode::Off,
+        ..auto
+    };
+    let rule = |p: &str, c: &str| overlap_reference(p, c, auto);
     assert_eq!(rule("the quick brown", "quick brown fox"), " fox");
     assert_eq!(rule("the quick bro", "quick brown fox"), "wn fox");
     assert_eq!(rule("and I said no", " no, never"), " no, never");
     assert_eq!(rule("hello ", " world"), "world");
     assert_eq!(rule("", "  anything"), "  anything");
+    // A genuine repeat is kept; an ambiguous one too, until the route is seen echoing.
+    assert_eq!(rule("nickel violet", " violet raven"), " violet raven");
+    assert_eq!(rule("nickel violet ", "violet raven"), "violet raven");
+    assert_eq!(
+        overlap_reference("nickel violet ", "violet violet raven", seen),
+        "violet raven"
+    );
+    // A restart, whatever its length; nothing with `off`.
+    assert_eq!(rule("R", "Réponse"), "éponse");
+    assert_eq!(overlap_reference("R", "Réponse", off), "Réponse");
+    // Indentation after a line break is text.
+    assert_eq!(rule("x = 1;\n", "    y = 2;"), "    y = 2;");
 }

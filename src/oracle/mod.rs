@@ -130,37 +130,112 @@ pub fn conversation_hash(messages: &[Message]) -> u64 {
     h
 }
 
-/// The oracle's full answer to `conversation`: a few hundred bytes of sentences.
+/// The oracle's full answer to `conversation`: a few hundred bytes of sentences
+/// that repeat themselves as real text does, so the overlap trim is tested
+/// against genuine repeats: a word said twice (`violet violet`), a phrase said
+/// again in a later sentence, and a list or code block with a line repeated.
+///
+/// Repeats come at most twice in a row (no `w w w`, no line three times),
+/// and the answer never opens with one: those are the shapes an echo takes.
 pub fn answer(conversation: &[Message]) -> String {
     let mut rng = SplitMix::new(conversation_hash(conversation));
     let target = 300 + rng.below(300) as usize;
-    let mut out = String::new();
-    let mut recent: Vec<usize> = Vec::new();
+    let mut text = Text::default();
     let mut in_sentence = 0;
-    while out.len() < target {
-        // No word twice within ten words: keeps the text free of short periods.
-        let word = loop {
-            let w = rng.below(WORDS.len() as u64) as usize;
-            if !recent.contains(&w) {
-                break w;
+    while text.out.len() < target {
+        if in_sentence == 0 && !text.out.is_empty() {
+            match rng.below(6) {
+                0 => {
+                    text.block(&mut rng);
+                    continue;
+                }
+                1 => text.phrase_again(&mut rng),
+                _ => {}
             }
-        };
-        recent.push(word);
-        if recent.len() > 10 {
-            recent.remove(0);
         }
-        if !out.is_empty() {
-            out.push(' ');
-        }
-        out.push_str(WORDS[word]);
+        let word = text.fresh(&mut rng);
+        text.say(word);
         in_sentence += 1;
+        // A word said twice in a row, now and then (never the answer's first).
+        if text.said.len() > 1 && rng.below(7) == 0 {
+            text.say(word);
+        }
         if in_sentence >= 5 && rng.below(4) == 0 {
-            out.push(if rng.below(3) == 0 { ',' } else { '.' });
+            text.out.push(if rng.below(3) == 0 { ',' } else { '.' });
+            text.sentences.push(text.said.len());
             in_sentence = 0;
         }
     }
-    out.push('.');
-    out
+    text.out.push('.');
+    text.out
+}
+
+/// An answer being written.
+#[derive(Default)]
+struct Text {
+    out: String,
+    /// Every word said, in order (indices into [`WORDS`]).
+    said: Vec<usize>,
+    /// Where each finished sentence ends in `said`.
+    sentences: Vec<usize>,
+}
+
+impl Text {
+    /// A word not among the last ten said: keeps the text free of short periods.
+    fn fresh(&self, rng: &mut SplitMix) -> usize {
+        loop {
+            let w = rng.below(WORDS.len() as u64) as usize;
+            if !self.said.iter().rev().take(10).any(|&r| r == w) {
+                return w;
+            }
+        }
+    }
+
+    fn say(&mut self, word: usize) {
+        if !self.out.is_empty() && !self.out.ends_with('\n') {
+            self.out.push(' ');
+        }
+        self.out.push_str(WORDS[word]);
+        self.said.push(word);
+    }
+
+    /// Says again two to four words of an earlier sentence (a sentence apart, so never back to back).
+    fn phrase_again(&mut self, rng: &mut SplitMix) {
+        let Some(&end) = self.sentences.iter().rev().nth(1).or(self.sentences.first()) else {
+            return;
+        };
+        let len = 2 + rng.below(3) as usize;
+        if end < len {
+            return;
+        }
+        let from = rng.below((end - len + 1) as u64) as usize;
+        let phrase: Vec<usize> = self.said[from..from + len].to_vec();
+        for w in phrase {
+            self.say(w);
+        }
+    }
+
+    /// A list or code block of two to four lines, one of them twice in a row, then a new line.
+    fn block(&mut self, rng: &mut SplitMix) {
+        let code = rng.below(2) == 0;
+        let lines = 2 + rng.below(3) as usize;
+        let twice = rng.below(lines as u64) as usize;
+        self.out.push('\n');
+        for i in 0..lines {
+            let (a, b) = (self.fresh(rng), self.fresh(rng));
+            let line = if code {
+                format!("    {} = {};\n", WORDS[a], WORDS[b])
+            } else {
+                format!("- {} {}\n", WORDS[a], WORDS[b])
+            };
+            self.said.extend([a, b]);
+            self.out.push_str(&line);
+            if i == twice {
+                self.out.push_str(&line);
+            }
+        }
+        self.sentences.push(self.said.len());
+    }
 }
 
 /// How the oracle phrases a continuation.
@@ -168,7 +243,8 @@ pub fn answer(conversation: &[Message]) -> String {
 pub struct Style {
     /// Repeat this many of the prefix's last words before continuing (0: none).
     pub repeat_words: usize,
-    /// Start the continuation with a space even when the prefix ends with one.
+    /// Start the continuation with the prefix's trailing whitespace again, as
+    /// after a provider stripped it from a prefill.
     pub extra_space: bool,
 }
 
@@ -205,26 +281,36 @@ pub fn reply(messages: &[Message], style: Style) -> Reply {
             prefill,
         };
     }
-    let start = repeat_start(&full, prefix.len(), style.repeat_words);
-    let mut text = String::new();
-    if style.extra_space && !prefix.is_empty() && prefix.ends_with(' ') {
-        text.push(' ');
+    Reply {
+        text: continuation(&full, prefix.len(), style),
+        prefill,
     }
-    text.push_str(&full[start..]);
-    Reply { text, prefill }
+}
+
+/// What the oracle streams to continue `full[..at]` in `style`.
+pub fn continuation(full: &str, at: usize, style: Style) -> String {
+    let prefix = &full[..at];
+    let mut text = String::new();
+    if style.extra_space {
+        text.push_str(&prefix[prefix.trim_end_matches(|c: char| c.is_ascii_whitespace()).len()..]);
+    }
+    text.push_str(&full[repeat_start(full, at, style.repeat_words)..]);
+    text
 }
 
 /// Where a continuation of `full[..at]` starts when it repeats the last `words` words.
 ///
 /// A repeat always starts at a word start and is at least [`MIN_OVERLAP`]
-/// bytes long (more words are taken if needed): shorter echoes are what the
-/// overlap trim keeps as genuine text, so the oracle never produces one.
+/// bytes long (more words are taken if needed), or is the whole prefix — a
+/// restart, as an instruct model does after a prefix of a few bytes. Shorter
+/// echoes are what the overlap trim keeps as genuine text, so the oracle never
+/// produces one.
 pub fn repeat_start(full: &str, at: usize, words: usize) -> usize {
     if words == 0 || at == 0 {
         return at;
     }
     let bytes = full.as_bytes();
-    let is_word_start = |p: usize| p == 0 || (bytes[p - 1] == b' ' && bytes[p] != b' ');
+    let is_word_start = |p: usize| p == 0 || (bytes[p - 1].is_ascii_whitespace() && !bytes[p].is_ascii_whitespace());
     let mut start = at;
     let mut taken = 0;
     while start > 0 && (taken < words || at - start < MIN_OVERLAP) {
@@ -234,7 +320,7 @@ pub fn repeat_start(full: &str, at: usize, words: usize) -> usize {
         }
         taken += 1;
     }
-    if at - start < MIN_OVERLAP {
+    if start > 0 && at - start < MIN_OVERLAP {
         at
     } else {
         start
@@ -307,7 +393,8 @@ mod tests {
         assert_eq!(repeat_start(full, 13, 1), 6);
         assert_eq!(repeat_start(full, 16, 1), 11);
         assert_eq!(repeat_start(full, 16, 2), 6);
-        assert_eq!(repeat_start(full, 2, 1), 2);
+        // A prefix too short for a repeat is restarted whole.
+        assert_eq!(repeat_start(full, 2, 1), 0);
     }
 
     #[test]

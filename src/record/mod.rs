@@ -826,6 +826,7 @@ mod tests {
                     continue_final_message: false,
                 },
                 deadlines: None,
+                seen_echoing: false,
             },
         );
         scrub(&mut e);

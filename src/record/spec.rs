@@ -16,6 +16,7 @@ use crate::deadline::Adaptive;
 use crate::hedge::HedgePolicy;
 use crate::ladder::{Ladder, RetryPolicy, Route};
 use crate::loopguard::LoopConfig;
+use crate::overlap::OverlapMode;
 use crate::provider::Provider;
 use crate::request::{ChatRequest, Message};
 use crate::safe_reply::SafeReply;
@@ -76,6 +77,9 @@ pub struct RouteSpec {
     /// How its deadlines adapt (absent: fixed, as in recordings made before they could).
     #[serde(default, skip_serializing_if = "Adaptive::is_fixed")]
     pub adaptive: Adaptive,
+    /// When a repeat at the seam is trimmed (absent: `auto`).
+    #[serde(default, skip_serializing_if = "OverlapMode::is_auto")]
+    pub overlap: OverlapMode,
 }
 
 /// The ladder's retry policy.
@@ -159,6 +163,7 @@ impl RouteSpec {
             total: route.deadlines.total,
             context_tokens: route.context_tokens,
             adaptive: route.adaptive,
+            overlap: route.overlap,
         }
     }
 
@@ -177,7 +182,8 @@ impl RouteSpec {
             .with_continuation(self.continuation)
             .with_deadlines(self.deadlines())
             .with_context(self.context_tokens)
-            .with_adaptive(self.adaptive);
+            .with_adaptive(self.adaptive)
+            .with_overlap(self.overlap);
         route.continue_final_message = self.continue_final_message;
         route
     }

@@ -575,6 +575,8 @@ pub struct Plan {
     pub cached: Option<(bool, CachedAnswer)>,
     /// Routes already known, when the session began, to reject prefill.
     pub no_prefill: Vec<String>,
+    /// (route, model, mode) already known, when the session began, to echo.
+    pub echoes: Vec<(String, String, ContinuationMode)>,
     /// The hedge delays used, by the number of the attempt that was hedged.
     pub hedges: std::collections::HashMap<u32, Duration>,
     /// The recorded transcript.
@@ -698,6 +700,7 @@ pub fn plan(session: &RecordedSession) -> Result<Plan, Outcome> {
     Ok(Plan {
         cached: cached_answer(&session.events),
         no_prefill: known_no_prefill(spec, &session.events),
+        echoes: known_echoes(&session.events),
         hedges,
         session: session.id,
         ladder: ladder.clone(),
@@ -724,6 +727,29 @@ fn known_no_prefill(spec: &LadderSpec, events: &[EngineEvent]) -> Vec<String> {
                 .any(|r| r.name == *route && r.continuation == ContinuationMode::Prefill);
             if seen.insert(route.clone()) && prefill && *mode == ContinuationMode::Instruct {
                 known.push(route.clone());
+            }
+        }
+    }
+    known
+}
+
+/// (route, model, mode) whose first attempt in the session opened already
+/// knowing it echoes: an earlier session had taught the route.
+fn known_echoes(events: &[EngineEvent]) -> Vec<(String, String, ContinuationMode)> {
+    let mut seen = std::collections::HashSet::new();
+    let mut known = Vec::new();
+    for e in events {
+        if let EventKind::AttemptOpened {
+            route,
+            model,
+            mode,
+            seen_echoing,
+            ..
+        } = &e.kind
+        {
+            let key = (route.clone(), model.clone(), *mode);
+            if seen.insert(key.clone()) && *seen_echoing {
+                known.push(key);
             }
         }
     }
@@ -978,6 +1004,9 @@ pub async fn redrive(plan: &Plan) -> Redriven {
         route.health = Arc::new(crate::health::RouteHealth::scripted(answers).with_recorded_deadlines(deadlines));
         if plan.no_prefill.iter().any(|r| *r == *route.name) {
             route.health.remember_no_prefill();
+        }
+        for (_, model, mode) in plan.echoes.iter().filter(|(r, _, _)| *r == *route.name) {
+            route.health.remember_echo(model, *mode);
         }
     }
     // Hedge when the recording did, after the recorded delay: a re-drive has no first-token history.

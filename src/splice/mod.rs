@@ -28,7 +28,7 @@ use crate::hedge::Side;
 use crate::ladder::{AttemptState, Decision, Ladder, Route};
 use crate::loopguard::{Loop, LoopGuard};
 use crate::oracle::SplitMix;
-use crate::overlap::OverlapTrim;
+use crate::overlap::{Evidence, OverlapTrim, Proof};
 use crate::provider::UpstreamRequest;
 use crate::record::spec::{LadderSpec, RequestSpec};
 use crate::request::{ChatRequest, Message, Usage};
@@ -308,7 +308,7 @@ impl Splicer {
                 session.settle(route, &mut attempt, ended.as_ref().err());
                 match ended {
                     Ok(reason) => {
-                        let rest = attempt.trim.finish();
+                        let rest = attempt.finish_trim();
                         for item in session.deliver(&attempt, rest) {
                             yield item;
                         }
@@ -449,6 +449,10 @@ struct Attempt {
     permit: Option<Permit>,
     watchdog: Watchdog,
     trim: OverlapTrim,
+    /// How it continues the prefix: what an echo it proves is remembered for.
+    mode: continuation::ContinuationMode,
+    /// Whether its trim's verdict was already looked at.
+    learned: bool,
     opened: Instant,
     tokens: u64,
     usage: Option<Usage>,
@@ -473,6 +477,23 @@ impl Attempt {
                 ttft_ms: ttft.as_millis() as u64,
             });
         }
-        self.trim.push(text)
+        let out = self.trim.push(text);
+        self.learn();
+        out
+    }
+
+    /// The attempt finished: releases what the trim still held.
+    fn finish_trim(&mut self) -> String {
+        let out = self.trim.finish();
+        self.learn();
+        out
+    }
+
+    /// An echo the continuation proved by itself teaches the route that this model echoes.
+    fn learn(&mut self) {
+        if !self.learned && self.trim.dropped() == Some(Proof::Proved) {
+            self.learned = true;
+            self.health.remember_echo(&self.model, self.mode);
+        }
     }
 }

@@ -41,6 +41,10 @@ impl<'r> Session<'r> {
         };
         // Decided once, here, and recorded: a replay re-drives with these, not with a history it lacks.
         let deadlines = crate::deadline::decide(route, &upstream.messages);
+        let evidence = Evidence {
+            setting: route.overlap,
+            seen_echoing: route.health.seen_echoing(&model, state.mode),
+        };
         if self.log.listened() {
             self.log.emit(EventKind::AttemptOpened {
                 route: route.name.to_string(),
@@ -50,6 +54,7 @@ impl<'r> Session<'r> {
                 prefix_bytes: self.emitted.len() as u64,
                 request: upstream.clone(),
                 deadlines: Some(Box::new(deadlines)),
+                seen_echoing: evidence.seen_echoing,
             });
         }
         let (permit, stream) = if let Some(broken) = too_small.or_else(|| rules.check(route, &upstream)) {
@@ -67,7 +72,9 @@ impl<'r> Session<'r> {
             number: self.attempts,
             permit,
             watchdog: crate::deadline::watchdog(route, stream, deadlines),
-            trim: OverlapTrim::new(&self.emitted),
+            trim: OverlapTrim::new(&self.emitted, evidence),
+            mode: state.mode,
+            learned: false,
             opened: Instant::now(),
             tokens: 0,
             usage: None,

@@ -152,6 +152,7 @@ impl Session {
                 let (failures, outcome) = match error {
                     SpliceError::Refused { failures, .. } => (failures, "refused"),
                     SpliceError::Exhausted { failures, .. } => (failures, "failed"),
+                    SpliceError::Local { failures, .. } => (failures, "local"),
                 };
                 metrics.failures(failures);
                 self.outcome = outcome;
@@ -330,7 +331,7 @@ impl Pump {
             ClientItem::Failed(error) => {
                 // Text was already sent: end with an error, never with [DONE].
                 let _ = self
-                    .send(wire::error_event(&error.to_string(), "all_routes_failed"))
+                    .send(wire::error_event(&error.to_string(), wire::splice_error_code(&error)))
                     .await;
                 Sent::Stop
             }

@@ -74,6 +74,13 @@ impl ApiError {
                 code: "content_policy_violation",
                 retry_after: None,
             },
+            SpliceError::Local { .. } => ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: error.to_string(),
+                kind: "server_error",
+                code: LOCAL_EXHAUSTED,
+                retry_after: Some(1),
+            },
             SpliceError::Exhausted { .. } => ApiError {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 message: error.to_string(),
@@ -82,6 +89,17 @@ impl ApiError {
                 retry_after: None,
             },
         }
+    }
+}
+
+/// The code of a session baton's own resource limits ended.
+pub const LOCAL_EXHAUSTED: &str = "local_resources_exhausted";
+
+/// The error event code of a streamed session that ended with `error` after text was sent.
+pub fn splice_error_code(error: &SpliceError) -> &'static str {
+    match error {
+        SpliceError::Local { .. } => LOCAL_EXHAUSTED,
+        SpliceError::Refused { .. } | SpliceError::Exhausted { .. } => "all_routes_failed",
     }
 }
 

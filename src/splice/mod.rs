@@ -121,6 +121,17 @@ pub enum SpliceError {
         /// Bytes the client had received.
         emitted_bytes: u64,
     },
+    /// baton ran out of its own resources (descriptors, memory, local ports)
+    /// opening an attempt; no route was blamed and none other was tried.
+    #[error("baton is out of local resources ({resource}); retry shortly")]
+    Local {
+        /// Which resource ran out (see [`FailureKind::LocalResources`]).
+        resource: String,
+        /// Every failed attempt, the local one last.
+        failures: Vec<Failure>,
+        /// Bytes the client had received.
+        emitted_bytes: u64,
+    },
     /// Every route failed.
     #[error("every route failed: {}", list(failures))]
     Exhausted {
@@ -345,6 +356,16 @@ impl Splicer {
                                 let failures = std::mem::take(&mut session.failures);
                                 let error = SpliceError::Refused { route: route.name.to_string(), message: refusal(&kind), failures, emitted_bytes: session.sent };
                                 yield session.fail(error);
+                                return;
+                            }
+                            Decision::Local => {
+                                tracing::warn!(route = %route.name, "local resources exhausted, the session ends without blaming the route: {kind}");
+                                let resource = match &kind {
+                                    FailureKind::LocalResources { resource, .. } => resource.clone(),
+                                    other => other.label().to_string(),
+                                };
+                                let failures = std::mem::take(&mut session.failures);
+                                yield session.fail(SpliceError::Local { resource, failures, emitted_bytes: session.sent });
                                 return;
                             }
                             Decision::Exhausted => {

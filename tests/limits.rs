@@ -729,3 +729,202 @@ async fn a_panic_inside_a_session_is_that_clients_error_only() {
     .await;
     recovers(&proxy).await;
 }
+
+/// A `baton serve` child process: its address, and its stderr lines as they come.
+struct Child {
+    child: std::process::Child,
+    addr: SocketAddr,
+    stderr: std::sync::mpsc::Receiver<String>,
+    _config: TempConfig,
+}
+
+/// A config file that is removed with it.
+struct TempConfig(std::path::PathBuf);
+
+impl Drop for TempConfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Child {
+    /// Starts `baton serve` on `toml` (which must listen on 127.0.0.1:0) and waits for its address.
+    fn start(toml: &str, tag: &str) -> Child {
+        use std::io::BufRead;
+        let path = std::env::temp_dir().join(format!("baton-limits-{}-{tag}.toml", std::process::id()));
+        std::fs::write(&path, toml).expect("write the config");
+        let config = TempConfig(path);
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(["serve", "--config"])
+            .arg(&config.0)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start baton serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the address");
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split("/v1").next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        let (lines, stderr) = std::sync::mpsc::channel();
+        let err = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                if lines.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Child {
+            child,
+            addr,
+            stderr,
+            _config: config,
+        }
+    }
+
+    fn signal(&self, signal: i32) {
+        let pid = i32::try_from(self.child.id()).expect("a pid");
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill({pid}, {signal})");
+    }
+
+    /// Waits for a stderr line containing `text`.
+    fn stderr_says(&self, text: &str) {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return,
+                Ok(_) => {}
+                Err(e) => panic!("no stderr line with {text:?} within {PATIENCE:?}: {e}"),
+            }
+        }
+    }
+
+    /// Waits up to `limit` for the process to exit: its status and how long it took.
+    async fn exits_within(&mut self, limit: Duration) -> (std::process::ExitStatus, Duration) {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return (status, started.elapsed());
+            }
+            assert!(started.elapsed() < limit, "still running {limit:?} after the signal");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// An upstream that reads each request, reports it on the channel, and then never answers.
+async fn silent_upstream() -> (String, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    let (arrived, arrivals) = tokio::sync::mpsc::unbounded_channel();
+    let url = support::raw_upstream(move |mut socket, _, _| {
+        let arrived = arrived.clone();
+        async move {
+            let _ = arrived.send(());
+            let mut sink = [0u8; 1024];
+            while matches!(socket.read(&mut sink).await, Ok(k) if k > 0) {}
+        }
+    })
+    .await;
+    (url, arrivals)
+}
+
+/// A server on 127.0.0.1:0 with `server` settings, whose one ladder `chat`
+/// goes to `upstream` with deadlines far beyond any test.
+fn patient_config(server: &str, upstream: &str) -> String {
+    format!(
+        r#"
+        [server]
+        listen = "127.0.0.1:0"
+        {server}
+        [[route]]
+        name = "silent"
+        provider = "openai"
+        base_url = "{upstream}"
+        model = "m"
+        ttft_ms = 600000
+        stall_ms = 600000
+        total_ms = 600000
+        [[ladder]]
+        name = "chat"
+        routes = ["silent"]
+        "#
+    )
+}
+
+/// Sends `body` to `addr` in the background; the status, `Retry-After` and body it got.
+fn send_chat(addr: SocketAddr, body: Value) -> tokio::task::JoinHandle<(u16, Option<String>, String)> {
+    tokio::spawn(async move {
+        let response = reqwest::Client::new()
+            .post(format!("http://{addr}/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .await
+            .expect("an answer");
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        (status, retry_after, response.text().await.unwrap_or_default())
+    })
+}
+
+#[tokio::test]
+async fn at_shutdown_requests_still_waiting_end_by_the_grace_with_a_503() {
+    let (upstream, mut arrivals) = silent_upstream().await;
+    let mut server = Child::start(&patient_config("shutdown_grace_ms = 500", &upstream), "grace");
+    // One request waits for a whole answer, one for a stream's first token.
+    let whole = send_chat(server.addr, chat("chat", "whole", false));
+    let streamed = send_chat(server.addr, chat("chat", "streamed", true));
+    for _ in 0..2 {
+        timeout(PATIENCE, arrivals.recv())
+            .await
+            .expect("both requests upstream");
+    }
+    server.signal(libc::SIGTERM);
+    // The grace, the last words, and a margin for a loaded machine.
+    let (status, took) = server.exits_within(Duration::from_millis(500) + PATIENCE).await;
+    assert!(status.success(), "{status:?}");
+    assert!(
+        took >= Duration::from_millis(500),
+        "exited after {took:?}, before the grace was over"
+    );
+    for (what, answer) in [("whole", whole), ("streamed", streamed)] {
+        let (status, retry_after, body) = timeout(PATIENCE, answer).await.expect("answered").expect("task");
+        assert_eq!(status, 503, "{what}: {body}");
+        assert_eq!(retry_after.as_deref(), Some("1"), "{what}");
+        let body: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{what}: {body}: {e}"));
+        assert_eq!(body["error"]["code"], "server_shutdown", "{what}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn a_second_signal_during_the_grace_exits_at_once() {
+    for (first, second, code) in [(libc::SIGTERM, libc::SIGTERM, 143), (libc::SIGTERM, libc::SIGINT, 130)] {
+        let (upstream, mut arrivals) = silent_upstream().await;
+        let mut server = Child::start(&patient_config("shutdown_grace_ms = 600000", &upstream), "second");
+        let _waiting = send_chat(server.addr, chat("chat", "second", false));
+        timeout(PATIENCE, arrivals.recv()).await.expect("the request upstream");
+        server.signal(first);
+        server.stderr_says("shutting down");
+        server.signal(second);
+        let (status, _) = server.exits_within(PATIENCE).await;
+        assert_eq!(status.code(), Some(code), "{status:?}");
+    }
+}

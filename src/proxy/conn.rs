@@ -58,18 +58,25 @@ pub struct ConnLimits {
 
 /// Serves `router` on `listener` until `shutdown` completes, then stops
 /// accepting, lets every connection finish its requests in flight (idle ones
-/// close at once), and returns when the last connection is gone.
+/// close at once), and returns when the last connection is gone, or once
+/// `kill` completes, dropping the connections still open.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ConnLimits,
     closed: Family<ReasonLabels, Counter>,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    kill: impl Future<Output = ()> + Send + 'static,
 ) {
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
+    });
+    let (kill_tx, kill_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        kill.await;
+        let _ = kill_tx.send(true);
     });
     // Every connection task holds a receiver; the sender's `closed` says all are gone.
     let (alive_tx, alive_rx) = watch::channel(());
@@ -94,6 +101,7 @@ pub async fn serve(
             limits,
             closed.clone(),
             stop_rx.clone(),
+            kill_rx.clone(),
             alive_rx.clone(),
         ));
     }
@@ -122,6 +130,7 @@ async fn connection(
     limits: ConnLimits,
     closed: Family<ReasonLabels, Counter>,
     mut stop: watch::Receiver<bool>,
+    mut kill: watch::Receiver<bool>,
     _alive: watch::Receiver<()>,
 ) {
     let state = Arc::new(ConnState::new());
@@ -156,6 +165,11 @@ async fn connection(
             why = std::future::poll_fn(|cx| watcher.poll_expired(cx)) => {
                 tracing::debug!("closing a connection: {}", why.as_str());
                 closed.get_or_create(&ReasonLabels { reason: why.as_str().to_string() }).inc();
+                return;
+            }
+            // Past the grace and the last words: whatever is still open goes.
+            _ = kill.wait_for(|kill| *kill) => {
+                closed.get_or_create(&ReasonLabels { reason: "shutdown".to_string() }).inc();
                 return;
             }
             _ = stop.wait_for(|stop| *stop), if !draining => {

@@ -49,6 +49,10 @@ use metrics::Metrics;
 use session::{Guarded, Session};
 use wire::ApiError;
 
+/// After the grace period, how long the sessions it ended have to write their
+/// error to their clients before every connection still open is dropped.
+const LAST_WORDS: Duration = Duration::from_secs(1);
+
 /// Where the server is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
@@ -165,7 +169,9 @@ pub fn router(config: &Config, phase: watch::Receiver<Phase>) -> (Router, Arc<Ap
 }
 
 /// Serves `config` on `listener` until `shutdown` completes, then drains:
-/// streams in flight may finish for `config.shutdown_grace`, then end with an error event.
+/// sessions in flight may finish for `config.shutdown_grace`; then streams
+/// under way end with an error event, every other request gets a 503, and
+/// after [`LAST_WORDS`] the connections still open are dropped.
 pub async fn serve(
     listener: TcpListener,
     config: &Config,
@@ -194,15 +200,20 @@ pub async fn serve(
         write_stall: config.limits.write_stall_timeout,
     };
     let closed = state.metrics.connections_closed.clone();
-    conn::serve(listener, router, limits, closed, async move {
+    let mut stopped = state.phase.clone();
+    let kill = async move {
+        reached(&mut stopped, Phase::Stopped).await;
+        tokio::time::sleep(LAST_WORDS).await;
+    };
+    let drain = async move {
         shutdown.await;
         let _ = phase_tx.send(Phase::Draining);
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
             let _ = phase_tx.send(Phase::Stopped);
         });
-    })
-    .await;
+    };
+    conn::serve(listener, router, limits, closed, drain, kill).await;
     if let Some(recorder) = recorder {
         let stats = recorder.finish().await;
         if stats.dropped > 0 || stats.write_errors > 0 {
@@ -215,7 +226,15 @@ pub async fn serve(
 }
 
 async fn chat(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    match chat_inner(&state, request).await {
+    // Whatever the request is waiting for (its body, a first token, a whole
+    // answer), the end of the grace period ends it; a stream already under
+    // way is ended by its pump instead, with an error event.
+    let mut phase = state.phase.clone();
+    let served = tokio::select! {
+        served = chat_inner(&state, request) => served,
+        () = reached(&mut phase, Phase::Stopped) => Err(ApiError::shutting_down()),
+    };
+    match served {
         Ok(response) => response,
         Err(error) => {
             state.metrics.reject(error.code);

@@ -380,7 +380,7 @@ impl Pump {
         self.session.outcome = "failed";
         self.end(wire::server_error_event(
             "baton is shutting down; the answer is incomplete",
-            "server_shutdown",
+            wire::SHUTTING_DOWN,
         ));
     }
 

@@ -48,6 +48,17 @@ impl ApiError {
         }
     }
 
+    /// The 503 for a request still unanswered when the shutdown grace ran out.
+    pub fn shutting_down() -> Self {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: "baton is shutting down (server.shutdown_grace_ms is over); retry on another instance".into(),
+            kind: "server_error",
+            code: SHUTTING_DOWN,
+            retry_after: Some(1),
+        }
+    }
+
     /// The 500 for a session that panicked before any of its answer was sent.
     pub fn internal() -> Self {
         ApiError {
@@ -91,6 +102,9 @@ impl ApiError {
         }
     }
 }
+
+/// The code of a session the end of the shutdown grace ended (HTTP error and error event alike).
+pub const SHUTTING_DOWN: &str = "server_shutdown";
 
 /// The code of a session baton's own resource limits ended.
 pub const LOCAL_EXHAUSTED: &str = "local_resources_exhausted";

@@ -928,3 +928,86 @@ async fn a_second_signal_during_the_grace_exits_at_once() {
         assert_eq!(status.code(), Some(code), "{status:?}");
     }
 }
+
+/// Asserts that `body` is an OpenAI-style error with `code`.
+fn assert_api_error(body: &[u8], code: &str) {
+    let text = String::from_utf8_lossy(body);
+    let error: Value = serde_json::from_slice(body).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"));
+    assert_eq!(error["error"]["code"], code, "{text}");
+    assert!(error["error"]["type"].is_string(), "{text}");
+    assert!(
+        error["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let _serial = SERIAL.lock().await;
+    let toml = config("api_key_env = \"LIMITS_KEY\"", "");
+    let proxy = Serve::new(&toml).env("LIMITS_KEY", "s3cret").start().await;
+    let client = reqwest::Client::new();
+    for scheme in ["bearer", "BEARER", "Bearer", "bEaReR"] {
+        let response = client
+            .post(proxy.url("/v1/chat/completions"))
+            .header("authorization", format!("{scheme} s3cret"))
+            .json(&chat("ok", scheme, false))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 200, "{scheme}");
+    }
+    let wrong = client
+        .post(proxy.url("/v1/chat/completions"))
+        .header("authorization", "basic s3cret")
+        .json(&chat("ok", "basic", false))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(wrong.status(), 401);
+}
+
+#[tokio::test]
+async fn a_declared_body_over_the_limit_gets_413_at_once() {
+    let _serial = SERIAL.lock().await;
+    // A header read timeout longer than any wait here: a 408 cannot come in time.
+    let proxy = start("max_body_bytes = 1024\nheader_read_timeout_ms = 600000", "").await;
+    let mut raw = Raw::connect(proxy.addr).await;
+    raw.send(b"POST /v1/chat/completions HTTP/1.1\r\nhost: baton\r\ncontent-type: application/json\r\ncontent-length: 1048576\r\n\r\n")
+        .await;
+    let (head, body) = raw.response().await;
+    assert_eq!(head.status, 413);
+    assert_api_error(&body, "request_too_large");
+    recovers(&proxy).await;
+}
+
+#[tokio::test]
+async fn a_wrong_method_gets_a_json_405() {
+    let _serial = SERIAL.lock().await;
+    let proxy = start("", "").await;
+    let response = reqwest::get(proxy.url("/v1/chat/completions")).await.expect("request");
+    assert_eq!(response.status(), 405);
+    assert_api_error(&response.bytes().await.expect("body"), "method_not_allowed");
+}
+
+#[tokio::test]
+async fn a_head_with_too_many_headers_gets_a_json_431() {
+    let _serial = SERIAL.lock().await;
+    let proxy = start("", "").await;
+    let mut raw = Raw::connect(proxy.addr).await;
+    // A good request first: the bad one comes on a connection that already had an answer.
+    raw.send(b"GET /healthz HTTP/1.1\r\nhost: baton\r\n\r\n").await;
+    let (ok, body) = raw.response().await;
+    assert_eq!((ok.status, &body[..]), (200, &b"ok\n"[..]));
+    let mut head = String::from("GET /healthz HTTP/1.1\r\nhost: baton\r\n");
+    for i in 0..200 {
+        head.push_str(&format!("x-filler-{i}: {i}\r\n"));
+    }
+    head.push_str("\r\n");
+    raw.send(head.as_bytes()).await;
+    let (head, body) = raw.response().await;
+    assert_eq!(head.status, 431);
+    assert_eq!(head.header("content-type"), Some("application/json"));
+    assert_api_error(&body, "request_header_fields_too_large");
+    recovers(&proxy).await;
+}

@@ -43,6 +43,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
+use super::auto_reply;
 use super::metrics::ReasonLabels;
 
 /// The per-connection limits (see the module docs).
@@ -134,10 +135,7 @@ async fn connection(
     _alive: watch::Receiver<()>,
 ) {
     let state = Arc::new(ConnState::new());
-    let io = TokioIo::new(WatchedIo {
-        inner: tcp,
-        state: state.clone(),
-    });
+    let io = TokioIo::new(WatchedIo::new(tcp, state.clone()));
     let service = ConnService {
         inner: TowerToHyperService::new(router),
         state: state.clone(),
@@ -215,6 +213,8 @@ struct ConnState {
     wait_from: AtomicU64,
     /// Since when writes have been blocked, or [`NOT_BLOCKED`].
     blocked_from: AtomicU64,
+    /// Requests handed to the service; a response head beyond them is hyper's own answer.
+    requests: AtomicUsize,
 }
 
 impl ConnState {
@@ -226,6 +226,7 @@ impl ConnState {
             reading_head: AtomicBool::new(false),
             wait_from: AtomicU64::new(0),
             blocked_from: AtomicU64::new(NOT_BLOCKED),
+            requests: AtomicUsize::new(0),
         }
     }
 
@@ -260,6 +261,7 @@ impl ConnState {
 
     fn request_started(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
         self.reading_head.store(false, Ordering::Relaxed);
         InFlight(self.clone())
     }
@@ -316,10 +318,17 @@ impl Watcher {
     }
 }
 
-/// The socket, reporting reads and blocked writes to the connection's state.
+/// The socket, reporting reads and blocked writes to the connection's state,
+/// and giving hyper's own error answers a JSON body ([`auto_reply`]).
 struct WatchedIo {
     inner: TcpStream,
     state: Arc<ConnState>,
+    /// Final (not 1xx) response heads written so far.
+    heads: usize,
+    /// The JSON answer being written in place of hyper's, and how much of it is out.
+    reply: Option<(Bytes, usize)>,
+    /// The JSON answer is out: what hyper writes after it is dropped.
+    replaced: bool,
 }
 
 impl AsyncRead for WatchedIo {
@@ -334,15 +343,62 @@ impl AsyncRead for WatchedIo {
 }
 
 impl WatchedIo {
+    fn new(inner: TcpStream, state: Arc<ConnState>) -> Self {
+        WatchedIo {
+            inner,
+            state,
+            heads: 0,
+            reply: None,
+            replaced: false,
+        }
+    }
+
     fn report<T>(&self, polled: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
         self.state.write_blocked(polled.is_pending());
         polled
+    }
+
+    /// Handles a write of `total` bytes starting with `first` when it belongs to
+    /// hyper's own answer (or comes after it); `None` lets it through.
+    fn intercept(&mut self, cx: &mut Context<'_>, first: &[u8], total: usize) -> Option<Poll<io::Result<usize>>> {
+        if self.replaced {
+            return Some(Poll::Ready(Ok(total)));
+        }
+        if self.reply.is_none() && self.heads >= self.state.requests.load(Ordering::Relaxed) {
+            self.reply = Some((auto_reply::replacement(first)?, 0));
+        }
+        let (reply, written) = self.reply.as_mut()?;
+        while *written < reply.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &reply[*written..]) {
+                Poll::Ready(Ok(0)) => return Some(Poll::Ready(Err(io::ErrorKind::WriteZero.into()))),
+                Poll::Ready(Ok(n)) => *written += n,
+                Poll::Ready(Err(e)) => return Some(Poll::Ready(Err(e))),
+                Poll::Pending => return Some(self.report(Poll::Pending)),
+            }
+        }
+        self.reply = None;
+        self.replaced = true;
+        Some(Poll::Ready(Ok(total)))
+    }
+
+    /// Counts a final response head once its first bytes are out.
+    fn count_head(&mut self, first: &[u8], polled: &Poll<io::Result<usize>>) {
+        if matches!(polled, Poll::Ready(Ok(n)) if *n > 0)
+            && first.starts_with(b"HTTP/1.1 ")
+            && !first.starts_with(b"HTTP/1.1 1")
+        {
+            self.heads += 1;
+        }
     }
 }
 
 impl AsyncWrite for WatchedIo {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if let Some(polled) = self.intercept(cx, buf, buf.len()) {
+            return polled;
+        }
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.count_head(buf, &polled);
         self.report(polled)
     }
 
@@ -351,7 +407,13 @@ impl AsyncWrite for WatchedIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        let first: &[u8] = bufs.iter().find(|b| !b.is_empty()).map_or(&[], |b| b);
+        let total = bufs.iter().map(|b| b.len()).sum();
+        if let Some(polled) = self.intercept(cx, first, total) {
+            return polled;
+        }
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.count_head(first, &polled);
         self.report(polled)
     }
 

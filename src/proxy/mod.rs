@@ -16,6 +16,7 @@
 //! buffer with a slow-client limit, and a panic inside one is caught at its
 //! boundary (`session`).
 
+mod auto_reply;
 mod conn;
 pub mod metrics;
 mod session;
@@ -81,6 +82,8 @@ pub struct AppState {
     events: broadcast::Sender<EngineEvent>,
     phase: watch::Receiver<Phase>,
     limits: ServerLimits,
+    /// `server.max_body_bytes`: a body declared larger is refused before it is read.
+    max_body_bytes: usize,
     /// One permit per session served now (`server.max_sessions`).
     slots: Arc<Semaphore>,
 }
@@ -96,10 +99,12 @@ impl AppState {
 
     fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         let Some(key) = &self.api_key else { return Ok(()) };
+        // The scheme is case-insensitive (RFC 9110 §11.1): `bearer` is `Bearer`.
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(|v| v.split_once(' '))
+            .and_then(|(scheme, key)| scheme.eq_ignore_ascii_case("bearer").then(|| key.trim_start()));
         match given {
             Some(given) if constant_time_eq(given.as_bytes(), key.expose().as_bytes()) => Ok(()),
             Some(_) => Err(unauthorized("the API key is wrong")),
@@ -145,6 +150,7 @@ pub fn router(config: &Config, phase: watch::Receiver<Phase>) -> (Router, Arc<Ap
         events,
         phase,
         limits: config.limits,
+        max_body_bytes: config.max_body_bytes,
         slots: Arc::new(Semaphore::new(config.limits.max_sessions.min(Semaphore::MAX_PERMITS))),
     });
     let router = Router::new()
@@ -163,6 +169,16 @@ pub fn router(config: &Config, phase: watch::Receiver<Phase>) -> (Router, Arc<Ap
                 retry_after: None,
             }
         })
+        .method_not_allowed_fallback(|| async {
+            ApiError {
+                status: StatusCode::METHOD_NOT_ALLOWED,
+                message: "this endpoint does not take that method; chat completions are POSTed, the rest are GETs"
+                    .into(),
+                kind: "invalid_request_error",
+                code: "method_not_allowed",
+                retry_after: None,
+            }
+        })
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .with_state(state.clone());
     (router, state)
@@ -171,7 +187,7 @@ pub fn router(config: &Config, phase: watch::Receiver<Phase>) -> (Router, Arc<Ap
 /// Serves `config` on `listener` until `shutdown` completes, then drains:
 /// sessions in flight may finish for `config.shutdown_grace`; then streams
 /// under way end with an error event, every other request gets a 503, and
-/// after [`LAST_WORDS`] the connections still open are dropped.
+/// a second later the connections still open are dropped.
 pub async fn serve(
     listener: TcpListener,
     config: &Config,
@@ -245,6 +261,15 @@ async fn chat(State(state): State<Arc<AppState>>, request: Request) -> Response 
 
 async fn chat_inner(state: &Arc<AppState>, request: Request) -> Result<Response, ApiError> {
     state.authorize(request.headers())?;
+    // A declared length over the limit is refused at once, not after waiting for the body.
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > state.max_body_bytes as u64) {
+        return Err(ApiError::too_large());
+    }
     // The body has the header read timeout too: a client that sent its head
     // and then trickles (or withholds) the body must not hold the connection.
     let limit = state.limits.header_read_timeout;
@@ -265,13 +290,7 @@ async fn chat_inner(state: &Arc<AppState>, request: Request) -> Result<Response,
     };
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError {
-                status: StatusCode::PAYLOAD_TOO_LARGE,
-                message: "the request body is larger than the server's limit (server.max_body_bytes)".into(),
-                kind: "invalid_request_error",
-                code: "request_too_large",
-                retry_after: None,
-            }
+            ApiError::too_large()
         } else {
             ApiError::bad_request("invalid_body", rejection.body_text())
         }

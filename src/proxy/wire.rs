@@ -35,6 +35,17 @@ impl ApiError {
         }
     }
 
+    /// The 413 for a body over `server.max_body_bytes`, declared or sent.
+    pub fn too_large() -> Self {
+        ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: "the request body is larger than the server's limit (server.max_body_bytes)".into(),
+            kind: "invalid_request_error",
+            code: "request_too_large",
+            retry_after: None,
+        }
+    }
+
     /// The 503 past the concurrent-session cap: retry in a second.
     pub fn overloaded(limit: usize) -> Self {
         ApiError {

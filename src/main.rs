@@ -373,7 +373,7 @@ async fn serve(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+    let listener = match baton::proxy::bind(config.listen, config.limits.listen_backlog) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("baton serve: cannot listen on {}: {e}", config.listen);

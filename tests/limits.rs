@@ -1011,3 +1011,76 @@ async fn a_head_with_too_many_headers_gets_a_json_431() {
     assert_api_error(&body, "request_header_fields_too_large");
     recovers(&proxy).await;
 }
+
+#[tokio::test]
+async fn at_the_connection_cap_a_new_client_gets_503_and_idle_connections_are_closed() {
+    let _serial = SERIAL.lock().await;
+    let proxy = start(
+        "max_connections = 4",
+        &mock_ladder("stalls", "fault = \"stall@3\"\nstall_ms = 600000"),
+    )
+    .await;
+    let mut busy = Raw::connect(proxy.addr).await;
+    busy.post(&chat("stalls", "busy", true)).await;
+    read_until_text(&mut busy).await;
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let mut raw = Raw::connect(proxy.addr).await;
+        raw.send(b"GET /healthz HTTP/1.1\r\nhost: baton\r\n\r\n").await;
+        let (head, _) = raw.response().await;
+        assert_eq!(head.status, 200);
+        idle.push(raw);
+    }
+    // Four open: the fifth is answered at once, before its request is read.
+    let mut newcomer = Raw::connect(proxy.addr).await;
+    newcomer.send(b"GET /healthz HTTP/1.1\r\nhost: baton\r\n\r\n").await;
+    let (head, body) = newcomer.response().await;
+    assert_eq!(head.status, 503);
+    assert_eq!(head.header("retry-after"), Some("1"));
+    assert_api_error(&body, "too_many_connections");
+    assert!(newcomer.closed_by_server().await);
+    for (i, raw) in idle.iter_mut().enumerate() {
+        assert!(raw.closed_by_server().await, "idle connection {i} still open");
+    }
+    // The busy stream was left alone, and there is room again.
+    assert_samples(
+        &proxy,
+        &[
+            ("baton_live_sessions", 1.0),
+            ("baton_connections_closed_total{reason=\"shed_idle\"}", 3.0),
+            ("baton_connections_closed_total{reason=\"over_capacity\"}", 1.0),
+        ],
+    )
+    .await;
+    drop(busy);
+    recovers(&proxy).await;
+}
+
+#[tokio::test]
+async fn baton_serve_queues_a_burst_of_connections_it_has_not_accepted_yet() {
+    let upstream = "http://127.0.0.1:9/v1";
+    let mut server = Child::start(&patient_config("", upstream), "backlog");
+    // Stopped, the server accepts nothing: the kernel's queue holds every connection.
+    server.signal(libc::SIGSTOP);
+    let mut burst = Vec::new();
+    for _ in 0..600 {
+        let addr = server.addr;
+        burst.push(tokio::spawn(async move {
+            timeout(PATIENCE, TcpStream::connect(addr)).await
+        }));
+    }
+    let mut connected = Vec::new();
+    let mut failed = 0;
+    for handle in burst {
+        match handle.await.expect("task") {
+            Ok(Ok(stream)) => connected.push(stream),
+            _ => failed += 1,
+        }
+    }
+    server.signal(libc::SIGCONT);
+    assert_eq!(failed, 0, "{failed} of 600 connections were not queued");
+    drop(connected);
+    server.signal(libc::SIGTERM);
+    let (status, _) = server.exits_within(PATIENCE).await;
+    assert!(status.success(), "{status:?}");
+}

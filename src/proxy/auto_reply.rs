@@ -1,8 +1,11 @@
+//! Answers written straight to a socket, outside the router, in the
+//! OpenAI-style JSON every other error of baton has.
+//!
 //! hyper answers a request it cannot parse (400, 414, 431) by itself, before
-//! the router sees it, with an empty body. [`replacement`] gives such an
-//! answer the OpenAI-style JSON body every other error of baton has; the
-//! connection's socket wrapper swaps it in when it sees hyper's head go out
-//! for a request the service never received.
+//! the router sees it, with an empty body: [`replacement`] is the answer the
+//! connection's socket wrapper swaps in when it sees hyper's head go out for
+//! a request the service never received. A connection over the cap gets
+//! [`over_capacity`] before its request is even read.
 
 use bytes::Bytes;
 
@@ -22,21 +25,42 @@ pub fn replacement(head: &[u8]) -> Option<Bytes> {
         ),
         _ => return None,
     };
-    let error = ApiError {
+    Some(render(&ApiError {
         status,
         message: message.to_string(),
         kind: "invalid_request_error",
         code,
         retry_after: None,
-    };
+    }))
+}
+
+/// The whole response for a connection over `server.max_connections`, written before its request is read.
+pub fn over_capacity(limit: usize) -> Bytes {
+    render(&ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        message: format!(
+            "baton has its limit of {limit} client connections open (server.max_connections); retry shortly"
+        ),
+        kind: "server_error",
+        code: "too_many_connections",
+        retry_after: Some(1),
+    })
+}
+
+/// `error` as a whole HTTP/1.1 response that closes the connection.
+fn render(error: &ApiError) -> Bytes {
     let body = error.body().to_string();
+    let retry_after = error
+        .retry_after
+        .map(|secs| format!("retry-after: {secs}\r\n"))
+        .unwrap_or_default();
     let response = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or_default(),
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{retry_after}connection: close\r\n\r\n{body}",
+        error.status.as_u16(),
+        error.status.canonical_reason().unwrap_or_default(),
         body.len()
     );
-    Some(Bytes::from(response))
+    Bytes::from(response)
 }
 
 #[cfg(test)]

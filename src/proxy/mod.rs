@@ -214,8 +214,12 @@ pub async fn serve(
         header_read: config.limits.header_read_timeout,
         keep_alive: config.limits.keep_alive_timeout,
         write_stall: config.limits.write_stall_timeout,
+        max_connections: config.limits.max_connections,
     };
-    let closed = state.metrics.connections_closed.clone();
+    let counters = (
+        state.metrics.connections_closed.clone(),
+        state.metrics.client_connections_open.clone(),
+    );
     let mut stopped = state.phase.clone();
     let kill = async move {
         reached(&mut stopped, Phase::Stopped).await;
@@ -229,7 +233,7 @@ pub async fn serve(
             let _ = phase_tx.send(Phase::Stopped);
         });
     };
-    conn::serve(listener, router, limits, closed, drain, kill).await;
+    conn::serve(listener, router, limits, counters, drain, kill).await;
     if let Some(recorder) = recorder {
         let stats = recorder.finish().await;
         if stats.dropped > 0 || stats.write_errors > 0 {
@@ -323,6 +327,21 @@ async fn chat_inner(state: &Arc<AppState>, request: Request) -> Result<Response,
     } else {
         session::whole(session, stream).await
     }
+}
+
+/// A listener on `addr` with room for `backlog` connections not yet accepted
+/// (`server.listen_backlog`; tokio's `bind` takes 128, too few for a burst).
+pub fn bind(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As tokio's `bind` does: a restarted server can take its port at once.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 /// Resolves once the server has reached `phase` (or its sender is gone).

@@ -78,6 +78,11 @@ pub struct ServerSection {
     pub write_stall_timeout_ms: Option<u64>,
     /// Sessions served at once; past it a request gets 503 with `Retry-After`; default 10000.
     pub max_sessions: Option<usize>,
+    /// Client connections open at once; past it idle ones are closed and a new one gets 503;
+    /// default half the descriptor limit, at most 4096.
+    pub max_connections: Option<usize>,
+    /// The listening socket's backlog of connections not yet accepted; default 1024.
+    pub listen_backlog: Option<u32>,
 }
 
 /// Connection and session limits of the proxy (`[server]`).
@@ -96,6 +101,10 @@ pub struct ServerLimits {
     pub write_stall_timeout: Duration,
     /// Sessions served at once.
     pub max_sessions: usize,
+    /// Client connections open at once: accepting never runs the process out of descriptors.
+    pub max_connections: usize,
+    /// Connections the kernel queues before baton accepts them.
+    pub listen_backlog: u32,
 }
 
 impl Default for ServerLimits {
@@ -106,8 +115,27 @@ impl Default for ServerLimits {
             slow_client_timeout: Duration::from_secs(30),
             write_stall_timeout: Duration::from_secs(60),
             max_sessions: 10_000,
+            max_connections: default_max_connections(),
+            listen_backlog: 1024,
         }
     }
+}
+
+/// Half the process's descriptor limit (the other half is for upstreams,
+/// recordings and the listener), at most 4096; 4096 where the limit is unknown.
+fn default_max_connections() -> usize {
+    descriptor_limit().map_or(4096, |n| (n / 2).clamp(1, 4096))
+}
+
+/// The soft `RLIMIT_NOFILE`, as Linux shows it in `/proc/self/limits`.
+fn descriptor_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// The provider kinds a route can use.
@@ -621,6 +649,10 @@ impl Config {
             l.write_stall_timeout.as_millis()
         ));
         out.push_str(&format!(
+            "connections: {} at once, listen backlog {}\n",
+            l.max_connections, l.listen_backlog
+        ));
+        out.push_str(&format!(
             "client key {}\n",
             if self.api_key.is_some() {
                 "required"
@@ -775,6 +807,16 @@ fn server_limits(s: &ServerSection) -> Result<ServerLimits, (String, String)> {
         Some(n) => n,
         None => defaults.max_sessions,
     };
+    let max_connections = match s.max_connections {
+        Some(0) => return Err(("server.max_connections".into(), "must be above 0".into())),
+        Some(n) => n,
+        None => defaults.max_connections,
+    };
+    let listen_backlog = match s.listen_backlog {
+        Some(0) => return Err(("server.listen_backlog".into(), "must be above 0".into())),
+        Some(n) => n,
+        None => defaults.listen_backlog,
+    };
     Ok(ServerLimits {
         header_read_timeout: ms(
             s.header_read_timeout_ms,
@@ -797,6 +839,8 @@ fn server_limits(s: &ServerSection) -> Result<ServerLimits, (String, String)> {
             defaults.write_stall_timeout,
         )?,
         max_sessions,
+        max_connections,
+        listen_backlog,
     })
 }
 
@@ -1144,6 +1188,8 @@ mod tests {
             "slow_client_timeout_ms",
             "write_stall_timeout_ms",
             "max_sessions",
+            "max_connections",
+            "listen_backlog",
         ] {
             let zero = error(&GOOD.replace("[server]", &format!("[server]\n{key} = 0")));
             assert!(zero.contains(&format!("`server.{key}`: must be above 0")), "{zero}");

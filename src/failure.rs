@@ -3,13 +3,15 @@
 //! The class decides what the ladder does next (see [`crate::ladder`]):
 //! technical failures are retried or handed over, policy failures are never
 //! retried on the same route, business failures move to a route that fits,
-//! quality failures hand over with the prefix cut back.
+//! quality failures hand over with the prefix cut back, and local failures
+//! (baton's own descriptors or memory ran out) end the session without
+//! counting against any route.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// The four failure classes of the seed documents.
+/// The five failure classes of the design.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureClass {
@@ -21,6 +23,8 @@ pub enum FailureClass {
     Business,
     /// The answer itself went bad (a repetition loop).
     Quality,
+    /// baton's own resources ran out (descriptors, memory, local ports): never counted against a route.
+    Local,
 }
 
 impl FailureClass {
@@ -31,6 +35,7 @@ impl FailureClass {
             FailureClass::Policy => "policy",
             FailureClass::Business => "business",
             FailureClass::Quality => "quality",
+            FailureClass::Local => "local",
         }
     }
 }
@@ -190,6 +195,44 @@ pub enum FailureKind {
         /// The provider's message.
         message: String,
     },
+    /// baton could not open the connection for want of its own resources
+    /// (`EMFILE`, `ENFILE`, `ENOMEM`, `EADDRNOTAVAIL`): says nothing of the route.
+    #[error("local resources exhausted ({resource}): {detail}")]
+    LocalResources {
+        /// Which resource ran out: `descriptors`, `memory` or `local_ports`.
+        resource: String,
+        /// Transport error text.
+        detail: String,
+    },
+}
+
+/// `EMFILE` (this process is out of descriptors): 24 on Linux, the BSDs and macOS.
+const EMFILE: i32 = 24;
+/// `ENFILE` (the system is out of descriptors): 23 on Linux, the BSDs and macOS.
+const ENFILE: i32 = 23;
+
+/// The local resource whose exhaustion `error` or any error in its `source()`
+/// chain reports, if one does: such an error is baton's, not the upstream's.
+pub fn local_exhaustion(error: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if let Some(resource) = io_exhaustion(io) {
+                return Some(resource);
+            }
+        }
+        next = e.source();
+    }
+    None
+}
+
+fn io_exhaustion(e: &std::io::Error) -> Option<&'static str> {
+    match (e.raw_os_error(), e.kind()) {
+        (Some(EMFILE | ENFILE), _) => Some("descriptors"),
+        (_, std::io::ErrorKind::OutOfMemory) => Some("memory"),
+        (_, std::io::ErrorKind::AddrNotAvailable) => Some("local_ports"),
+        _ => None,
+    }
 }
 
 fn usd(micros: u64) -> String {
@@ -212,6 +255,7 @@ impl FailureKind {
             | FailureKind::OverCost { .. }
             | FailureKind::ContextTooSmall { .. } => FailureClass::Business,
             FailureKind::Loop { .. } => FailureClass::Quality,
+            FailureKind::LocalResources { .. } => FailureClass::Local,
             _ => FailureClass::Technical,
         }
     }
@@ -241,6 +285,7 @@ impl FailureKind {
             FailureKind::OverCost { .. } => "over_cost",
             FailureKind::ContextTooSmall { .. } => "context_too_small",
             FailureKind::Loop { .. } => "loop",
+            FailureKind::LocalResources { .. } => "local_resources",
         }
     }
 
@@ -340,5 +385,72 @@ pub fn upstream_code(code: &str) -> Option<String> {
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {} ({})", self.route, self.detail, self.class.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error wrapping another, as reqwest wraps hyper's which wraps the socket's.
+    #[derive(Debug)]
+    struct Wrapped(&'static str, Box<dyn std::error::Error + Send + Sync + 'static>);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(self.1.as_ref())
+        }
+    }
+
+    fn chain(raw: i32) -> Wrapped {
+        let io = std::io::Error::from_raw_os_error(raw);
+        Wrapped(
+            "error sending request",
+            Box::new(Wrapped("client error (Connect)", Box::new(io))),
+        )
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn local_exhaustion_is_found_deep_in_the_source_chain() {
+        // Linux's ENFILE, EMFILE, ENOMEM, EADDRNOTAVAIL.
+        for (raw, resource) in [
+            (23, "descriptors"),
+            (24, "descriptors"),
+            (12, "memory"),
+            (99, "local_ports"),
+        ] {
+            assert_eq!(local_exhaustion(&chain(raw)), Some(resource), "errno {raw}");
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn an_upstream_refusing_or_resetting_is_not_local() {
+        // ECONNREFUSED, ECONNRESET, ETIMEDOUT, EHOSTUNREACH.
+        for raw in [111, 104, 110, 113] {
+            assert_eq!(local_exhaustion(&chain(raw)), None, "errno {raw}");
+        }
+        assert_eq!(
+            local_exhaustion(&Wrapped("no io error", Box::new(std::fmt::Error))),
+            None
+        );
+    }
+
+    #[test]
+    fn a_local_failure_is_its_own_class() {
+        let kind = FailureKind::LocalResources {
+            resource: "descriptors".into(),
+            detail: "Too many open files".into(),
+        };
+        assert_eq!(kind.class(), FailureClass::Local);
+        assert_eq!(kind.label(), "local_resources");
+        assert_eq!(FailureClass::Local.as_str(), "local");
     }
 }

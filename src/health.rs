@@ -62,6 +62,12 @@ impl Permit {
     /// Records how the attempt ended; returns the breaker change it caused.
     pub fn settle(mut self, failure: Option<&FailureKind>) -> Option<Transition> {
         self.settled = true;
+        // baton's own exhaustion says nothing of the route, not even that it is
+        // well: the attempt is given back as if never made.
+        if failure.is_some_and(|f| f.class() == FailureClass::Local) {
+            lock(&self.health.breaker).release();
+            return None;
+        }
         // Only failures that say something about the route's health count:
         // a refusal, a context-length miss or a prefill rejection does not.
         let failed = failure.is_some_and(|f| {

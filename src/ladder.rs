@@ -216,6 +216,9 @@ pub enum Decision {
     },
     /// A policy refusal: stop and tell the caller the provider's reason.
     Refuse,
+    /// baton itself ran out of resources: stop, blaming no route (the next
+    /// would meet the same limit, and its health would pay for it).
+    Local,
     /// No route is left.
     Exhausted,
 }
@@ -236,8 +239,10 @@ impl Ladder {
     /// The next step after `failure` on the attempt described by `state`.
     /// `jitter` in `[0, 1)` scales the exponential backoff (full jitter).
     pub fn decide(&self, failure: &FailureKind, state: &AttemptState, jitter: f64) -> Decision {
-        if failure.class() == FailureClass::Policy {
-            return Decision::Refuse;
+        match failure.class() {
+            FailureClass::Policy => return Decision::Refuse,
+            FailureClass::Local => return Decision::Local,
+            _ => {}
         }
         if matches!(failure, FailureKind::PrefillRejected { .. }) && state.mode == ContinuationMode::Prefill {
             return Decision::SwitchToInstruct;
@@ -360,6 +365,18 @@ mod tests {
         assert_eq!(l.decide(&bad, &state(0, 0, false), 0.1), Decision::HandOver { to: 1 });
         let policy = FailureKind::ContentPolicy { message: "no".into() };
         assert_eq!(l.decide(&policy, &state(0, 0, false), 0.1), Decision::Refuse);
+    }
+
+    #[test]
+    fn a_local_failure_stops_without_retry_or_handover() {
+        let l = ladder(&[1000, 1000]);
+        let local = FailureKind::LocalResources {
+            resource: "descriptors".into(),
+            detail: "Too many open files (os error 24)".into(),
+        };
+        for produced_text in [false, true] {
+            assert_eq!(l.decide(&local, &state(0, 0, produced_text), 0.1), Decision::Local);
+        }
     }
 
     #[test]

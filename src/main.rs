@@ -357,6 +357,8 @@ async fn demo(headless: bool, sessions: usize, seed: u64, json: bool, record: Op
 }
 
 async fn mock(port: u16, config: MockConfig) -> ExitCode {
+    // Before the address is printed: whoever reads it may signal at once.
+    let signals = Signals::listen();
     let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
         Ok(l) => l,
         Err(e) => {
@@ -371,11 +373,13 @@ async fn mock(port: u16, config: MockConfig) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    run(listener, config, shutdown_signal()).await;
+    run(listener, config, signals.shutdown()).await;
     ExitCode::SUCCESS
 }
 
 async fn serve(path: &std::path::Path) -> ExitCode {
+    // Before the address is printed: whoever reads it may signal at once.
+    let signals = Signals::listen();
     let config = match Config::load(path) {
         Ok(config) => config,
         Err(e) => {
@@ -390,7 +394,7 @@ async fn serve(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+    let listener = match baton::proxy::bind(config.listen, config.limits.listen_backlog) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("baton serve: cannot listen on {}: {e}", config.listen);
@@ -402,7 +406,7 @@ async fn serve(path: &std::path::Path) -> ExitCode {
         "baton serve listening on http://{addr}/v1 (ladders: {})",
         ladder_names(&config)
     );
-    match baton::proxy::serve(listener, &config, shutdown_signal()).await {
+    match baton::proxy::serve(listener, &config, signals.shutdown()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("baton serve: {e}");
@@ -420,28 +424,71 @@ fn ladder_names(config: &Config) -> String {
         .join(", ")
 }
 
-/// SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// The process's SIGINT and SIGTERM, taken over from their default (which ends
+/// the process) as soon as this exists: the first asks for a graceful
+/// shutdown, a second one ends the process at once.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    /// Listens for both signals from now on.
+    fn listen() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Signals {
+                term: signal(SignalKind::terminate()).ok(),
+                int: signal(SignalKind::interrupt()).ok(),
             }
         }
+        #[cfg(not(unix))]
+        {
+            Signals {}
+        }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// The next signal; its exit status were it to end the process (128 + its number).
+    async fn next(&mut self) -> i32 {
+        #[cfg(unix)]
+        {
+            async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) {
+                match signal {
+                    Some(signal) => {
+                        signal.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            if self.term.is_none() && self.int.is_none() {
+                let _ = tokio::signal::ctrl_c().await;
+                return 130;
+            }
+            tokio::select! {
+                () = recv(&mut self.term) => 143,
+                () = recv(&mut self.int) => 130,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            130
+        }
     }
-    eprintln!("baton: shutting down; streams in flight may finish");
+
+    /// Resolves on the first signal; from then on, a second one exits the process at once.
+    async fn shutdown(mut self) {
+        self.next().await;
+        eprintln!("baton: shutting down; streams in flight may finish (a second signal exits at once)");
+        tokio::spawn(async move {
+            let status = self.next().await;
+            eprintln!("baton: second signal: exiting now");
+            std::process::exit(status);
+        });
+    }
 }
 
 /// The demo scenario, continuously, under the live dashboard.

@@ -100,9 +100,10 @@ impl Redactor {
                 status,
                 message: m(message),
             },
-            FailureKind::Rejected { status, message } => FailureKind::Rejected {
+            FailureKind::Rejected { status, message, code } => FailureKind::Rejected {
                 status,
                 message: m(message),
+                code,
             },
             FailureKind::Truncated { detail } => FailureKind::Truncated { detail: detail.map(m) },
             FailureKind::Malformed { detail } => FailureKind::Malformed { detail: m(detail) },

@@ -2,6 +2,7 @@
 //! caller's parts as sent (also when a fallback continues), an Anthropic one
 //! gets them translated, and a part Anthropic cannot take is a 400 naming it
 //! before any upstream is asked.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
 
 mod support;
 

@@ -730,3 +730,358 @@ async fn a_panic_inside_a_session_is_that_clients_error_only() {
     .await;
     recovers(&proxy).await;
 }
+
+/// A `baton serve` child process: its address, and its stderr lines as they come.
+struct Child {
+    child: std::process::Child,
+    addr: SocketAddr,
+    stderr: std::sync::mpsc::Receiver<String>,
+    _config: TempConfig,
+}
+
+/// A config file that is removed with it.
+struct TempConfig(std::path::PathBuf);
+
+impl Drop for TempConfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Child {
+    /// Starts `baton serve` on `toml` (which must listen on 127.0.0.1:0) and waits for its address.
+    fn start(toml: &str, tag: &str) -> Child {
+        use std::io::BufRead;
+        let path = std::env::temp_dir().join(format!("baton-limits-{}-{tag}.toml", std::process::id()));
+        std::fs::write(&path, toml).expect("write the config");
+        let config = TempConfig(path);
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(["serve", "--config"])
+            .arg(&config.0)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start baton serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the address");
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split("/v1").next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        let (lines, stderr) = std::sync::mpsc::channel();
+        let err = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                if lines.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Child {
+            child,
+            addr,
+            stderr,
+            _config: config,
+        }
+    }
+
+    fn signal(&self, signal: i32) {
+        let pid = i32::try_from(self.child.id()).expect("a pid");
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill({pid}, {signal})");
+    }
+
+    /// Waits for a stderr line containing `text`.
+    fn stderr_says(&self, text: &str) {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return,
+                Ok(_) => {}
+                Err(e) => panic!("no stderr line with {text:?} within {PATIENCE:?}: {e}"),
+            }
+        }
+    }
+
+    /// Waits up to `limit` for the process to exit: its status and how long it took.
+    async fn exits_within(&mut self, limit: Duration) -> (std::process::ExitStatus, Duration) {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return (status, started.elapsed());
+            }
+            assert!(started.elapsed() < limit, "still running {limit:?} after the signal");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// An upstream that reads each request, reports it on the channel, and then never answers.
+async fn silent_upstream() -> (String, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    let (arrived, arrivals) = tokio::sync::mpsc::unbounded_channel();
+    let url = support::raw_upstream(move |mut socket, _, _| {
+        let arrived = arrived.clone();
+        async move {
+            let _ = arrived.send(());
+            let mut sink = [0u8; 1024];
+            while matches!(socket.read(&mut sink).await, Ok(k) if k > 0) {}
+        }
+    })
+    .await;
+    (url, arrivals)
+}
+
+/// A server on 127.0.0.1:0 with `server` settings, whose one ladder `chat`
+/// goes to `upstream` with deadlines far beyond any test.
+fn patient_config(server: &str, upstream: &str) -> String {
+    format!(
+        r#"
+        [server]
+        listen = "127.0.0.1:0"
+        {server}
+        [[route]]
+        name = "silent"
+        provider = "openai"
+        base_url = "{upstream}"
+        model = "m"
+        ttft_ms = 600000
+        stall_ms = 600000
+        total_ms = 600000
+        [[ladder]]
+        name = "chat"
+        routes = ["silent"]
+        "#
+    )
+}
+
+/// Sends `body` to `addr` in the background; the status, `Retry-After` and body it got.
+fn send_chat(addr: SocketAddr, body: Value) -> tokio::task::JoinHandle<(u16, Option<String>, String)> {
+    tokio::spawn(async move {
+        let response = reqwest::Client::new()
+            .post(format!("http://{addr}/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .await
+            .expect("an answer");
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        (status, retry_after, response.text().await.unwrap_or_default())
+    })
+}
+
+#[tokio::test]
+async fn at_shutdown_requests_still_waiting_end_by_the_grace_with_a_503() {
+    let (upstream, mut arrivals) = silent_upstream().await;
+    let mut server = Child::start(&patient_config("shutdown_grace_ms = 500", &upstream), "grace");
+    // One request waits for a whole answer, one for a stream's first token.
+    let whole = send_chat(server.addr, chat("chat", "whole", false));
+    let streamed = send_chat(server.addr, chat("chat", "streamed", true));
+    for _ in 0..2 {
+        timeout(PATIENCE, arrivals.recv())
+            .await
+            .expect("both requests upstream");
+    }
+    server.signal(libc::SIGTERM);
+    // The grace, the last words, and a margin for a loaded machine.
+    let (status, took) = server.exits_within(Duration::from_millis(500) + PATIENCE).await;
+    assert!(status.success(), "{status:?}");
+    assert!(
+        took >= Duration::from_millis(500),
+        "exited after {took:?}, before the grace was over"
+    );
+    for (what, answer) in [("whole", whole), ("streamed", streamed)] {
+        let (status, retry_after, body) = timeout(PATIENCE, answer).await.expect("answered").expect("task");
+        assert_eq!(status, 503, "{what}: {body}");
+        assert_eq!(retry_after.as_deref(), Some("1"), "{what}");
+        let body: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{what}: {body}: {e}"));
+        assert_eq!(body["error"]["code"], "server_shutdown", "{what}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn a_second_signal_during_the_grace_exits_at_once() {
+    for (first, second, code) in [(libc::SIGTERM, libc::SIGTERM, 143), (libc::SIGTERM, libc::SIGINT, 130)] {
+        let (upstream, mut arrivals) = silent_upstream().await;
+        let mut server = Child::start(&patient_config("shutdown_grace_ms = 600000", &upstream), "second");
+        let _waiting = send_chat(server.addr, chat("chat", "second", false));
+        timeout(PATIENCE, arrivals.recv()).await.expect("the request upstream");
+        server.signal(first);
+        server.stderr_says("shutting down");
+        server.signal(second);
+        let (status, _) = server.exits_within(PATIENCE).await;
+        assert_eq!(status.code(), Some(code), "{status:?}");
+    }
+}
+
+/// Asserts that `body` is an OpenAI-style error with `code`.
+fn assert_api_error(body: &[u8], code: &str) {
+    let text = String::from_utf8_lossy(body);
+    let error: Value = serde_json::from_slice(body).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"));
+    assert_eq!(error["error"]["code"], code, "{text}");
+    assert!(error["error"]["type"].is_string(), "{text}");
+    assert!(
+        error["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let _serial = SERIAL.lock().await;
+    let toml = config("api_key_env = \"LIMITS_KEY\"", "");
+    let proxy = Serve::new(&toml).env("LIMITS_KEY", "s3cret").start().await;
+    let client = reqwest::Client::new();
+    for scheme in ["bearer", "BEARER", "Bearer", "bEaReR"] {
+        let response = client
+            .post(proxy.url("/v1/chat/completions"))
+            .header("authorization", format!("{scheme} s3cret"))
+            .json(&chat("ok", scheme, false))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 200, "{scheme}");
+    }
+    let wrong = client
+        .post(proxy.url("/v1/chat/completions"))
+        .header("authorization", "basic s3cret")
+        .json(&chat("ok", "basic", false))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(wrong.status(), 401);
+}
+
+#[tokio::test]
+async fn a_declared_body_over_the_limit_gets_413_at_once() {
+    let _serial = SERIAL.lock().await;
+    // A header read timeout longer than any wait here: a 408 cannot come in time.
+    let proxy = start("max_body_bytes = 1024\nheader_read_timeout_ms = 600000", "").await;
+    let mut raw = Raw::connect(proxy.addr).await;
+    raw.send(b"POST /v1/chat/completions HTTP/1.1\r\nhost: baton\r\ncontent-type: application/json\r\ncontent-length: 1048576\r\n\r\n")
+        .await;
+    let (head, body) = raw.response().await;
+    assert_eq!(head.status, 413);
+    assert_api_error(&body, "request_too_large");
+    recovers(&proxy).await;
+}
+
+#[tokio::test]
+async fn a_wrong_method_gets_a_json_405() {
+    let _serial = SERIAL.lock().await;
+    let proxy = start("", "").await;
+    let response = reqwest::get(proxy.url("/v1/chat/completions")).await.expect("request");
+    assert_eq!(response.status(), 405);
+    assert_api_error(&response.bytes().await.expect("body"), "method_not_allowed");
+}
+
+#[tokio::test]
+async fn a_head_with_too_many_headers_gets_a_json_431() {
+    let _serial = SERIAL.lock().await;
+    let proxy = start("", "").await;
+    let mut raw = Raw::connect(proxy.addr).await;
+    // A good request first: the bad one comes on a connection that already had an answer.
+    raw.send(b"GET /healthz HTTP/1.1\r\nhost: baton\r\n\r\n").await;
+    let (ok, body) = raw.response().await;
+    assert_eq!((ok.status, &body[..]), (200, &b"ok\n"[..]));
+    let mut head = String::from("GET /healthz HTTP/1.1\r\nhost: baton\r\n");
+    for i in 0..200 {
+        head.push_str(&format!("x-filler-{i}: {i}\r\n"));
+    }
+    head.push_str("\r\n");
+    raw.send(head.as_bytes()).await;
+    let (head, body) = raw.response().await;
+    assert_eq!(head.status, 431);
+    assert_eq!(head.header("content-type"), Some("application/json"));
+    assert_api_error(&body, "request_header_fields_too_large");
+    recovers(&proxy).await;
+}
+
+#[tokio::test]
+async fn at_the_connection_cap_a_new_client_gets_503_and_idle_connections_are_closed() {
+    let _serial = SERIAL.lock().await;
+    let proxy = start(
+        "max_connections = 4",
+        &mock_ladder("stalls", "fault = \"stall@3\"\nstall_ms = 600000"),
+    )
+    .await;
+    let mut busy = Raw::connect(proxy.addr).await;
+    busy.post(&chat("stalls", "busy", true)).await;
+    read_until_text(&mut busy).await;
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let mut raw = Raw::connect(proxy.addr).await;
+        raw.send(b"GET /healthz HTTP/1.1\r\nhost: baton\r\n\r\n").await;
+        let (head, _) = raw.response().await;
+        assert_eq!(head.status, 200);
+        idle.push(raw);
+    }
+    // Four open: the fifth is answered at once, before its request is read.
+    let mut newcomer = Raw::connect(proxy.addr).await;
+    newcomer.send(b"GET /healthz HTTP/1.1\r\nhost: baton\r\n\r\n").await;
+    let (head, body) = newcomer.response().await;
+    assert_eq!(head.status, 503);
+    assert_eq!(head.header("retry-after"), Some("1"));
+    assert_api_error(&body, "too_many_connections");
+    assert!(newcomer.closed_by_server().await);
+    for (i, raw) in idle.iter_mut().enumerate() {
+        assert!(raw.closed_by_server().await, "idle connection {i} still open");
+    }
+    // The busy stream was left alone, and there is room again.
+    assert_samples(
+        &proxy,
+        &[
+            ("baton_live_sessions", 1.0),
+            ("baton_connections_closed_total{reason=\"shed_idle\"}", 3.0),
+            ("baton_connections_closed_total{reason=\"over_capacity\"}", 1.0),
+        ],
+    )
+    .await;
+    drop(busy);
+    recovers(&proxy).await;
+}
+
+#[tokio::test]
+async fn baton_serve_queues_a_burst_of_connections_it_has_not_accepted_yet() {
+    let upstream = "http://127.0.0.1:9/v1";
+    let mut server = Child::start(&patient_config("", upstream), "backlog");
+    // Stopped, the server accepts nothing: the kernel's queue holds every connection.
+    server.signal(libc::SIGSTOP);
+    let mut burst = Vec::new();
+    for _ in 0..600 {
+        let addr = server.addr;
+        burst.push(tokio::spawn(async move {
+            timeout(PATIENCE, TcpStream::connect(addr)).await
+        }));
+    }
+    let mut connected = Vec::new();
+    let mut failed = 0;
+    for handle in burst {
+        match handle.await.expect("task") {
+            Ok(Ok(stream)) => connected.push(stream),
+            _ => failed += 1,
+        }
+    }
+    server.signal(libc::SIGCONT);
+    assert_eq!(failed, 0, "{failed} of 600 connections were not queued");
+    drop(connected);
+    server.signal(libc::SIGTERM);
+    let (status, _) = server.exits_within(PATIENCE).await;
+    assert!(status.success(), "{status:?}");
+}

@@ -2,6 +2,7 @@
 //! server refuses (foreign `Host`, cross-origin browsers, non-JSON POSTs),
 //! what the feed redacts, and a recording directory that cannot take
 //! recordings (refused before listening, losses counted, partial files gone).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
 
 mod support;
 

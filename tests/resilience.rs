@@ -13,7 +13,8 @@ use baton::health::RouteHealth;
 use baton::oracle::fault::{FaultPlan, FaultScript};
 use baton::oracle::{answer, Style};
 use baton::provider::mock::MockProvider;
-use baton::{ChatRequest, EventKind, Ladder, Message, Role, Route, Splicer};
+use baton::splice::SpliceError;
+use baton::{ChatRequest, EventKind, FailureClass, FailureKind, Ladder, Message, Role, Route, Splicer};
 
 fn mock(fault: &str) -> Arc<MockProvider> {
     Arc::new(MockProvider::new(
@@ -167,4 +168,46 @@ async fn a_route_that_rejected_prefill_is_continued_by_instruction_from_then_on(
         support::verify_events(&session),
         baton::record::verify::Outcome::Ok { partial: false }
     );
+}
+
+/// An upstream attempt that fails the way a connect fails when baton is out of descriptors.
+struct OutOfDescriptors(std::sync::atomic::AtomicUsize);
+
+impl baton::provider::Provider for OutOfDescriptors {
+    fn stream(&self, _request: baton::provider::UpstreamRequest) -> baton::provider::ChunkStream {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let kind = FailureKind::LocalResources {
+            resource: "descriptors".into(),
+            detail: "error sending request: client error (Connect): Too many open files (os error 24)".into(),
+        };
+        Box::pin(futures::stream::once(async move { Err(kind) }))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn local_exhaustion_never_opens_a_breaker_nor_walks_the_ladder() {
+    let primary = Arc::new(OutOfDescriptors(Default::default()));
+    let fallback = mock("none");
+    let ladder = Ladder::new(vec![
+        Route::new("primary", "p", primary.clone()),
+        Route::new("fallback", "f", fallback.clone()),
+    ]);
+    let health = ladder.routes[0].health.clone();
+    let splicer = Splicer::new(ladder);
+    // Four times the consecutive failures that open a breaker.
+    for i in 0..20 {
+        let done = splicer.collect(ChatRequest::new(conversation(i))).await;
+        match done.outcome {
+            Err(SpliceError::Local { resource, failures, .. }) => {
+                assert_eq!(resource, "descriptors");
+                assert_eq!(kinds(&failures), ["local_resources"]);
+                assert_eq!(failures[0].class, FailureClass::Local);
+            }
+            other => panic!("session {i}: {other:?}"),
+        }
+        assert_eq!(health.state(), BreakerState::Closed, "after session {i}");
+    }
+    // Every session asked the primary (no breaker skipped it), none the fallback.
+    assert_eq!(primary.0.load(std::sync::atomic::Ordering::Relaxed), 20);
+    assert_eq!(fallback.requests(), 0);
 }

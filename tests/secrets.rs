@@ -5,6 +5,7 @@
 //! of the upstream's message is redacted and bounded.
 //!
 //! One test in this file: it installs the process's global log subscriber.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
 
 mod support;
 

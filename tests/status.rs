@@ -2,6 +2,7 @@
 //! a status it acts on correctly, in OpenAI's error shape, with the upstreams
 //! raw HTTP servers inside the test that answer every request with one error
 //! and count the requests they got.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
 
 mod support;
 

@@ -2,6 +2,7 @@
 //! reported is presented as tokens, every attempt's reported tokens count (a
 //! cut one's prompt is billed too), and `/metrics` has them per route, model
 //! and kind.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
 
 mod support;
 

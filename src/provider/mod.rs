@@ -88,6 +88,7 @@ impl Unsupported {
         FailureKind::Rejected {
             status: 400,
             message: self.to_string(),
+            code: Some("unsupported_content".to_string()),
         }
     }
 }

@@ -87,7 +87,12 @@ async fn open(builder: reqwest::RequestBuilder) -> Result<reqwest::Response, Fai
         .await
         .map_err(|e| {
             let detail = transport_detail(&e);
-            if e.is_connect() {
+            if let Some(resource) = crate::failure::local_exhaustion(&e) {
+                FailureKind::LocalResources {
+                    resource: resource.to_string(),
+                    detail,
+                }
+            } else if e.is_connect() {
                 FailureKind::Connect { detail }
             } else {
                 FailureKind::Reset { detail }

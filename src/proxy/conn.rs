@@ -38,11 +38,13 @@ use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
+use super::auto_reply;
 use super::metrics::ReasonLabels;
 
 /// The per-connection limits (see the module docs).
@@ -54,22 +56,90 @@ pub struct ConnLimits {
     pub keep_alive: Duration,
     /// Longest time the client may accept no byte of what is being sent.
     pub write_stall: Duration,
+    /// Client connections open at once (see [`serve`]).
+    pub max_connections: usize,
+}
+
+/// Refused connections being answered at once; past it one is just closed,
+/// so answering refusals never holds many descriptors.
+const MAX_REFUSING: usize = 256;
+
+/// How long a refused connection may take to receive its 503.
+const REFUSE_TIME: Duration = Duration::from_secs(1);
+
+/// What the accept loop shares with every connection task.
+struct Shared {
+    closed: Family<ReasonLabels, Counter>,
+    /// The client connections open now, as `/metrics` shows them.
+    gauge: Gauge,
+    /// The same count, which the accept loop checks against the cap.
+    open: AtomicUsize,
+    /// Refused connections still being answered.
+    refusing: AtomicUsize,
+}
+
+impl Shared {
+    fn closed(&self, reason: &str) {
+        self.closed
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+}
+
+/// One open client connection, counted until dropped.
+struct Counted(Arc<Shared>);
+
+impl Counted {
+    fn new(shared: &Arc<Shared>) -> Self {
+        shared.open.fetch_add(1, Ordering::Relaxed);
+        shared.gauge.inc();
+        Counted(shared.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        self.0.gauge.dec();
+    }
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then stops
 /// accepting, lets every connection finish its requests in flight (idle ones
-/// close at once), and returns when the last connection is gone.
+/// close at once), and returns when the last connection is gone, or once
+/// `kill` completes, dropping the connections still open.
+///
+/// With [`ConnLimits::max_connections`] open, a new connection is answered
+/// 503 at once and closed, and every idle keep-alive connection is closed to
+/// make room: accepting never runs the process out of descriptors, and a new
+/// client never waits behind idle ones.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ConnLimits,
-    closed: Family<ReasonLabels, Counter>,
+    (closed, gauge): (Family<ReasonLabels, Counter>, Gauge),
     shutdown: impl Future<Output = ()> + Send + 'static,
+    kill: impl Future<Output = ()> + Send + 'static,
 ) {
+    let shared = Arc::new(Shared {
+        closed,
+        gauge,
+        open: AtomicUsize::new(0),
+        refusing: AtomicUsize::new(0),
+    });
+    // Bumped to ask every idle keep-alive connection to close.
+    let (shed_tx, shed_rx) = watch::channel(0u64);
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
+    });
+    let (kill_tx, kill_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        kill.await;
+        let _ = kill_tx.send(true);
     });
     // Every connection task holds a receiver; the sender's `closed` says all are gone.
     let (alive_tx, alive_rx) = watch::channel(());
@@ -82,18 +152,27 @@ pub async fn serve(
         let tcp = match accepted {
             Ok((tcp, _)) => tcp,
             Err(e) => {
-                accept_failed(e).await;
+                accept_failed(e, &shed_tx).await;
                 continue;
             }
         };
+        if shared.open.load(Ordering::Relaxed) >= limits.max_connections {
+            shed_tx.send_modify(|generation| *generation = generation.wrapping_add(1));
+            refuse(tcp, limits.max_connections, &shared);
+            continue;
+        }
         // Each SSE chunk should leave at once, not wait for Nagle.
         let _ = tcp.set_nodelay(true);
         tokio::spawn(connection(
             tcp,
             router.clone(),
             limits,
-            closed.clone(),
-            stop_rx.clone(),
+            Counted::new(&shared),
+            Signals {
+                stop: stop_rx.clone(),
+                kill: kill_rx.clone(),
+                shed: shed_rx.clone(),
+            },
             alive_rx.clone(),
         ));
     }
@@ -102,17 +181,58 @@ pub async fn serve(
     alive_tx.closed().await;
 }
 
-/// Per-connection accept errors (the peer gave up) are nothing; others (out of
-/// descriptors) are logged and slowed down so the loop does not spin.
-async fn accept_failed(e: io::Error) {
+/// Per-connection accept errors (the peer gave up) are nothing; out of
+/// descriptors or memory, idle connections are closed to make room and the
+/// loop pauses briefly; other errors are logged and slowed down so the loop does not spin.
+async fn accept_failed(e: io::Error, shed: &watch::Sender<u64>) {
     if matches!(
         e.kind(),
         io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
     ) {
         return;
     }
+    if let Some(resource) = crate::failure::local_exhaustion(&e) {
+        tracing::warn!("accepting a connection failed, out of {resource} (closing idle connections): {e}");
+        shed.send_modify(|generation| *generation = generation.wrapping_add(1));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        return;
+    }
     tracing::error!("accepting a connection failed: {e}");
     tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+/// Answers a connection over the cap with a 503 and closes it, without reading its request.
+fn refuse(mut tcp: TcpStream, limit: usize, shared: &Arc<Shared>) {
+    shared.closed("over_capacity");
+    if shared.refusing.fetch_add(1, Ordering::Relaxed) >= MAX_REFUSING {
+        shared.refusing.fetch_sub(1, Ordering::Relaxed);
+        return;
+    }
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(REFUSE_TIME, async {
+            if tcp.write_all(&auto_reply::over_capacity(limit)).await.is_err() {
+                return;
+            }
+            let _ = tcp.shutdown().await;
+            // Read what the client sends until it closes: closing with its
+            // request unread would reset the connection and could lose the 503.
+            let mut sink = [0u8; 4096];
+            while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+        })
+        .await;
+        shared.refusing.fetch_sub(1, Ordering::Relaxed);
+    });
+}
+
+/// What tells a connection to drain, to go, or to close if idle.
+struct Signals {
+    /// Shutdown: finish what is in flight, then close.
+    stop: watch::Receiver<bool>,
+    /// The grace is over: close now.
+    kill: watch::Receiver<bool>,
+    /// The cap is reached: close if idle.
+    shed: watch::Receiver<u64>,
 }
 
 /// Serves one connection until it ends, a limit closes it, or shutdown drains it.
@@ -120,16 +240,19 @@ async fn connection(
     tcp: TcpStream,
     router: Router,
     limits: ConnLimits,
-    closed: Family<ReasonLabels, Counter>,
-    mut stop: watch::Receiver<bool>,
+    counted: Counted,
+    signals: Signals,
     _alive: watch::Receiver<()>,
 ) {
+    let Signals {
+        mut stop,
+        mut kill,
+        mut shed,
+    } = signals;
+    let shared = counted.0.clone();
     let state = Arc::new(ConnState::new());
     let peer = tcp.peer_addr().ok();
-    let io = TokioIo::new(WatchedIo {
-        inner: tcp,
-        state: state.clone(),
-    });
+    let io = TokioIo::new(WatchedIo::new(tcp, state.clone()));
     let service = ConnService {
         inner: TowerToHyperService::new(router),
         state: state.clone(),
@@ -145,6 +268,7 @@ async fn connection(
         timer: Box::pin(tokio::time::sleep(limits.header_read)),
     };
     let mut draining = false;
+    let mut shed_gone = false;
     loop {
         tokio::select! {
             // The connection first: the watcher then judges the state it just left.
@@ -157,8 +281,20 @@ async fn connection(
             }
             why = std::future::poll_fn(|cx| watcher.poll_expired(cx)) => {
                 tracing::debug!("closing a connection: {}", why.as_str());
-                closed.get_or_create(&ReasonLabels { reason: why.as_str().to_string() }).inc();
+                shared.closed(why.as_str());
                 return;
+            }
+            // Past the grace and the last words: whatever is still open goes.
+            _ = kill.wait_for(|kill| *kill) => {
+                shared.closed("shutdown");
+                return;
+            }
+            shed_changed = shed.changed(), if !shed_gone => {
+                shed_gone = shed_changed.is_err();
+                if !shed_gone && watcher.state.idle() {
+                    shared.closed("shed_idle");
+                    return;
+                }
             }
             _ = stop.wait_for(|stop| *stop), if !draining => {
                 draining = true;
@@ -203,6 +339,8 @@ struct ConnState {
     wait_from: AtomicU64,
     /// Since when writes have been blocked, or [`NOT_BLOCKED`].
     blocked_from: AtomicU64,
+    /// Requests handed to the service; a response head beyond them is hyper's own answer.
+    requests: AtomicUsize,
 }
 
 impl ConnState {
@@ -214,6 +352,7 @@ impl ConnState {
             reading_head: AtomicBool::new(false),
             wait_from: AtomicU64::new(0),
             blocked_from: AtomicU64::new(NOT_BLOCKED),
+            requests: AtomicUsize::new(0),
         }
     }
 
@@ -246,8 +385,16 @@ impl ConnState {
         }
     }
 
+    /// Between requests on a kept-alive connection: nothing in flight, no new head arriving.
+    fn idle(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0
+            && self.served.load(Ordering::Relaxed)
+            && !self.reading_head.load(Ordering::Relaxed)
+    }
+
     fn request_started(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
         self.reading_head.store(false, Ordering::Relaxed);
         InFlight(self.clone())
     }
@@ -304,10 +451,17 @@ impl Watcher {
     }
 }
 
-/// The socket, reporting reads and blocked writes to the connection's state.
+/// The socket, reporting reads and blocked writes to the connection's state,
+/// and giving hyper's own error answers a JSON body ([`auto_reply`]).
 struct WatchedIo {
     inner: TcpStream,
     state: Arc<ConnState>,
+    /// Final (not 1xx) response heads written so far.
+    heads: usize,
+    /// The JSON answer being written in place of hyper's, and how much of it is out.
+    reply: Option<(Bytes, usize)>,
+    /// The JSON answer is out: what hyper writes after it is dropped.
+    replaced: bool,
 }
 
 impl AsyncRead for WatchedIo {
@@ -322,15 +476,62 @@ impl AsyncRead for WatchedIo {
 }
 
 impl WatchedIo {
+    fn new(inner: TcpStream, state: Arc<ConnState>) -> Self {
+        WatchedIo {
+            inner,
+            state,
+            heads: 0,
+            reply: None,
+            replaced: false,
+        }
+    }
+
     fn report<T>(&self, polled: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
         self.state.write_blocked(polled.is_pending());
         polled
+    }
+
+    /// Handles a write of `total` bytes starting with `first` when it belongs to
+    /// hyper's own answer (or comes after it); `None` lets it through.
+    fn intercept(&mut self, cx: &mut Context<'_>, first: &[u8], total: usize) -> Option<Poll<io::Result<usize>>> {
+        if self.replaced {
+            return Some(Poll::Ready(Ok(total)));
+        }
+        if self.reply.is_none() && self.heads >= self.state.requests.load(Ordering::Relaxed) {
+            self.reply = Some((auto_reply::replacement(first)?, 0));
+        }
+        let (reply, written) = self.reply.as_mut()?;
+        while *written < reply.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &reply[*written..]) {
+                Poll::Ready(Ok(0)) => return Some(Poll::Ready(Err(io::ErrorKind::WriteZero.into()))),
+                Poll::Ready(Ok(n)) => *written += n,
+                Poll::Ready(Err(e)) => return Some(Poll::Ready(Err(e))),
+                Poll::Pending => return Some(self.report(Poll::Pending)),
+            }
+        }
+        self.reply = None;
+        self.replaced = true;
+        Some(Poll::Ready(Ok(total)))
+    }
+
+    /// Counts a final response head once its first bytes are out.
+    fn count_head(&mut self, first: &[u8], polled: &Poll<io::Result<usize>>) {
+        if matches!(polled, Poll::Ready(Ok(n)) if *n > 0)
+            && first.starts_with(b"HTTP/1.1 ")
+            && !first.starts_with(b"HTTP/1.1 1")
+        {
+            self.heads += 1;
+        }
     }
 }
 
 impl AsyncWrite for WatchedIo {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if let Some(polled) = self.intercept(cx, buf, buf.len()) {
+            return polled;
+        }
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.count_head(buf, &polled);
         self.report(polled)
     }
 
@@ -339,7 +540,13 @@ impl AsyncWrite for WatchedIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        let first: &[u8] = bufs.iter().find(|b| !b.is_empty()).map_or(&[], |b| b);
+        let total = bufs.iter().map(|b| b.len()).sum();
+        if let Some(polled) = self.intercept(cx, first, total) {
+            return polled;
+        }
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.count_head(first, &polled);
         self.report(polled)
     }
 

@@ -187,7 +187,9 @@ fn bearer(headers: &HeaderMap, key: &Secret) -> Result<(), Refusal> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| v.split_once(' '))
+        // The scheme is case-insensitive (RFC 9110 §11.1): `bearer` is `Bearer`.
+        .and_then(|(scheme, key)| scheme.eq_ignore_ascii_case("bearer").then(|| key.trim_start()));
     match given {
         Some(given) if constant_time_eq(given.as_bytes(), key.expose().as_bytes()) => Ok(()),
         Some(_) => Err(Refusal::WrongKey),

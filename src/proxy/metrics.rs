@@ -113,6 +113,8 @@ pub struct Metrics {
     pub slow_clients: Counter,
     /// Connections closed by a server limit, by reason.
     pub connections_closed: Family<ReasonLabels, Counter>,
+    /// Client connections open now (`server.max_connections` caps it).
+    pub client_connections_open: Gauge,
     /// Events the `/events` feed had to drop for slow subscribers.
     pub events_dropped: Counter,
     /// Requests rejected before reaching a ladder (bad JSON, auth, size …).
@@ -186,6 +188,7 @@ impl Metrics {
         let session_panics = Counter::default();
         let slow_clients = Counter::default();
         let connections_closed = Family::<ReasonLabels, Counter>::default();
+        let client_connections_open = Gauge::default();
         let events_dropped = Counter::default();
         let rejected = Family::<RejectLabels, Counter>::default();
         let breaker_state = Family::<RouteLabels, Gauge>::default();
@@ -238,8 +241,13 @@ impl Metrics {
         );
         registry.register(
             "connections_closed",
-            "Connections closed by a server limit: header_timeout, idle or write_stall",
+            "Connections closed by a server limit: header_timeout, idle, write_stall, shed_idle, over_capacity or shutdown",
             connections_closed.clone(),
+        );
+        registry.register(
+            "client_connections_open",
+            "Client connections open now (server.max_connections caps them)",
+            client_connections_open.clone(),
         );
         registry.register(
             "events_dropped",
@@ -294,6 +302,7 @@ impl Metrics {
             session_panics,
             slow_clients,
             connections_closed,
+            client_connections_open,
             events_dropped,
             rejected,
             breaker_state,

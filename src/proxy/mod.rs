@@ -20,6 +20,7 @@
 //! buffer with a slow-client limit, and a panic inside one is caught at its
 //! boundary (`session`).
 
+mod auto_reply;
 mod conn;
 pub mod guard;
 pub mod metrics;
@@ -55,6 +56,10 @@ use metrics::Metrics;
 use session::{Guarded, Session};
 use wire::ApiError;
 
+/// After the grace period, how long the sessions it ended have to write their
+/// error to their clients before every connection still open is dropped.
+const LAST_WORDS: Duration = Duration::from_secs(1);
+
 /// Where the server is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
@@ -86,6 +91,8 @@ pub struct AppState {
     events: broadcast::Sender<EngineEvent>,
     phase: watch::Receiver<Phase>,
     limits: ServerLimits,
+    /// `server.max_body_bytes`: a body declared larger is refused before it is read.
+    max_body_bytes: usize,
     /// One permit per session served now (`server.max_sessions`).
     slots: Arc<Semaphore>,
     /// The recorder's figures, once `serve` has started one (`/metrics` shows its losses).
@@ -131,6 +138,7 @@ pub fn router(config: &Config, phase: watch::Receiver<Phase>) -> (Router, Arc<Ap
         events,
         phase,
         limits: config.limits,
+        max_body_bytes: config.max_body_bytes,
         slots: Arc::new(Semaphore::new(config.limits.max_sessions.min(Semaphore::MAX_PERMITS))),
         recording: std::sync::OnceLock::new(),
     });
@@ -150,6 +158,16 @@ pub fn router(config: &Config, phase: watch::Receiver<Phase>) -> (Router, Arc<Ap
                 retry_after: None,
             }
         })
+        .method_not_allowed_fallback(|| async {
+            ApiError {
+                status: StatusCode::METHOD_NOT_ALLOWED,
+                message: "this endpoint does not take that method; chat completions are POSTed, the rest are GETs"
+                    .into(),
+                kind: "invalid_request_error",
+                code: "method_not_allowed",
+                retry_after: None,
+            }
+        })
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard::layer))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .with_state(state.clone());
@@ -157,7 +175,9 @@ pub fn router(config: &Config, phase: watch::Receiver<Phase>) -> (Router, Arc<Ap
 }
 
 /// Serves `config` on `listener` until `shutdown` completes, then drains:
-/// streams in flight may finish for `config.shutdown_grace`, then end with an error event.
+/// sessions in flight may finish for `config.shutdown_grace`; then streams
+/// under way end with an error event, every other request gets a 503, and
+/// a second later the connections still open are dropped.
 pub async fn serve(
     listener: TcpListener,
     config: &Config,
@@ -192,17 +212,26 @@ pub async fn serve(
         header_read: config.limits.header_read_timeout,
         keep_alive: config.limits.keep_alive_timeout,
         write_stall: config.limits.write_stall_timeout,
+        max_connections: config.limits.max_connections,
     };
-    let closed = state.metrics.connections_closed.clone();
-    conn::serve(listener, router, limits, closed, async move {
+    let counters = (
+        state.metrics.connections_closed.clone(),
+        state.metrics.client_connections_open.clone(),
+    );
+    let mut stopped = state.phase.clone();
+    let kill = async move {
+        reached(&mut stopped, Phase::Stopped).await;
+        tokio::time::sleep(LAST_WORDS).await;
+    };
+    let drain = async move {
         shutdown.await;
         let _ = phase_tx.send(Phase::Draining);
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
             let _ = phase_tx.send(Phase::Stopped);
         });
-    })
-    .await;
+    };
+    conn::serve(listener, router, limits, counters, drain, kill).await;
     if let Some(recorder) = recorder {
         let stats = recorder.finish().await;
         if stats.dropped > 0 || stats.write_errors > 0 {
@@ -215,7 +244,15 @@ pub async fn serve(
 }
 
 async fn chat(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    match chat_inner(&state, request).await {
+    // Whatever the request is waiting for (its body, a first token, a whole
+    // answer), the end of the grace period ends it; a stream already under
+    // way is ended by its pump instead, with an error event.
+    let mut phase = state.phase.clone();
+    let served = tokio::select! {
+        served = chat_inner(&state, request) => served,
+        () = reached(&mut phase, Phase::Stopped) => Err(ApiError::shutting_down()),
+    };
+    match served {
         Ok(response) => response,
         Err(error) => {
             state.metrics.reject(error.code);
@@ -225,6 +262,15 @@ async fn chat(State(state): State<Arc<AppState>>, request: Request) -> Response 
 }
 
 async fn chat_inner(state: &Arc<AppState>, request: Request) -> Result<Response, ApiError> {
+    // A declared length over the limit is refused at once, not after waiting for the body.
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > state.max_body_bytes as u64) {
+        return Err(ApiError::too_large());
+    }
     // The body has the header read timeout too: a client that sent its head
     // and then trickles (or withholds) the body must not hold the connection.
     let limit = state.limits.header_read_timeout;
@@ -245,13 +291,7 @@ async fn chat_inner(state: &Arc<AppState>, request: Request) -> Result<Response,
     };
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError {
-                status: StatusCode::PAYLOAD_TOO_LARGE,
-                message: "the request body is larger than the server's limit (server.max_body_bytes)".into(),
-                kind: "invalid_request_error",
-                code: "request_too_large",
-                retry_after: None,
-            }
+            ApiError::too_large()
         } else {
             ApiError::bad_request("invalid_body", rejection.body_text())
         }
@@ -296,6 +336,21 @@ async fn chat_inner(state: &Arc<AppState>, request: Request) -> Result<Response,
     } else {
         session::whole(session, stream).await
     }
+}
+
+/// A listener on `addr` with room for `backlog` connections not yet accepted
+/// (`server.listen_backlog`; tokio's `bind` takes 128, too few for a burst).
+pub fn bind(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As tokio's `bind` does: a restarted server can take its port at once.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 /// Resolves once the server has reached `phase` (or its sender is gone).

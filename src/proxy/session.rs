@@ -153,6 +153,7 @@ impl Session {
                 let (failures, outcome) = match error {
                     SpliceError::Refused { failures, .. } => (failures, "refused"),
                     SpliceError::Exhausted { failures, .. } => (failures, "failed"),
+                    SpliceError::Local { failures, .. } => (failures, "local"),
                 };
                 metrics.failures(failures);
                 metrics.tokens(error.tokens());
@@ -381,7 +382,7 @@ impl Pump {
         self.session.outcome = "failed";
         self.end(wire::server_error_event(
             "baton is shutting down; the answer is incomplete",
-            "server_shutdown",
+            wire::SHUTTING_DOWN,
         ));
     }
 

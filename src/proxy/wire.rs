@@ -1,7 +1,5 @@
 //! The OpenAI wire format on the client side: requests in, chunks and errors out.
 
-use std::collections::BTreeMap;
-
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -38,6 +36,17 @@ impl ApiError {
         }
     }
 
+    /// The 413 for a body over `server.max_body_bytes`, declared or sent.
+    pub fn too_large() -> Self {
+        ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: "the request body is larger than the server's limit (server.max_body_bytes)".into(),
+            kind: "invalid_request_error",
+            code: "request_too_large",
+            retry_after: None,
+        }
+    }
+
     /// The 503 past the concurrent-session cap: retry in a second.
     pub fn overloaded(limit: usize) -> Self {
         ApiError {
@@ -47,6 +56,17 @@ impl ApiError {
             ),
             kind: "server_error",
             code: "server_overloaded",
+            retry_after: Some(1),
+        }
+    }
+
+    /// The 503 for a request still unanswered when the shutdown grace ran out.
+    pub fn shutting_down() -> Self {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: "baton is shutting down (server.shutdown_grace_ms is over); retry on another instance".into(),
+            kind: "server_error",
+            code: SHUTTING_DOWN,
             retry_after: Some(1),
         }
     }
@@ -88,8 +108,29 @@ impl ApiError {
                 code: "content_policy_violation",
                 retry_after: None,
             },
+            SpliceError::Local { .. } => ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: error.to_string(),
+                kind: "server_error",
+                code: LOCAL_EXHAUSTED,
+                retry_after: Some(1),
+            },
             SpliceError::Exhausted { failures, .. } => super::status::exhausted(failures),
         }
+    }
+}
+
+/// The code of a session the end of the shutdown grace ended (HTTP error and error event alike).
+pub const SHUTTING_DOWN: &str = "server_shutdown";
+
+/// The code of a session baton's own resource limits ended.
+pub const LOCAL_EXHAUSTED: &str = "local_resources_exhausted";
+
+/// The error event code of a streamed session that ended with `error` after text was sent.
+pub fn splice_error_code(error: &SpliceError) -> &'static str {
+    match error {
+        SpliceError::Local { .. } => LOCAL_EXHAUSTED,
+        SpliceError::Refused { .. } | SpliceError::Exhausted { .. } => "all_routes_failed",
     }
 }
 

@@ -126,6 +126,19 @@ pub enum SpliceError {
         /// Every attempt's tokens (a refused or cut attempt may be billed too).
         tokens: Tally,
     },
+    /// baton ran out of its own resources (descriptors, memory, local ports)
+    /// opening an attempt; no route was blamed and none other was tried.
+    #[error("baton is out of local resources ({resource}); retry shortly")]
+    Local {
+        /// Which resource ran out (see [`FailureKind::LocalResources`]).
+        resource: String,
+        /// Every failed attempt, the local one last.
+        failures: Vec<Failure>,
+        /// Bytes the client had received.
+        emitted_bytes: u64,
+        /// Every attempt's tokens (a cut attempt is billed too).
+        tokens: Tally,
+    },
     /// Every route failed.
     #[error("every route failed: {}", list(failures))]
     Exhausted {
@@ -142,7 +155,9 @@ impl SpliceError {
     /// Every attempt's tokens.
     pub fn tokens(&self) -> &Tally {
         match self {
-            SpliceError::Refused { tokens, .. } | SpliceError::Exhausted { tokens, .. } => tokens,
+            SpliceError::Refused { tokens, .. }
+            | SpliceError::Exhausted { tokens, .. }
+            | SpliceError::Local { tokens, .. } => tokens,
         }
     }
 }
@@ -363,6 +378,17 @@ impl Splicer {
                                 let tokens = std::mem::take(&mut session.tokens);
                                 let error = SpliceError::Refused { route: route.name.to_string(), message: refusal(&kind), failures, emitted_bytes: session.sent, tokens };
                                 yield session.fail(error);
+                                return;
+                            }
+                            Decision::Local => {
+                                tracing::warn!(route = %route.name, "local resources exhausted, the session ends without blaming the route: {kind}");
+                                let resource = match &kind {
+                                    FailureKind::LocalResources { resource, .. } => resource.clone(),
+                                    other => other.label().to_string(),
+                                };
+                                let failures = std::mem::take(&mut session.failures);
+                                let tokens = std::mem::take(&mut session.tokens);
+                                yield session.fail(SpliceError::Local { resource, failures, emitted_bytes: session.sent, tokens });
                                 return;
                             }
                             Decision::Exhausted => {

@@ -974,7 +974,7 @@ async fn a_declared_body_over_the_limit_gets_413_at_once() {
     // A header read timeout longer than any wait here: a 408 cannot come in time.
     let proxy = start("max_body_bytes = 1024\nheader_read_timeout_ms = 600000", "").await;
     let mut raw = Raw::connect(proxy.addr).await;
-    raw.send(b"POST /v1/chat/completions HTTP/1.1\r\nhost: baton\r\ncontent-type: application/json\r\ncontent-length: 1048576\r\n\r\n")
+    raw.send(b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 1048576\r\n\r\n")
         .await;
     let (head, body) = raw.response().await;
     assert_eq!(head.status, 413);
@@ -997,10 +997,10 @@ async fn a_head_with_too_many_headers_gets_a_json_431() {
     let proxy = start("", "").await;
     let mut raw = Raw::connect(proxy.addr).await;
     // A good request first: the bad one comes on a connection that already had an answer.
-    raw.send(b"GET /healthz HTTP/1.1\r\nhost: baton\r\n\r\n").await;
+    raw.send(b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n").await;
     let (ok, body) = raw.response().await;
     assert_eq!((ok.status, &body[..]), (200, &b"ok\n"[..]));
-    let mut head = String::from("GET /healthz HTTP/1.1\r\nhost: baton\r\n");
+    let mut head = String::from("GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n");
     for i in 0..200 {
         head.push_str(&format!("x-filler-{i}: {i}\r\n"));
     }
@@ -1027,14 +1027,14 @@ async fn at_the_connection_cap_a_new_client_gets_503_and_idle_connections_are_cl
     let mut idle = Vec::new();
     for _ in 0..3 {
         let mut raw = Raw::connect(proxy.addr).await;
-        raw.send(b"GET /healthz HTTP/1.1\r\nhost: baton\r\n\r\n").await;
+        raw.send(b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n").await;
         let (head, _) = raw.response().await;
         assert_eq!(head.status, 200);
         idle.push(raw);
     }
     // Four open: the fifth is answered at once, before its request is read.
     let mut newcomer = Raw::connect(proxy.addr).await;
-    newcomer.send(b"GET /healthz HTTP/1.1\r\nhost: baton\r\n\r\n").await;
+    newcomer.send(b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n").await;
     let (head, body) = newcomer.response().await;
     assert_eq!(head.status, 503);
     assert_eq!(head.header("retry-after"), Some("1"));

@@ -202,7 +202,7 @@ async fn an_upstream_echoing_its_request_headers_leaks_no_key_anywhere() {
     }
     assert!(message.contains("[redacted]"), "{message}");
     assert!(
-        message.contains("unauthorized (401)") && message.contains("rejected (400)"),
+        message.contains("credentials (401)") && message.contains("rejected (400)"),
         "{message}"
     );
     // Only a bounded part of each upstream message is passed on.

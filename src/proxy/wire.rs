@@ -577,10 +577,12 @@ mod tests {
             json!({"index": u64::MAX, "id": "call_x", "function": {"name": "f", "arguments": "{}"}}),
             json!({"index": u64::MAX, "id": null, "function": {"arguments": null}}),
         ];
-        let merged = merge_tool_calls(&deltas);
-        assert_eq!(merged.len(), 1, "no empty calls padded in before a high index");
-        assert_eq!(merged[0]["id"], "call_x");
-        assert_eq!(merged[0]["function"]["arguments"], "{}");
+        // The watchdog fails such an attempt first; the merge itself never pads or panics.
+        assert_eq!(
+            merge_tool_calls(&deltas),
+            Vec::<Value>::new(),
+            "out-of-bound deltas are never merged"
+        );
     }
 
     #[test]

@@ -7,12 +7,10 @@
 
 mod support;
 
-use std::time::Duration;
-
 use baton::oracle::{answer, Style};
 use baton::{Message, Role};
-use serde_json::{json, Value};
-use support::{finish, scripted, tool, End, Reply};
+use serde_json::json;
+use support::{finish, run_python, scripted, tool, End, Reply};
 
 const FAULTS: [(&str, &str); 6] = [
     ("stall", "stall@20"),
@@ -39,33 +37,6 @@ async fn oracle(fault: &str, repeat_words: usize) -> (String, tokio::sync::onesh
         },
     )
     .await
-}
-
-/// The Python that has the SDK and LangChain (`.ci/run` sets it); these tests
-/// are `#[ignore]`d by default, so one asked for without it fails, never passes.
-fn python() -> std::ffi::OsString {
-    std::env::var_os("BATON_OPENAI_PYTHON")
-        .expect("set BATON_OPENAI_PYTHON to a python with openai and langchain-openai installed (bash .ci/run does)")
-}
-
-/// Runs `tests/<script>` with `args` and reads its JSON lines.
-async fn run_python(script: &str, args: &[&str]) -> Vec<Value> {
-    let script = format!("{}/tests/{script}", env!("CARGO_MANIFEST_DIR"));
-    let output = tokio::process::Command::new(python()).arg(script).args(args).output();
-    let output = tokio::time::timeout(Duration::from_secs(240), output)
-        .await
-        .expect("the Python run finished")
-        .expect("python ran");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "python failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

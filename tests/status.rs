@@ -8,7 +8,6 @@ mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::{raw_upstream, Serve, Served, Sse};
@@ -200,9 +199,6 @@ async fn an_error_event_after_text_has_the_same_shape_as_the_status_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the openai Python SDK (BATON_OPENAI_PYTHON): bash .ci/run runs it with --ignored"]
 async fn the_openai_sdk_does_not_resend_a_bad_request_or_retry_our_bad_key() {
-    let python = std::env::var_os("BATON_OPENAI_PYTHON")
-        .expect("set BATON_OPENAI_PYTHON to a python with the openai package (bash .ci/run does)");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_sdk_errors.py");
     for (status, body, error) in [
         (
             400,
@@ -218,21 +214,8 @@ async fn the_openai_sdk_does_not_resend_a_bad_request_or_retry_our_bad_key() {
         let (a, ca) = refusing(status, body.clone()).await;
         let (b, cb) = refusing(status, body).await;
         let proxy = proxy(&[a, b]).await;
-        let run = tokio::process::Command::new(&python)
-            .arg(script)
-            .arg(format!("http://{}/v1", proxy.addr))
-            .output();
-        let output = tokio::time::timeout(Duration::from_secs(120), run)
-            .await
-            .expect("the SDK run finished")
-            .expect("python ran");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success(),
-            "python failed:\n{stdout}\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let line: Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+        let lines = support::run_python("openai_sdk_errors.py", &[&format!("http://{}/v1", proxy.addr)]).await;
+        let line = &lines[0];
         assert_eq!(line["error"], error, "{line}");
         // With its default retries (2) the SDK would send it three times: once is right.
         assert_eq!(

@@ -450,3 +450,30 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// The Python that has the SDK and LangChain (`.ci/run` sets it); these tests
+/// are `#[ignore]`d by default, so one asked for without it fails, never passes.
+pub fn python() -> std::ffi::OsString {
+    std::env::var_os("BATON_OPENAI_PYTHON")
+        .expect("set BATON_OPENAI_PYTHON to a python with openai and langchain-openai installed (bash .ci/run does)")
+}
+
+/// Runs `tests/<script>` with `args` and reads its JSON lines.
+pub async fn run_python(script: &str, args: &[&str]) -> Vec<serde_json::Value> {
+    let script = format!("{}/tests/{script}", env!("CARGO_MANIFEST_DIR"));
+    let output = tokio::process::Command::new(python()).arg(script).args(args).output();
+    let output = tokio::time::timeout(std::time::Duration::from_secs(240), output)
+        .await
+        .expect("the Python run finished")
+        .expect("python ran");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "python failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}

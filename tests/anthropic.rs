@@ -137,7 +137,13 @@ async fn the_anthropic_format_oracle_answers_alone_and_continues_a_cut_openai_an
     assert_eq!(done.text, baton::oracle::answer(&conversation("alone")));
     let completion = done.outcome.expect("complete");
     assert!(completion.failures.is_empty(), "{:?}", completion.failures);
-    assert!(completion.usage.completion_tokens > 0);
+    assert!(
+        completion
+            .usage()
+            .expect("the upstreams reported usage")
+            .completion_tokens
+            > 0
+    );
 
     // An OpenAI-format primary cut after 6 chunks; the Anthropic route continues by prefill.
     let (gpt, _s2) = support::oracle_upstream("drop@6", baton::oracle::Style::default()).await;

@@ -858,9 +858,17 @@ async fn every_attempts_tokens_are_recorded_and_verified() {
         .expect("the fallback reports usage");
     // The cut attempt's prompt is in the session's usage; its two deltas are not tokens.
     assert_eq!(line["usage"]["prompt_tokens"].as_u64(), Some(31 + fallback));
-    assert_eq!(completion.usage.prompt_tokens, 31 + fallback);
     assert_eq!(
-        Some(completion.usage.completion_tokens),
+        completion.usage().expect("the upstreams reported usage").prompt_tokens,
+        31 + fallback
+    );
+    assert_eq!(
+        Some(
+            completion
+                .usage()
+                .expect("the upstreams reported usage")
+                .completion_tokens
+        ),
         tokens[1]["reported"]["completion_tokens"].as_u64()
     );
     assert_eq!(support::verify_events(&events), Outcome::Ok { partial: false });

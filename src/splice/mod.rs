@@ -99,14 +99,20 @@ pub struct Handover {
 pub struct Completion {
     /// The last route's finish reason.
     pub finish_reason: String,
-    /// Token counts the upstreams reported, summed over every attempt (cut ones included).
-    pub usage: Usage,
     /// Every attempt's tokens, with what they did not report.
     pub tokens: Tally,
     /// The routes that wrote the answer, in order.
     pub route_chain: Vec<String>,
     /// Every failed attempt on the way.
     pub failures: Vec<Failure>,
+}
+
+impl Completion {
+    /// Token counts the upstreams reported, summed over every attempt (cut
+    /// ones included); `None` when none reported any.
+    pub fn usage(&self) -> Option<Usage> {
+        self.tokens.reported()
+    }
 }
 
 /// Why a session ended without a complete answer.

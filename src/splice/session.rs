@@ -225,7 +225,6 @@ impl<'r> Session<'r> {
         });
         ClientItem::Done(Completion {
             finish_reason,
-            usage,
             tokens,
             route_chain: std::mem::take(&mut self.chain),
             failures: std::mem::take(&mut self.failures),

@@ -387,18 +387,9 @@ fn repeat_cuts(answer: &str) -> Vec<usize> {
 /// The fallback styles of the seam matrix: not echoing, echoing one word or
 /// three, echoing one word after giving the seam's whitespace back.
 const SEAM_STYLES: [Style; 4] = [
-    Style {
-        repeat_words: 0,
-        extra_space: false,
-    },
-    Style {
-        repeat_words: 1,
-        extra_space: false,
-    },
-    Style {
-        repeat_words: 3,
-        extra_space: false,
-    },
+    STYLES[0],
+    STYLES[1],
+    STYLES[2],
     Style {
         repeat_words: 1,
         extra_space: true,

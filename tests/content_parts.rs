@@ -7,7 +7,7 @@
 mod support;
 
 use serde_json::{json, Value};
-use support::{finish, scripted, text, End, Reply, Serve, Served};
+use support::{finish, scripted, text, End, Reply, Serve};
 
 /// Text parts with fields of their own, an inline image, a URL image and audio.
 fn parts() -> Value {
@@ -25,15 +25,6 @@ fn route(name: &str, provider: &str, url: &str) -> String {
 
 fn ladder(name: &str, routes: &[&str]) -> String {
     format!("[[ladder]]\nname = \"{name}\"\nroutes = {routes:?}\n")
-}
-
-async fn post(proxy: &Served, body: &Value) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(proxy.url("/v1/chat/completions"))
-        .json(body)
-        .send()
-        .await
-        .expect("the proxy answers")
 }
 
 #[tokio::test]
@@ -59,7 +50,7 @@ async fn an_openai_upstream_gets_the_callers_parts_as_sent_before_and_after_a_ha
         {"role": "system", "content": "Describe images."},
         {"role": "user", "content": parts(), "name": "ann"},
     ]);
-    let response = post(&proxy, &json!({"model": "vision", "messages": messages})).await;
+    let response = proxy.chat(&json!({"model": "vision", "messages": messages})).await;
     assert_eq!(response.status(), 200);
     let answer: Value = response.json().await.expect("json");
     assert_eq!(answer["choices"][0]["message"]["content"], "It shows a cat.");
@@ -120,7 +111,7 @@ async fn an_anthropic_upstream_gets_text_blocks_and_base64_and_url_image_sources
         {"type": "text", "text": "world"},
     ]);
     let request = json!({"model": "vision", "messages": [{"role": "user", "content": content}]});
-    let response = post(&proxy, &request).await;
+    let response = proxy.chat(&request).await;
     assert_eq!(response.status(), 200);
     let answer: Value = response.json().await.expect("json");
     assert_eq!(answer["choices"][0]["message"]["content"], "Two cats.");
@@ -155,7 +146,7 @@ async fn a_part_a_ladders_anthropic_route_cannot_take_is_a_400_naming_it_and_no_
     for model in ["claude-only", "gpt-then-claude"] {
         for stream in [false, true] {
             let request = json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": parts()}]});
-            let response = post(&proxy, &request).await;
+            let response = proxy.chat(&request).await;
             assert_eq!(response.status(), 400, "{model}");
             let error: Value = response.json().await.expect("json");
             assert_eq!(error["error"]["code"], "unsupported_content", "{error}");

@@ -71,19 +71,10 @@ fn body(model: &str, tag: &str, stream: bool) -> Value {
     })
 }
 
-async fn post(proxy: &Served, body: &Value) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(proxy.url("/v1/chat/completions"))
-        .json(body)
-        .send()
-        .await
-        .expect("request")
-}
-
 #[tokio::test]
 async fn a_streamed_answer_survives_a_stall_with_one_id_and_the_fallbacks_model() {
     let proxy = oracle_proxy("stall@25", "none", "").await;
-    let response = post(&proxy, &body("chat", "stream stall", true)).await;
+    let response = proxy.chat(&body("chat", "stream stall", true)).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let sse = Sse::parse(&response.text().await.expect("body"));
@@ -122,7 +113,7 @@ async fn a_streamed_answer_survives_a_stall_with_one_id_and_the_fallbacks_model(
 #[tokio::test]
 async fn a_whole_answer_is_spliced_too_and_globs_select_the_ladder() {
     let proxy = oracle_proxy("drop@10", "none", "").await;
-    let response = post(&proxy, &body("gpt-4o", "whole drop", false)).await;
+    let response = proxy.chat(&body("gpt-4o", "whole drop", false)).await;
     assert_eq!(response.status(), 200);
     let v: Value = response.json().await.expect("json");
     assert_eq!(v["object"], "chat.completion");
@@ -137,7 +128,7 @@ async fn a_whole_answer_is_spliced_too_and_globs_select_the_ladder() {
 #[tokio::test]
 async fn every_route_failing_before_text_is_a_503_listing_each_failure() {
     let proxy = oracle_proxy("500", "hang", "").await;
-    let response = post(&proxy, &body("chat", "all fail", true)).await;
+    let response = proxy.chat(&body("chat", "all fail", true)).await;
     assert_eq!(response.status(), 503);
     let v: Value = response.json().await.expect("json");
     let message = v["error"]["message"].as_str().unwrap_or("");
@@ -151,7 +142,7 @@ async fn every_route_failing_before_text_is_a_503_listing_each_failure() {
 #[tokio::test]
 async fn a_policy_refusal_is_passed_on_with_the_providers_reason() {
     let proxy = oracle_proxy("policy", "none", "").await;
-    let response = post(&proxy, &body("chat", "policy", false)).await;
+    let response = proxy.chat(&body("chat", "policy", false)).await;
     assert_eq!(response.status(), 400);
     let v: Value = response.json().await.expect("json");
     assert_eq!(v["error"]["code"], "content_policy_violation");
@@ -164,7 +155,7 @@ async fn a_policy_refusal_is_passed_on_with_the_providers_reason() {
 #[tokio::test]
 async fn failing_after_text_ends_with_an_error_event_and_no_done() {
     let proxy = oracle_proxy("stall@8", "drop@0", "").await;
-    let response = post(&proxy, &body("chat", "late failure", true)).await;
+    let response = proxy.chat(&body("chat", "late failure", true)).await;
     assert_eq!(response.status(), 200);
     let sse = Sse::parse(&response.text().await.expect("body"));
     assert!(!sse.done(), "an incomplete answer must not end with [DONE]");
@@ -276,7 +267,7 @@ async fn unknown_fields_and_the_requested_model_reach_the_upstream() {
         "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}], "tool_choice": "auto",
         "response_format": {"type": "text"},
     });
-    let v: Value = post(&proxy, &request).await.json().await.expect("json");
+    let v: Value = proxy.chat(&request).await.json().await.expect("json");
     assert_eq!(v["choices"][0]["message"]["content"], "hello");
     let sent = upstream.bodies();
     assert_eq!(sent.len(), 1);
@@ -340,7 +331,7 @@ async fn a_failure_inside_a_tool_call_restarts_the_call_on_the_fallback() {
     );
     let proxy = Serve::new(&toml).start().await;
     let request = json!({"model": "tools", "messages": [{"role": "user", "content": "weather?"}], "stream": true});
-    let sse = Sse::parse(&post(&proxy, &request).await.text().await.expect("body"));
+    let sse = Sse::parse(&proxy.chat(&request).await.text().await.expect("body"));
     let chunks = sse.chunks();
     assert_eq!(sse.text(), "Let me check. ");
     let deltas: Vec<Value> = chunks
@@ -388,7 +379,7 @@ async fn a_client_that_disconnects_cancels_the_upstream() {
     );
     let proxy = Serve::new(&toml).start().await;
     let request = json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}], "stream": true});
-    let mut response = post(&proxy, &request).await;
+    let mut response = proxy.chat(&request).await;
     let first = response.chunk().await.expect("read").expect("a first chunk");
     assert!(String::from_utf8_lossy(&first).contains("first words"));
     let metrics = || proxy.get("/metrics");
@@ -426,7 +417,8 @@ async fn models_health_metrics_and_the_event_feed() {
 
     let mut feed = reqwest::get(proxy.url("/events")).await.expect("events");
     assert_eq!(feed.headers()["content-type"], "text/event-stream");
-    let answer = post(&proxy, &body("chat", "events", true))
+    let answer = proxy
+        .chat(&body("chat", "events", true))
         .await
         .text()
         .await
@@ -496,7 +488,7 @@ async fn shutdown_lets_streams_finish_within_the_grace_period_then_ends_them() {
     );
     let mut proxy = Serve::new(&toml).start().await;
     let request = json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}], "stream": true});
-    let response = post(&proxy, &request).await;
+    let response = proxy.chat(&request).await;
     proxy.stop();
     let text = tokio::time::timeout(Duration::from_secs(30), response.text())
         .await

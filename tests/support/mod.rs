@@ -238,6 +238,16 @@ impl Served {
             .unwrap_or_else(|e| panic!("GET {path} body: {e}"))
     }
 
+    /// POSTs `body` to `/v1/chat/completions`: the response, whatever its status.
+    pub async fn chat(&self, body: &serde_json::Value) -> reqwest::Response {
+        reqwest::Client::new()
+            .post(self.url("/v1/chat/completions"))
+            .json(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST /v1/chat/completions: {e}"))
+    }
+
     /// Asks for a graceful shutdown: streams get the configured grace period.
     pub fn stop(&mut self) {
         if let Some(stop) = self.stop.take() {

@@ -698,13 +698,16 @@ impl Config {
                     ),
                 };
                 out.push_str(&format!(
-                    "  {}. {} → model {:?}, {}, ttft {ttft}, stall {stall}, total {} ms, context {} tokens\n",
+                    "  {}. {} → model {:?}, {}, ttft {ttft}, stall {stall}, total {} ms, context {}\n",
                     i + 1,
                     r.name,
                     &*r.model,
                     r.continuation.as_str(),
                     r.deadlines.total.as_millis(),
-                    r.context_tokens
+                    r.context_tokens.map_or_else(
+                        || "unknown until an error states it".to_string(),
+                        |t| format!("{t} tokens")
+                    )
                 ));
             }
         }

@@ -4,8 +4,8 @@
 //! also let them adapt ([`Adaptive`]):
 //!
 //! * the stall deadline follows the inter-token gaps the route has shown
-//!   recently, shared by every session through its
-//!   [`RouteHealth`]:
+//!   recently (per upstream model), shared by every session through its
+//!   [`ModelHealth`]:
 //!   `clamp(k × p99 gap, floor, stall)`, where the configured stall deadline is
 //!   the ceiling and the value used until enough gaps were seen. A stream that
 //!   ticks every 20 ms is declared stalled in a fraction of a second; a slow
@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::health::RouteHealth;
+use crate::health::ModelHealth;
 use crate::ladder::Route;
 use crate::provider::ChunkStream;
 use crate::record::spec::ms;
@@ -110,9 +110,10 @@ pub fn first_token(base: Duration, per_1k: Duration, prompt_tokens: u32) -> Dura
     base.saturating_add(Duration::from_nanos(u64::try_from(extra).unwrap_or(u64::MAX)))
 }
 
-/// The effective deadlines of an attempt on `route` sending `messages`: the ones a
-/// replay recorded, if the route's health replays a recording, else computed now.
-pub fn decide(route: &Route, messages: &[Message]) -> Deadlines {
+/// The effective deadlines of an attempt on `route` to `health`'s model sending
+/// `messages`: the ones a replay recorded, if the route's health replays a
+/// recording, else computed now.
+pub fn decide(route: &Route, health: &ModelHealth, messages: &[Message]) -> Deadlines {
     if let Some(recorded) = route.health.recorded_deadlines() {
         return recorded;
     }
@@ -124,24 +125,24 @@ pub fn decide(route: &Route, messages: &[Message]) -> Deadlines {
             estimate_tokens(messages),
         );
     }
-    d.stall = current_stall(route);
+    d.stall = current_stall(route, health);
     d
 }
 
-/// The stall deadline an attempt opening on `route` now would get.
-pub fn current_stall(route: &Route) -> Duration {
+/// The stall deadline an attempt opening on `route` to `health`'s model now would get.
+pub fn current_stall(route: &Route, health: &ModelHealth) -> Duration {
     match &route.adaptive.stall {
-        Some(rule) => stall(rule, route.deadlines.stall, route.health.gap_p99(rule.min_samples)),
+        Some(rule) => stall(rule, route.deadlines.stall, health.gap_p99(rule.min_samples)),
         None => route.deadlines.stall,
     }
 }
 
-/// The watchdog for an attempt on `route`: it reports the gaps it sees to the
-/// route's health when the route's stall deadline adapts.
-pub fn watchdog(route: &Route, stream: ChunkStream, deadlines: Deadlines) -> Watchdog {
+/// The watchdog for an attempt on `route` to `health`'s model: it reports the
+/// gaps it sees to that health when the route's stall deadline adapts.
+pub fn watchdog(route: &Route, health: &Arc<ModelHealth>, stream: ChunkStream, deadlines: Deadlines) -> Watchdog {
     let watchdog = Watchdog::new(stream, deadlines);
     match route.adaptive.stall {
-        Some(_) => watchdog.learning(route.health.clone()),
+        Some(_) => watchdog.learning(health.clone()),
         None => watchdog,
     }
 }
@@ -209,11 +210,11 @@ impl GapSample {
     }
 }
 
-/// Gaps one watchdog saw, handed to the route's health in batches so the
+/// Gaps one watchdog saw, handed to the model's health in batches so the
 /// per-token path takes no shared lock.
 #[derive(Debug)]
 pub struct GapBatch {
-    health: Arc<RouteHealth>,
+    health: Arc<ModelHealth>,
     gaps: Vec<Duration>,
 }
 
@@ -222,7 +223,7 @@ const BATCH: usize = 16;
 
 impl GapBatch {
     /// An empty batch for `health`.
-    pub fn new(health: Arc<RouteHealth>) -> Self {
+    pub fn new(health: Arc<ModelHealth>) -> Self {
         GapBatch {
             health,
             gaps: Vec::with_capacity(BATCH),
@@ -328,7 +329,7 @@ mod tests {
 
     #[test]
     fn a_batch_reaches_the_route_when_full_or_dropped() {
-        let health = Arc::new(RouteHealth::default());
+        let health = crate::health::RouteHealth::default().model("m");
         let mut batch = GapBatch::new(health.clone());
         for _ in 0..BATCH - 1 {
             batch.push(MS(30));

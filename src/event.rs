@@ -146,6 +146,10 @@ pub enum EventKind {
     Breaker {
         /// The route.
         route: String,
+        /// The upstream model whose breaker changed (absent in recordings made
+        /// when breakers were per route).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<String>,
         /// The state before.
         from: BreakerState,
         /// The state after.

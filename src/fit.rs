@@ -103,6 +103,63 @@ pub fn reserve(params: &Map<String, Value>) -> u32 {
         .map_or(DEFAULT_RESERVE, |n| u32::try_from(n).unwrap_or(u32::MAX))
 }
 
+/// The largest context window a stated limit is believed (tokens): anything
+/// larger in an upstream's error is garbage, not a window.
+pub const MAX_STATED_WINDOW: u32 = 100_000_000;
+
+/// The context window an upstream's context-length error states, if it does:
+/// OpenAI and vLLM ("maximum context length is 8192 tokens"), Anthropic
+/// ("prompt is too long: 210000 tokens > 200000 maximum", "exceed context
+/// limit: 190000 + 20000 > 200000") and llama.cpp ("exceeds the available
+/// context size (4096 tokens)"). An error is hostile input: a number that is
+/// missing, zero, absurd or malformed states nothing.
+pub fn stated_window(message: &str) -> Option<u32> {
+    let lower = message.to_ascii_lowercase();
+    const AFTER: [&str; 7] = [
+        "maximum context length is ",
+        "maximum context length of ",
+        "context length is ",
+        "context length of ",
+        "context window is ",
+        "context window of ",
+        "context size (",
+    ];
+    let stated = AFTER
+        .iter()
+        .find_map(|phrase| lower.find(phrase).map(|at| &lower[at + phrase.len()..]))
+        .and_then(leading_number)
+        .or_else(|| {
+            // Anthropic's forms: the window follows the last '>' of the sentence.
+            let at = lower.find("too long").or_else(|| lower.find("context limit"))?;
+            let tail = &lower[at..];
+            leading_number(tail[tail.rfind('>')? + 1..].trim_start())
+        })?;
+    (1..=MAX_STATED_WINDOW).contains(&stated).then_some(stated)
+}
+
+/// The number `text` starts with (digits, with `,` or `_` as thousands separators).
+fn leading_number(text: &str) -> Option<u32> {
+    let mut value: u64 = 0;
+    let mut digits = 0;
+    for c in text.chars() {
+        match c {
+            '0'..='9' => {
+                value = value.checked_mul(10)?.checked_add(u64::from(c as u8 - b'0'))?;
+                digits += 1;
+                if digits > 12 {
+                    return None;
+                }
+            }
+            ',' | '_' if digits > 0 => {}
+            _ => break,
+        }
+    }
+    if digits == 0 {
+        return None;
+    }
+    u32::try_from(value).ok()
+}
+
 /// How `messages` fit a `window` with `reserve` tokens left for the answer;
 /// messages from `protected` on are never dropped (see [`protected_from`]).
 pub fn fit(messages: &[Message], protected: usize, window: u32, reserve: u32) -> Result<Fitted, TooSmall> {
@@ -141,6 +198,27 @@ pub fn fit(messages: &[Message], protected: usize, window: u32, reserve: u32) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stated_window_is_read_from_each_providers_wording() {
+        let cases = [
+            ("This model's maximum context length is 8192 tokens. However, you requested 9000 tokens (8000 in the messages, 1000 in the completion).", Some(8192)),
+            ("prompt is too long: 210000 tokens > 200000 maximum", Some(200_000)),
+            ("input length and `max_tokens` exceed context limit: 190000 + 20000 > 200000, decrease input length or `max_tokens` and try again", Some(200_000)),
+            ("request (5000 tokens) exceeds the available context size (4096 tokens), try increasing it", Some(4096)),
+            ("The maximum context length of 32,768 tokens was exceeded", Some(32_768)),
+            ("context length exceeded", None),
+            ("maximum context length is 0 tokens", None),
+            ("maximum context length is 99999999999999999999 tokens", None),
+            ("maximum context length is 4294967296 tokens", None),
+            ("maximum context length is 200000001 tokens", None),
+            ("prompt is too long", None),
+            ("prompt is too long: 5 tokens > maximum", None),
+        ];
+        for (message, expected) in cases {
+            assert_eq!(stated_window(message), expected, "{message}");
+        }
+    }
     use crate::continuation::{self, ContinuationMode};
     use serde_json::json;
 

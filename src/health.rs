@@ -1,47 +1,76 @@
-//! A route's shared health: its circuit breaker and retry budget, one per
-//! route for every session that uses it, and the recent inter-token gaps its
-//! adaptive stall deadline follows.
+//! Health per (route, upstream model): a circuit breaker, a retry budget,
+//! recent first-token times and inter-token gaps, and learned facts ("rejects
+//! prefill", "echoes in this mode", "its context window is 8192").
+//!
+//! A pass-through route (`model = "{model}"`) serves every model a client
+//! names; one model's failures say nothing of the others, so everything a
+//! route learns is kept per upstream model ([`ModelHealth`]). A route keeps
+//! at most [`MAX_MODELS`] of them, dropping the least recently used, so a
+//! client naming endless models cannot grow baton's memory.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use crate::continuation::ContinuationMode;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::time::Instant;
 
-use crate::breaker::{Admission, Breaker, BreakerConfig, Transition};
+use crate::breaker::{Admission, Breaker, BreakerConfig, BreakerState, Transition};
 use crate::budget::{BudgetConfig, RetryBudget};
+use crate::continuation::ContinuationMode;
 use crate::deadline::GapSample;
 use crate::failure::{FailureClass, FailureKind};
 use crate::rules::TtftWindow;
 use crate::watchdog::Deadlines;
 
-/// Shared by every clone of a route.
+/// The most upstream models one route keeps health for.
+pub const MAX_MODELS: usize = 64;
+
+/// A route's health: one [`ModelHealth`] per upstream model it has served,
+/// shared by every session and every clone of the route.
 #[derive(Debug)]
 pub struct RouteHealth {
-    breaker: Mutex<Breaker>,
-    budget: Mutex<Budget>,
-    /// Recent times to first token, for a ladder's latency ceiling.
-    ttft: Mutex<TtftWindow>,
-    /// Recent inter-token gaps, for an adaptive stall deadline.
-    gaps: Mutex<GapSample>,
-    /// A replay's recorded effective deadlines, one per attempt on this route in
-    /// order; `None` for live traffic (deadlines are computed, not replayed).
-    recorded: Option<Mutex<VecDeque<Option<Deadlines>>>>,
-    /// The route rejected a prefill once: every later continuation on it is by instruction.
-    no_prefill: AtomicBool,
-    /// The (upstream model, mode) pairs an unambiguous echo was seen from: their short echoes are trimmed.
-    echoes: Mutex<Vec<(String, ContinuationMode)>>,
+    breaker: BreakerConfig,
+    budget: BudgetConfig,
+    models: Mutex<Models>,
+    /// A replay's recorded decisions; `None` for live traffic.
+    script: Option<Script>,
 }
 
-/// Where retry decisions come from.
+/// The models a route has served, least recently used dropped first.
+#[derive(Debug, Default)]
+struct Models {
+    map: HashMap<Arc<str>, (Arc<ModelHealth>, u64)>,
+    /// A use counter: the entry with the lowest stamp is the least recently used.
+    clock: u64,
+}
+
+/// What a replay gives back in order instead of computing it.
 #[derive(Debug)]
-enum Budget {
-    /// Counted from live traffic.
-    Live(RetryBudget),
-    /// Replayed from a recording, in order; allowed once the recording has no more.
-    Scripted(VecDeque<bool>),
+struct Script {
+    /// Retry-budget answers (`true`: allowed); allowed once the recording has no more.
+    budget: Mutex<VecDeque<bool>>,
+    /// Each attempt's effective deadlines (`None`: not recorded, computed as usual).
+    deadlines: Mutex<VecDeque<Option<Deadlines>>>,
+}
+
+/// What one route has learned of one upstream model.
+#[derive(Debug)]
+pub struct ModelHealth {
+    model: Arc<str>,
+    breaker: Mutex<Breaker>,
+    budget: Mutex<RetryBudget>,
+    /// Recent times to first token, for a ladder's latency ceiling and hedging.
+    ttft: Mutex<TtftWindow>,
+    /// Recent inter-token gaps, for the adaptive stall deadline.
+    gaps: Mutex<GapSample>,
+    /// It rejected a prefill once: every later continuation on it is by instruction.
+    no_prefill: AtomicBool,
+    /// The continuation modes it was seen echoing the prefix in: its short echoes are trimmed.
+    echoes: Mutex<Vec<ContinuationMode>>,
+    /// The context window its errors stated, in tokens (0: never stated).
+    window: AtomicU32,
+    /// Attempts sent to it, for `/metrics`.
+    attempts: AtomicU64,
 }
 
 impl Default for RouteHealth {
@@ -54,7 +83,7 @@ impl Default for RouteHealth {
 /// and frees its half-open probe slot if it is dropped unsettled (a client left).
 #[derive(Debug)]
 pub struct Permit {
-    health: Arc<RouteHealth>,
+    health: Arc<ModelHealth>,
     settled: bool,
 }
 
@@ -92,16 +121,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl RouteHealth {
-    /// Health with these breaker and budget settings.
+    /// Health with these breaker and budget settings for every model.
     pub fn new(breaker: BreakerConfig, budget: BudgetConfig) -> Self {
         RouteHealth {
-            breaker: Mutex::new(Breaker::new(breaker)),
-            budget: Mutex::new(Budget::Live(RetryBudget::new(budget))),
-            ttft: Mutex::new(TtftWindow::default()),
-            gaps: Mutex::new(GapSample::default()),
-            recorded: None,
-            no_prefill: AtomicBool::new(false),
-            echoes: Mutex::new(Vec::new()),
+            breaker,
+            budget,
+            models: Mutex::new(Models::default()),
+            script: None,
         }
     }
 
@@ -109,13 +135,11 @@ impl RouteHealth {
     /// retry was allowed) in order, so budget decisions made under live traffic repeat.
     pub fn scripted(retries: impl IntoIterator<Item = bool>) -> Self {
         RouteHealth {
-            breaker: Mutex::new(Breaker::new(BreakerConfig::default())),
-            budget: Mutex::new(Budget::Scripted(retries.into_iter().collect())),
-            ttft: Mutex::new(TtftWindow::default()),
-            gaps: Mutex::new(GapSample::default()),
-            recorded: None,
-            no_prefill: AtomicBool::new(false),
-            echoes: Mutex::new(Vec::new()),
+            script: Some(Script {
+                budget: Mutex::new(retries.into_iter().collect()),
+                deadlines: Mutex::new(VecDeque::new()),
+            }),
+            ..RouteHealth::default()
         }
     }
 
@@ -123,13 +147,112 @@ impl RouteHealth {
     /// deadlines its recording shows (`None`: recorded by a baton that did not
     /// record them, so they are computed as usual).
     pub fn with_recorded_deadlines(mut self, deadlines: impl IntoIterator<Item = Option<Deadlines>>) -> Self {
-        self.recorded = Some(Mutex::new(deadlines.into_iter().collect()));
+        let script = self.script.get_or_insert_with(|| Script {
+            budget: Mutex::new(VecDeque::new()),
+            deadlines: Mutex::new(VecDeque::new()),
+        });
+        *lock(&script.deadlines) = deadlines.into_iter().collect();
         self
     }
 
     /// The next attempt's recorded effective deadlines, when replaying a recording that has them.
     pub fn recorded_deadlines(&self) -> Option<Deadlines> {
-        lock(self.recorded.as_ref()?).pop_front().flatten()
+        lock(&self.script.as_ref()?.deadlines).pop_front().flatten()
+    }
+
+    /// The health of upstream `model` on this route, created on first use.
+    pub fn model(&self, model: &str) -> Arc<ModelHealth> {
+        let mut models = lock(&self.models);
+        models.clock += 1;
+        let now = models.clock;
+        if let Some((health, used)) = models.map.get_mut(model) {
+            *used = now;
+            return health.clone();
+        }
+        if models.map.len() >= MAX_MODELS {
+            // The least recently used model is forgotten; it starts afresh if it comes back.
+            let oldest = models
+                .map
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| k.clone());
+            if let Some(oldest) = oldest {
+                models.map.remove(&oldest);
+            }
+        }
+        let health = Arc::new(ModelHealth::new(model.into(), self.breaker, self.budget));
+        models.map.insert(health.model.clone(), (health.clone(), now));
+        health
+    }
+
+    /// The models this route has served (at most [`MAX_MODELS`]), by name.
+    pub fn models(&self) -> Vec<Arc<ModelHealth>> {
+        let mut all: Vec<_> = lock(&self.models).map.values().map(|(h, _)| h.clone()).collect();
+        all.sort_by(|a, b| a.model.cmp(&b.model));
+        all
+    }
+
+    /// Spends one retry of `model`'s budget, if it allows one (a replay gives the recorded answer).
+    pub fn allow_retry(&self, model: &ModelHealth) -> bool {
+        match &self.script {
+            Some(script) => lock(&script.budget).pop_front().unwrap_or(true),
+            None => model.withdraw_retry(),
+        }
+    }
+}
+
+impl ModelHealth {
+    /// Fresh health for `model`: closed breaker, unspent budget, nothing learned.
+    pub fn new(model: Arc<str>, breaker: BreakerConfig, budget: BudgetConfig) -> Self {
+        ModelHealth {
+            model,
+            breaker: Mutex::new(Breaker::new(breaker)),
+            budget: Mutex::new(RetryBudget::new(budget)),
+            ttft: Mutex::new(TtftWindow::default()),
+            gaps: Mutex::new(GapSample::default()),
+            no_prefill: AtomicBool::new(false),
+            echoes: Mutex::new(Vec::new()),
+            window: AtomicU32::new(0),
+            attempts: AtomicU64::new(0),
+        }
+    }
+
+    /// The upstream model's name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.model
+    }
+
+    /// Asks the breaker for an attempt: a permit (and any state change), or `None` to skip the route.
+    pub fn admit(self: &Arc<Self>, first_try: bool) -> Option<(Permit, Option<Transition>)> {
+        let now = Instant::now();
+        match lock(&self.breaker).try_acquire(now) {
+            Admission::Skipped => None,
+            Admission::Allowed(transition) => {
+                if first_try {
+                    lock(&self.budget).deposit(now);
+                }
+                self.attempts.fetch_add(1, Ordering::Relaxed);
+                let permit = Permit {
+                    health: self.clone(),
+                    settled: false,
+                };
+                Some((permit, transition))
+            }
+        }
+    }
+
+    fn withdraw_retry(&self) -> bool {
+        lock(&self.budget).withdraw(Instant::now())
+    }
+
+    /// The breaker's state now.
+    pub fn state(&self) -> BreakerState {
+        lock(&self.breaker).state(Instant::now())
+    }
+
+    /// Attempts the breaker let through.
+    pub fn attempts(&self) -> u64 {
+        self.attempts.load(Ordering::Relaxed)
     }
 
     /// Adds inter-token gaps seen by one attempt.
@@ -150,32 +273,6 @@ impl RouteHealth {
         lock(&self.gaps).len()
     }
 
-    /// Asks the breaker for an attempt: a permit (and any state change), or `None` to skip the route.
-    pub fn admit(self: &Arc<Self>, first_try: bool) -> Option<(Permit, Option<Transition>)> {
-        let now = Instant::now();
-        match lock(&self.breaker).try_acquire(now) {
-            Admission::Skipped => None,
-            Admission::Allowed(transition) => {
-                if let (true, Budget::Live(budget)) = (first_try, &mut *lock(&self.budget)) {
-                    budget.deposit(now);
-                }
-                let permit = Permit {
-                    health: self.clone(),
-                    settled: false,
-                };
-                Some((permit, transition))
-            }
-        }
-    }
-
-    /// Spends one retry from the budget, if it allows one.
-    pub fn allow_retry(&self) -> bool {
-        match &mut *lock(&self.budget) {
-            Budget::Live(budget) => budget.withdraw(Instant::now()),
-            Budget::Scripted(answers) => answers.pop_front().unwrap_or(true),
-        }
-    }
-
     /// Records an attempt's time to first token (a first-token timeout counts as its deadline).
     pub fn record_ttft(&self, ttft: std::time::Duration) {
         lock(&self.ttft).record(Instant::now(), ttft);
@@ -191,7 +288,7 @@ impl RouteHealth {
         lock(&self.ttft).p95_of(Instant::now(), min_samples)
     }
 
-    /// How the route continues a prefix: `configured`, unless it has rejected a prefill before.
+    /// How it continues a prefix: `configured`, unless it has rejected a prefill before.
     pub fn continuation(&self, configured: ContinuationMode) -> ContinuationMode {
         if self.no_prefill.load(Ordering::Relaxed) {
             ContinuationMode::Instruct
@@ -200,26 +297,80 @@ impl RouteHealth {
         }
     }
 
-    /// Remembers that the route rejects prefill, for every later session.
+    /// Remembers that it rejects prefill, for every later session.
     pub fn remember_no_prefill(&self) {
         self.no_prefill.store(true, Ordering::Relaxed);
     }
 
-    /// Remembers that `model` on this route echoes the prefix when continuing in `mode`.
-    pub fn remember_echo(&self, model: &str, mode: ContinuationMode) {
+    /// Whether it has rejected a prefill.
+    pub fn rejects_prefill(&self) -> bool {
+        self.no_prefill.load(Ordering::Relaxed)
+    }
+
+    /// Remembers that it echoes the prefix when continuing in `mode`.
+    pub fn remember_echo(&self, mode: ContinuationMode) {
         let mut echoes = lock(&self.echoes);
-        if !echoes.iter().any(|(m, k)| m == model && *k == mode) {
-            echoes.push((model.to_string(), mode));
+        if !echoes.contains(&mode) {
+            echoes.push(mode);
         }
     }
 
-    /// Whether `model` on this route has been seen echoing in `mode`.
-    pub fn seen_echoing(&self, model: &str, mode: ContinuationMode) -> bool {
-        lock(&self.echoes).iter().any(|(m, k)| m == model && *k == mode)
+    /// Whether it has been seen echoing in `mode`.
+    pub fn seen_echoing(&self, mode: ContinuationMode) -> bool {
+        lock(&self.echoes).contains(&mode)
     }
 
-    /// The breaker's state now.
-    pub fn state(&self) -> crate::breaker::BreakerState {
-        lock(&self.breaker).state(Instant::now())
+    /// Remembers the context window an error of its stated; a smaller statement wins.
+    pub fn learn_window(&self, tokens: u32) {
+        if tokens > 0 {
+            let _ = self.window.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
+                (w == 0 || tokens < w).then_some(tokens)
+            });
+        }
+    }
+
+    /// The context window its errors stated, if any did.
+    pub fn learned_window(&self) -> Option<u32> {
+        match self.window.load(Ordering::Relaxed) {
+            0 => None,
+            w => Some(w),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_model_has_its_own_health_and_the_oldest_is_forgotten() {
+        let route = RouteHealth::default();
+        let a = route.model("a");
+        let b = route.model("b");
+        a.remember_no_prefill();
+        a.learn_window(8192);
+        a.learn_window(16_384);
+        assert!(a.rejects_prefill() && !b.rejects_prefill());
+        assert_eq!((a.learned_window(), b.learned_window()), (Some(8192), None));
+        assert!(Arc::ptr_eq(&a, &route.model("a")), "the same model is the same health");
+        for i in 0..MAX_MODELS {
+            route.model(&format!("m{i}"));
+            // "a" stays in use; "b" is never asked for again.
+            route.model("a");
+        }
+        let names: Vec<String> = route.models().iter().map(|m| m.name().to_string()).collect();
+        assert_eq!(names.len(), MAX_MODELS);
+        assert!(names.contains(&"a".to_string()), "recently used: kept");
+        assert!(!names.contains(&"b".to_string()), "least recently used: forgotten");
+        assert!(!route.model("b").rejects_prefill() && route.model("a").rejects_prefill());
+    }
+
+    #[test]
+    fn a_scripted_budget_answers_in_order_for_every_model() {
+        let route = RouteHealth::scripted([false, true]);
+        let m = route.model("x");
+        assert!(!route.allow_retry(&m));
+        assert!(route.allow_retry(&route.model("y")));
+        assert!(route.allow_retry(&m), "past the recording: allowed");
     }
 }

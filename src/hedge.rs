@@ -4,7 +4,7 @@
 //! # The timing rule
 //!
 //! An attempt is hedged once its first token is later than the route's recent
-//! p95 time to first token ([`RouteHealth::ttft_p95_of`]), over at least
+//! p95 time to first token ([`ModelHealth::ttft_p95_of`]), over at least
 //! `min_samples` recent samples; `after` (the ladder's `hedge_after_ms`) is
 //! then a floor under that p95. With fewer samples, `after` alone decides, and
 //! without it the attempt is not hedged: a route's normal pace must be known
@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::health::RouteHealth;
+use crate::health::ModelHealth;
 use crate::watchdog::{Watchdog, Watched};
 
 /// Default `hedge_min_samples`: recent first-token times needed before a route's p95 counts.
@@ -110,7 +110,7 @@ impl HedgePolicy {
     }
 
     /// When attempt number `attempt` on a route with `health` is hedged, if at all.
-    pub fn delay_for(&self, attempt: u32, health: &RouteHealth) -> Option<Duration> {
+    pub fn delay_for(&self, attempt: u32, health: &ModelHealth) -> Option<Duration> {
         match &self.recorded {
             Some(recorded) => recorded.get(&attempt).copied(),
             None => delay(health.ttft_p95_of(self.min_samples), self.after),
@@ -188,7 +188,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_replay_hedges_exactly_the_recorded_attempts() {
-        let health = RouteHealth::default();
+        let health = crate::health::RouteHealth::default().model("m");
         for _ in 0..10 {
             health.record_ttft(ms(50));
         }
@@ -201,7 +201,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn too_few_samples_are_no_p95() {
-        let health = RouteHealth::default();
+        let health = crate::health::RouteHealth::default().model("m");
         health.record_ttft(ms(50));
         health.record_ttft(ms(60));
         let policy = HedgePolicy::new(None, 3);

@@ -10,7 +10,7 @@ use crate::cache::CacheRung;
 use crate::continuation::{ContinuationMode, DEFAULT_INSTRUCTION};
 use crate::deadline::Adaptive;
 use crate::failure::{FailureClass, FailureKind};
-use crate::health::RouteHealth;
+use crate::health::{ModelHealth, RouteHealth};
 use crate::hedge::HedgePolicy;
 use crate::loopguard::LoopConfig;
 use crate::overlap::OverlapMode;
@@ -36,9 +36,10 @@ pub struct Route {
     pub deadlines: Deadlines,
     /// How its deadlines adapt per attempt; the default keeps them fixed.
     pub adaptive: Adaptive,
-    /// Its context window in tokens; a context-length failure moves to a larger one.
-    pub context_tokens: u32,
-    /// Its circuit breaker and retry budget, shared by every session (and clone).
+    /// Its configured context window in tokens (`None`: unknown until an
+    /// upstream error states it); requests are fitted to a configured one.
+    pub context_tokens: Option<u32>,
+    /// Its health per upstream model, shared by every session (and clone).
     pub health: Arc<RouteHealth>,
     /// Its price in dollars per 1k tokens, for a ladder's cost ceiling.
     pub price_per_1k: Option<f64>,
@@ -47,7 +48,7 @@ pub struct Route {
 }
 
 impl Route {
-    /// A route with default deadlines, prefill continuation and a 128k context.
+    /// A route with default deadlines, prefill continuation and an unknown context window.
     pub fn new(name: &str, model: &str, provider: Arc<dyn Provider>) -> Self {
         Route {
             name: name.into(),
@@ -57,7 +58,7 @@ impl Route {
             continue_final_message: false,
             deadlines: Deadlines::default(),
             adaptive: Adaptive::default(),
-            context_tokens: 128_000,
+            context_tokens: None,
             health: Arc::new(RouteHealth::default()),
             price_per_1k: None,
             overlap: OverlapMode::Auto,
@@ -90,8 +91,31 @@ impl Route {
 
     /// The same route with a context window of `tokens`.
     pub fn with_context(mut self, tokens: u32) -> Self {
-        self.context_tokens = tokens;
+        self.context_tokens = Some(tokens);
         self
+    }
+
+    /// The upstream model an attempt asks for: the route's, or the caller's
+    /// `asked` on a pass-through route (`{model}`).
+    pub fn upstream_model(&self, asked: Option<&str>) -> Arc<str> {
+        match (&*self.model, asked) {
+            (crate::config::PASS_THROUGH_MODEL, Some(asked)) => asked.into(),
+            _ => self.model.clone(),
+        }
+    }
+
+    /// The health of the upstream model an attempt for `asked` goes to.
+    pub fn health_for(&self, asked: Option<&str>) -> Arc<ModelHealth> {
+        self.health.model(&self.upstream_model(asked))
+    }
+
+    /// The window an attempt to `health`'s model must fit: the configured one,
+    /// or the smaller one its errors stated; `None` when neither is known.
+    pub fn window(&self, health: &ModelHealth) -> Option<u32> {
+        match (self.context_tokens, health.learned_window()) {
+            (Some(c), Some(l)) => Some(c.min(l)),
+            (c, l) => c.or(l),
+        }
     }
 }
 
@@ -120,6 +144,9 @@ pub struct RetryPolicy {
     pub max_delay: Duration,
     /// A `Retry-After` up to this long is waited for; a longer one hands over instead.
     pub retry_after_ceiling: Duration,
+    /// The shortest wait before asking a route that rate-limited again (429
+    /// without `Retry-After`, on the last rung): full jitter above it.
+    pub rate_limit_floor: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -129,6 +156,7 @@ impl Default for RetryPolicy {
             base_delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(2),
             retry_after_ceiling: Duration::from_secs(5),
+            rate_limit_floor: Duration::from_millis(500),
         }
     }
 }
@@ -187,16 +215,47 @@ pub struct AttemptState {
 }
 
 impl AttemptState {
-    /// The first attempt on `route` (at index `index`): no retries yet, and the
-    /// route's continuation — instruct if it has rejected a prefill before.
-    pub fn first_on(index: usize, route: &Route) -> Self {
+    /// The first attempt on `route` (at index `index`) for the model `health`
+    /// describes: no retries yet, and the route's continuation — instruct if
+    /// that model has rejected a prefill before.
+    pub fn first_on(index: usize, route: &Route, health: &ModelHealth) -> Self {
         AttemptState {
             route: index,
             retries: 0,
-            mode: route.health.continuation(route.continuation),
+            mode: health.continuation(route.continuation),
             produced_text: false,
         }
     }
+}
+
+/// A set of route indices (a ladder's first 64 routes; later ones are never in it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RouteSet(u64);
+
+impl RouteSet {
+    /// Adds route `index`.
+    pub fn insert(&mut self, index: usize) {
+        if let Some(bit) = u32::try_from(index).ok().and_then(|i| 1u64.checked_shl(i)) {
+            self.0 |= bit;
+        }
+    }
+
+    /// Whether route `index` is in it.
+    pub fn contains(self, index: usize) -> bool {
+        u32::try_from(index)
+            .ok()
+            .and_then(|i| 1u64.checked_shl(i))
+            .is_some_and(|bit| self.0 & bit != 0)
+    }
+}
+
+/// What a session knows of its ladder's routes when it decides.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Known {
+    /// Each route's context window for this session's model, by index (`None`: unknown).
+    pub windows: Vec<Option<u32>>,
+    /// Routes that already failed beside the attempt in charge (a lost hedge).
+    pub lost: RouteSet,
 }
 
 /// What to do after a failure.
@@ -236,9 +295,10 @@ impl Ladder {
         (next < self.routes.len()).then_some(next)
     }
 
-    /// The next step after `failure` on the attempt described by `state`.
-    /// `jitter` in `[0, 1)` scales the exponential backoff (full jitter).
-    pub fn decide(&self, failure: &FailureKind, state: &AttemptState, jitter: f64) -> Decision {
+    /// The next step after `failure` on the attempt described by `state`,
+    /// given what the session `known`s of the routes. `jitter` in `[0, 1)`
+    /// scales the exponential backoff (full jitter).
+    pub fn decide(&self, failure: &FailureKind, state: &AttemptState, known: &Known, jitter: f64) -> Decision {
         match failure.class() {
             FailureClass::Policy => return Decision::Refuse,
             FailureClass::Local => return Decision::Local,
@@ -247,14 +307,29 @@ impl Ladder {
         if matches!(failure, FailureKind::PrefillRejected { .. }) && state.mode == ContinuationMode::Prefill {
             return Decision::SwitchToInstruct;
         }
-        let retryable = matches!(
-            failure,
-            FailureKind::RateLimited { .. } | FailureKind::ServerError { .. } | FailureKind::Reset { .. }
-        );
-        if retryable && !state.produced_text && state.retries < self.retry.max_retries {
+        let next = self.next_route(failure, state, known);
+        let rate_limited = matches!(failure, FailureKind::RateLimited { .. });
+        let retryable = rate_limited || matches!(failure, FailureKind::ServerError { .. } | FailureKind::Reset { .. });
+        // A rate limiter is not helped by being asked again: another rung is
+        // asked at once, and the same route only when it is the last one.
+        if retryable
+            && !(rate_limited && next.is_some())
+            && !state.produced_text
+            && state.retries < self.retry.max_retries
+        {
+            let jitter = jitter.clamp(0.0, 1.0);
             match failure.retry_after() {
                 Some(wait) if wait <= self.retry.retry_after_ceiling => return Decision::Retry { delay: wait },
                 Some(_) => {} // too long to keep the user waiting: hand over
+                None if rate_limited => {
+                    let floor = self.retry.rate_limit_floor;
+                    let ceiling = floor
+                        .saturating_mul(2u32 << state.retries.min(15))
+                        .min(self.retry.max_delay.max(floor));
+                    return Decision::Retry {
+                        delay: floor + (ceiling - floor).mul_f64(jitter),
+                    };
+                }
                 None => {
                     let ceiling = self
                         .retry
@@ -262,23 +337,28 @@ impl Ladder {
                         .saturating_mul(1u32 << state.retries.min(16))
                         .min(self.retry.max_delay);
                     return Decision::Retry {
-                        delay: ceiling.mul_f64(jitter.clamp(0.0, 1.0)),
+                        delay: ceiling.mul_f64(jitter),
                     };
                 }
             }
         }
-        let current = self.routes.get(state.route).map_or(0, |r| r.context_tokens);
-        // A request that did not fit will not fit a window as small or smaller either.
-        let needs_bigger = matches!(
-            failure,
-            FailureKind::ContextLength { .. } | FailureKind::ContextTooSmall { .. }
-        );
-        self.routes
-            .iter()
-            .enumerate()
-            .skip(state.route + 1)
-            .find(|(_, r)| !needs_bigger || r.context_tokens > current)
-            .map_or(Decision::Exhausted, |(to, _)| Decision::HandOver { to })
+        next.map_or(Decision::Exhausted, |to| Decision::HandOver { to })
+    }
+
+    /// The route a handover after `failure` goes to: the next one that did
+    /// not already fail in this session and is not known to be too small.
+    fn next_route(&self, failure: &FailureKind, state: &AttemptState, known: &Known) -> Option<usize> {
+        // A request that did not fit a window will not fit one as small or
+        // smaller either; a route whose window is unknown may take it.
+        let too_small = match failure {
+            FailureKind::ContextLength { .. } => known.windows.get(state.route).copied().flatten(),
+            FailureKind::ContextTooSmall { window, .. } => Some(*window),
+            _ => None,
+        };
+        (state.route + 1..self.routes.len()).find(|&to| {
+            let window = known.windows.get(to).copied().flatten();
+            !known.lost.contains(to) && !matches!((too_small, window), (Some(failed), Some(w)) if w <= failed)
+        })
     }
 }
 
@@ -303,6 +383,14 @@ mod tests {
         )
     }
 
+    /// The windows the ladder's routes were configured with.
+    fn known(l: &Ladder) -> Known {
+        Known {
+            windows: l.routes.iter().map(|r| r.context_tokens).collect(),
+            lost: RouteSet::default(),
+        }
+    }
+
     fn state(route: usize, retries: u32, produced_text: bool) -> AttemptState {
         AttemptState {
             route,
@@ -320,30 +408,39 @@ mod tests {
             retry_after: None,
         };
         assert_eq!(
-            l.decide(&busy, &state(0, 0, false), 0.5),
+            l.decide(&busy, &state(0, 0, false), &known(&l), 0.5),
             Decision::Retry {
                 delay: Duration::from_millis(50)
             }
         );
         assert_eq!(
-            l.decide(&busy, &state(0, 1, false), 0.5),
+            l.decide(&busy, &state(0, 1, false), &known(&l), 0.5),
             Decision::Retry {
                 delay: Duration::from_millis(100)
             }
         );
-        assert_eq!(l.decide(&busy, &state(0, 2, false), 0.5), Decision::HandOver { to: 1 });
-        assert_eq!(l.decide(&busy, &state(0, 0, true), 0.5), Decision::HandOver { to: 1 });
-        assert_eq!(l.decide(&busy, &state(1, 2, false), 0.5), Decision::Exhausted);
+        assert_eq!(
+            l.decide(&busy, &state(0, 2, false), &known(&l), 0.5),
+            Decision::HandOver { to: 1 }
+        );
+        assert_eq!(
+            l.decide(&busy, &state(0, 0, true), &known(&l), 0.5),
+            Decision::HandOver { to: 1 }
+        );
+        assert_eq!(
+            l.decide(&busy, &state(1, 2, false), &known(&l), 0.5),
+            Decision::Exhausted
+        );
     }
 
     #[test]
-    fn retry_after_is_honoured_up_to_the_ceiling() {
+    fn retry_after_is_honoured_up_to_the_ceiling_on_the_last_rung() {
         let l = ladder(&[1000, 1000]);
         let short = FailureKind::RateLimited {
             retry_after: Some(Duration::from_secs(2)),
         };
         assert_eq!(
-            l.decide(&short, &state(0, 0, false), 0.9),
+            l.decide(&short, &state(1, 0, false), &known(&l), 0.9),
             Decision::Retry {
                 delay: Duration::from_secs(2)
             }
@@ -351,7 +448,108 @@ mod tests {
         let long = FailureKind::RateLimited {
             retry_after: Some(Duration::from_secs(60)),
         };
-        assert_eq!(l.decide(&long, &state(0, 0, false), 0.9), Decision::HandOver { to: 1 });
+        assert_eq!(
+            l.decide(&long, &state(1, 0, false), &known(&l), 0.9),
+            Decision::Exhausted
+        );
+    }
+
+    #[test]
+    fn a_429_hands_over_at_once_and_retries_only_on_the_last_rung_after_a_floor() {
+        let l = ladder(&[1000, 1000]);
+        for retry_after in [None, Some(Duration::from_millis(10))] {
+            let limited = FailureKind::RateLimited { retry_after };
+            assert_eq!(
+                l.decide(&limited, &state(0, 0, false), &known(&l), 0.0),
+                Decision::HandOver { to: 1 },
+                "another rung exists: no same-route retry ({retry_after:?})"
+            );
+        }
+        let limited = FailureKind::RateLimited { retry_after: None };
+        let floor = l.retry.rate_limit_floor;
+        assert!(
+            floor >= Duration::from_millis(200),
+            "a floor of hundreds of milliseconds"
+        );
+        // Full jitter above the floor: jitter 0 waits the floor, jitter near 1 twice it, then four times.
+        assert_eq!(
+            l.decide(&limited, &state(1, 0, false), &known(&l), 0.0),
+            Decision::Retry { delay: floor }
+        );
+        assert_eq!(
+            l.decide(&limited, &state(1, 0, false), &known(&l), 0.5),
+            Decision::Retry {
+                delay: floor.mul_f64(1.5)
+            }
+        );
+        assert_eq!(
+            l.decide(&limited, &state(1, 1, false), &known(&l), 1.0),
+            Decision::Retry { delay: floor * 4 }
+        );
+        assert_eq!(
+            l.decide(&limited, &state(1, 2, false), &known(&l), 0.5),
+            Decision::Exhausted
+        );
+        // A lost rung is no rung: the same route is retried.
+        let mut lost = known(&l);
+        lost.lost.insert(1);
+        assert!(matches!(
+            l.decide(&limited, &state(0, 0, false), &lost, 0.5),
+            Decision::Retry { .. }
+        ));
+    }
+
+    #[test]
+    fn a_route_that_lost_a_hedge_is_not_handed_to() {
+        let l = ladder(&[1000, 1000, 1000]);
+        let cut = FailureKind::Truncated { detail: None };
+        let mut k = known(&l);
+        assert_eq!(
+            l.decide(&cut, &state(0, 0, true), &k, 0.5),
+            Decision::HandOver { to: 1 }
+        );
+        k.lost.insert(1);
+        assert_eq!(
+            l.decide(&cut, &state(0, 0, true), &k, 0.5),
+            Decision::HandOver { to: 2 }
+        );
+        k.lost.insert(2);
+        assert_eq!(l.decide(&cut, &state(0, 0, true), &k, 0.5), Decision::Exhausted);
+        let mut far = RouteSet::default();
+        far.insert(200);
+        assert!(
+            !far.contains(200) && !far.contains(0),
+            "indices past 63 are never in a set"
+        );
+    }
+
+    #[test]
+    fn an_unknown_window_is_a_candidate_and_only_a_known_smaller_one_is_skipped() {
+        let l = ladder(&[1000, 1000, 1000]);
+        let ctx = FailureKind::ContextLength {
+            message: "maximum context length is 8192 tokens".into(),
+        };
+        let mut k = Known {
+            windows: vec![Some(8192), None, None],
+            lost: RouteSet::default(),
+        };
+        assert_eq!(
+            l.decide(&ctx, &state(0, 0, false), &k, 0.1),
+            Decision::HandOver { to: 1 }
+        );
+        k.windows[1] = Some(8192);
+        assert_eq!(
+            l.decide(&ctx, &state(0, 0, false), &k, 0.1),
+            Decision::HandOver { to: 2 }
+        );
+        k.windows[2] = Some(4096);
+        assert_eq!(l.decide(&ctx, &state(0, 0, false), &k, 0.1), Decision::Exhausted);
+        // The failing route's window unknown: every later route is a candidate.
+        k.windows[0] = None;
+        assert_eq!(
+            l.decide(&ctx, &state(0, 0, false), &k, 0.1),
+            Decision::HandOver { to: 1 }
+        );
     }
 
     #[test]
@@ -362,9 +560,15 @@ mod tests {
             message: "bad".into(),
             code: None,
         };
-        assert_eq!(l.decide(&bad, &state(0, 0, false), 0.1), Decision::HandOver { to: 1 });
+        assert_eq!(
+            l.decide(&bad, &state(0, 0, false), &known(&l), 0.1),
+            Decision::HandOver { to: 1 }
+        );
         let policy = FailureKind::ContentPolicy { message: "no".into() };
-        assert_eq!(l.decide(&policy, &state(0, 0, false), 0.1), Decision::Refuse);
+        assert_eq!(
+            l.decide(&policy, &state(0, 0, false), &known(&l), 0.1),
+            Decision::Refuse
+        );
     }
 
     #[test]
@@ -375,7 +579,10 @@ mod tests {
             detail: "Too many open files (os error 24)".into(),
         };
         for produced_text in [false, true] {
-            assert_eq!(l.decide(&local, &state(0, 0, produced_text), 0.1), Decision::Local);
+            assert_eq!(
+                l.decide(&local, &state(0, 0, produced_text), &known(&l), 0.1),
+                Decision::Local
+            );
         }
     }
 
@@ -385,12 +592,18 @@ mod tests {
         let rejected = FailureKind::PrefillRejected {
             message: "no prefill".into(),
         };
-        assert_eq!(l.decide(&rejected, &state(0, 0, true), 0.1), Decision::SwitchToInstruct);
+        assert_eq!(
+            l.decide(&rejected, &state(0, 0, true), &known(&l), 0.1),
+            Decision::SwitchToInstruct
+        );
         let instruct = AttemptState {
             mode: ContinuationMode::Instruct,
             ..state(0, 0, true)
         };
-        assert_eq!(l.decide(&rejected, &instruct, 0.1), Decision::HandOver { to: 1 });
+        assert_eq!(
+            l.decide(&rejected, &instruct, &known(&l), 0.1),
+            Decision::HandOver { to: 1 }
+        );
     }
 
     #[test]
@@ -399,15 +612,27 @@ mod tests {
         let ctx = FailureKind::ContextLength {
             message: "too long".into(),
         };
-        assert_eq!(l.decide(&ctx, &state(0, 0, false), 0.1), Decision::HandOver { to: 3 });
-        assert_eq!(l.decide(&ctx, &state(3, 0, false), 0.1), Decision::Exhausted);
+        assert_eq!(
+            l.decide(&ctx, &state(0, 0, false), &known(&l), 0.1),
+            Decision::HandOver { to: 3 }
+        );
+        assert_eq!(
+            l.decide(&ctx, &state(3, 0, false), &known(&l), 0.1),
+            Decision::Exhausted
+        );
         let small = FailureKind::ContextTooSmall {
             needed: 5000,
             window: 4000,
         };
-        assert_eq!(l.decide(&small, &state(1, 0, false), 0.1), Decision::HandOver { to: 2 });
+        assert_eq!(
+            l.decide(&small, &state(1, 0, false), &known(&l), 0.1),
+            Decision::HandOver { to: 2 }
+        );
         let looped = FailureKind::Loop { period: 7, repeats: 50 };
         assert_eq!(looped.class(), FailureClass::Quality);
-        assert_eq!(l.decide(&looped, &state(0, 0, true), 0.1), Decision::HandOver { to: 1 });
+        assert_eq!(
+            l.decide(&looped, &state(0, 0, true), &known(&l), 0.1),
+            Decision::HandOver { to: 1 }
+        );
     }
 }

@@ -6,7 +6,7 @@
 //! no request is sent, the breaker does not count it, the session moves on,
 //! and a recording replays the skip as it happened.
 //!
-//! The latency ceiling looks at the route's *recent* first-token times
+//! The latency ceiling looks at the (route, model)'s *recent* first-token times
 //! ([`TtftWindow`], shared by every session): samples older than the window
 //! expire, so a route skipped for being slow is tried again once its bad
 //! samples have aged out, and its next first tokens decide again.
@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::failure::FailureKind;
+use crate::health::ModelHealth;
 use crate::ladder::Route;
 use crate::provider::UpstreamRequest;
 use crate::request::estimate_tokens;
@@ -31,8 +32,8 @@ pub struct Rules {
 }
 
 impl Rules {
-    /// The business failure that skips `route` for `request`, if a ceiling is broken.
-    pub fn check(&self, route: &Route, request: &UpstreamRequest) -> Option<FailureKind> {
+    /// The business failure that skips `route` (to `health`'s model) for `request`, if a ceiling is broken.
+    pub fn check(&self, route: &Route, health: &ModelHealth, request: &UpstreamRequest) -> Option<FailureKind> {
         if let (Some(ceiling), Some(price)) = (self.max_cost_per_request, route.price_per_1k) {
             // The completion side is the answer reserve context fitting uses.
             let completion = crate::fit::reserve(&request.params);
@@ -46,7 +47,7 @@ impl Rules {
             }
         }
         if let Some(ceiling) = self.latency_ceiling {
-            if let Some(p95) = route.health.ttft_p95() {
+            if let Some(p95) = health.ttft_p95() {
                 if p95 > ceiling {
                     return Some(FailureKind::TooSlow {
                         p95_ms: p95.as_millis() as u64,

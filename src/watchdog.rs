@@ -24,7 +24,7 @@ use tokio::time::{sleep_until, Instant, Sleep};
 
 use crate::deadline::GapBatch;
 use crate::failure::FailureKind;
-use crate::health::RouteHealth;
+use crate::health::ModelHealth;
 use crate::provider::tool_calls::ToolCallBudget;
 use crate::provider::{Chunk, ChunkStream};
 use crate::request::Usage;
@@ -103,7 +103,7 @@ impl Watchdog {
     }
 
     /// The same watchdog, reporting the inter-token gaps it sees to `health`.
-    pub fn learning(mut self, health: std::sync::Arc<RouteHealth>) -> Self {
+    pub fn learning(mut self, health: std::sync::Arc<ModelHealth>) -> Self {
         self.gaps = Some(GapBatch::new(health));
         self
     }

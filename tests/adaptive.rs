@@ -133,10 +133,15 @@ async fn a_fast_stream_is_declared_stalled_well_under_a_second_once_its_gaps_are
         ("primary".into(), deadlines(5_000, 10_000, 300_000)),
         "cold: the ceiling"
     );
-    assert!(health.gap_count() >= 50, "{} gaps", health.gap_count());
-    assert_eq!(health.gap_p99(50), Some(MS(20)));
+    let big = health.model("big");
+    assert!(big.gap_count() >= 50, "{} gaps", big.gap_count());
+    assert_eq!(big.gap_p99(50), Some(MS(20)));
     let learnt = primary(mock("none", MS(20), MS(20)));
-    assert_eq!(deadline::current_stall(&learnt), MS(160), "8 × p99 of 20 ms gaps");
+    assert_eq!(
+        deadline::current_stall(&learnt, &learnt.health_for(None)),
+        MS(160),
+        "8 × p99 of 20 ms gaps"
+    );
 
     // Now the primary stalls after 10 chunks; the same route health carries the learnt pace.
     let stalling = Splicer::new(Ladder::new(vec![primary(mock("stall@10", MS(20), MS(20))), fallback()]));
@@ -189,7 +194,7 @@ async fn a_slow_but_steady_stream_is_not_cut_and_its_gaps_are_learnt() {
     let route = Route::new("thinker", "slow", mock("none", MS(1000), MS(2000)))
         .with_deadlines(deadlines(5_000, 30_000, 3_600_000))
         .with_adaptive(adaptive_stall(100, 20));
-    let health = route.health.clone();
+    let health = route.health_for(None);
     let splicer = Splicer::new(Ladder::new(vec![route.clone()]));
     let mut events = splicer.subscribe();
     for i in 0..3 {
@@ -202,7 +207,7 @@ async fn a_slow_but_steady_stream_is_not_cut_and_its_gaps_are_learnt() {
     }
     assert_eq!(health.gap_p99(20), Some(MS(2000)));
     // Learnt, not floored and not pinned at the ceiling: 8 × 2 s.
-    assert_eq!(deadline::current_stall(&route), MS(16_000));
+    assert_eq!(deadline::current_stall(&route, &route.health_for(None)), MS(16_000));
     let stalls: Vec<Duration> = opened(&drain(&mut events)).iter().map(|(_, d)| d.stall).collect();
     assert_eq!(stalls, [MS(30_000), MS(16_000), MS(16_000)]);
 }
@@ -231,14 +236,14 @@ async fn a_slow_client_is_neither_a_stall_nor_a_gap() {
     let route = Route::new("primary", "big", Arc::new(Eager(mock("none", MS(20), MS(20)))))
         .with_deadlines(deadlines(5_000, 10_000, 300_000))
         .with_adaptive(adaptive_stall(100, 50));
-    let health = route.health.clone();
+    let health = route.health_for(None);
     let splicer = Splicer::new(Ladder::new(vec![route.clone()]));
     let warm = conversation("warm");
     assert_eq!(
         splicer.collect(ChatRequest::new(warm.clone())).await.text,
         answer(&warm)
     );
-    assert_eq!(deadline::current_stall(&route), MS(160));
+    assert_eq!(deadline::current_stall(&route, &route.health_for(None)), MS(160));
     let learnt = health.gap_count();
 
     // A client that takes 500 ms over every delta: far beyond the learnt 160 ms.
@@ -265,7 +270,7 @@ async fn a_slow_client_is_neither_a_stall_nor_a_gap() {
         health.gap_count() - learnt
     );
     assert_eq!(
-        deadline::current_stall(&route),
+        deadline::current_stall(&route, &route.health_for(None)),
         MS(160),
         "the slow client taught it nothing"
     );
@@ -333,7 +338,7 @@ async fn the_first_token_deadline_grows_with_the_prompt() {
 async fn fixed_deadlines_stay_the_default_and_learn_nothing() {
     let route = Route::new("primary", "big", mock("none", MS(20), MS(20)));
     assert!(route.adaptive.is_fixed());
-    let health = route.health.clone();
+    let health = route.health_for(None);
     let splicer = Splicer::new(Ladder::new(vec![route.clone()]));
     let mut events = splicer.subscribe();
     let c = conversation("fixed");
@@ -343,7 +348,10 @@ async fn fixed_deadlines_stay_the_default_and_learn_nothing() {
         [("primary".to_string(), Deadlines::default())]
     );
     assert_eq!(health.gap_count(), 0, "a fixed route keeps no gap sample");
-    assert_eq!(deadline::current_stall(&route), Deadlines::default().stall);
+    assert_eq!(
+        deadline::current_stall(&route, &route.health_for(None)),
+        Deadlines::default().stall
+    );
 }
 
 /// `/metrics` shows each route's current stall deadline: the ceiling while cold,
@@ -386,7 +394,7 @@ async fn metrics_show_the_effective_stall_deadline() {
             .expect("body");
         let line = text
             .lines()
-            .find(|l| l.starts_with("baton_route_stall_deadline_ms{route=\"primary\"}"))
+            .find(|l| l.starts_with("baton_route_stall_deadline_ms{route=\"primary\",model=\"oracle\"}"))
             .unwrap_or_else(|| panic!("no stall deadline gauge in {text}"))
             .to_string();
         line.rsplit(' ')

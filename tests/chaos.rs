@@ -81,7 +81,7 @@ fn world(primary: &str, fallback: &str, mode: ContinuationMode, style: Style) ->
     let fallback = Route::new("fallback", "oracle-small", f.clone()).with_continuation(mode);
     if style.repeat_words > 0 {
         for mode in MODES {
-            fallback.health.remember_echo("oracle-small", mode);
+            fallback.health.model("oracle-small").remember_echo(mode);
         }
     }
     let splicer = Splicer::new(Ladder::new(vec![
@@ -484,12 +484,12 @@ impl Seam {
             })
             .unwrap_or_else(|| panic!("conv={conv}: no word to cut inside"));
         assert!(
-            !self.health.seen_echoing("oracle-small", self.mode),
+            !self.health.model("oracle-small").seen_echoing(self.mode),
             "conv={conv}: learned too early"
         );
         self.exact(conv, messages, at).await;
         assert!(
-            self.health.seen_echoing("oracle-small", self.mode),
+            self.health.model("oracle-small").seen_echoing(self.mode),
             "conv={conv} at={at} style={:?}: a glued echo was not remembered",
             self.style
         );

@@ -206,7 +206,7 @@ async fn a_route_the_request_cannot_fit_is_skipped_and_the_next_one_answers() {
         Route::new("small", "oracle-tiny", small.clone()).with_context(needed - 1),
         Route::new("spare", "oracle-spare", spare.clone()),
     ]);
-    let small_health = ladder.routes[1].health.clone();
+    let small_health = ladder.routes[1].health_for(None);
     let splicer = Splicer::new(ladder);
     let mut events = splicer.subscribe();
     // Four sessions: a fifth truncation in a row would open the primary's breaker.

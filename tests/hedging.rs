@@ -147,7 +147,7 @@ async fn learn_quick_primary(health: &Arc<RouteHealth>) {
         0,
         "too few samples and no hedge_after_ms: no hedge"
     );
-    assert_eq!(health.ttft_p95_of(5), Some(Duration::from_millis(20)));
+    assert_eq!(health.model("primary").ttft_p95_of(5), Some(Duration::from_millis(20)));
 }
 
 #[tokio::test(start_paused = true)]
@@ -206,7 +206,7 @@ async fn a_late_primary_is_hedged_and_the_faster_fallback_streams_the_answer() {
     assert_eq!(slow.requests(), 3, "the primary was asked every time");
     assert_eq!(fallback.requests(), 3);
     assert_eq!(
-        primary_health.state(),
+        primary_health.model("primary").state(),
         BreakerState::Closed,
         "three cancellations did not open it"
     );
@@ -342,7 +342,7 @@ async fn a_hedge_slower_than_the_late_primary_is_cancelled() {
         "{hedges:?}"
     );
     assert!(failures(&r.events).is_empty());
-    assert_eq!(fallback_health.state(), BreakerState::Closed);
+    assert_eq!(fallback_health.model("fallback").state(), BreakerState::Closed);
     assert_eq!(policy.ended(Outcome::PrimaryWon), 1);
     assert_eq!(support::verify_events(&r.events), Verdict::Ok { partial: false });
 }

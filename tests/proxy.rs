@@ -457,7 +457,8 @@ async fn models_health_metrics_and_the_event_feed() {
         "baton_sessions_total{ladder=\"chat\",outcome=\"complete\"} 1",
         "baton_handover_gap_seconds_count 1",
         "baton_ttft_seconds_count{ladder=\"chat\"} 1",
-        "baton_breaker_state{route=\"primary\"} 0",
+        "baton_breaker_state{route=\"primary\",model=\"big\"} 0",
+        "baton_model_attempts_total{route=\"primary\",model=\"big\"} 1",
     ] {
         assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
     }

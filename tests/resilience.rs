@@ -68,7 +68,7 @@ async fn an_open_breaker_skips_the_route_and_a_probe_brings_traffic_back() {
 
     let mut transitions = Vec::new();
     while let Ok(event) = events.try_recv() {
-        if let EventKind::Breaker { route, from, to } = event.kind {
+        if let EventKind::Breaker { route, from, to, .. } = event.kind {
             transitions.push((route, from, to));
         }
     }
@@ -192,7 +192,7 @@ async fn local_exhaustion_never_opens_a_breaker_nor_walks_the_ladder() {
         Route::new("primary", "p", primary.clone()),
         Route::new("fallback", "f", fallback.clone()),
     ]);
-    let health = ladder.routes[0].health.clone();
+    let health = ladder.routes[0].health_for(None);
     let splicer = Splicer::new(ladder);
     // Four times the consecutive failures that open a breaker.
     for i in 0..20 {

@@ -120,9 +120,13 @@ pub struct Metrics {
     /// Requests rejected before reaching a ladder (bad JSON, auth, size …).
     pub rejected: Family<RejectLabels, Counter>,
     /// Each route's circuit breaker: 0 closed, 1 half-open, 2 open (set when /metrics is read).
-    pub breaker_state: Family<RouteLabels, Gauge>,
-    /// Each route's stall deadline for an attempt opening now, in ms (adaptive or fixed; set when /metrics is read).
-    pub stall_deadline: Family<RouteLabels, Gauge>,
+    pub breaker_state: Family<ModelLabels, Gauge>,
+    /// Each (route, model)'s stall deadline for an attempt opening now, in ms (adaptive or fixed; set when /metrics is read).
+    pub stall_deadline: Family<ModelLabels, Gauge>,
+    /// Each (route, model)'s context window as its errors stated it (tokens; only where one was learned).
+    pub learned_window: Family<ModelLabels, Gauge>,
+    /// Attempts each (route, model)'s breaker let through (brought up to its count when /metrics is read).
+    pub model_attempts: Family<ModelLabels, Counter>,
     /// Hedge races by ladder and outcome (brought up to the ladders' counts when /metrics is read).
     pub hedges: Family<HedgeLabels, Counter>,
     /// Session recordings that could not be written (brought up to the recorder's count when /metrics is read).
@@ -145,11 +149,13 @@ fn catch_up(counter: &Counter, total: u64) {
     }
 }
 
-/// Labels naming a route.
+/// Labels naming a route and one upstream model it serves.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RouteLabels {
+pub struct ModelLabels {
     /// The route.
     pub route: String,
+    /// The upstream model.
+    pub model: String,
 }
 
 /// Labels naming why a connection was closed.
@@ -191,8 +197,10 @@ impl Metrics {
         let client_connections_open = Gauge::default();
         let events_dropped = Counter::default();
         let rejected = Family::<RejectLabels, Counter>::default();
-        let breaker_state = Family::<RouteLabels, Gauge>::default();
-        let stall_deadline = Family::<RouteLabels, Gauge>::default();
+        let breaker_state = Family::<ModelLabels, Gauge>::default();
+        let stall_deadline = Family::<ModelLabels, Gauge>::default();
+        let learned_window = Family::<ModelLabels, Gauge>::default();
+        let model_attempts = Family::<ModelLabels, Counter>::default();
         let hedges = Family::<HedgeLabels, Counter>::default();
         let recordings_lost = Counter::default();
         let upstream_tokens = Family::<TokenLabels, Counter>::default();
@@ -261,13 +269,23 @@ impl Metrics {
         );
         registry.register(
             "breaker_state",
-            "Circuit breaker per route: 0 closed, 1 half-open, 2 open",
+            "Circuit breaker per route and upstream model: 0 closed, 1 half-open, 2 open",
             breaker_state.clone(),
         );
         registry.register(
             "route_stall_deadline_ms",
-            "Stall deadline per route for an attempt opening now (ms; follows recent gaps when adaptive)",
+            "Stall deadline per route and upstream model for an attempt opening now (ms; follows recent gaps when adaptive)",
             stall_deadline.clone(),
+        );
+        registry.register(
+            "learned_context_window_tokens",
+            "Context window per route and upstream model, as the upstream's own context-length error stated it",
+            learned_window.clone(),
+        );
+        registry.register(
+            "model_attempts",
+            "Attempts sent per route and upstream model (those its breaker let through)",
+            model_attempts.clone(),
         );
         registry.register(
             "hedges",
@@ -307,6 +325,8 @@ impl Metrics {
             rejected,
             breaker_state,
             stall_deadline,
+            learned_window,
+            model_attempts,
             hedges,
             recordings_lost,
             upstream_tokens,
@@ -334,13 +354,35 @@ impl Metrics {
         catch_up(&self.recordings_lost, lost);
     }
 
-    /// Sets the stall deadline `route` would give an attempt opening now.
-    pub fn route_stall_deadline(&self, route: &str, deadline: std::time::Duration) {
+    /// Forgets every (route, model) gauge, before they are set again from the
+    /// models the routes still keep (a forgotten model leaves no stale line).
+    pub fn clear_models(&self) {
+        self.breaker_state.clear();
+        self.stall_deadline.clear();
+        self.learned_window.clear();
+    }
+
+    /// Sets what `route` knows of `health`'s model: breaker state, the stall
+    /// deadline an attempt opening now would get, a learned window, attempts.
+    pub fn model_health(&self, route: &str, health: &crate::health::ModelHealth, stall: std::time::Duration) {
+        let labels = ModelLabels {
+            route: route.to_string(),
+            model: health.name().to_string(),
+        };
+        let state = match health.state() {
+            crate::breaker::BreakerState::Closed => 0,
+            crate::breaker::BreakerState::HalfOpen => 1,
+            crate::breaker::BreakerState::Open => 2,
+        };
+        self.breaker_state.get_or_create(&labels).set(state);
         self.stall_deadline
-            .get_or_create(&RouteLabels {
-                route: route.to_string(),
-            })
-            .set(i64::try_from(deadline.as_millis()).unwrap_or(i64::MAX));
+            .get_or_create(&labels)
+            .set(i64::try_from(stall.as_millis()).unwrap_or(i64::MAX));
+        if let Some(window) = health.learned_window() {
+            self.learned_window.get_or_create(&labels).set(i64::from(window));
+        }
+        let _one = self.hedges_sync.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        catch_up(&self.model_attempts.get_or_create(&labels), health.attempts());
     }
 
     /// Counts a session's end.

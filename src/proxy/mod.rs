@@ -370,22 +370,17 @@ async fn models(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
+    state.metrics.clear_models();
     for route in state.entries.iter().flat_map(|e| e.splicer.ladder().routes.iter()) {
-        let value = match route.health.state() {
-            crate::breaker::BreakerState::Closed => 0,
-            crate::breaker::BreakerState::HalfOpen => 1,
-            crate::breaker::BreakerState::Open => 2,
-        };
-        state
-            .metrics
-            .breaker_state
-            .get_or_create(&metrics::RouteLabels {
-                route: route.name.to_string(),
-            })
-            .set(value);
-        state
-            .metrics
-            .route_stall_deadline(&route.name, crate::deadline::current_stall(route));
+        // A route with a model of its own shows it before its first request;
+        // a pass-through route shows the models clients have asked of it.
+        if &*route.model != crate::config::PASS_THROUGH_MODEL {
+            route.health_for(None);
+        }
+        for health in route.health.models() {
+            let stall = crate::deadline::current_stall(route, &health);
+            state.metrics.model_health(&route.name, &health, stall);
+        }
     }
     for ladder in state.entries.iter().map(|e| e.splicer.ladder()) {
         if let Some(policy) = &ladder.hedge {

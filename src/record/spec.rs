@@ -72,14 +72,20 @@ pub struct RouteSpec {
     /// Whole-attempt deadline.
     #[serde(rename = "total_ms", with = "ms")]
     pub total: Duration,
-    /// Context window in tokens.
-    pub context_tokens: u32,
+    /// Configured context window in tokens (absent: unknown; recordings made
+    /// before windows could be unknown always have one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_tokens: Option<u32>,
     /// How its deadlines adapt (absent: fixed, as in recordings made before they could).
     #[serde(default, skip_serializing_if = "Adaptive::is_fixed")]
     pub adaptive: Adaptive,
     /// When a repeat at the seam is trimmed (absent: `auto`).
     #[serde(default, skip_serializing_if = "OverlapMode::is_auto")]
     pub overlap: OverlapMode,
+    /// The context window the session's model had stated on this route when
+    /// the session began (absent: none), so a replay skips the same routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learned_context_tokens: Option<u32>,
 }
 
 /// The ladder's retry policy.
@@ -96,6 +102,10 @@ pub struct RetrySpec {
     /// The longest `Retry-After` waited for.
     #[serde(rename = "retry_after_ceiling_ms", with = "ms")]
     pub retry_after_ceiling: Duration,
+    /// The shortest wait before a rate-limited last rung is asked again
+    /// (absent in recordings made before there was one: 0, as then).
+    #[serde(rename = "rate_limit_floor_ms", with = "ms", default)]
+    pub rate_limit_floor: Duration,
 }
 
 /// The caller's request, before any continuation.
@@ -120,6 +130,7 @@ impl LadderSpec {
                 base_delay: ladder.retry.base_delay,
                 max_delay: ladder.retry.max_delay,
                 retry_after_ceiling: ladder.retry.retry_after_ceiling,
+                rate_limit_floor: ladder.retry.rate_limit_floor,
             },
             instruction: ladder.instruction.clone(),
             safe_reply: ladder.safe_reply.clone(),
@@ -131,6 +142,14 @@ impl LadderSpec {
         }
     }
 
+    /// The same description, with each route's learned window for the session's model (`asked`).
+    pub fn with_learned_windows(mut self, ladder: &Ladder, asked: Option<&str>) -> Self {
+        for (spec, route) in self.routes.iter_mut().zip(&ladder.routes) {
+            spec.learned_context_tokens = route.health_for(asked).learned_window();
+        }
+        self
+    }
+
     /// The ladder named `name` this describes, with `provider(route)` behind each route.
     pub fn build(&self, name: &str, mut provider: impl FnMut(&RouteSpec) -> Arc<dyn Provider>) -> Ladder {
         let mut ladder = Ladder::new(self.routes.iter().map(|r| r.build(provider(r))).collect()).named(name);
@@ -139,6 +158,7 @@ impl LadderSpec {
             base_delay: self.retry.base_delay,
             max_delay: self.retry.max_delay,
             retry_after_ceiling: self.retry.retry_after_ceiling,
+            rate_limit_floor: self.retry.rate_limit_floor,
         };
         ladder.instruction = self.instruction.clone();
         ladder.safe_reply = self.safe_reply.clone();
@@ -164,6 +184,7 @@ impl RouteSpec {
             context_tokens: route.context_tokens,
             adaptive: route.adaptive,
             overlap: route.overlap,
+            learned_context_tokens: None,
         }
     }
 
@@ -181,9 +202,9 @@ impl RouteSpec {
         let mut route = Route::new(&self.name, &self.model, provider)
             .with_continuation(self.continuation)
             .with_deadlines(self.deadlines())
-            .with_context(self.context_tokens)
             .with_adaptive(self.adaptive)
             .with_overlap(self.overlap);
+        route.context_tokens = self.context_tokens;
         route.continue_final_message = self.continue_final_message;
         route
     }

@@ -994,7 +994,9 @@ pub async fn redrive(plan: &Plan) -> Redriven {
             book: book.clone(),
         }) as Arc<dyn Provider>
     });
-    for route in &mut ladder.routes {
+    let request = plan.request.build(plan.session);
+    let asked = request.model.as_deref();
+    for (route, spec) in ladder.routes.iter_mut().zip(&plan.spec.routes) {
         let answers = plan.budget.get(&*route.name).cloned().unwrap_or_default();
         let deadlines = plan
             .attempts
@@ -1002,16 +1004,19 @@ pub async fn redrive(plan: &Plan) -> Redriven {
             .filter(|a| a.route == *route.name)
             .map(|a| a.deadlines);
         route.health = Arc::new(crate::health::RouteHealth::scripted(answers).with_recorded_deadlines(deadlines));
+        let health = route.health_for(asked);
         if plan.no_prefill.iter().any(|r| *r == *route.name) {
-            route.health.remember_no_prefill();
+            health.remember_no_prefill();
         }
         for (_, model, mode) in plan.echoes.iter().filter(|(r, _, _)| *r == *route.name) {
-            route.health.remember_echo(model, *mode);
+            route.health.model(model).remember_echo(*mode);
+        }
+        if let Some(window) = spec.learned_context_tokens {
+            health.learn_window(window);
         }
     }
     // Hedge when the recording did, after the recorded delay: a re-drive has no first-token history.
     ladder.hedge = ladder.hedge.take().map(|h| h.replaying(plan.hedges.clone()));
-    let request = plan.request.build(plan.session);
     if let Some((last_resort, answer)) = &plan.cached {
         let store = Arc::new(ResponseCache::new(CacheLimits::default()));
         store.put(ResponseCache::key(&request), answer.clone());

@@ -23,9 +23,9 @@ use crate::continuation;
 use crate::event::{EngineEvent, EventKind, SessionLog, UpstreamItem};
 use crate::failure::{Failure, FailureClass, FailureKind};
 use crate::fit::{self, TooSmall};
-use crate::health::{Permit, RouteHealth};
+use crate::health::{ModelHealth, Permit};
 use crate::hedge::Side;
-use crate::ladder::{AttemptState, Decision, Ladder, Route};
+use crate::ladder::{AttemptState, Decision, Known, Ladder, Route, RouteSet};
 use crate::loopguard::{Loop, LoopGuard};
 use crate::oracle::SplitMix;
 use crate::overlap::{Evidence, OverlapTrim, Proof};
@@ -274,11 +274,11 @@ impl Splicer {
                 log.emit(EventKind::SessionStarted {
                     ladder: ladder.name.clone(),
                     messages: request.messages.len(),
-                    spec: Some(Box::new(LadderSpec::of(&ladder))),
+                    spec: Some(Box::new(LadderSpec::of(&ladder).with_learned_windows(&ladder, request.model.as_deref()))),
                     request: Some(Box::new(RequestSpec::of(&request))),
                 });
             }
-            let mut session = Session::new(&request, log, ladder.cache.is_some());
+            let mut session = Session::new(&request, &ladder, log);
             if let Some(items) = session.cached(&ladder, false) {
                 for item in items {
                     yield item;
@@ -291,11 +291,11 @@ impl Splicer {
                 }
                 return;
             };
-            let mut state = AttemptState::first_on(0, first);
+            let mut state = AttemptState::first_on(0, first, &session.health(0));
             loop {
                 let mut route = &ladder.routes[state.route];
                 let mut attempt = session.open(route, &state, &ladder.instruction, &ladder.rules);
-                let mut race = Race::arm(&ladder, route, &state, &attempt);
+                let mut race = Race::arm(&ladder, &state, &attempt);
                 let mut guard = ladder.loop_guard.as_ref().map(|c| LoopGuard::new(c, session.emitted.len()));
                 let ended = loop {
                     // A hedge race may switch the attempt (and its route and state) to the hedge.
@@ -351,18 +351,17 @@ impl Splicer {
                         return;
                     }
                     Err(kind) => {
-                        if let FailureKind::FirstTokenTimeout { after } = kind {
-                            route.health.record_ttft(after);
-                        }
+                        attempt.learn_from(&kind);
                         session.account(&attempt);
                         state.produced_text = attempt.tokens > 0;
                         let jitter = session.rng.below(1 << 20) as f64 / f64::from(1u32 << 20);
-                        let mut decision = ladder.decide(&kind, &state, jitter);
-                        if matches!(decision, Decision::Retry { .. }) && !route.health.allow_retry() {
+                        let known = session.known(&ladder);
+                        let mut decision = ladder.decide(&kind, &state, &known, jitter);
+                        if matches!(decision, Decision::Retry { .. }) && !route.health.allow_retry(&attempt.health) {
                             // The route's retry budget is spent: hand over instead of adding load.
                             session.log.emit(EventKind::RetryDenied { route: route.name.to_string() });
                             let spent = AttemptState { retries: u32::MAX, ..state };
-                            decision = ladder.decide(&kind, &spent, jitter);
+                            decision = ladder.decide(&kind, &spent, &known, jitter);
                         }
                         session.record_failure(route, &kind, attempt.tokens);
                         match decision {
@@ -372,12 +371,12 @@ impl Splicer {
                                 state.retries += 1;
                             }
                             Decision::SwitchToInstruct => {
-                                route.health.remember_no_prefill();
+                                attempt.health.remember_no_prefill();
                                 state.mode = continuation::ContinuationMode::Instruct;
                             }
                             Decision::HandOver { to } => {
                                 session.pending.get_or_insert_with(|| Pending::after(route, &kind));
-                                state = AttemptState::first_on(to, &ladder.routes[to]);
+                                state = AttemptState::first_on(to, &ladder.routes[to], &session.health(to));
                             }
                             Decision::Refuse => {
                                 let failures = std::mem::take(&mut session.failures);
@@ -452,6 +451,10 @@ type Delivered = std::iter::Flatten<std::array::IntoIter<Option<ClientItem>, 2>>
 /// One session's state between attempts.
 struct Session<'r> {
     request: &'r ChatRequest,
+    /// The health of the model each route of the ladder serves this session, by route index.
+    healths: Vec<Arc<ModelHealth>>,
+    /// Routes whose attempt failed beside the one in charge (a lost hedge): never handed to again.
+    lost: RouteSet,
     log: SessionLog,
     /// The prefix every continuation builds on: everything the client has
     /// received, except a loop cut out of it (and the marker that ended it).
@@ -493,8 +496,8 @@ struct Attempt {
     model: Arc<str>,
     /// Tool-call deltas held until the attempt finishes.
     tool_calls: Vec<serde_json::Value>,
-    /// The route's shared health, which learns its first-token times.
-    health: Arc<RouteHealth>,
+    /// The health of its (route, model), which learns from it.
+    health: Arc<ModelHealth>,
 }
 
 impl Attempt {
@@ -525,7 +528,21 @@ impl Attempt {
     fn learn(&mut self) {
         if !self.learned && self.trim.dropped() == Some(Proof::Proved) {
             self.learned = true;
-            self.health.remember_echo(&self.model, self.mode);
+            self.health.remember_echo(self.mode);
+        }
+    }
+
+    /// What its failure teaches its (route, model): a first-token timeout is a
+    /// first-token time, and a context-length error may state the window.
+    fn learn_from(&self, kind: &FailureKind) {
+        match kind {
+            FailureKind::FirstTokenTimeout { after } => self.health.record_ttft(*after),
+            FailureKind::ContextLength { message } => {
+                if let Some(window) = fit::stated_window(message) {
+                    self.health.learn_window(window);
+                }
+            }
+            _ => {}
         }
     }
 }

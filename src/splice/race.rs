@@ -26,15 +26,15 @@ pub(super) enum Race {
 }
 
 impl Race {
-    /// The race for `attempt`, just opened on `route` as `state` says.
-    pub(super) fn arm(ladder: &Ladder, route: &Route, state: &AttemptState, attempt: &Attempt) -> Race {
+    /// The race for `attempt`, just opened as `state` says.
+    pub(super) fn arm(ladder: &Ladder, state: &AttemptState, attempt: &Attempt) -> Race {
         let Some(policy) = &ladder.hedge else {
             return Race::Off;
         };
         let Some(to) = ladder.hedge_route(state.route) else {
             return Race::Off;
         };
-        match policy.delay_for(attempt.number, &route.health) {
+        match policy.delay_for(attempt.number, &attempt.health) {
             Some(after) => Race::Armed {
                 at: attempt.opened + after,
                 after,
@@ -117,6 +117,8 @@ impl<'r> Session<'r> {
                         (Side::Hedge, Some(Watched::Failed(kind))) => {
                             let hedge_route = &ladder.routes[hedge_state.route];
                             self.race_lost(hedge_route, &mut hedge, &kind);
+                            // A later handover must not go back to the route that just failed.
+                            self.lost.insert(hedge_state.route);
                             self.hedge_won(ladder, attempt, false, None);
                         }
                         (Side::Hedge, None) => {}
@@ -146,7 +148,7 @@ impl<'r> Session<'r> {
         to: usize,
     ) -> Race {
         let next = &ladder.routes[to];
-        let state = AttemptState::first_on(to, next);
+        let state = AttemptState::first_on(to, next, &self.health(to));
         self.log.emit(EventKind::Hedge {
             route: route.name.to_string(),
             attempt: attempt.number,
@@ -164,9 +166,7 @@ impl<'r> Session<'r> {
     /// One side of a race failed before any content: recorded like any failed attempt.
     pub(super) fn race_lost(&mut self, route: &Route, attempt: &mut Attempt, kind: &FailureKind) {
         self.settle(route, attempt, Some(kind));
-        if let FailureKind::FirstTokenTimeout { after } = kind {
-            route.health.record_ttft(*after);
-        }
+        attempt.learn_from(kind);
         self.record_failure(route, kind, attempt.tokens);
         self.account(attempt);
     }

@@ -4,10 +4,13 @@
 use super::*;
 
 impl<'r> Session<'r> {
-    pub(super) fn new(request: &'r ChatRequest, log: SessionLog, cached: bool) -> Self {
+    pub(super) fn new(request: &'r ChatRequest, ladder: &Ladder, log: SessionLog) -> Self {
         let (hi, lo) = request.session.as_u64_pair();
+        let asked = request.model.as_deref();
         Session {
             request,
+            healths: ladder.routes.iter().map(|r| r.health_for(asked)).collect(),
+            lost: RouteSet::default(),
             log,
             emitted: String::new(),
             sent: 0,
@@ -19,18 +22,16 @@ impl<'r> Session<'r> {
             rng: SplitMix::new(hi ^ lo),
             tool_calls: Vec::new(),
             tool_calls_sent: false,
-            deltas: cached.then(Vec::new),
+            deltas: ladder.cache.is_some().then(Vec::new),
         }
     }
 
     pub(super) fn open(&mut self, route: &Route, state: &AttemptState, instruction: &str, rules: &Rules) -> Attempt {
         self.attempts += 1;
         let messages = continuation::messages(&self.request.messages, &self.emitted, state.mode, instruction);
-        let (messages, too_small) = self.fit(route, messages);
-        let model: Arc<str> = match (&*route.model, &self.request.model) {
-            (crate::config::PASS_THROUGH_MODEL, Some(asked)) => asked.as_str().into(),
-            _ => route.model.clone(),
-        };
+        let health = self.health(state.route);
+        let (messages, too_small) = self.fit(route, &health, messages);
+        let model = health.name().clone();
         let upstream = UpstreamRequest {
             model: model.to_string(),
             messages,
@@ -40,10 +41,10 @@ impl<'r> Session<'r> {
                 && !self.emitted.is_empty(),
         };
         // Decided once, here, and recorded: a replay re-drives with these, not with a history it lacks.
-        let deadlines = crate::deadline::decide(route, &upstream.messages);
+        let deadlines = crate::deadline::decide(route, &health, &upstream.messages);
         let evidence = Evidence {
             setting: route.overlap,
-            seen_echoing: route.health.seen_echoing(&model, state.mode),
+            seen_echoing: health.seen_echoing(state.mode),
         };
         if self.log.listened() {
             self.log.emit(EventKind::AttemptOpened {
@@ -57,12 +58,12 @@ impl<'r> Session<'r> {
                 seen_echoing: evidence.seen_echoing,
             });
         }
-        let (permit, stream) = if let Some(broken) = too_small.or_else(|| rules.check(route, &upstream)) {
+        let (permit, stream) = if let Some(broken) = too_small.or_else(|| rules.check(route, &health, &upstream)) {
             (None, fails_at_once(broken))
         } else {
-            match route.health.admit(state.retries == 0) {
+            match health.admit(state.retries == 0) {
                 Some((permit, transition)) => {
-                    self.breaker_changed(route, transition);
+                    self.breaker_changed(route, &model, transition);
                     (Some(permit), route.provider.stream(upstream))
                 }
                 None => (None, fails_at_once(FailureKind::CircuitOpen)),
@@ -71,7 +72,7 @@ impl<'r> Session<'r> {
         Attempt {
             number: self.attempts,
             permit,
-            watchdog: crate::deadline::watchdog(route, stream, deadlines),
+            watchdog: crate::deadline::watchdog(route, &health, stream, deadlines),
             trim: OverlapTrim::new(&self.emitted, evidence),
             mode: state.mode,
             learned: false,
@@ -81,7 +82,26 @@ impl<'r> Session<'r> {
             route: route.name.clone(),
             model,
             tool_calls: Vec::new(),
-            health: route.health.clone(),
+            health,
+        }
+    }
+
+    /// The health of the model the session's attempts on route `index` go to.
+    pub(super) fn health(&self, index: usize) -> Arc<ModelHealth> {
+        // One per route of the ladder, as `state.route` indexes `ladder.routes`.
+        self.healths[index].clone()
+    }
+
+    /// What the session knows of its ladder's routes, for [`Ladder::decide`].
+    pub(super) fn known(&self, ladder: &Ladder) -> Known {
+        Known {
+            windows: ladder
+                .routes
+                .iter()
+                .zip(&self.healths)
+                .map(|(r, h)| r.window(h))
+                .collect(),
+            lost: self.lost,
         }
     }
 
@@ -188,15 +208,16 @@ impl<'r> Session<'r> {
     pub(super) fn settle(&self, route: &Route, attempt: &mut Attempt, failure: Option<&FailureKind>) {
         if let Some(permit) = attempt.permit.take() {
             let transition = permit.settle(failure);
-            self.breaker_changed(route, transition);
+            self.breaker_changed(route, &attempt.model, transition);
         }
     }
 
-    pub(super) fn breaker_changed(&self, route: &Route, transition: Option<Transition>) {
+    pub(super) fn breaker_changed(&self, route: &Route, model: &str, transition: Option<Transition>) {
         if let Some(t) = transition {
-            tracing::info!(route = %route.name, from = t.from.as_str(), to = t.to.as_str(), "circuit breaker");
+            tracing::info!(route = %route.name, model, from = t.from.as_str(), to = t.to.as_str(), "circuit breaker");
             self.log.emit(EventKind::Breaker {
                 route: route.name.to_string(),
+                model: Some(model.to_string()),
                 from: t.from,
                 to: t.to,
             });
@@ -231,12 +252,27 @@ impl<'r> Session<'r> {
         })
     }
 
-    /// `messages` fitted to `route`'s context window (announcing what was
-    /// dropped); unchanged, with the failure that skips the route, if they cannot fit.
-    pub(super) fn fit(&self, route: &Route, messages: Vec<Message>) -> (Vec<Message>, Option<FailureKind>) {
+    /// `messages` fitted to `route`'s configured context window (announcing
+    /// what was dropped); unchanged, with the failure that skips the route, if
+    /// they cannot fit. A window only learned from an error drops nothing: it
+    /// skips the route when the messages alone are larger.
+    pub(super) fn fit(
+        &self,
+        route: &Route,
+        health: &ModelHealth,
+        messages: Vec<Message>,
+    ) -> (Vec<Message>, Option<FailureKind>) {
+        let Some(window) = route.window(health) else {
+            return (messages, None);
+        };
+        if route.context_tokens.is_none() {
+            let needed = crate::request::estimate_tokens(&messages);
+            let too_small = (needed > window).then_some(FailureKind::ContextTooSmall { needed, window });
+            return (messages, too_small);
+        }
         let reserve = fit::reserve(&self.request.params);
         let protected = fit::protected_from(&self.request.messages);
-        match fit::fit(&messages, protected, route.context_tokens, reserve) {
+        match fit::fit(&messages, protected, window, reserve) {
             Ok(plan) if plan.drops() => {
                 self.log.emit(EventKind::ContextFitted {
                     route: route.name.to_string(),
@@ -244,7 +280,7 @@ impl<'r> Session<'r> {
                     dropped_tokens: plan.dropped_tokens,
                     kept_tokens: plan.kept_tokens,
                     reserve,
-                    window: route.context_tokens,
+                    window,
                 });
                 (plan.apply(messages), None)
             }

@@ -618,8 +618,9 @@ async fn before_headers_faults_hand_over_with_the_right_class() {
     let table: [(&str, &str, u32, Duration); 7] = [
         ("reset", "reset", 3, Duration::ZERO),
         ("hang", "first_token_timeout", 1, Duration::from_secs(10)),
-        ("429", "rate_limited", 3, Duration::ZERO),
-        ("429:1", "rate_limited", 3, Duration::from_secs(2)),
+        // A rate limiter is not asked again while another route can answer.
+        ("429", "rate_limited", 1, Duration::ZERO),
+        ("429:1", "rate_limited", 1, Duration::ZERO),
         ("500", "server_error", 3, Duration::ZERO),
         ("503", "server_error", 3, Duration::ZERO),
         ("slow:15000", "first_token_timeout", 1, Duration::from_secs(10)),
@@ -812,24 +813,34 @@ async fn a_plain_400_is_handed_over_without_retry() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_short_retry_after_is_waited_for_on_the_same_route() {
+async fn a_429_hands_over_at_once_and_a_short_retry_after_is_waited_for_on_the_last_rung() {
     let messages = &conversations()[3];
-    let w = world("429:2x1", "none", ContinuationMode::Prefill, Style::default());
+    // Two routes, both rate-limited once with `Retry-After: 2`.
+    let (p, f) = (mock("429:2x1", Style::default()), mock("429:2x1", Style::default()));
+    let splicer = Splicer::new(Ladder::new(vec![
+        Route::new("primary", "oracle-big", p.clone()),
+        Route::new("fallback", "oracle-small", f.clone()),
+    ]));
     let started = Instant::now();
-    let done = w.splicer.collect(request(messages)).await;
+    let done = splicer.collect(request(messages)).await;
     let elapsed = started.elapsed();
     assert_eq!(done.text, oracle::answer(messages));
     let c = completion(&done, "429:2x1");
     assert!(
         elapsed >= Duration::from_secs(2),
-        "Retry-After not honoured: {elapsed:?}"
+        "Retry-After not honoured on the last rung: {elapsed:?}"
     );
     assert!(elapsed < Duration::from_secs(4), "{elapsed:?}");
-    assert_eq!(w.primary.requests(), 2);
-    assert_eq!(w.fallback.requests(), 0);
-    assert_eq!(labels(c), vec![("primary", "rate_limited")]);
-    assert_eq!(c.route_chain, vec!["primary"]);
-    assert!(done.handovers.is_empty());
+    assert_eq!(
+        p.requests(),
+        1,
+        "a rate-limited route is not asked again while a rung remains"
+    );
+    assert_eq!(f.requests(), 2);
+    assert_eq!(
+        labels(c),
+        vec![("primary", "rate_limited"), ("fallback", "rate_limited")]
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -1102,29 +1113,34 @@ async fn a_client_disconnect_after_a_handover_cancels_the_fallback() {
 #[tokio::test(start_paused = true)]
 async fn a_client_disconnect_while_waiting_makes_no_further_request() {
     let messages = &conversations()[1];
-    for (script, wait) in [
-        ("503", Duration::from_millis(1)),
-        ("429:2", Duration::from_secs(1)),
-        ("hang", Duration::from_secs(5)),
+    // A rate-limited primary hands over at once; the wait is on the last rung, rate-limited too.
+    for (script, fallback, wait) in [
+        ("503", "none", Duration::from_millis(1)),
+        ("429:2", "429:2", Duration::from_secs(1)),
+        ("hang", "none", Duration::from_secs(5)),
     ] {
-        let (pm, p, fm, f, splicer) = probed(script, "none", Style::default());
+        let (pm, p, fm, f, splicer) = probed(script, fallback, Style::default());
         let mut stream = splicer.splice(request(messages));
         let first = tokio::time::timeout(wait, stream.next()).await;
         assert!(
             first.is_err(),
             "[{script}] nothing should reach the client yet: {first:?}"
         );
-        let requests = pm.requests();
+        let requests = (pm.requests(), fm.requests());
         drop(stream);
         assert_eq!((p.live(), f.live()), (0, 0), "[{script}]");
-        let polls = p.polls();
+        let polls = (p.polls(), f.polls());
         tokio::time::sleep(Duration::from_secs(60)).await;
-        assert_eq!(pm.requests(), requests, "[{script}] a retry ran after the client left");
-        assert_eq!(p.polls(), polls, "[{script}]");
         assert_eq!(
-            (fm.requests(), f.polls()),
-            (0, 0),
-            "[{script}] a handover ran after the client left"
+            (pm.requests(), fm.requests()),
+            requests,
+            "[{script}] a retry or handover ran after the client left"
         );
+        assert_eq!((p.polls(), f.polls()), polls, "[{script}]");
+        if fallback == "none" {
+            assert_eq!(requests.1, 0, "[{script}] a handover ran after the client left");
+        } else {
+            assert_eq!(requests, (1, 1), "[{script}] one request each, the retry not yet due");
+        }
     }
 }

@@ -133,17 +133,22 @@ async fn a_server_that_never_answers_hits_the_first_token_deadline() {
 }
 
 #[tokio::test]
-async fn retry_after_is_honoured_on_the_same_route() {
-    let w = world("429:1x1", "none", ContinuationMode::Prefill).await;
+async fn a_429_hands_over_at_once_and_retry_after_is_honoured_on_the_last_rung() {
+    // Both routes rate-limit once: the primary's 429 goes straight to the
+    // fallback, whose own 429 is waited out on the same route (the last rung).
+    let w = world("429:1x1", "429:1x1", ContinuationMode::Prefill).await;
     let started = Instant::now();
     let c = run(&w, "429").await;
     assert!(
         started.elapsed() >= Duration::from_secs(1),
         "retried before Retry-After"
     );
-    assert_eq!(failure_kinds(&c), ["rate_limited"]);
-    assert!(c.handovers.is_empty());
-    assert_eq!(c.outcome.map(|d| d.route_chain).ok(), Some(vec!["primary".to_string()]));
+    assert_eq!(failure_kinds(&c), ["rate_limited", "rate_limited"]);
+    assert_eq!(c.handovers.len(), 1);
+    assert_eq!(
+        c.outcome.map(|d| d.route_chain).ok(),
+        Some(vec!["fallback".to_string()])
+    );
 }
 
 #[tokio::test]

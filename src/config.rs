@@ -668,6 +668,10 @@ impl Config {
                 "not set: /events and /metrics are served to loopback only"
             }
         ));
+        out.push_str(&format!(
+            "health: per (route, upstream model) — breaker, retry budget, first-token times, gaps, learned facts; up to {} models per route\n",
+            crate::health::MAX_MODELS
+        ));
         for l in &self.ladders {
             let pattern = l
                 .pattern
@@ -698,10 +702,15 @@ impl Config {
                     ),
                 };
                 out.push_str(&format!(
-                    "  {}. {} → model {:?}, {}, ttft {ttft}, stall {stall}, total {} ms, context {}\n",
+                    "  {}. {} → model {:?}{}, {}, ttft {ttft}, stall {stall}, total {} ms, context {}\n",
                     i + 1,
                     r.name,
                     &*r.model,
+                    if &*r.model == PASS_THROUGH_MODEL {
+                        " (the client's; health kept per model)"
+                    } else {
+                        ""
+                    },
                     r.continuation.as_str(),
                     r.deadlines.total.as_millis(),
                     r.context_tokens.map_or_else(

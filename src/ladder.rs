@@ -289,10 +289,10 @@ impl Ladder {
         self
     }
 
-    /// The route a hedge of an attempt on route `from` goes to: the next one, if any.
-    pub fn hedge_route(&self, from: usize) -> Option<usize> {
-        let next = from.checked_add(1)?;
-        (next < self.routes.len()).then_some(next)
+    /// The route a hedge of an attempt on route `from` goes to: the next one
+    /// that did not already fail in the session (`lost`), if any.
+    pub fn hedge_route(&self, from: usize, lost: RouteSet) -> Option<usize> {
+        (from.checked_add(1)?..self.routes.len()).find(|to| !lost.contains(*to))
     }
 
     /// The next step after `failure` on the attempt described by `state`,

@@ -26,12 +26,12 @@ pub(super) enum Race {
 }
 
 impl Race {
-    /// The race for `attempt`, just opened as `state` says.
-    pub(super) fn arm(ladder: &Ladder, state: &AttemptState, attempt: &Attempt) -> Race {
+    /// The race for `attempt`, just opened as `state` says; `lost` routes are never hedged to.
+    pub(super) fn arm(ladder: &Ladder, state: &AttemptState, attempt: &Attempt, lost: RouteSet) -> Race {
         let Some(policy) = &ladder.hedge else {
             return Race::Off;
         };
-        let Some(to) = ladder.hedge_route(state.route) else {
+        let Some(to) = ladder.hedge_route(state.route, lost) else {
             return Race::Off;
         };
         match policy.delay_for(attempt.number, &attempt.health) {

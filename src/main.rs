@@ -116,13 +116,17 @@ enum Command {
         #[arg(long, default_value_t = 9001)]
         port: u16,
         /// Fault script: none, stall@K, drop@K, malformed@K, error@K, 429, 429:SECS,
-        /// 500, 503, reset, hang, slow:MS, nodone, noprefill, policy, loop@K; suffix xN
-        /// limits it to the first N requests.
-        #[arg(long, default_value = "none", conflicts_with = "random_faults")]
+        /// 500, 503, reset, hang, slow:MS, nodone, noprefill, policy, ctx:TOKENS, loop@K;
+        /// suffix xN limits it to the first N requests.
+        #[arg(long, default_value = "none", conflicts_with_all = ["random_faults", "faults_by_model"])]
         fault: FaultScript,
         /// Instead of one fault, a random mix chosen per conversation with this seed.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "faults_by_model")]
         random_faults: Option<u64>,
+        /// Take each request's fault script from its model name, after the last `+`
+        /// (`s07+stall@5`; xN counts that model's requests): one server for a whole suite.
+        #[arg(long)]
+        faults_by_model: bool,
         /// Repeat this many of the prefix's last words when continuing.
         #[arg(long, default_value_t = 0)]
         repeat_words: usize,
@@ -252,13 +256,15 @@ async fn main() -> ExitCode {
             port,
             fault,
             random_faults,
+            faults_by_model,
             repeat_words,
             interval_ms,
             first_token_ms,
         } => {
-            let plan = match random_faults {
-                Some(seed) => FaultPlan::Random { seed },
-                None => FaultPlan::Fixed(fault),
+            let plan = match (random_faults, faults_by_model) {
+                (_, true) => FaultPlan::ByModel,
+                (Some(seed), false) => FaultPlan::Random { seed },
+                (None, false) => FaultPlan::Fixed(fault),
             };
             let config = MockConfig {
                 plan,

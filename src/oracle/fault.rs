@@ -53,6 +53,9 @@ pub enum Fault {
     RejectPrefill,
     /// Reject every request as a content-policy violation.
     Policy,
+    /// Reject every request as too long for a context window of this many
+    /// tokens, stating it as OpenAI and vLLM do (400 `context_length_exceeded`).
+    ContextLength(u32),
     /// Send K content chunks, then the same phrase over and over, then finish with `length`.
     LoopAfter(usize),
     /// Test only: the in-process mock provider panics after K content chunks
@@ -92,7 +95,7 @@ impl FaultScript {
 
 /// A fault script that could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("bad fault script {script:?}: {reason} (expected none, stall@K, drop@K, malformed@K, error@K, 429, 429:SECS, 500, 503, reset, hang, slow:MS, nodone, noprefill, policy, loop@K or panic@K, optionally followed by xN)")]
+#[error("bad fault script {script:?}: {reason} (expected none, stall@K, drop@K, malformed@K, error@K, 429, 429:SECS, 500, 503, reset, hang, slow:MS, nodone, noprefill, policy, ctx:TOKENS, loop@K or panic@K, optionally followed by xN)")]
 pub struct FaultParseError {
     /// The text given.
     pub script: String,
@@ -123,6 +126,12 @@ impl FromStr for FaultScript {
             Some(("panic", k)) => Fault::PanicAt(num(k)?),
             Some(("loop", k)) => Fault::LoopAfter(num(k)?),
             Some(("slow", ms)) => Fault::SlowFirstToken(Duration::from_millis(num(ms)? as u64)),
+            Some(("ctx", tokens)) => Fault::ContextLength(
+                u32::try_from(num(tokens)?)
+                    .ok()
+                    .filter(|t| *t > 0)
+                    .ok_or_else(|| err("a context window is 1 to 4294967295 tokens"))?,
+            ),
             Some((status, secs)) => Fault::Status {
                 status: parse_status(status).ok_or_else(|| err("unknown fault"))?,
                 retry_after: Some(num(secs)? as u32),
@@ -170,6 +179,7 @@ impl fmt::Display for FaultScript {
             Fault::NoDone => write!(f, "nodone")?,
             Fault::RejectPrefill => write!(f, "noprefill")?,
             Fault::Policy => write!(f, "policy")?,
+            Fault::ContextLength(tokens) => write!(f, "ctx:{tokens}")?,
             Fault::PanicAt(k) => write!(f, "panic@{k}")?,
             Fault::LoopAfter(k) => write!(f, "loop@{k}")?,
         }
@@ -208,13 +218,38 @@ pub enum FaultPlan {
         /// How long each outage lasts.
         down: Duration,
     },
+    /// The fault comes from the request's model name: the script after its
+    /// last `+` (`s07+stall@5`), counting `xN` over that model's requests
+    /// only; a model without one (or with one that does not parse) behaves.
+    /// One upstream serves a whole suite of scenarios, one model each, as a
+    /// peer test suite's fault server does.
+    ByModel,
 }
 
 impl FaultPlan {
+    /// The script a [`FaultPlan::ByModel`] oracle plays for `model`.
+    pub fn script_for_model(model: &str) -> FaultScript {
+        model
+            .rsplit_once('+')
+            .and_then(|(_, script)| script.parse().ok())
+            .unwrap_or(FaultScript::NONE)
+    }
+
+    /// The fault for the `n`th request to `model` (counted per model under
+    /// [`FaultPlan::ByModel`], else over all requests), as [`FaultPlan::pick`] says.
+    pub fn pick_for(&self, model: &str, n: u32, hash: u64, chunks: usize) -> Fault {
+        match self {
+            FaultPlan::ByModel => FaultPlan::script_for_model(model).for_request(n),
+            other => other.pick(n, hash, chunks),
+        }
+    }
+
     /// The fault for a request numbered `n` with conversation hash `hash`, whose answer has `chunks` chunks.
     pub fn pick(&self, n: u32, hash: u64, chunks: usize) -> Fault {
         match self {
             FaultPlan::Fixed(script) => script.for_request(n),
+            // The model decides; without one (see `pick_for`), behave.
+            FaultPlan::ByModel => Fault::None,
             FaultPlan::Outage {
                 seed,
                 epoch,
@@ -311,6 +346,8 @@ mod tests {
             "nodone",
             "noprefill",
             "policy",
+            "ctx:8192",
+            "ctx:8192x1",
             "stall@2x3",
             "panic@4",
             "loop@6",
@@ -334,8 +371,32 @@ mod tests {
     }
 
     #[test]
+    fn a_by_model_plan_takes_the_script_after_the_last_plus() {
+        let plan = FaultPlan::ByModel;
+        assert_eq!(plan.pick_for("s08+stall@5", 0, 1, 9), Fault::StallAfter(5));
+        assert_eq!(plan.pick_for("a+b+ctx:8192", 0, 1, 9), Fault::ContextLength(8192));
+        // xN counts that model's requests, numbered by the caller.
+        assert_eq!(plan.pick_for("s03+503x1", 1, 1, 9), Fault::None);
+        for behaves in ["oracle", "s01+", "s01+explode", "s01+ctx:0"] {
+            assert_eq!(plan.pick_for(behaves, 0, 1, 9), Fault::None, "{behaves}");
+        }
+        // Other plans ignore the model.
+        let fixed = FaultPlan::Fixed(FaultScript::always(Fault::Hang));
+        assert_eq!(fixed.pick_for("s08+stall@5", 0, 1, 9), Fault::Hang);
+    }
+
+    #[test]
     fn bad_scripts_say_what_is_wrong() {
-        for s in ["", "stall", "stall@x", "200", "explode", "429:soon"] {
+        for s in [
+            "",
+            "stall",
+            "stall@x",
+            "200",
+            "explode",
+            "429:soon",
+            "ctx:0",
+            "ctx:99999999999",
+        ] {
             let e = s.parse::<FaultScript>().expect_err(s);
             assert!(e.to_string().contains("bad fault script"), "{e}");
         }

@@ -108,6 +108,16 @@ pub fn steps(model: &str, messages: &[Message], fault: Fault, style: Style, paci
             );
             return status(400, None, body);
         }
+        Fault::ContextLength(tokens) => {
+            let body = error_body(
+                &format!(
+                    "This model's maximum context length is {tokens} tokens. However, your messages resulted in more tokens. Please reduce the length of the messages."
+                ),
+                "invalid_request_error",
+                "context_length_exceeded",
+            );
+            return status(400, None, body);
+        }
         Fault::RejectPrefill if reply.prefill => {
             let body = error_body(
                 "This model does not support assistant message prefill",

@@ -10,7 +10,6 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -22,7 +21,7 @@ use tokio::task::JoinSet;
 use super::fault::FaultPlan;
 use super::script::{Pacing, Step};
 use super::{reply, Style};
-use crate::provider::mock::plan_steps;
+use crate::provider::mock::{plan_steps, RequestCounter};
 use crate::provider::UpstreamRequest;
 use crate::request::Message;
 
@@ -44,14 +43,14 @@ pub struct MockConfig {
 
 struct Shared {
     config: MockConfig,
-    requests: AtomicU32,
+    requests: RequestCounter,
 }
 
 /// Serves the oracle on `listener` until `shutdown` completes; open connections are then dropped.
 pub async fn run(listener: TcpListener, config: MockConfig, shutdown: impl Future<Output = ()>) {
     let shared = Arc::new(Shared {
         config,
-        requests: AtomicU32::new(0),
+        requests: RequestCounter::default(),
     });
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -120,8 +119,8 @@ async fn serve(mut socket: TcpStream, shared: &Shared) -> io::Result<()> {
             return write_json(&mut socket, 400, None, &err.to_string()).await;
         }
     };
-    let n = shared.requests.fetch_add(1, Ordering::Relaxed);
     let config = &shared.config;
+    let n = shared.requests.next(&config.plan, &body.model);
     let mut messages = body.messages;
     if let Some(system) = body.system {
         // The oracle's answer is a function of the whole conversation, system prompt included.

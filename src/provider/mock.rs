@@ -4,7 +4,9 @@
 //! Each stream counts as an open upstream response in [`crate::live`], like a
 //! real provider's, so tests through the in-process mock see leaks too.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 
 use super::openai::{classify_http, parse_data};
 use super::{Chunk, ChunkStream, Provider, UpstreamRequest};
@@ -20,7 +22,48 @@ pub struct MockProvider {
     plan: FaultPlan,
     style: Style,
     pacing: Pacing,
-    requests: AtomicU32,
+    requests: RequestCounter,
+}
+
+/// Numbers an oracle's requests: over all of them, and per model for a
+/// [`FaultPlan::ByModel`] oracle (whose `xN` counts one model's requests).
+#[derive(Debug, Default)]
+pub struct RequestCounter {
+    all: AtomicU32,
+    per_model: Mutex<HashMap<String, u32>>,
+}
+
+/// Models a per-model count is kept for; past it, the counts start again
+/// (an oracle is a test upstream, but its memory stays bounded all the same).
+const COUNTED_MODELS: usize = 4096;
+
+impl RequestCounter {
+    /// Counts one request to `model`; its number under `plan` (from 0).
+    pub fn next(&self, plan: &FaultPlan, model: &str) -> u32 {
+        let n = self.all.fetch_add(1, Ordering::Relaxed);
+        if !matches!(plan, FaultPlan::ByModel) {
+            return n;
+        }
+        let mut per_model = self.per_model.lock().unwrap_or_else(|p| p.into_inner());
+        if per_model.len() >= COUNTED_MODELS && !per_model.contains_key(model) {
+            per_model.clear();
+        }
+        let count = per_model.entry(model.to_string()).or_insert(0);
+        let n = *count;
+        *count = count.saturating_add(1);
+        n
+    }
+
+    /// Requests counted.
+    pub fn total(&self) -> u32 {
+        self.all.load(Ordering::Relaxed)
+    }
+
+    /// Requests counted for `model` (under a [`FaultPlan::ByModel`] plan).
+    pub fn of_model(&self, model: &str) -> u32 {
+        let per_model = self.per_model.lock().unwrap_or_else(|p| p.into_inner());
+        per_model.get(model).copied().unwrap_or(0)
+    }
 }
 
 impl MockProvider {
@@ -30,7 +73,7 @@ impl MockProvider {
             plan,
             style,
             pacing: Pacing::default(),
-            requests: AtomicU32::new(0),
+            requests: RequestCounter::default(),
         }
     }
 
@@ -42,7 +85,7 @@ impl MockProvider {
 
     /// How many requests it has received.
     pub fn requests(&self) -> u32 {
-        self.requests.load(Ordering::Relaxed)
+        self.requests.total()
     }
 }
 
@@ -50,7 +93,7 @@ impl MockProvider {
 fn plan_fault(plan: &FaultPlan, style: Style, n: u32, request: &UpstreamRequest) -> Fault {
     let hash = conversation_hash(&request.messages);
     let count = chunks(&reply(&request.messages, style).text, hash).len();
-    plan.pick(n, hash, count)
+    plan.pick_for(&request.model, n, hash, count)
 }
 
 /// The wire steps of `fault`; a scripted panic is played as a stall at the same
@@ -72,7 +115,7 @@ impl Provider for MockProvider {
     // The scripted panic is the fault that tests the server's panic isolation.
     #[allow(clippy::panic)]
     fn stream(&self, request: UpstreamRequest) -> ChunkStream {
-        let n = self.requests.fetch_add(1, Ordering::Relaxed);
+        let n = self.requests.next(&self.plan, &request.model);
         let fault = plan_fault(&self.plan, self.style, n, &request);
         let script = fault_steps(fault, self.style, self.pacing, &request);
         Box::pin(async_stream::stream! {

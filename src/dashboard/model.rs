@@ -452,13 +452,11 @@ impl Model {
 
     /// The view of the model session `id`'s latest attempt on `route` went to, if known.
     fn session_model(&mut self, id: &Uuid, route: &str, now: Duration) -> Option<&mut RouteView> {
-        let model = self
-            .session(id)?
-            .models
-            .iter()
-            .find(|(r, _)| r == route)
-            .map(|(_, m)| m.clone())?;
-        Some(self.route(route).model(&model, now))
+        let evicted = self.evicted;
+        let session = self.index.get(id).and_then(|i| self.sessions.get(i - evicted))?;
+        let model = session.models.iter().find(|(r, _)| r == route).map(|(_, m)| m)?;
+        let (_, view) = self.routes.iter_mut().find(|(n, _)| n == route)?;
+        Some(view.model(model, now))
     }
 
     /// The colour slot of `route` (its order of appearance).

@@ -655,3 +655,79 @@ async fn a_pass_through_route_keeps_at_most_max_models_in_metrics() {
     }
     assert_eq!(metric_lines(&metrics, "baton_breaker_state").len(), MAX_MODELS);
 }
+
+/// A primary whose first request stays silent for 300 ms and then answers 503
+/// (a retry is due), and whose later requests answer after 300 ms.
+struct LateThen503 {
+    requests: std::sync::atomic::AtomicU32,
+    oracle: Arc<MockProvider>,
+}
+
+impl Provider for LateThen503 {
+    fn stream(&self, request: UpstreamRequest) -> ChunkStream {
+        let n = self.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n > 0 {
+            return self.oracle.stream(request);
+        }
+        Box::pin(futures::stream::once(async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Err(baton::FailureKind::ServerError {
+                status: 503,
+                retry_after: None,
+            })
+        }))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_of_a_hedged_attempt_is_not_hedged_to_the_route_that_failed() {
+    let primary = Arc::new(LateThen503 {
+        requests: Default::default(),
+        oracle: Arc::new(
+            MockProvider::new(FaultPlan::Fixed(FaultScript::NONE), Style::default()).with_pacing(Pacing {
+                first_token: Duration::from_millis(300),
+                interval: Duration::from_millis(1),
+            }),
+        ),
+    });
+    let second = mock("503");
+    let third = mock("none");
+    let mut ladder = Ladder::new(vec![
+        Route::new("primary", "p", primary.clone()),
+        Route::new("second", "s", second.clone()),
+        Route::new("third", "t", third.clone()),
+    ]);
+    ladder.hedge = Some(HedgePolicy::new(Some(Duration::from_millis(100)), 5));
+    let splicer = Splicer::new(ladder);
+    let mut events = splicer.subscribe();
+    let messages = question("d retry");
+    let done = splicer.collect(ChatRequest::new(messages.clone())).await;
+    assert_eq!(done.text, answer(&messages), "byte for byte");
+    let completion = done.outcome.expect("complete");
+    // The retry's hedge skipped the second route and went to the third, which was first.
+    assert_eq!(completion.route_chain, ["third"]);
+    assert_eq!(primary.requests.load(std::sync::atomic::Ordering::Relaxed), 2);
+    assert_eq!(
+        second.requests(),
+        1,
+        "the second route was hedged to once, not again for the retry"
+    );
+    let events = drain(&mut events);
+    let hedges: Vec<String> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Hedge { hedge_route, .. } => Some(hedge_route.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        hedges,
+        ["second", "third"],
+        "no hedge of the retry to the route that failed"
+    );
+    assert_eq!(third.requests(), 1);
+    assert_eq!(
+        support::verify_events(&events),
+        baton::record::verify::Outcome::Ok { partial: false }
+    );
+}

@@ -295,7 +295,7 @@ impl Splicer {
             loop {
                 let mut route = &ladder.routes[state.route];
                 let mut attempt = session.open(route, &state, &ladder.instruction, &ladder.rules);
-                let mut race = Race::arm(&ladder, &state, &attempt);
+                let mut race = Race::arm(&ladder, &state, &attempt, session.lost);
                 let mut guard = ladder.loop_guard.as_ref().map(|c| LoopGuard::new(c, session.emitted.len()));
                 let ended = loop {
                     // A hedge race may switch the attempt (and its route and state) to the hedge.

@@ -26,12 +26,19 @@ pub(super) enum Race {
 }
 
 impl Race {
-    /// The race for `attempt`, just opened as `state` says.
-    pub(super) fn arm(ladder: &Ladder, state: &AttemptState, attempt: &Attempt) -> Race {
+    /// The race for `attempt`, just opened as `state` says, in a session in
+    /// which the routes in `lost` already failed beside an attempt in charge.
+    pub(super) fn arm(ladder: &Ladder, state: &AttemptState, attempt: &Attempt, lost: RouteSet) -> Race {
         let Some(policy) = &ladder.hedge else {
             return Race::Off;
         };
-        let Some(to) = ladder.hedge_route(state.route) else {
+        // A retry of a hedged attempt is hedged again: never to the route
+        // whose hedge already failed in this session, as no handover goes there.
+        let mut next = ladder.hedge_route(state.route);
+        while let Some(to) = next.filter(|to| lost.contains(*to)) {
+            next = ladder.hedge_route(to);
+        }
+        let Some(to) = next else {
             return Race::Off;
         };
         match policy.delay_for(attempt.number, &attempt.health) {

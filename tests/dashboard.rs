@@ -519,3 +519,219 @@ async fn the_cache_and_the_safe_reply_show_as_routes_and_handovers() {
         assert!(screen.contains(wanted), "{wanted:?} is not on the screen:\n{screen}");
     }
 }
+
+fn opened_as(route: &str, model: &str, attempt: u32, prefix_bytes: u64) -> EventKind {
+    match opened(route, attempt, prefix_bytes) {
+        EventKind::AttemptOpened {
+            mode,
+            prefix_bytes,
+            mut request,
+            deadlines,
+            seen_echoing,
+            ..
+        } => {
+            request.model = model.into();
+            EventKind::AttemptOpened {
+                route: route.into(),
+                model: model.into(),
+                attempt,
+                mode,
+                prefix_bytes,
+                request,
+                deadlines,
+                seen_echoing,
+            }
+        }
+        other => other,
+    }
+}
+
+fn breaker(route: &str, model: Option<&str>, to: baton::breaker::BreakerState) -> EventKind {
+    EventKind::Breaker {
+        route: route.into(),
+        model: model.map(str::to_string),
+        from: baton::breaker::BreakerState::Closed,
+        to,
+    }
+}
+
+fn finished(chain: &[&str]) -> EventKind {
+    EventKind::Finished {
+        finish_reason: "stop".into(),
+        route_chain: chain.iter().map(|r| r.to_string()).collect(),
+        bytes: 10,
+        usage: Usage::default(),
+        tokens: None,
+        tool_calls: vec![],
+    }
+}
+
+/// A pass-through primary serving "good" and "bad": "good" answers each time,
+/// "bad" misses its first token three times (its breaker opens) and the
+/// fallback answers for it.
+fn two_models() -> App {
+    let late = FailureKind::FirstTokenTimeout {
+        after: Duration::from_secs(1),
+    };
+    let mut app = App::new("test feed");
+    let mut t = 0;
+    let mut at = |app: &mut App, session: u128, kind: EventKind| {
+        t += 10;
+        app.on_event(&ev(session, t, kind), Duration::from_millis(t));
+    };
+    for (i, model) in ["good", "bad", "good", "bad", "bad", "good"].iter().enumerate() {
+        let s = i as u128 + 1;
+        at(&mut app, s, started("any", 1));
+        at(&mut app, s, opened_as("primary", model, 1, 0));
+        if *model == "good" {
+            at(
+                &mut app,
+                s,
+                EventKind::FirstToken {
+                    route: "primary".into(),
+                    ttft_ms: 30,
+                },
+            );
+            at(&mut app, s, delta("primary", "A good answer."));
+            at(&mut app, s, finished(&["primary"]));
+            continue;
+        }
+        at(
+            &mut app,
+            s,
+            EventKind::Failure {
+                failure: Failure::new(&late, "primary", 0, 0, 1000),
+                cause: late.clone(),
+            },
+        );
+        if i == 4 {
+            at(
+                &mut app,
+                s,
+                breaker("primary", Some("bad"), baton::breaker::BreakerState::Open),
+            );
+        }
+        at(&mut app, s, opened_as("fallback", "oracle", 2, 0));
+        at(
+            &mut app,
+            s,
+            EventKind::Handover {
+                from: "primary".into(),
+                to: "fallback".into(),
+                class: baton::FailureClass::Technical,
+                reason: "first_token_timeout".into(),
+                prefix_bytes: 0,
+                gap_ms: 3,
+            },
+        );
+        at(
+            &mut app,
+            s,
+            EventKind::FirstToken {
+                route: "fallback".into(),
+                ttft_ms: 20,
+            },
+        );
+        at(&mut app, s, delta("fallback", "The fallback's answer."));
+        at(&mut app, s, finished(&["fallback"]));
+    }
+    app.tick(Duration::from_millis(t + 100));
+    app
+}
+
+#[test]
+fn a_route_serving_several_models_shows_each_models_health() {
+    use baton::breaker::BreakerState;
+    let app = two_models();
+    let routes = &app.live.routes;
+    let (name, primary) = &routes[0];
+    assert_eq!(name, "primary");
+    let models: Vec<(&str, Option<BreakerState>, u64)> = primary
+        .models
+        .iter()
+        .map(|(n, m)| (n.as_str(), m.breaker, m.attempts))
+        .collect();
+    assert_eq!(models, [("good", None, 3), ("bad", Some(BreakerState::Open), 3)]);
+    assert_eq!(
+        primary.breaker,
+        Some(BreakerState::Closed),
+        "one model's open breaker does not open the route"
+    );
+    let now = app.now;
+    assert_eq!(primary.models[0].1.health(now), "ok");
+    assert_eq!(primary.models[1].1.health(now), "open");
+    assert_eq!(primary.models[0].1.ttft_ms(50.0), Some(30));
+    // The fallback serves one model: no rows of its own for it.
+    assert!(!routes[1].1.serves_several_models());
+
+    let screen = render(&app, 120, 40);
+    let row = |start: &str| {
+        screen
+            .lines()
+            .find(|l| l.trim_start_matches('│').starts_with(start))
+            .unwrap_or_else(|| panic!("no row {start:?} in\n{screen}"))
+            .to_string()
+    };
+    assert!(
+        row("primary ").contains(" 1/2 ok "),
+        "one of its two models is healthy: {screen}"
+    );
+    assert!(row(" · bad ").contains("open"), "{screen}");
+    assert!(row(" · good ").contains(" ok "), "{screen}");
+    assert!(!screen.contains(" · oracle"), "{screen}");
+    // The unhealthy model is listed first.
+    let bad_at = screen.find(" · bad ").expect("bad row");
+    let good_at = screen.find(" · good ").expect("good row");
+    assert!(bad_at < good_at, "{screen}");
+    insta::assert_snapshot!(screen);
+}
+
+#[test]
+fn model_rows_that_do_not_fit_are_counted_and_every_route_keeps_its_row() {
+    let mut app = App::new("test feed");
+    for i in 0..10u128 {
+        app.on_event(&ev(i, 0, started("any", 1)), Duration::from_millis(1));
+        app.on_event(
+            &ev(i, 1, opened_as("open", &format!("m{i}"), 1, 0)),
+            Duration::from_millis(2),
+        );
+        app.on_event(&ev(i, 2, finished(&["open"])), Duration::from_millis(3));
+    }
+    app.on_event(&ev(99, 0, started("any", 1)), Duration::from_millis(4));
+    app.on_event(&ev(99, 1, opened("spare", 1, 0)), Duration::from_millis(5));
+    app.tick(Duration::from_millis(100));
+    let screen = render(&app, 120, 40);
+    // Eight lines: borders, header, the two routes and three model rows, the last one "+8 more".
+    assert!(screen.contains(" · +8 more"), "{screen}");
+    assert!(
+        screen.lines().any(|l| l.trim_start_matches('│').starts_with("spare ")),
+        "{screen}"
+    );
+    assert_eq!(screen.matches(" · m").count(), 2, "{screen}");
+}
+
+#[test]
+fn models_per_route_are_bounded_and_old_breaker_events_still_count() {
+    let mut model = Model::default();
+    let n = baton::health::MAX_MODELS + 10;
+    for i in 0..n {
+        let now = Duration::from_millis(i as u64);
+        model.apply(&ev(i as u128, 0, started("any", 1)), now);
+        model.apply(&ev(i as u128, 1, opened_as("open", &format!("m{i}"), 1, 0)), now);
+    }
+    let (_, open) = &model.routes[0];
+    assert_eq!(open.models.len(), baton::health::MAX_MODELS);
+    assert_eq!(open.attempts, n as u64, "the route counts every attempt");
+    assert!(
+        open.models.iter().all(|(name, _)| name != "m0"),
+        "the least recently seen went first"
+    );
+    assert!(open.models.iter().any(|(name, _)| *name == format!("m{}", n - 1)));
+    // A recording made when breakers were per route: the route's state is the event's.
+    model.apply(
+        &ev(1, 5, breaker("open", None, baton::breaker::BreakerState::Open)),
+        Duration::from_secs(1),
+    );
+    assert_eq!(model.routes[0].1.breaker, Some(baton::breaker::BreakerState::Open));
+    assert_eq!(model.routes[0].1.health(Duration::from_secs(1)), "open");
+}

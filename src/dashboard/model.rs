@@ -13,6 +13,7 @@ use uuid::Uuid;
 use crate::breaker::BreakerState;
 use crate::event::{EngineEvent, EventKind};
 use crate::failure::{FailureClass, FailureKind};
+use crate::health::MAX_MODELS;
 
 /// Sessions kept in detail.
 pub const DETAILED_SESSIONS: usize = 500;
@@ -93,6 +94,9 @@ pub struct SessionView {
     pub bytes: usize,
     /// The first failure since text last flowed, waiting to become a splice marker.
     last_failure: Option<String>,
+    /// The upstream model of its latest attempt on each route, as (route, model):
+    /// what its first tokens, text and failures are counted to.
+    models: Vec<(String, String)>,
 }
 
 impl SessionView {
@@ -109,6 +113,7 @@ impl SessionView {
             pieces: Vec::new(),
             bytes: 0,
             last_failure: None,
+            models: Vec::new(),
         }
     }
 
@@ -179,8 +184,15 @@ pub struct RouteView {
     ttft: VecDeque<u64>,
     /// Tokens with their second, for the tokens/s figure.
     tokens: VecDeque<(u64, u64)>,
-    /// The circuit breaker's last reported state.
+    /// The circuit breaker's last reported state (for a route serving several
+    /// models: open only when every model's is, see [`RouteView::models`]).
     pub breaker: Option<BreakerState>,
+    /// The same figures per upstream model, in order of first appearance (at
+    /// most [`MAX_MODELS`]); empty in a model's own view. A pass-through route
+    /// serves several, and one model's failures say nothing of the others.
+    pub models: Vec<(String, RouteView)>,
+    /// When it was last in an event, for dropping the least recently used model.
+    touched: Duration,
 }
 
 impl RouteView {
@@ -238,6 +250,91 @@ impl RouteView {
             .map(|(_, n)| n)
             .sum();
         sum as f64 / 10.0
+    }
+
+    /// The view of upstream `model` on this route, created on first sight;
+    /// past [`MAX_MODELS`] the least recently seen one is forgotten.
+    fn model(&mut self, model: &str, now: Duration) -> &mut RouteView {
+        let at = match self.models.iter().position(|(n, _)| n == model) {
+            Some(at) => at,
+            None => {
+                if self.models.len() >= MAX_MODELS {
+                    let oldest = self
+                        .models
+                        .iter()
+                        .enumerate()
+                        .min_by_key(|(_, (_, m))| m.touched)
+                        .map(|(i, _)| i);
+                    if let Some(oldest) = oldest {
+                        self.models.remove(oldest);
+                    }
+                }
+                self.models.push((model.to_string(), RouteView::default()));
+                self.models.len() - 1
+            }
+        };
+        let view = &mut self.models[at].1;
+        view.touched = now;
+        view
+    }
+
+    /// Whether it serves several upstream models (its table shows a row per model).
+    pub fn serves_several_models(&self) -> bool {
+        self.models.len() > 1
+    }
+
+    /// A route's breaker, seen through its models': open (or half-open) only
+    /// when no model's is closed, so one model's open breaker does not paint
+    /// the whole route.
+    fn derive_breaker(&mut self) {
+        let states: Vec<BreakerState> = self.models.iter().filter_map(|(_, m)| m.breaker).collect();
+        if states.is_empty() {
+            return;
+        }
+        let closed = states.len() < self.models.len() || states.contains(&BreakerState::Closed);
+        self.breaker = Some(if closed {
+            BreakerState::Closed
+        } else if states.contains(&BreakerState::HalfOpen) {
+            BreakerState::HalfOpen
+        } else {
+            BreakerState::Open
+        });
+    }
+
+    fn push_ttft(&mut self, ttft_ms: u64) {
+        self.ttft.push_back(ttft_ms);
+        if self.ttft.len() > TTFT_SAMPLES {
+            self.ttft.pop_front();
+        }
+    }
+
+    fn push_token(&mut self, now: Duration) {
+        let second = now.as_secs();
+        match self.tokens.back_mut() {
+            Some((s, n)) if *s == second => *n += 1,
+            _ => {
+                self.tokens.push_back((second, 1));
+                while self
+                    .tokens
+                    .front()
+                    .is_some_and(|(s, _)| second.saturating_sub(*s) >= 10)
+                {
+                    self.tokens.pop_front();
+                }
+            }
+        }
+    }
+
+    fn push_failure(&mut self, now: Duration, class: FailureClass) {
+        self.failures.push_back((now, class));
+        while self
+            .failures
+            .front()
+            .is_some_and(|(t, _)| now.saturating_sub(*t) > Duration::from_secs(60))
+        {
+            self.failures.pop_front();
+        }
+        self.attempt_ended(true);
     }
 
     fn attempt_ended(&mut self, failed: bool) {
@@ -353,6 +450,15 @@ impl Model {
         &mut self.routes[at].1
     }
 
+    /// The view of the model session `id`'s latest attempt on `route` went to, if known.
+    fn session_model(&mut self, id: &Uuid, route: &str, now: Duration) -> Option<&mut RouteView> {
+        let evicted = self.evicted;
+        let session = self.index.get(id).and_then(|i| self.sessions.get(i - evicted))?;
+        let model = session.models.iter().find(|(r, _)| r == route).map(|(_, m)| m)?;
+        let (_, view) = self.routes.iter_mut().find(|(n, _)| n == route)?;
+        Some(view.model(model, now))
+    }
+
     /// The colour slot of `route` (its order of appearance).
     pub fn route_slot(&self, route: &str) -> usize {
         self.routes.iter().position(|(n, _)| n == route).unwrap_or(0)
@@ -403,34 +509,46 @@ impl Model {
                 self.index.insert(id, self.evicted + self.sessions.len());
                 self.sessions.push_back(SessionView::new(id, ladder.clone(), now));
             }
-            EventKind::AttemptOpened { route, .. } => self.route(route).attempts += 1,
+            EventKind::AttemptOpened { route, model, .. } => {
+                let r = self.route(route);
+                r.attempts += 1;
+                r.model(model, now).attempts += 1;
+                if let Some(s) = self.session_mut(&id) {
+                    match s.models.iter_mut().find(|(r, _)| r == route) {
+                        Some((_, m)) => m.clone_from(model),
+                        None => s.models.push((route.clone(), model.clone())),
+                    }
+                }
+            }
             // The cache and the safe reply show as routes of their own.
             EventKind::CacheHit { .. } => self.route(crate::cache::CACHE_ROUTE).attempts += 1,
             EventKind::SafeReply { .. } => self.route(crate::safe_reply::SAFE_REPLY_ROUTE).attempts += 1,
             EventKind::FirstToken { route, ttft_ms } => {
-                let r = self.route(route);
-                r.ttft.push_back(*ttft_ms);
-                if r.ttft.len() > TTFT_SAMPLES {
-                    r.ttft.pop_front();
+                self.route(route).push_ttft(*ttft_ms);
+                if let Some(m) = self.session_model(&id, route, now) {
+                    m.push_ttft(*ttft_ms);
                 }
             }
             EventKind::Upstream { .. }
             | EventKind::Retry { .. }
             | EventKind::RetryDenied { .. }
             | EventKind::ContextFitted { .. } => {}
-            EventKind::Breaker { route, to, .. } => self.route(route).breaker = Some(*to),
+            EventKind::Breaker { route, model, to, .. } => {
+                let r = self.route(route);
+                match model {
+                    Some(model) => {
+                        r.model(model, now).breaker = Some(*to);
+                        r.derive_breaker();
+                    }
+                    // Recorded before health was kept per model: the route's own.
+                    None => r.breaker = Some(*to),
+                }
+            }
             EventKind::Delta { route, text } => {
                 self.rates.bump(now, 0, 0, 1);
-                let second = now.as_secs();
-                let r = self.route(route);
-                match r.tokens.back_mut() {
-                    Some((s, n)) if *s == second => *n += 1,
-                    _ => {
-                        r.tokens.push_back((second, 1));
-                        while r.tokens.front().is_some_and(|(s, _)| second.saturating_sub(*s) >= 10) {
-                            r.tokens.pop_front();
-                        }
-                    }
+                self.route(route).push_token(now);
+                if let Some(m) = self.session_model(&id, route, now) {
+                    m.push_token(now);
                 }
                 if let Some(s) = self.session_mut(&id) {
                     // Text flowed again without a handover (a retry worked): nothing pending.
@@ -443,16 +561,10 @@ impl Model {
                 }
             }
             EventKind::Failure { failure, cause } => {
-                let r = self.route(&failure.route);
-                r.failures.push_back((now, failure.class));
-                while r
-                    .failures
-                    .front()
-                    .is_some_and(|(t, _)| now.saturating_sub(*t) > Duration::from_secs(60))
-                {
-                    r.failures.pop_front();
+                self.route(&failure.route).push_failure(now, failure.class);
+                if let Some(m) = self.session_model(&id, &failure.route, now) {
+                    m.push_failure(now, failure.class);
                 }
-                r.attempt_ended(true);
                 if let Some(s) = self.session_mut(&id) {
                     // The first failure since text last flowed is the one the handover answers.
                     s.last_failure
@@ -519,6 +631,9 @@ impl Model {
             EventKind::Finished { route_chain, .. } => {
                 if let Some(last) = route_chain.last() {
                     self.route(last).attempt_ended(false);
+                    if let Some(m) = self.session_model(&id, last, now) {
+                        m.attempt_ended(false);
+                    }
                 }
                 if let Some(s) = self.session_mut(&id) {
                     s.status = Status::Done;

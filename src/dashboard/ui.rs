@@ -9,7 +9,7 @@ use ratatui::widgets::{Block, Cell, Clear, Paragraph, Row, Sparkline, Table, Wra
 use ratatui::Frame;
 
 use super::app::{App, Panel};
-use super::model::{Piece, Status};
+use super::model::{Piece, RouteView, Status};
 use crate::failure::FailureClass;
 
 /// The smallest terminal the layout fits.
@@ -158,39 +158,101 @@ fn draw_footer(frame: &mut Frame, area: Rect, app: &App) {
     frame.render_widget(Paragraph::new(text).style(Style::new().fg(Color::DarkGray)), area);
 }
 
+/// How a health word is coloured.
+fn health_style(health: &str) -> Style {
+    match health {
+        "ok" => Style::new().fg(Color::Green),
+        "degraded" => Style::new().fg(Color::Yellow),
+        _ => Style::new().fg(Color::Red),
+    }
+}
+
+/// One row of the routes table: `name` (already styled) and `r`'s figures.
+/// A route serving several models reads `k/n ok` (its models' rows say which):
+/// one model's failures are not the route's.
+fn route_row(name: Cell<'static>, r: &RouteView, now: Duration) -> Row<'static> {
+    let (health, style) = if r.serves_several_models() {
+        let ok = r.models.iter().filter(|(_, m)| m.health(now) == "ok").count();
+        let style = match ok {
+            0 => health_style("failing"),
+            ok if ok == r.models.len() => health_style("ok"),
+            _ => health_style("degraded"),
+        };
+        (format!("{ok}/{} ok", r.models.len()), style)
+    } else {
+        let health = r.health(now);
+        (health.to_string(), health_style(health))
+    };
+    let ms = |v: Option<u64>| v.map_or("—".to_string(), |v| format!("{v}"));
+    let failures = r
+        .failures_by_class(now)
+        .iter()
+        .map(|(c, n)| format!("{} {n}", class_name(*c)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Row::new(vec![
+        name,
+        Cell::from(health).style(style),
+        Cell::from(format!("{}/{}", ms(r.ttft_ms(50.0)), ms(r.ttft_ms(99.0)))),
+        Cell::from(format!("{:.0}", r.tokens_per_second(now))),
+        Cell::from(r.attempts.to_string()),
+        Cell::from(if failures.is_empty() {
+            "—".to_string()
+        } else {
+            failures
+        }),
+    ])
+}
+
+/// The model rows a route serving several models gets, at most `room` of
+/// them: the unhealthy first (they are why one looks), then the busiest; a
+/// last `+N more` row when some do not fit.
+fn model_rows(r: &RouteView, colour: Color, now: Duration, room: usize) -> Vec<Row<'static>> {
+    if !r.serves_several_models() || room == 0 {
+        return Vec::new();
+    }
+    let mut models: Vec<&(String, RouteView)> = r.models.iter().collect();
+    models.sort_by_key(|(_, m)| (m.health(now) == "ok", std::cmp::Reverse(m.attempts)));
+    let shown = if models.len() > room { room - 1 } else { models.len() };
+    let style = Style::new().fg(colour);
+    let mut rows: Vec<Row<'static>> = models
+        .iter()
+        .take(shown)
+        .map(|(name, m)| route_row(Cell::from(format!(" · {name}")).style(style), m, now))
+        .collect();
+    if shown < models.len() {
+        let more = format!(" · +{} more", models.len() - shown);
+        rows.push(Row::new(vec![Cell::from(more).style(style)]));
+    }
+    rows
+}
+
 fn draw_routes(frame: &mut Frame, area: Rect, app: &App) {
     let m = app.model();
-    let rows = m.routes.iter().enumerate().map(|(slot, (name, r))| {
-        let health = r.health(app.now);
-        let health_style = match health {
-            "ok" => Style::new().fg(Color::Green),
-            "degraded" => Style::new().fg(Color::Yellow),
-            _ => Style::new().fg(Color::Red),
-        };
-        let ms = |v: Option<u64>| v.map_or("—".to_string(), |v| format!("{v}"));
-        let failures = r
-            .failures_by_class(app.now)
-            .iter()
-            .map(|(c, n)| format!("{} {n}", class_name(*c)))
-            .collect::<Vec<_>>()
-            .join(", ");
-        Row::new(vec![
-            Cell::from(name.clone()).style(Style::new().fg(route_colour(slot))),
-            Cell::from(health).style(health_style),
-            Cell::from(format!("{}/{}", ms(r.ttft_ms(50.0)), ms(r.ttft_ms(99.0)))),
-            Cell::from(format!("{:.0}", r.tokens_per_second(app.now))),
-            Cell::from(r.attempts.to_string()),
-            Cell::from(if failures.is_empty() {
-                "—".to_string()
-            } else {
-                failures
-            }),
-        ])
-    });
+    // Borders and the header take three lines; every route keeps its own row.
+    let mut room = (area.height as usize).saturating_sub(3).saturating_sub(m.routes.len());
+    let mut rows = Vec::new();
+    for (slot, (name, r)) in m.routes.iter().enumerate() {
+        let colour = route_colour(slot);
+        rows.push(route_row(
+            Cell::from(name.clone()).style(Style::new().fg(colour)),
+            r,
+            app.now,
+        ));
+        let models = model_rows(r, colour, app.now, room);
+        room -= models.len();
+        rows.extend(models);
+    }
     let header = Row::new(["route", "health", "ttft p50/p99", "tok/s", "tries", "failures (1 min)"])
         .style(Style::new().add_modifier(Modifier::BOLD));
+    // Model rows (` · name`) need a wider first column than route names.
+    let names = if m.routes.iter().any(|(_, r)| r.serves_several_models()) {
+        14
+    } else {
+        10
+    };
     let widths = [
-        Constraint::Length(10),
+        Constraint::Length(names),
         Constraint::Length(8),
         Constraint::Length(12),
         Constraint::Length(5),

@@ -256,6 +256,20 @@ pub struct Known {
     pub windows: Vec<Option<u32>>,
     /// Routes that already failed beside the attempt in charge (a lost hedge).
     pub lost: RouteSet,
+    /// A route that rate-limited and was handed over from without a retry,
+    /// while the client has nothing yet: the last rung, if every later one fails.
+    pub deferred: Option<Deferred>,
+}
+
+/// A rate-limited route not asked again because another rung remained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Deferred {
+    /// Its index.
+    pub route: usize,
+    /// Retries it had spent.
+    pub retries: u32,
+    /// Its `Retry-After`, if it sent one.
+    pub retry_after: Option<Duration>,
 }
 
 /// What to do after a failure.
@@ -278,6 +292,14 @@ pub enum Decision {
     /// baton itself ran out of resources: stop, blaming no route (the next
     /// would meet the same limit, and its health would pay for it).
     Local,
+    /// Every later route failed: go back to the rate-limited route at this
+    /// index (see [`Known::deferred`]) after `delay`, as the last rung.
+    Return {
+        /// Its index.
+        to: usize,
+        /// The pause.
+        delay: Duration,
+    },
     /// No route is left.
     Exhausted,
 }
@@ -322,12 +344,8 @@ impl Ladder {
                 Some(wait) if wait <= self.retry.retry_after_ceiling => return Decision::Retry { delay: wait },
                 Some(_) => {} // too long to keep the user waiting: hand over
                 None if rate_limited => {
-                    let floor = self.retry.rate_limit_floor;
-                    let ceiling = floor
-                        .saturating_mul(2u32 << state.retries.min(15))
-                        .min(self.retry.max_delay.max(floor));
                     return Decision::Retry {
-                        delay: floor + (ceiling - floor).mul_f64(jitter),
+                        delay: self.rate_limit_backoff(state.retries, jitter),
                     };
                 }
                 None => {
@@ -342,7 +360,41 @@ impl Ladder {
                 }
             }
         }
-        next.map_or(Decision::Exhausted, |to| Decision::HandOver { to })
+        match (next, known.deferred) {
+            (Some(to), _) => Decision::HandOver { to },
+            (None, Some(d)) if d.retries < self.retry.max_retries => Decision::Return {
+                to: d.route,
+                delay: d
+                    .retry_after
+                    .unwrap_or_else(|| self.rate_limit_backoff(d.retries, jitter.clamp(0.0, 1.0))),
+            },
+            (None, _) => Decision::Exhausted,
+        }
+    }
+
+    /// The wait before a rate-limited route without `Retry-After` is asked
+    /// again after `retries`: the floor, plus full jitter up to twice the
+    /// floor per retry spent (capped by the backoff ceiling).
+    fn rate_limit_backoff(&self, retries: u32, jitter: f64) -> Duration {
+        let floor = self.retry.rate_limit_floor;
+        let ceiling = floor
+            .saturating_mul(2u32 << retries.min(15))
+            .min(self.retry.max_delay.max(floor));
+        floor + (ceiling - floor).mul_f64(jitter)
+    }
+
+    /// What a handover after `failure` leaves to come back to: a rate-limited
+    /// route that had retries left and no `Retry-After` too long to wait for.
+    pub fn deferral(&self, failure: &FailureKind, state: &AttemptState) -> Option<Deferred> {
+        let FailureKind::RateLimited { retry_after } = failure else {
+            return None;
+        };
+        let waitable = retry_after.is_none_or(|wait| wait <= self.retry.retry_after_ceiling);
+        (waitable && !state.produced_text && state.retries < self.retry.max_retries).then_some(Deferred {
+            route: state.route,
+            retries: state.retries,
+            retry_after: *retry_after,
+        })
     }
 
     /// The route a handover after `failure` goes to: the next one that did
@@ -388,6 +440,7 @@ mod tests {
         Known {
             windows: l.routes.iter().map(|r| r.context_tokens).collect(),
             lost: RouteSet::default(),
+            deferred: None,
         }
     }
 
@@ -500,6 +553,56 @@ mod tests {
     }
 
     #[test]
+    fn a_rate_limited_route_handed_over_from_is_the_last_rung_when_every_later_one_fails() {
+        let l = ladder(&[1000, 1000]);
+        let limited = FailureKind::RateLimited { retry_after: None };
+        let deferred = l.deferral(&limited, &state(0, 0, false));
+        assert_eq!(
+            deferred,
+            Some(Deferred {
+                route: 0,
+                retries: 0,
+                retry_after: None
+            })
+        );
+        let mut k = known(&l);
+        k.deferred = deferred;
+        // The fallback was skipped (its breaker is open): back to the primary after the floor.
+        assert_eq!(
+            l.decide(&FailureKind::CircuitOpen, &state(1, 0, false), &k, 0.0),
+            Decision::Return {
+                to: 0,
+                delay: l.retry.rate_limit_floor
+            }
+        );
+        // With its Retry-After, that long.
+        let after = FailureKind::RateLimited {
+            retry_after: Some(Duration::from_secs(2)),
+        };
+        k.deferred = l.deferral(&after, &state(0, 0, false));
+        assert_eq!(
+            l.decide(&FailureKind::CircuitOpen, &state(1, 0, false), &k, 0.0),
+            Decision::Return {
+                to: 0,
+                delay: Duration::from_secs(2)
+            }
+        );
+        // Nothing to come back to: too long a Retry-After, retries spent, text already sent, another failure.
+        let long = FailureKind::RateLimited {
+            retry_after: Some(Duration::from_secs(60)),
+        };
+        assert_eq!(l.deferral(&long, &state(0, 0, false)), None);
+        assert_eq!(l.deferral(&limited, &state(0, 2, false)), None);
+        assert_eq!(l.deferral(&limited, &state(0, 0, true)), None);
+        assert_eq!(l.deferral(&FailureKind::CircuitOpen, &state(0, 0, false)), None);
+        k.deferred = None;
+        assert_eq!(
+            l.decide(&FailureKind::CircuitOpen, &state(1, 0, false), &k, 0.0),
+            Decision::Exhausted
+        );
+    }
+
+    #[test]
     fn a_route_that_lost_a_hedge_is_not_handed_to() {
         let l = ladder(&[1000, 1000, 1000]);
         let cut = FailureKind::Truncated { detail: None };
@@ -532,6 +635,7 @@ mod tests {
         let mut k = Known {
             windows: vec![Some(8192), None, None],
             lost: RouteSet::default(),
+            deferred: None,
         };
         assert_eq!(
             l.decide(&ctx, &state(0, 0, false), &k, 0.1),

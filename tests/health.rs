@@ -520,6 +520,48 @@ async fn on_the_last_rung_a_429_is_retried_after_at_least_the_floor() {
     }
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_rate_limited_primary_is_the_last_rung_when_the_fallback_is_open() {
+    // The fallback's breaker is open (one failure opens it, for ten minutes):
+    // the primary's 429 hands over, the fallback is skipped, and the primary
+    // is asked again after the floor instead of the session failing.
+    let primary = mock("429x1");
+    let fallback_health = Arc::new(RouteHealth::new(
+        BreakerConfig {
+            consecutive_failures: 1,
+            cool_down: Duration::from_secs(600),
+            ..BreakerConfig::default()
+        },
+        BudgetConfig::default(),
+    ));
+    let mut fallback = Route::new("fallback", "f", mock("none"));
+    fallback.health = fallback_health.clone();
+    let f = fallback.health_for(None);
+    let (permit, _) = f.admit(true).expect("closed: admitted");
+    permit.settle(Some(&baton::failure::FailureKind::Reset { detail: "down".into() }));
+    assert_eq!(f.state(), BreakerState::Open);
+    let splicer = Splicer::new(Ladder::new(vec![Route::new("primary", "p", primary.clone()), fallback]));
+    let mut events = splicer.subscribe();
+    let messages = question("c open fallback");
+    let started = tokio::time::Instant::now();
+    let done = splicer.collect(ChatRequest::new(messages.clone())).await;
+    assert_eq!(done.text, answer(&messages), "byte for byte");
+    let completion = done.outcome.expect("complete");
+    assert_eq!(completion.route_chain, ["primary"]);
+    assert!(
+        done.handovers.is_empty(),
+        "the client saw no handover: {:?}",
+        done.handovers
+    );
+    let kinds: Vec<&str> = completion.failures.iter().map(|f| f.kind.as_str()).collect();
+    assert_eq!(kinds, ["rate_limited", "circuit_open"]);
+    assert_eq!(primary.requests(), 2);
+    let retried = retries(&drain(&mut events));
+    assert_eq!(retried.len(), 1, "{retried:?}");
+    assert_eq!(retried[0].0, "primary");
+    assert!(started.elapsed() >= baton::ladder::RetryPolicy::default().rate_limit_floor);
+}
+
 // ---- d. hedge after a failed hedge ----------------------------------------
 
 #[tokio::test(start_paused = true)]

@@ -25,7 +25,7 @@ use crate::failure::{Failure, FailureClass, FailureKind};
 use crate::fit::{self, TooSmall};
 use crate::health::{ModelHealth, Permit};
 use crate::hedge::Side;
-use crate::ladder::{AttemptState, Decision, Known, Ladder, Route, RouteSet};
+use crate::ladder::{AttemptState, Decision, Deferred, Known, Ladder, Route, RouteSet};
 use crate::loopguard::{Loop, LoopGuard};
 use crate::oracle::SplitMix;
 use crate::overlap::{Evidence, OverlapTrim, Proof};
@@ -363,6 +363,13 @@ impl Splicer {
                             let spent = AttemptState { retries: u32::MAX, ..state };
                             decision = ladder.decide(&kind, &spent, &known, jitter);
                         }
+                        if let Decision::Return { to, .. } = decision {
+                            let back = &ladder.routes[to];
+                            if !back.health.allow_retry(&session.health(to)) {
+                                session.log.emit(EventKind::RetryDenied { route: back.name.to_string() });
+                                decision = Decision::Exhausted;
+                            }
+                        }
                         session.record_failure(route, &kind, attempt.tokens);
                         match decision {
                             Decision::Retry { delay } => {
@@ -370,11 +377,23 @@ impl Splicer {
                                 tokio::time::sleep(delay).await;
                                 state.retries += 1;
                             }
+                            Decision::Return { to, delay } => {
+                                let back = &ladder.routes[to];
+                                session.log.emit(EventKind::Retry { route: back.name.to_string(), delay_ms: delay.as_millis() as u64 });
+                                tokio::time::sleep(delay).await;
+                                // The client has nothing yet: the route answers from the start, no handover.
+                                session.pending = None;
+                                let retries = session.deferred.take().map_or(0, |d| d.retries) + 1;
+                                state = AttemptState { retries, ..AttemptState::first_on(to, back, &session.health(to)) };
+                            }
                             Decision::SwitchToInstruct => {
                                 attempt.health.remember_no_prefill();
                                 state.mode = continuation::ContinuationMode::Instruct;
                             }
                             Decision::HandOver { to } => {
+                                if session.deferred.is_none() {
+                                    session.deferred = ladder.deferral(&kind, &state);
+                                }
                                 session.pending.get_or_insert_with(|| Pending::after(route, &kind));
                                 state = AttemptState::first_on(to, &ladder.routes[to], &session.health(to));
                             }
@@ -455,6 +474,8 @@ struct Session<'r> {
     healths: Vec<Arc<ModelHealth>>,
     /// Routes whose attempt failed beside the one in charge (a lost hedge): never handed to again.
     lost: RouteSet,
+    /// The first rate-limited route handed over from without a retry: the last rung.
+    deferred: Option<Deferred>,
     log: SessionLog,
     /// The prefix every continuation builds on: everything the client has
     /// received, except a loop cut out of it (and the marker that ended it).

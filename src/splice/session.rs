@@ -11,6 +11,7 @@ impl<'r> Session<'r> {
             request,
             healths: ladder.routes.iter().map(|r| r.health_for(asked)).collect(),
             lost: RouteSet::default(),
+            deferred: None,
             log,
             emitted: String::new(),
             sent: 0,
@@ -102,6 +103,8 @@ impl<'r> Session<'r> {
                 .map(|(r, h)| r.window(h))
                 .collect(),
             lost: self.lost,
+            // Only while the client has nothing: a route asked again answers from the start.
+            deferred: self.deferred.filter(|_| self.sent == 0),
         }
     }
 

@@ -1,22 +1,31 @@
 //! Adaptive deadlines: the stall and first-token deadlines of one attempt.
 //!
-//! Fixed deadlines ([`Deadlines`] on the route) stay the default. A route may
-//! also let them adapt ([`Adaptive`]):
+//! The stall deadline adapts by default ([`Adaptive::default`]); a route may
+//! also keep it fixed ([`Adaptive::fixed`], `stall_adaptive = false`). It
+//! never goes below a floor (1 s by default) nor above the route's configured
+//! stall deadline, its ceiling:
 //!
-//! * the stall deadline follows the inter-token gaps the route has shown
-//!   recently, shared by every session through its
-//!   [`RouteHealth`]:
-//!   `clamp(k × p99 gap, floor, stall)`, where the configured stall deadline is
-//!   the ceiling and the value used until enough gaps were seen. A stream that
-//!   ticks every 20 ms is declared stalled in a fraction of a second; a slow
-//!   but steady one keeps a deadline well above its own gaps.
+//! * when an attempt opens, it follows the inter-token gaps the route has shown
+//!   recently, shared by every session through its [`RouteHealth`]:
+//!   `clamp(k × p99 gap, floor, stall)` ([`stall`]); the ceiling until enough
+//!   gaps were seen.
+//! * once the attempt's own stream has shown its first [`AdaptiveStall::own_gaps`]
+//!   gaps, it follows that stream's own cadence as well ([`own_stall`]):
+//!   `clamp(k × max(largest own gap, route p99), floor, stall)`. The larger of
+//!   the two learned values wins, so a stream that paused 700 ms once keeps a
+//!   deadline far above 700 ms, while a fast stream on a route that has learnt
+//!   nothing yet is declared stalled about a floor after its last token, not
+//!   after the full ceiling.
 //! * the first-token deadline grows with the prompt: `first_token + per-1k ×
 //!   prompt tokens / 1000`, with the prompt estimated by
 //!   [`estimate_tokens`] (continuation prefix included).
 //!
-//! The effective deadlines are decided once, when an attempt opens ([`decide`]),
-//! and recorded in its `attempt_opened` event, so a replay re-drives with them
-//! instead of recomputing from a history it does not have.
+//! The deadlines an attempt opens with are decided once ([`decide`]) and
+//! recorded in its `attempt_opened` event, so a replay re-drives with them
+//! instead of recomputing from a history it does not have. A stall the
+//! stream's own cadence declared is recorded with the deadline that fired
+//! ([`FailureKind::Stall`](crate::failure::FailureKind::Stall)), which is what a
+//! replay re-drives that attempt under (see [`crate::record::verify`]).
 //!
 //! Gaps are measured from the watchdog's point of view: from the moment the
 //! consumer asks for the next item until an item arrives that was not already
@@ -40,15 +49,22 @@ use crate::watchdog::{Deadlines, Watchdog};
 pub const GAP_SAMPLES: usize = 512;
 /// The default multiplier on the p99 gap.
 pub const DEFAULT_K: f64 = 8.0;
-/// The default lowest adaptive stall deadline.
-pub const DEFAULT_FLOOR: Duration = Duration::from_millis(500);
-/// The default number of gaps seen before the stall deadline adapts.
+/// The default lowest adaptive stall deadline: below about a second, healthy
+/// streams that pause (a tool call being written, a reasoning step) get cut.
+pub const DEFAULT_FLOOR: Duration = Duration::from_millis(1000);
+/// The default number of gaps a route must have shown before its stall deadline adapts.
 pub const DEFAULT_MIN_SAMPLES: u32 = 100;
+/// The default number of its own gaps an attempt shows before its cadence counts.
+pub const DEFAULT_OWN_GAPS: u32 = 12;
 /// The percentile of recent gaps the stall deadline is a multiple of.
 pub const GAP_PERCENTILE: f64 = 99.0;
 
-/// How a route's deadlines adapt. The default adapts nothing: fixed deadlines.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// How a route's deadlines adapt. The default adapts the stall deadline
+/// ([`AdaptiveStall::default`]) and keeps the first-token deadline fixed.
+///
+/// Serialized (in recordings), a missing `stall` means fixed: recordings made
+/// before the default changed kept their stall deadlines fixed unless they say otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Adaptive {
     /// The stall deadline follows recent gaps; `None`: it is fixed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -63,7 +79,27 @@ pub struct Adaptive {
     pub ttft_per_1k_prompt: Duration,
 }
 
+impl Default for Adaptive {
+    fn default() -> Self {
+        Adaptive {
+            stall: Some(AdaptiveStall::default()),
+            ttft_per_1k_prompt: Duration::ZERO,
+        }
+    }
+}
+
 impl Adaptive {
+    /// Nothing adapts: the route's deadlines are used as they are.
+    pub const FIXED: Adaptive = Adaptive {
+        stall: None,
+        ttft_per_1k_prompt: Duration::ZERO,
+    };
+
+    /// [`Adaptive::FIXED`], what a recording without an `adaptive` key means.
+    pub fn fixed() -> Self {
+        Adaptive::FIXED
+    }
+
     /// Whether nothing adapts (the deadlines are the route's fixed ones).
     pub fn is_fixed(&self) -> bool {
         self.stall.is_none() && self.ttft_per_1k_prompt.is_zero()
@@ -80,6 +116,15 @@ pub struct AdaptiveStall {
     pub floor: Duration,
     /// Gaps the route must have shown before the deadline adapts.
     pub min_samples: u32,
+    /// Gaps the attempt's own stream must have shown before its cadence counts
+    /// too (see [`own_stall`]); 0: only the route's history (absent in
+    /// recordings made before the stream's own cadence counted).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub own_gaps: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Default for AdaptiveStall {
@@ -88,6 +133,7 @@ impl Default for AdaptiveStall {
             k: DEFAULT_K,
             floor: DEFAULT_FLOOR,
             min_samples: DEFAULT_MIN_SAMPLES,
+            own_gaps: DEFAULT_OWN_GAPS,
         }
     }
 }
@@ -102,6 +148,73 @@ pub fn stall(rule: &AdaptiveStall, ceiling: Duration, p99: Option<Duration>) -> 
     // Duration::mul_f64 panics on overflow; a huge product is capped by the ceiling anyway.
     let scaled = Duration::try_from_secs_f64(p99.as_secs_f64() * k).unwrap_or(Duration::MAX);
     scaled.clamp(rule.floor.min(ceiling), ceiling)
+}
+
+/// What an attempt's own stream has shown so far: how many gaps, and the largest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OwnGaps {
+    /// Gaps measured.
+    pub count: u32,
+    /// The largest of them.
+    pub max: Duration,
+}
+
+impl OwnGaps {
+    /// Adds one gap.
+    pub fn push(&mut self, gap: Duration) {
+        self.count = self.count.saturating_add(1);
+        self.max = self.max.max(gap);
+    }
+}
+
+/// The stall deadline for the rest of an attempt under `rule` and `ceiling`,
+/// given its own gaps so far and the route's recent p99 gap (`None`: not known
+/// yet); `None` while the stream has shown fewer than `rule.own_gaps` gaps.
+///
+/// The largest own gap, not a percentile of them: one 700 ms pause in a fast
+/// stream is evidence that it pauses, and the next such pause must not be cut.
+/// Rounded up to whole milliseconds, so a recorded deadline reads exactly.
+pub fn own_stall(
+    rule: &AdaptiveStall,
+    ceiling: Duration,
+    own: OwnGaps,
+    route_p99: Option<Duration>,
+) -> Option<Duration> {
+    if rule.own_gaps == 0 || own.count < rule.own_gaps {
+        return None;
+    }
+    let learned = route_p99.map_or(own.max, |p99| p99.max(own.max));
+    let d = stall(rule, ceiling, Some(learned));
+    let up = Duration::from_millis(u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX));
+    Some(up.min(ceiling))
+}
+
+/// An attempt's own cadence, as its watchdog tracks it: the rule, the ceiling
+/// and the route's p99 as of the attempt's opening, and the gaps seen.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Cadence {
+    rule: AdaptiveStall,
+    ceiling: Duration,
+    route_p99: Option<Duration>,
+    own: OwnGaps,
+}
+
+impl Cadence {
+    /// Nothing seen yet.
+    pub fn new(rule: AdaptiveStall, ceiling: Duration, route_p99: Option<Duration>) -> Self {
+        Cadence {
+            rule,
+            ceiling,
+            route_p99,
+            own: OwnGaps::default(),
+        }
+    }
+
+    /// Adds one gap; the stall deadline from now on, once the stream's cadence counts.
+    pub fn see(&mut self, gap: Duration) -> Option<Duration> {
+        self.own.push(gap);
+        own_stall(&self.rule, self.ceiling, self.own, self.route_p99)
+    }
 }
 
 /// The first-token deadline for a prompt of `prompt_tokens`: `base` plus `per_1k` per 1000 tokens.
@@ -136,11 +249,19 @@ pub fn current_stall(route: &Route) -> Duration {
     }
 }
 
-/// The watchdog for an attempt on `route`: it reports the gaps it sees to the
-/// route's health when the route's stall deadline adapts.
+/// The watchdog for an attempt on `route`: when the route's stall deadline
+/// adapts, it reports the gaps it sees to the route's health and follows the
+/// stream's own cadence. A replay does not re-learn the cadence: it re-drives
+/// under the deadlines the recording shows (see [`crate::record::verify`]).
 pub fn watchdog(route: &Route, stream: ChunkStream, deadlines: Deadlines) -> Watchdog {
     let watchdog = Watchdog::new(stream, deadlines);
     match route.adaptive.stall {
+        Some(rule) if rule.own_gaps > 0 && !route.health.replays() => {
+            let p99 = route.health.gap_p99(rule.min_samples);
+            watchdog
+                .learning(route.health.clone())
+                .with_cadence(Cadence::new(rule, route.deadlines.stall, p99))
+        }
         Some(_) => watchdog.learning(route.health.clone()),
         None => watchdog,
     }
@@ -264,6 +385,7 @@ mod tests {
             k: 8.0,
             floor: MS(100),
             min_samples: 10,
+            own_gaps: 0,
         };
         // Too few gaps: the configured deadline.
         assert_eq!(stall(&rule, MS(3000), None), MS(3000));
@@ -343,21 +465,100 @@ mod tests {
     }
 
     #[test]
-    fn fixed_is_the_default_and_round_trips() {
-        assert!(Adaptive::default().is_fixed());
+    fn adaptive_stall_is_the_default_and_round_trips() {
+        let default = Adaptive::default();
+        assert!(!default.is_fixed());
+        assert_eq!(
+            default.stall,
+            Some(AdaptiveStall {
+                k: 8.0,
+                floor: MS(1000),
+                min_samples: 100,
+                own_gaps: 12
+            })
+        );
+        assert!(Adaptive::fixed().is_fixed());
         let a = Adaptive {
-            stall: Some(AdaptiveStall::default()),
             ttft_per_1k_prompt: MS(250),
+            ..default
         };
         let json = serde_json::to_string(&a).expect("json");
         assert_eq!(
             json,
-            r#"{"stall":{"k":8.0,"floor_ms":500,"min_samples":100},"ttft_per_1k_prompt_ms":250}"#
+            r#"{"stall":{"k":8.0,"floor_ms":1000,"min_samples":100,"own_gaps":12},"ttft_per_1k_prompt_ms":250}"#
         );
         assert_eq!(serde_json::from_str::<Adaptive>(&json).expect("back"), a);
+        // Read from a recording, a missing key means what recordings made before it meant.
         assert_eq!(
             serde_json::from_str::<Adaptive>("{}").expect("empty"),
-            Adaptive::default()
+            Adaptive::fixed(),
+            "no `stall`: fixed"
         );
+        let old = r#"{"stall":{"k":8.0,"floor_ms":500,"min_samples":100}}"#;
+        let old = serde_json::from_str::<Adaptive>(old).expect("old");
+        assert_eq!(
+            old.stall.map(|r| (r.floor, r.own_gaps)),
+            Some((MS(500), 0)),
+            "no `own_gaps`: the route's history only"
+        );
+        assert_eq!(
+            serde_json::to_string(&old).expect("json"),
+            r#"{"stall":{"k":8.0,"floor_ms":500,"min_samples":100}}"#,
+            "and it writes back as it was"
+        );
+    }
+
+    #[test]
+    fn the_streams_own_cadence_counts_after_its_first_gaps_and_the_larger_learnt_value_wins() {
+        let rule = AdaptiveStall {
+            own_gaps: 4,
+            ..AdaptiveStall::default()
+        };
+        let ceiling = MS(3000);
+        let own = |gaps: &[u64]| {
+            let mut o = OwnGaps::default();
+            for g in gaps {
+                o.push(MS(*g));
+            }
+            o
+        };
+        // Too few of its own gaps: nothing to say (the deadline the attempt opened with holds).
+        assert_eq!(own_stall(&rule, ceiling, own(&[15, 15, 15]), None), None);
+        // A 15 ms stream on a route with no history: the floor, not the ceiling.
+        assert_eq!(own_stall(&rule, ceiling, own(&[15, 16, 14, 15]), None), Some(MS(1000)));
+        // One 700 ms pause: 8 × 700 ms is past the ceiling, so the next such pause is safe.
+        assert_eq!(
+            own_stall(&rule, ceiling, own(&[15, 700, 15, 15, 15]), None),
+            Some(ceiling)
+        );
+        // A steady 800 ms stream (a reasoning model): the ceiling.
+        assert_eq!(own_stall(&rule, ceiling, own(&[800; 4]), None), Some(ceiling));
+        // In between: 8 × 200 ms.
+        assert_eq!(own_stall(&rule, ceiling, own(&[20, 200, 20, 20]), None), Some(MS(1600)));
+        // The route's p99 counts when it is the larger; never lowers the stream's own.
+        assert_eq!(own_stall(&rule, ceiling, own(&[15; 4]), Some(MS(250))), Some(MS(2000)));
+        assert_eq!(
+            own_stall(&rule, ceiling, own(&[20, 200, 20, 20]), Some(MS(30))),
+            Some(MS(1600))
+        );
+        // Rounded up to whole milliseconds, never past the ceiling.
+        let mut fractional = own(&[15, 15, 15]);
+        fractional.push(Duration::from_micros(150_100));
+        assert_eq!(
+            own_stall(&rule, ceiling, fractional, None),
+            Some(MS(1201)),
+            "8 × 150.1 ms"
+        );
+        assert_eq!(
+            own_stall(&rule, Duration::from_micros(2_500_500), own(&[900; 4]), None),
+            Some(Duration::from_micros(2_500_500))
+        );
+        // Off: only the route's history.
+        let off = AdaptiveStall { own_gaps: 0, ..rule };
+        assert_eq!(own_stall(&off, ceiling, own(&[15; 100]), None), None);
+        // The watchdog's tracker says the same, gap by gap.
+        let mut cadence = Cadence::new(rule, ceiling, None);
+        let seen: Vec<Option<Duration>> = [15, 15, 15, 15, 400].iter().map(|g| cadence.see(MS(*g))).collect();
+        assert_eq!(seen, [None, None, None, Some(MS(1000)), Some(ceiling)]);
     }
 }

@@ -127,6 +127,11 @@ impl RouteHealth {
         self
     }
 
+    /// Whether this health replays a recording (its deadlines are replayed, not learnt).
+    pub fn replays(&self) -> bool {
+        self.recorded.is_some()
+    }
+
     /// The next attempt's recorded effective deadlines, when replaying a recording that has them.
     pub fn recorded_deadlines(&self) -> Option<Deadlines> {
         lock(self.recorded.as_ref()?).pop_front().flatten()

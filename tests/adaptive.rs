@@ -44,12 +44,15 @@ fn deadlines(first_token: u64, stall: u64, total: u64) -> Deadlines {
     }
 }
 
+/// A stall deadline learnt from the route's history only (the stream's own cadence off),
+/// so these tests see what the history does.
 fn adaptive_stall(floor_ms: u64, min_samples: u32) -> Adaptive {
     Adaptive {
         stall: Some(AdaptiveStall {
             k: 8.0,
             floor: MS(floor_ms),
             min_samples,
+            own_gaps: 0,
         }),
         ttft_per_1k_prompt: Duration::ZERO,
     }
@@ -320,7 +323,7 @@ async fn the_first_token_deadline_grows_with_the_prompt() {
     let verdict = verify::verify_session(&recorded(&session)).await;
     assert_eq!(verdict.outcome, Outcome::Ok { partial: false }, "{verdict:?}");
 
-    // With fixed deadlines (the default) the same big prompt times out.
+    // With a fixed first-token deadline (the default) the same big prompt times out.
     let fixed = ladder(Adaptive::default());
     let done = fixed.collect(ChatRequest::new(big.clone())).await;
     assert_eq!(done.text, answer(&big));
@@ -330,8 +333,8 @@ async fn the_first_token_deadline_grows_with_the_prompt() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn fixed_deadlines_stay_the_default_and_learn_nothing() {
-    let route = Route::new("primary", "big", mock("none", MS(20), MS(20)));
+async fn fixed_deadlines_learn_nothing() {
+    let route = Route::new("primary", "big", mock("none", MS(20), MS(20))).with_adaptive(Adaptive::fixed());
     assert!(route.adaptive.is_fixed());
     let health = route.health.clone();
     let splicer = Splicer::new(Ladder::new(vec![route.clone()]));

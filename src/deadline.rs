@@ -58,6 +58,30 @@ pub const DEFAULT_MIN_SAMPLES: u32 = 100;
 pub const DEFAULT_OWN_GAPS: u32 = 12;
 /// The percentile of recent gaps the stall deadline is a multiple of.
 pub const GAP_PERCENTILE: f64 = 99.0;
+/// The stall deadline never goes below this many times the longest gap the
+/// route has shown lately: a route that pauses now and then (too rarely to
+/// reach its p99) keeps a deadline above its pauses.
+pub const LONGEST_MARGIN: u32 = 2;
+/// Gaps per block of a route's long memory (see [`GapSample::longest`]).
+const BLOCK: u32 = 64;
+/// Blocks of the long memory: its longest gap is that of the last `BLOCKS × BLOCK` gaps.
+const BLOCKS: usize = 64;
+
+/// What a route's recent gaps say, once it has shown enough of them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GapHistory {
+    /// The p99 of the most recent gaps ([`GAP_SAMPLES`] of them).
+    pub p99: Duration,
+    /// The longest of a longer stretch (the last 4096 gaps).
+    pub longest: Duration,
+}
+
+impl GapHistory {
+    /// A history whose longest gap is its p99 (all its gaps alike).
+    pub fn steady(p99: Duration) -> Self {
+        GapHistory { p99, longest: p99 }
+    }
+}
 
 /// How a route's deadlines adapt. The default adapts the stall deadline
 /// ([`AdaptiveStall::default`]) and keeps the first-token deadline fixed.
@@ -138,16 +162,18 @@ impl Default for AdaptiveStall {
     }
 }
 
-/// The stall deadline for `rule` under `ceiling` (the configured stall), given the
-/// p99 of recent gaps (`None`: too few seen yet, so the ceiling holds).
-pub fn stall(rule: &AdaptiveStall, ceiling: Duration, p99: Option<Duration>) -> Duration {
-    let Some(p99) = p99 else {
+/// The stall deadline for `rule` under `ceiling` (the configured stall), given
+/// the route's recent gaps (`None`: too few seen yet, so the ceiling holds):
+/// `clamp(max(k × p99, LONGEST_MARGIN × longest), floor, ceiling)`.
+pub fn stall(rule: &AdaptiveStall, ceiling: Duration, history: Option<GapHistory>) -> Duration {
+    let Some(history) = history else {
         return ceiling;
     };
     let k = if rule.k.is_finite() { rule.k.max(0.0) } else { 1.0 };
     // Duration::mul_f64 panics on overflow; a huge product is capped by the ceiling anyway.
-    let scaled = Duration::try_from_secs_f64(p99.as_secs_f64() * k).unwrap_or(Duration::MAX);
-    scaled.clamp(rule.floor.min(ceiling), ceiling)
+    let scaled = Duration::try_from_secs_f64(history.p99.as_secs_f64() * k).unwrap_or(Duration::MAX);
+    let above_longest = history.longest.saturating_mul(LONGEST_MARGIN);
+    scaled.max(above_longest).clamp(rule.floor.min(ceiling), ceiling)
 }
 
 /// What an attempt's own stream has shown so far: how many gaps, and the largest.
@@ -168,44 +194,51 @@ impl OwnGaps {
 }
 
 /// The stall deadline for the rest of an attempt under `rule` and `ceiling`,
-/// given its own gaps so far and the route's recent p99 gap (`None`: not known
+/// given its own gaps so far and the route's recent gaps (`None`: not known
 /// yet); `None` while the stream has shown fewer than `rule.own_gaps` gaps.
 ///
-/// The largest own gap, not a percentile of them: one 700 ms pause in a fast
-/// stream is evidence that it pauses, and the next such pause must not be cut.
-/// Rounded up to whole milliseconds, so a recorded deadline reads exactly.
-pub fn own_stall(
-    rule: &AdaptiveStall,
-    ceiling: Duration,
-    own: OwnGaps,
-    route_p99: Option<Duration>,
-) -> Option<Duration> {
+/// `clamp(max(k × max(largest own gap, route p99), LONGEST_MARGIN × route's
+/// longest), floor, ceiling)`: never below what the route's history alone
+/// gives ([`stall`]). The largest own gap, not a percentile of them: one
+/// 700 ms pause in a fast stream is evidence that it pauses, and the next such
+/// pause must not be cut. Rounded up to whole milliseconds, so a recorded
+/// deadline reads exactly.
+pub fn own_stall(rule: &AdaptiveStall, ceiling: Duration, own: OwnGaps, route: Option<GapHistory>) -> Option<Duration> {
     if rule.own_gaps == 0 || own.count < rule.own_gaps {
         return None;
     }
-    let learned = route_p99.map_or(own.max, |p99| p99.max(own.max));
+    let learned = match route {
+        Some(h) => GapHistory {
+            p99: h.p99.max(own.max),
+            longest: h.longest,
+        },
+        None => GapHistory {
+            p99: own.max,
+            longest: Duration::ZERO,
+        },
+    };
     let d = stall(rule, ceiling, Some(learned));
     let up = Duration::from_millis(u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX));
     Some(up.min(ceiling))
 }
 
 /// An attempt's own cadence, as its watchdog tracks it: the rule, the ceiling
-/// and the route's p99 as of the attempt's opening, and the gaps seen.
+/// and the route's history as of the attempt's opening, and the gaps seen.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Cadence {
     rule: AdaptiveStall,
     ceiling: Duration,
-    route_p99: Option<Duration>,
+    route: Option<GapHistory>,
     own: OwnGaps,
 }
 
 impl Cadence {
     /// Nothing seen yet.
-    pub fn new(rule: AdaptiveStall, ceiling: Duration, route_p99: Option<Duration>) -> Self {
+    pub fn new(rule: AdaptiveStall, ceiling: Duration, route: Option<GapHistory>) -> Self {
         Cadence {
             rule,
             ceiling,
-            route_p99,
+            route,
             own: OwnGaps::default(),
         }
     }
@@ -213,7 +246,7 @@ impl Cadence {
     /// Adds one gap; the stall deadline from now on, once the stream's cadence counts.
     pub fn see(&mut self, gap: Duration) -> Option<Duration> {
         self.own.push(gap);
-        own_stall(&self.rule, self.ceiling, self.own, self.route_p99)
+        own_stall(&self.rule, self.ceiling, self.own, self.route)
     }
 }
 
@@ -244,7 +277,7 @@ pub fn decide(route: &Route, messages: &[Message]) -> Deadlines {
 /// The stall deadline an attempt opening on `route` now would get.
 pub fn current_stall(route: &Route) -> Duration {
     match &route.adaptive.stall {
-        Some(rule) => stall(rule, route.deadlines.stall, route.health.gap_p99(rule.min_samples)),
+        Some(rule) => stall(rule, route.deadlines.stall, route.health.gap_history(rule.min_samples)),
         None => route.deadlines.stall,
     }
 }
@@ -257,10 +290,10 @@ pub fn watchdog(route: &Route, stream: ChunkStream, deadlines: Deadlines) -> Wat
     let watchdog = Watchdog::new(stream, deadlines);
     match route.adaptive.stall {
         Some(rule) if rule.own_gaps > 0 && !route.health.replays() => {
-            let p99 = route.health.gap_p99(rule.min_samples);
+            let history = route.health.gap_history(rule.min_samples);
             watchdog
                 .learning(route.health.clone())
-                .with_cadence(Cadence::new(rule, route.deadlines.stall, p99))
+                .with_cadence(Cadence::new(rule, route.deadlines.stall, history))
         }
         Some(_) => watchdog.learning(route.health.clone()),
         None => watchdog,
@@ -277,6 +310,11 @@ pub struct GapSample {
     /// The p99 as of the last push, computed lazily: attempts open far more
     /// often than a batch of gaps arrives.
     p99: Option<Option<Duration>>,
+    /// The long memory: the longest gap of each of the last [`BLOCKS`] blocks
+    /// of [`BLOCK`] gaps, newest last (µs).
+    blocks: std::collections::VecDeque<u32>,
+    /// Gaps in the newest block.
+    in_block: u32,
 }
 
 impl Default for GapSample {
@@ -292,6 +330,8 @@ impl GapSample {
             ring: Vec::with_capacity(capacity.max(1)),
             next: 0,
             p99: None,
+            blocks: std::collections::VecDeque::with_capacity(BLOCKS),
+            in_block: 0,
         }
     }
 
@@ -305,6 +345,16 @@ impl GapSample {
             self.next = (self.next + 1) % self.ring.len();
         }
         self.p99 = None;
+        match self.blocks.back_mut() {
+            Some(longest) if self.in_block > 0 => *longest = (*longest).max(micros),
+            _ => {
+                if self.blocks.len() == BLOCKS {
+                    self.blocks.pop_front();
+                }
+                self.blocks.push_back(micros);
+            }
+        }
+        self.in_block = (self.in_block + 1) % BLOCK;
     }
 
     /// Gaps held.
@@ -315,6 +365,23 @@ impl GapSample {
     /// Whether no gap was seen yet.
     pub fn is_empty(&self) -> bool {
         self.ring.is_empty()
+    }
+
+    /// The longest of the last `BLOCKS × BLOCK` gaps (more than are held for
+    /// the p99), once at least `min_samples` gaps are held.
+    pub fn longest(&self, min_samples: u32) -> Option<Duration> {
+        if self.ring.len() < min_samples.max(1) as usize {
+            return None;
+        }
+        self.blocks.iter().max().map(|us| Duration::from_micros(u64::from(*us)))
+    }
+
+    /// The p99 and the longest gap, once at least `min_samples` gaps are held.
+    pub fn history(&mut self, min_samples: u32) -> Option<GapHistory> {
+        Some(GapHistory {
+            p99: self.p99(min_samples)?,
+            longest: self.longest(min_samples)?,
+        })
     }
 
     /// The p99 of the gaps held, once there are at least `min_samples` of them.
@@ -390,11 +457,11 @@ mod tests {
         // Too few gaps: the configured deadline.
         assert_eq!(stall(&rule, MS(3000), None), MS(3000));
         // A 20 ms stream: 160 ms.
-        assert_eq!(stall(&rule, MS(3000), Some(MS(20))), MS(160));
+        assert_eq!(stall(&rule, MS(3000), Some(GapHistory::steady(MS(20)))), MS(160));
         // A 5 ms stream: the floor.
-        assert_eq!(stall(&rule, MS(3000), Some(MS(5))), MS(100));
+        assert_eq!(stall(&rule, MS(3000), Some(GapHistory::steady(MS(5)))), MS(100));
         // A 2 s stream: capped by the ceiling.
-        assert_eq!(stall(&rule, MS(3000), Some(MS(2000))), MS(3000));
+        assert_eq!(stall(&rule, MS(3000), Some(GapHistory::steady(MS(2000)))), MS(3000));
         // A floor above the ceiling yields to the ceiling.
         assert_eq!(
             stall(
@@ -403,12 +470,32 @@ mod tests {
                     ..rule
                 },
                 MS(3000),
-                Some(MS(1))
+                Some(GapHistory::steady(MS(1)))
             ),
             MS(3000)
         );
         // An absurd gap does not overflow.
-        assert_eq!(stall(&rule, MS(3000), Some(Duration::MAX)), MS(3000));
+        assert_eq!(
+            stall(&rule, MS(3000), Some(GapHistory::steady(Duration::MAX))),
+            MS(3000)
+        );
+        // A route that paused 900 ms lately, too rarely to reach its p99: twice that.
+        let paused = GapHistory {
+            p99: MS(20),
+            longest: MS(900),
+        };
+        assert_eq!(stall(&rule, MS(3000), Some(paused)), MS(1800));
+        assert_eq!(
+            stall(
+                &rule,
+                MS(3000),
+                Some(GapHistory {
+                    longest: Duration::MAX,
+                    ..paused
+                })
+            ),
+            MS(3000)
+        );
     }
 
     #[test]
@@ -446,6 +533,30 @@ mod tests {
         assert_eq!(one.p99(1), Some(Duration::from_micros(u64::from(u32::MAX))));
         one.push(Duration::from_micros(1500));
         assert_eq!((one.len(), one.p99(1)), (1, Some(Duration::from_micros(1500))));
+    }
+
+    #[test]
+    fn the_longest_gap_is_remembered_longer_than_the_p99_sample() {
+        let mut s = GapSample::default();
+        assert_eq!(s.history(1), None);
+        s.push(MS(1200));
+        for _ in 0..3000 {
+            s.push(MS(20));
+        }
+        // The pause left the p99's ring long ago, not the long memory.
+        assert_eq!(
+            s.history(100),
+            Some(GapHistory {
+                p99: MS(20),
+                longest: MS(1200)
+            })
+        );
+        // It holds the last 64 blocks of 64 gaps: past 4096 more, the pause is forgotten.
+        for _ in 0..1096 {
+            s.push(MS(20));
+        }
+        assert_eq!(s.longest(100), Some(MS(20)));
+        assert_eq!(GapSample::default().longest(1), None);
     }
 
     #[test]
@@ -536,11 +647,25 @@ mod tests {
         // In between: 8 × 200 ms.
         assert_eq!(own_stall(&rule, ceiling, own(&[20, 200, 20, 20]), None), Some(MS(1600)));
         // The route's p99 counts when it is the larger; never lowers the stream's own.
-        assert_eq!(own_stall(&rule, ceiling, own(&[15; 4]), Some(MS(250))), Some(MS(2000)));
         assert_eq!(
-            own_stall(&rule, ceiling, own(&[20, 200, 20, 20]), Some(MS(30))),
+            own_stall(&rule, ceiling, own(&[15; 4]), Some(GapHistory::steady(MS(250)))),
+            Some(MS(2000))
+        );
+        assert_eq!(
+            own_stall(
+                &rule,
+                ceiling,
+                own(&[20, 200, 20, 20]),
+                Some(GapHistory::steady(MS(30)))
+            ),
             Some(MS(1600))
         );
+        // So does twice the route's longest recent gap.
+        let paused = GapHistory {
+            p99: MS(20),
+            longest: MS(1100),
+        };
+        assert_eq!(own_stall(&rule, ceiling, own(&[15; 4]), Some(paused)), Some(MS(2200)));
         // Rounded up to whole milliseconds, never past the ceiling.
         let mut fractional = own(&[15, 15, 15]);
         fractional.push(Duration::from_micros(150_100));

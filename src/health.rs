@@ -150,6 +150,11 @@ impl RouteHealth {
         lock(&self.gaps).p99(min_samples)
     }
 
+    /// The p99 and the longest of recent inter-token gaps, once at least `min_samples` were seen.
+    pub fn gap_history(&self, min_samples: u32) -> Option<crate::deadline::GapHistory> {
+        lock(&self.gaps).history(min_samples)
+    }
+
     /// How many recent inter-token gaps are held.
     pub fn gap_count(&self) -> usize {
         lock(&self.gaps).len()

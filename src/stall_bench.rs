@@ -198,6 +198,9 @@ pub struct ProfileResult {
     pub detection_max_ms: Option<u64>,
     /// Sessions whose answer differed from the oracle's (never expected).
     pub broken: usize,
+    /// The first of them: its user message, and where the primary stalled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_broken: Option<String>,
     /// The stall deadline the primary's history gives a new attempt at the end, ms.
     pub final_stall_ms: u64,
 }
@@ -263,6 +266,12 @@ pub async fn run_profile(profile: Profile, options: &StallBenchOptions) -> Profi
         let done = splicer.collect(ChatRequest::new(messages.clone())).await;
         if done.text != answer(&messages) {
             result.broken += 1;
+            if result.first_broken.is_none() {
+                result.first_broken = Some(format!(
+                    "{:?} (primary stalled after {stall_after:?} chunks)",
+                    messages[0].content
+                ));
+            }
         }
         let session: Vec<EngineEvent> = std::iter::from_fn(|| events.try_recv().ok()).collect();
         let failure = session.iter().find_map(|e| match &e.kind {
@@ -273,13 +282,10 @@ pub async fn run_profile(profile: Profile, options: &StallBenchOptions) -> Profi
             result.stalls += 1;
             if let Some((at, FailureKind::Stall { .. })) = failure {
                 result.detected += 1;
-                let last = session
-                    .iter()
-                    .filter_map(|e| match &e.kind {
-                        EventKind::Delta { route, .. } if route == "primary" => Some(e.t_ms),
-                        _ => None,
-                    })
-                    .last();
+                let last = session.iter().rev().find_map(|e| match &e.kind {
+                    EventKind::Delta { route, .. } if route == "primary" => Some(e.t_ms),
+                    _ => None,
+                });
                 if let Some(last) = last {
                     detections.push(at.saturating_sub(last));
                 }
@@ -365,9 +371,14 @@ impl fmt::Display for StallReport {
                 p.final_stall_ms
             )?;
         }
-        let broken: usize = self.profiles.iter().map(|p| p.broken).sum();
-        if broken > 0 {
-            writeln!(f, "BROKEN: {broken} answers differ from the oracle's")?;
+        for p in self.profiles.iter().filter(|p| p.broken > 0) {
+            writeln!(
+                f,
+                "BROKEN ({}): {} answers differ from the oracle's; the first: {}",
+                p.profile,
+                p.broken,
+                p.first_broken.as_deref().unwrap_or("?")
+            )?;
         }
         Ok(())
     }

@@ -119,11 +119,6 @@ impl Watchdog {
         self
     }
 
-    /// The stall deadline in force now (the cadence may have changed it since the attempt opened).
-    pub fn stall(&self) -> Duration {
-        self.deadlines.stall
-    }
-
     /// The next item; `None` after `Finished` or `Failed`.
     pub async fn next(&mut self) -> Option<Watched> {
         if self.over {

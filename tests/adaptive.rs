@@ -593,3 +593,43 @@ async fn on_defaults_a_fast_stream_with_occasional_pauses_is_not_cut() {
     let verdict = verify::verify_session(&recorded(&session)).await;
     assert_eq!(verdict.outcome, Outcome::Ok { partial: false }, "{verdict:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_recording_whose_client_paused_re_drives_without_a_stall() {
+    // An eager 20 ms upstream: its cadence sets the deadline to the 1 s floor. The
+    // client stops reading for 2 s mid-answer; the upstream's items wait in the
+    // buffer, so live nothing stalls, but the recording shows a 2 s gap.
+    let route = Route::new("primary", "big", Arc::new(Eager(mock("none", MS(20), MS(20)))));
+    let splicer = Splicer::new(Ladder::new(vec![
+        route,
+        Route::new("fallback", "small", mock("none", MS(20), MS(5))),
+    ]));
+    let mut events = splicer.subscribe();
+    let c = conversation("a client that pauses");
+    let mut stream = splicer.splice(ChatRequest::new(c.clone()));
+    let mut text = String::new();
+    let mut deltas = 0;
+    let mut end = None;
+    while let Some(item) = stream.next().await {
+        match item {
+            ClientItem::Text { text: t, .. } => {
+                text.push_str(&t);
+                deltas += 1;
+                if deltas == 30 {
+                    tokio::time::sleep(MS(2000)).await;
+                }
+            }
+            ClientItem::Done(done) => end = Some(done),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(text, answer(&c));
+    assert!(end.expect("complete").failures.is_empty());
+    let session = drain(&mut events);
+    let at = deltas_of(&session, "primary");
+    assert!(at[30] - at[29] >= 2000, "the recording shows the client's pause");
+    // The re-drive does not re-learn the 20 ms cadence from the recorded gaps (it would
+    // cut the 2 s gap at the 1 s floor): an attempt that did not stall replays under the ceiling.
+    let verdict = verify::verify_session(&recorded(&session)).await;
+    assert_eq!(verdict.outcome, Outcome::Ok { partial: false }, "{verdict:?}");
+}

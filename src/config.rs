@@ -177,16 +177,17 @@ pub struct RouteSection {
     pub stall_ms: Option<u64>,
     /// Whole-attempt deadline (ms).
     pub total_ms: Option<u64>,
-    /// Let the stall deadline follow the route's recent inter-token gaps
-    /// (`stall_ms` becomes its ceiling and its value until enough gaps were seen).
-    #[serde(default)]
-    pub stall_adaptive: bool,
-    /// Adaptive stall: the lowest it goes (ms, default 500).
+    /// Let the stall deadline follow the route's recent inter-token gaps and the
+    /// stream's own cadence (`stall_ms` becomes its ceiling); default true, `false`: fixed `stall_ms`.
+    pub stall_adaptive: Option<bool>,
+    /// Adaptive stall: the lowest it goes (ms, default 1000, or `stall_ms` if lower).
     pub stall_floor_ms: Option<u64>,
-    /// Adaptive stall: the multiple of the p99 gap (default 8).
+    /// Adaptive stall: the multiple of the p99 (or the stream's largest) gap (default 8).
     pub stall_k: Option<f64>,
-    /// Adaptive stall: gaps seen before it adapts (default 100).
+    /// Adaptive stall: gaps the route must have seen before its history counts (default 100).
     pub stall_min_samples: Option<u32>,
+    /// Adaptive stall: gaps an attempt's own stream must show before its cadence counts (default 12; 0: never).
+    pub stall_own_gaps: Option<u32>,
     /// Time-to-first-token allowance per 1000 prompt tokens, on top of `ttft_ms` (ms, default 0: fixed).
     pub ttft_per_1k_prompt_ms: Option<u64>,
     /// Context window (tokens).
@@ -693,13 +694,19 @@ impl Config {
                 };
                 let stall = match &r.adaptive.stall {
                     None => format!("{} ms", r.deadlines.stall.as_millis()),
-                    Some(a) => format!(
-                        "adaptive {}×p99 gap within {}–{} ms after {} gaps",
-                        a.k,
-                        a.floor.as_millis(),
-                        r.deadlines.stall.as_millis(),
-                        a.min_samples
-                    ),
+                    Some(a) => {
+                        let own = match a.own_gaps {
+                            0 => String::new(),
+                            n => format!(" or {}×the stream's own largest after its first {n}", a.k),
+                        };
+                        format!(
+                            "adaptive {}×p99 gap within {}–{} ms after {} gaps{own}",
+                            a.k,
+                            a.floor.as_millis(),
+                            r.deadlines.stall.as_millis(),
+                            a.min_samples
+                        )
+                    }
                 };
                 out.push_str(&format!(
                     "  {}. {} → model {:?}{}, {}, ttft {ttft}, stall {stall}, total {} ms, context {}\n",
@@ -896,14 +903,15 @@ fn adaptive_config(
         stall: None,
         ttft_per_1k_prompt: Duration::from_millis(r.ttft_per_1k_prompt_ms.unwrap_or(0)),
     };
-    if !r.stall_adaptive {
+    if r.stall_adaptive == Some(false) {
         let stray = [
             ("stall_floor_ms", r.stall_floor_ms.is_some()),
             ("stall_k", r.stall_k.is_some()),
             ("stall_min_samples", r.stall_min_samples.is_some()),
+            ("stall_own_gaps", r.stall_own_gaps.is_some()),
         ];
         if let Some((field, _)) = stray.iter().find(|(_, set)| *set) {
-            return Err((key(field), "only applies with stall_adaptive = true".into()));
+            return Err((key(field), "does not apply with stall_adaptive = false".into()));
         }
         return Ok(a);
     }
@@ -917,25 +925,26 @@ fn adaptive_config(
         }
         rule.k = k;
     }
-    if let Some(ms) = r.stall_floor_ms {
-        if ms == 0 {
-            return Err((key("stall_floor_ms"), "must be above 0".into()));
+    match r.stall_floor_ms {
+        Some(0) => return Err((key("stall_floor_ms"), "must be above 0".into())),
+        Some(ms) if Duration::from_millis(ms) > stall => {
+            return Err((
+                key("stall_floor_ms"),
+                format!(
+                    "the adaptive stall floor ({ms} ms) is above stall_ms ({} ms), its ceiling",
+                    stall.as_millis()
+                ),
+            ))
         }
-        rule.floor = Duration::from_millis(ms);
+        Some(ms) => rule.floor = Duration::from_millis(ms),
+        // A short stall_ms is the operator's word: the default floor yields to it.
+        None => rule.floor = rule.floor.min(stall),
     }
-    if rule.floor > stall {
-        return Err((
-            key(if r.stall_floor_ms.is_some() {
-                "stall_floor_ms"
-            } else {
-                "stall_ms"
-            }),
-            format!(
-                "the adaptive stall floor ({} ms) is above stall_ms ({} ms), its ceiling",
-                rule.floor.as_millis(),
-                stall.as_millis()
-            ),
-        ));
+    if let Some(n) = r.stall_own_gaps {
+        if n as usize > GAP_SAMPLES {
+            return Err((key("stall_own_gaps"), format!("{n} is not between 0 and {GAP_SAMPLES}")));
+        }
+        rule.own_gaps = n;
     }
     if let Some(n) = r.stall_min_samples {
         if n == 0 || n as usize > GAP_SAMPLES {
@@ -1160,17 +1169,17 @@ mod tests {
             bad_rate.contains("`route[0].breaker_failure_rate`: 1.5 is not in (0, 1]"),
             "{bad_rate}"
         );
-        let stray = error(&GOOD.replace("stall_ms = 500", "stall_ms = 500\nstall_k = 4"));
+        let stray = error(&GOOD.replace("stall_ms = 500", "stall_ms = 500\nstall_adaptive = false\nstall_k = 4"));
         assert!(
-            stray.contains("`route[0].stall_k`: only applies with stall_adaptive = true"),
+            stray.contains("`route[0].stall_k`: does not apply with stall_adaptive = false"),
             "{stray}"
         );
-        let adaptive = |extra: &str| {
-            GOOD.replace(
-                "stall_ms = 500",
-                &format!("stall_ms = 500\nstall_adaptive = true\n{extra}"),
-            )
-        };
+        let stray_own = error(&GOOD.replace(
+            "stall_ms = 500",
+            "stall_ms = 500\nstall_adaptive = false\nstall_own_gaps = 4",
+        ));
+        assert!(stray_own.contains("`route[0].stall_own_gaps`"), "{stray_own}");
+        let adaptive = |extra: &str| GOOD.replace("stall_ms = 500", &format!("stall_ms = 500\n{extra}"));
         let low_k = error(&adaptive("stall_k = 0.5"));
         assert!(
             low_k.contains("`route[0].stall_k`: 0.5 is not between 1 and 1000"),
@@ -1178,19 +1187,28 @@ mod tests {
         );
         let nan_k = error(&adaptive("stall_k = nan"));
         assert!(nan_k.contains("`route[0].stall_k`"), "{nan_k}");
-        // The default floor (500 ms) fits under stall_ms = 500; a higher one does not.
+        // A floor set above stall_ms is an error; the default one (1000 ms) yields to a lower stall_ms.
         let high_floor = error(&adaptive("stall_floor_ms = 800"));
         assert!(
             high_floor
                 .contains("`route[0].stall_floor_ms`: the adaptive stall floor (800 ms) is above stall_ms (500 ms)"),
             "{high_floor}"
         );
-        let default_floor = error(&adaptive("").replace("stall_ms = 500", "stall_ms = 300"));
-        assert!(default_floor.contains("`route[0].stall_ms`"), "{default_floor}");
+        let low_ceiling = Config::parse("baton.toml", &adaptive("stall_adaptive = true"), &env).expect("valid");
+        let rule = low_ceiling.ladders[0].ladder.routes[0]
+            .adaptive
+            .stall
+            .expect("adaptive");
+        assert_eq!(rule.floor, Duration::from_millis(500));
         let samples = error(&adaptive("stall_min_samples = 100000"));
         assert!(
             samples.contains("`route[0].stall_min_samples`: 100000 is not between 1 and 512"),
             "{samples}"
+        );
+        let own = error(&adaptive("stall_own_gaps = 100000"));
+        assert!(
+            own.contains("`route[0].stall_own_gaps`: 100000 is not between 0 and 512"),
+            "{own}"
         );
         let bad_mode = error(&GOOD.replace("\"instruct\"", "\"psychic\""));
         assert!(bad_mode.contains("psychic"), "{bad_mode}");
@@ -1209,13 +1227,39 @@ mod tests {
     }
 
     #[test]
-    fn adaptive_deadlines_are_off_unless_asked_for() {
-        let fixed = Config::parse("baton.toml", GOOD, &env).expect("valid");
-        let routes = &fixed.ladders[0].ladder.routes;
-        assert!(routes.iter().all(|r| r.adaptive.is_fixed()));
+    fn the_stall_deadline_adapts_unless_turned_off() {
+        let config = Config::parse("baton.toml", GOOD, &env).expect("valid");
+        let routes = &config.ladders[0].ladder.routes;
+        // No stall keys: adaptive, the default floor yielding to the primary's stall_ms = 500.
+        assert_eq!(
+            routes[0].adaptive,
+            Adaptive {
+                stall: Some(AdaptiveStall {
+                    floor: Duration::from_millis(500),
+                    ..AdaptiveStall::default()
+                }),
+                ttft_per_1k_prompt: Duration::ZERO,
+            }
+        );
+        assert_eq!(routes[1].adaptive, Adaptive::default());
+        assert!(
+            config.describe().contains(
+                "stall adaptive 8×p99 gap within 1000–3000 ms after 100 gaps or 8×the stream's own largest after its first 12"
+            ),
+            "{}",
+            config.describe()
+        );
+        let off = Config::parse(
+            "baton.toml",
+            &GOOD.replace("stall_ms = 500", "stall_ms = 500\nstall_adaptive = false"),
+            &env,
+        )
+        .expect("valid");
+        assert!(off.ladders[0].ladder.routes[0].adaptive.is_fixed());
+        assert!(off.describe().contains("stall 500 ms"), "{}", off.describe());
         let text = GOOD.replace(
             "stall_ms = 500",
-            "stall_ms = 5000\nstall_adaptive = true\nstall_floor_ms = 200\nstall_k = 6\nstall_min_samples = 40\nttft_per_1k_prompt_ms = 750",
+            "stall_ms = 5000\nstall_adaptive = true\nstall_floor_ms = 200\nstall_k = 6\nstall_min_samples = 40\nstall_own_gaps = 0\nttft_per_1k_prompt_ms = 750",
         );
         let config = Config::parse("baton.toml", &text, &env).expect("valid");
         let primary = &config.ladders[0].ladder.routes[0];
@@ -1225,7 +1269,8 @@ mod tests {
                 stall: Some(AdaptiveStall {
                     k: 6.0,
                     floor: Duration::from_millis(200),
-                    min_samples: 40
+                    min_samples: 40,
+                    own_gaps: 0,
                 }),
                 ttft_per_1k_prompt: Duration::from_millis(750),
             }
@@ -1239,8 +1284,12 @@ mod tests {
             "{described}"
         );
         assert!(
-            described.contains("stall 3000 ms"),
-            "the fallback stays fixed: {described}"
+            !described.contains("40 gaps or"),
+            "stall_own_gaps = 0: the route's history only: {described}"
+        );
+        assert!(
+            described.contains("within 1000–3000 ms after 100 gaps or 8×the stream's own largest after its first 12"),
+            "the fallback keeps the default: {described}"
         );
     }
 

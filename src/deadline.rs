@@ -1,22 +1,31 @@
 //! Adaptive deadlines: the stall and first-token deadlines of one attempt.
 //!
-//! Fixed deadlines ([`Deadlines`] on the route) stay the default. A route may
-//! also let them adapt ([`Adaptive`]):
+//! The stall deadline adapts by default ([`Adaptive::default`]); a route may
+//! also keep it fixed ([`Adaptive::fixed`], `stall_adaptive = false`). It
+//! never goes below a floor (1 s by default) nor above the route's configured
+//! stall deadline, its ceiling:
 //!
-//! * the stall deadline follows the inter-token gaps the route has shown
-//!   recently (per upstream model), shared by every session through its
-//!   [`ModelHealth`]:
-//!   `clamp(k × p99 gap, floor, stall)`, where the configured stall deadline is
-//!   the ceiling and the value used until enough gaps were seen. A stream that
-//!   ticks every 20 ms is declared stalled in a fraction of a second; a slow
-//!   but steady one keeps a deadline well above its own gaps.
+//! * when an attempt opens, it follows the inter-token gaps the route has shown
+//!   recently for its upstream model, shared by every session through its
+//!   [`ModelHealth`]: `clamp(k × p99 gap, floor, stall)` ([`stall`]); the
+//!   ceiling until enough gaps were seen.
+//! * once the attempt's own stream has shown its first [`AdaptiveStall::own_gaps`]
+//!   gaps, it follows that stream's own cadence as well ([`own_stall`]):
+//!   `clamp(k × max(largest own gap, route p99), floor, stall)`. The larger of
+//!   the two learned values wins, so a stream that paused 700 ms once keeps a
+//!   deadline far above 700 ms, while a fast stream on a route that has learnt
+//!   nothing yet is declared stalled about a floor after its last token, not
+//!   after the full ceiling.
 //! * the first-token deadline grows with the prompt: `first_token + per-1k ×
 //!   prompt tokens / 1000`, with the prompt estimated by
 //!   [`estimate_tokens`] (continuation prefix included).
 //!
-//! The effective deadlines are decided once, when an attempt opens ([`decide`]),
-//! and recorded in its `attempt_opened` event, so a replay re-drives with them
-//! instead of recomputing from a history it does not have.
+//! The deadlines an attempt opens with are decided once ([`decide`]) and
+//! recorded in its `attempt_opened` event, so a replay re-drives with them
+//! instead of recomputing from a history it does not have. A stall the
+//! stream's own cadence declared is recorded with the deadline that fired
+//! ([`FailureKind::Stall`](crate::failure::FailureKind::Stall)), which is what a
+//! replay re-drives that attempt under (see [`crate::record::verify`]).
 //!
 //! Gaps are measured from the watchdog's point of view: from the moment the
 //! consumer asks for the next item until an item arrives that was not already
@@ -40,15 +49,46 @@ use crate::watchdog::{Deadlines, Watchdog};
 pub const GAP_SAMPLES: usize = 512;
 /// The default multiplier on the p99 gap.
 pub const DEFAULT_K: f64 = 8.0;
-/// The default lowest adaptive stall deadline.
-pub const DEFAULT_FLOOR: Duration = Duration::from_millis(500);
-/// The default number of gaps seen before the stall deadline adapts.
+/// The default lowest adaptive stall deadline: below about a second, healthy
+/// streams that pause (a tool call being written, a reasoning step) get cut.
+pub const DEFAULT_FLOOR: Duration = Duration::from_millis(1000);
+/// The default number of gaps a route must have shown before its stall deadline adapts.
 pub const DEFAULT_MIN_SAMPLES: u32 = 100;
+/// The default number of its own gaps an attempt shows before its cadence counts.
+pub const DEFAULT_OWN_GAPS: u32 = 12;
 /// The percentile of recent gaps the stall deadline is a multiple of.
 pub const GAP_PERCENTILE: f64 = 99.0;
+/// The stall deadline never goes below this many times the longest gap the
+/// route has shown lately: a route that pauses now and then (too rarely to
+/// reach its p99) keeps a deadline above its pauses.
+pub const LONGEST_MARGIN: u32 = 2;
+/// Gaps per block of a route's long memory (see [`GapSample::longest`]).
+const BLOCK: u32 = 64;
+/// Blocks of the long memory: its longest gap is that of the last `BLOCKS × BLOCK` gaps.
+const BLOCKS: usize = 64;
 
-/// How a route's deadlines adapt. The default adapts nothing: fixed deadlines.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// What a route's recent gaps say, once it has shown enough of them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GapHistory {
+    /// The p99 of the most recent gaps ([`GAP_SAMPLES`] of them).
+    pub p99: Duration,
+    /// The longest of a longer stretch (the last 4096 gaps).
+    pub longest: Duration,
+}
+
+impl GapHistory {
+    /// A history whose longest gap is its p99 (all its gaps alike).
+    pub fn steady(p99: Duration) -> Self {
+        GapHistory { p99, longest: p99 }
+    }
+}
+
+/// How a route's deadlines adapt. The default adapts the stall deadline
+/// ([`AdaptiveStall::default`]) and keeps the first-token deadline fixed.
+///
+/// Serialized (in recordings), a missing `stall` means fixed: recordings made
+/// before the default changed kept their stall deadlines fixed unless they say otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Adaptive {
     /// The stall deadline follows recent gaps; `None`: it is fixed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -63,7 +103,27 @@ pub struct Adaptive {
     pub ttft_per_1k_prompt: Duration,
 }
 
+impl Default for Adaptive {
+    fn default() -> Self {
+        Adaptive {
+            stall: Some(AdaptiveStall::default()),
+            ttft_per_1k_prompt: Duration::ZERO,
+        }
+    }
+}
+
 impl Adaptive {
+    /// Nothing adapts: the route's deadlines are used as they are.
+    pub const FIXED: Adaptive = Adaptive {
+        stall: None,
+        ttft_per_1k_prompt: Duration::ZERO,
+    };
+
+    /// [`Adaptive::FIXED`], what a recording without an `adaptive` key means.
+    pub fn fixed() -> Self {
+        Adaptive::FIXED
+    }
+
     /// Whether nothing adapts (the deadlines are the route's fixed ones).
     pub fn is_fixed(&self) -> bool {
         self.stall.is_none() && self.ttft_per_1k_prompt.is_zero()
@@ -80,6 +140,15 @@ pub struct AdaptiveStall {
     pub floor: Duration,
     /// Gaps the route must have shown before the deadline adapts.
     pub min_samples: u32,
+    /// Gaps the attempt's own stream must have shown before its cadence counts
+    /// too (see [`own_stall`]); 0: only the route's history (absent in
+    /// recordings made before the stream's own cadence counted).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub own_gaps: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Default for AdaptiveStall {
@@ -88,20 +157,97 @@ impl Default for AdaptiveStall {
             k: DEFAULT_K,
             floor: DEFAULT_FLOOR,
             min_samples: DEFAULT_MIN_SAMPLES,
+            own_gaps: DEFAULT_OWN_GAPS,
         }
     }
 }
 
-/// The stall deadline for `rule` under `ceiling` (the configured stall), given the
-/// p99 of recent gaps (`None`: too few seen yet, so the ceiling holds).
-pub fn stall(rule: &AdaptiveStall, ceiling: Duration, p99: Option<Duration>) -> Duration {
-    let Some(p99) = p99 else {
+/// The stall deadline for `rule` under `ceiling` (the configured stall), given
+/// the route's recent gaps (`None`: too few seen yet, so the ceiling holds):
+/// `clamp(max(k × p99, LONGEST_MARGIN × longest), floor, ceiling)`.
+pub fn stall(rule: &AdaptiveStall, ceiling: Duration, history: Option<GapHistory>) -> Duration {
+    let Some(history) = history else {
         return ceiling;
     };
     let k = if rule.k.is_finite() { rule.k.max(0.0) } else { 1.0 };
     // Duration::mul_f64 panics on overflow; a huge product is capped by the ceiling anyway.
-    let scaled = Duration::try_from_secs_f64(p99.as_secs_f64() * k).unwrap_or(Duration::MAX);
-    scaled.clamp(rule.floor.min(ceiling), ceiling)
+    let scaled = Duration::try_from_secs_f64(history.p99.as_secs_f64() * k).unwrap_or(Duration::MAX);
+    let above_longest = history.longest.saturating_mul(LONGEST_MARGIN);
+    scaled.max(above_longest).clamp(rule.floor.min(ceiling), ceiling)
+}
+
+/// What an attempt's own stream has shown so far: how many gaps, and the largest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OwnGaps {
+    /// Gaps measured.
+    pub count: u32,
+    /// The largest of them.
+    pub max: Duration,
+}
+
+impl OwnGaps {
+    /// Adds one gap.
+    pub fn push(&mut self, gap: Duration) {
+        self.count = self.count.saturating_add(1);
+        self.max = self.max.max(gap);
+    }
+}
+
+/// The stall deadline for the rest of an attempt under `rule` and `ceiling`,
+/// given its own gaps so far and the route's recent gaps (`None`: not known
+/// yet); `None` while the stream has shown fewer than `rule.own_gaps` gaps.
+///
+/// `clamp(max(k × max(largest own gap, route p99), LONGEST_MARGIN × route's
+/// longest), floor, ceiling)`: never below what the route's history alone
+/// gives ([`stall`]). The largest own gap, not a percentile of them: one
+/// 700 ms pause in a fast stream is evidence that it pauses, and the next such
+/// pause must not be cut. Rounded up to whole milliseconds, so a recorded
+/// deadline reads exactly.
+pub fn own_stall(rule: &AdaptiveStall, ceiling: Duration, own: OwnGaps, route: Option<GapHistory>) -> Option<Duration> {
+    if rule.own_gaps == 0 || own.count < rule.own_gaps {
+        return None;
+    }
+    let learned = match route {
+        Some(h) => GapHistory {
+            p99: h.p99.max(own.max),
+            longest: h.longest,
+        },
+        None => GapHistory {
+            p99: own.max,
+            longest: Duration::ZERO,
+        },
+    };
+    let d = stall(rule, ceiling, Some(learned));
+    let up = Duration::from_millis(u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX));
+    Some(up.min(ceiling))
+}
+
+/// An attempt's own cadence, as its watchdog tracks it: the rule, the ceiling
+/// and the route's history as of the attempt's opening, and the gaps seen.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Cadence {
+    rule: AdaptiveStall,
+    ceiling: Duration,
+    route: Option<GapHistory>,
+    own: OwnGaps,
+}
+
+impl Cadence {
+    /// Nothing seen yet.
+    pub fn new(rule: AdaptiveStall, ceiling: Duration, route: Option<GapHistory>) -> Self {
+        Cadence {
+            rule,
+            ceiling,
+            route,
+            own: OwnGaps::default(),
+        }
+    }
+
+    /// Adds one gap; the stall deadline from now on, once the stream's cadence counts.
+    pub fn see(&mut self, gap: Duration) -> Option<Duration> {
+        self.own.push(gap);
+        own_stall(&self.rule, self.ceiling, self.own, self.route)
+    }
 }
 
 /// The first-token deadline for a prompt of `prompt_tokens`: `base` plus `per_1k` per 1000 tokens.
@@ -132,16 +278,25 @@ pub fn decide(route: &Route, health: &ModelHealth, messages: &[Message]) -> Dead
 /// The stall deadline an attempt opening on `route` to `health`'s model now would get.
 pub fn current_stall(route: &Route, health: &ModelHealth) -> Duration {
     match &route.adaptive.stall {
-        Some(rule) => stall(rule, route.deadlines.stall, health.gap_p99(rule.min_samples)),
+        Some(rule) => stall(rule, route.deadlines.stall, health.gap_history(rule.min_samples)),
         None => route.deadlines.stall,
     }
 }
 
-/// The watchdog for an attempt on `route` to `health`'s model: it reports the
-/// gaps it sees to that health when the route's stall deadline adapts.
+/// The watchdog for an attempt on `route` to `health`'s model: when the
+/// route's stall deadline adapts, it reports the gaps it sees to that health
+/// and follows the stream's own cadence. A replay does not re-learn the
+/// cadence: it re-drives under the deadlines the recording shows (see
+/// [`crate::record::verify`]).
 pub fn watchdog(route: &Route, health: &Arc<ModelHealth>, stream: ChunkStream, deadlines: Deadlines) -> Watchdog {
     let watchdog = Watchdog::new(stream, deadlines);
     match route.adaptive.stall {
+        Some(rule) if rule.own_gaps > 0 && !route.health.replays() => {
+            let history = health.gap_history(rule.min_samples);
+            watchdog
+                .learning(health.clone())
+                .with_cadence(Cadence::new(rule, route.deadlines.stall, history))
+        }
         Some(_) => watchdog.learning(health.clone()),
         None => watchdog,
     }
@@ -157,6 +312,11 @@ pub struct GapSample {
     /// The p99 as of the last push, computed lazily: attempts open far more
     /// often than a batch of gaps arrives.
     p99: Option<Option<Duration>>,
+    /// The long memory: the longest gap of each of the last [`BLOCKS`] blocks
+    /// of [`BLOCK`] gaps, newest last (µs).
+    blocks: std::collections::VecDeque<u32>,
+    /// Gaps in the newest block.
+    in_block: u32,
 }
 
 impl Default for GapSample {
@@ -172,6 +332,8 @@ impl GapSample {
             ring: Vec::with_capacity(capacity.max(1)),
             next: 0,
             p99: None,
+            blocks: std::collections::VecDeque::with_capacity(BLOCKS),
+            in_block: 0,
         }
     }
 
@@ -185,6 +347,16 @@ impl GapSample {
             self.next = (self.next + 1) % self.ring.len();
         }
         self.p99 = None;
+        match self.blocks.back_mut() {
+            Some(longest) if self.in_block > 0 => *longest = (*longest).max(micros),
+            _ => {
+                if self.blocks.len() == BLOCKS {
+                    self.blocks.pop_front();
+                }
+                self.blocks.push_back(micros);
+            }
+        }
+        self.in_block = (self.in_block + 1) % BLOCK;
     }
 
     /// Gaps held.
@@ -195,6 +367,23 @@ impl GapSample {
     /// Whether no gap was seen yet.
     pub fn is_empty(&self) -> bool {
         self.ring.is_empty()
+    }
+
+    /// The longest of the last `BLOCKS × BLOCK` gaps (more than are held for
+    /// the p99), once at least `min_samples` gaps are held.
+    pub fn longest(&self, min_samples: u32) -> Option<Duration> {
+        if self.ring.len() < min_samples.max(1) as usize {
+            return None;
+        }
+        self.blocks.iter().max().map(|us| Duration::from_micros(u64::from(*us)))
+    }
+
+    /// The p99 and the longest gap, once at least `min_samples` gaps are held.
+    pub fn history(&mut self, min_samples: u32) -> Option<GapHistory> {
+        Some(GapHistory {
+            p99: self.p99(min_samples)?,
+            longest: self.longest(min_samples)?,
+        })
     }
 
     /// The p99 of the gaps held, once there are at least `min_samples` of them.
@@ -265,15 +454,16 @@ mod tests {
             k: 8.0,
             floor: MS(100),
             min_samples: 10,
+            own_gaps: 0,
         };
         // Too few gaps: the configured deadline.
         assert_eq!(stall(&rule, MS(3000), None), MS(3000));
         // A 20 ms stream: 160 ms.
-        assert_eq!(stall(&rule, MS(3000), Some(MS(20))), MS(160));
+        assert_eq!(stall(&rule, MS(3000), Some(GapHistory::steady(MS(20)))), MS(160));
         // A 5 ms stream: the floor.
-        assert_eq!(stall(&rule, MS(3000), Some(MS(5))), MS(100));
+        assert_eq!(stall(&rule, MS(3000), Some(GapHistory::steady(MS(5)))), MS(100));
         // A 2 s stream: capped by the ceiling.
-        assert_eq!(stall(&rule, MS(3000), Some(MS(2000))), MS(3000));
+        assert_eq!(stall(&rule, MS(3000), Some(GapHistory::steady(MS(2000)))), MS(3000));
         // A floor above the ceiling yields to the ceiling.
         assert_eq!(
             stall(
@@ -282,12 +472,32 @@ mod tests {
                     ..rule
                 },
                 MS(3000),
-                Some(MS(1))
+                Some(GapHistory::steady(MS(1)))
             ),
             MS(3000)
         );
         // An absurd gap does not overflow.
-        assert_eq!(stall(&rule, MS(3000), Some(Duration::MAX)), MS(3000));
+        assert_eq!(
+            stall(&rule, MS(3000), Some(GapHistory::steady(Duration::MAX))),
+            MS(3000)
+        );
+        // A route that paused 900 ms lately, too rarely to reach its p99: twice that.
+        let paused = GapHistory {
+            p99: MS(20),
+            longest: MS(900),
+        };
+        assert_eq!(stall(&rule, MS(3000), Some(paused)), MS(1800));
+        assert_eq!(
+            stall(
+                &rule,
+                MS(3000),
+                Some(GapHistory {
+                    longest: Duration::MAX,
+                    ..paused
+                })
+            ),
+            MS(3000)
+        );
     }
 
     #[test]
@@ -328,6 +538,30 @@ mod tests {
     }
 
     #[test]
+    fn the_longest_gap_is_remembered_longer_than_the_p99_sample() {
+        let mut s = GapSample::default();
+        assert_eq!(s.history(1), None);
+        s.push(MS(1200));
+        for _ in 0..3000 {
+            s.push(MS(20));
+        }
+        // The pause left the p99's ring long ago, not the long memory.
+        assert_eq!(
+            s.history(100),
+            Some(GapHistory {
+                p99: MS(20),
+                longest: MS(1200)
+            })
+        );
+        // It holds the last 64 blocks of 64 gaps: past 4096 more, the pause is forgotten.
+        for _ in 0..1096 {
+            s.push(MS(20));
+        }
+        assert_eq!(s.longest(100), Some(MS(20)));
+        assert_eq!(GapSample::default().longest(1), None);
+    }
+
+    #[test]
     fn a_batch_reaches_the_route_when_full_or_dropped() {
         let health = crate::health::RouteHealth::default().model("m");
         let mut batch = GapBatch::new(health.clone());
@@ -344,21 +578,114 @@ mod tests {
     }
 
     #[test]
-    fn fixed_is_the_default_and_round_trips() {
-        assert!(Adaptive::default().is_fixed());
+    fn adaptive_stall_is_the_default_and_round_trips() {
+        let default = Adaptive::default();
+        assert!(!default.is_fixed());
+        assert_eq!(
+            default.stall,
+            Some(AdaptiveStall {
+                k: 8.0,
+                floor: MS(1000),
+                min_samples: 100,
+                own_gaps: 12
+            })
+        );
+        assert!(Adaptive::fixed().is_fixed());
         let a = Adaptive {
-            stall: Some(AdaptiveStall::default()),
             ttft_per_1k_prompt: MS(250),
+            ..default
         };
         let json = serde_json::to_string(&a).expect("json");
         assert_eq!(
             json,
-            r#"{"stall":{"k":8.0,"floor_ms":500,"min_samples":100},"ttft_per_1k_prompt_ms":250}"#
+            r#"{"stall":{"k":8.0,"floor_ms":1000,"min_samples":100,"own_gaps":12},"ttft_per_1k_prompt_ms":250}"#
         );
         assert_eq!(serde_json::from_str::<Adaptive>(&json).expect("back"), a);
+        // Read from a recording, a missing key means what recordings made before it meant.
         assert_eq!(
             serde_json::from_str::<Adaptive>("{}").expect("empty"),
-            Adaptive::default()
+            Adaptive::fixed(),
+            "no `stall`: fixed"
         );
+        let old = r#"{"stall":{"k":8.0,"floor_ms":500,"min_samples":100}}"#;
+        let old = serde_json::from_str::<Adaptive>(old).expect("old");
+        assert_eq!(
+            old.stall.map(|r| (r.floor, r.own_gaps)),
+            Some((MS(500), 0)),
+            "no `own_gaps`: the route's history only"
+        );
+        assert_eq!(
+            serde_json::to_string(&old).expect("json"),
+            r#"{"stall":{"k":8.0,"floor_ms":500,"min_samples":100}}"#,
+            "and it writes back as it was"
+        );
+    }
+
+    #[test]
+    fn the_streams_own_cadence_counts_after_its_first_gaps_and_the_larger_learnt_value_wins() {
+        let rule = AdaptiveStall {
+            own_gaps: 4,
+            ..AdaptiveStall::default()
+        };
+        let ceiling = MS(3000);
+        let own = |gaps: &[u64]| {
+            let mut o = OwnGaps::default();
+            for g in gaps {
+                o.push(MS(*g));
+            }
+            o
+        };
+        // Too few of its own gaps: nothing to say (the deadline the attempt opened with holds).
+        assert_eq!(own_stall(&rule, ceiling, own(&[15, 15, 15]), None), None);
+        // A 15 ms stream on a route with no history: the floor, not the ceiling.
+        assert_eq!(own_stall(&rule, ceiling, own(&[15, 16, 14, 15]), None), Some(MS(1000)));
+        // One 700 ms pause: 8 × 700 ms is past the ceiling, so the next such pause is safe.
+        assert_eq!(
+            own_stall(&rule, ceiling, own(&[15, 700, 15, 15, 15]), None),
+            Some(ceiling)
+        );
+        // A steady 800 ms stream (a reasoning model): the ceiling.
+        assert_eq!(own_stall(&rule, ceiling, own(&[800; 4]), None), Some(ceiling));
+        // In between: 8 × 200 ms.
+        assert_eq!(own_stall(&rule, ceiling, own(&[20, 200, 20, 20]), None), Some(MS(1600)));
+        // The route's p99 counts when it is the larger; never lowers the stream's own.
+        assert_eq!(
+            own_stall(&rule, ceiling, own(&[15; 4]), Some(GapHistory::steady(MS(250)))),
+            Some(MS(2000))
+        );
+        assert_eq!(
+            own_stall(
+                &rule,
+                ceiling,
+                own(&[20, 200, 20, 20]),
+                Some(GapHistory::steady(MS(30)))
+            ),
+            Some(MS(1600))
+        );
+        // So does twice the route's longest recent gap.
+        let paused = GapHistory {
+            p99: MS(20),
+            longest: MS(1100),
+        };
+        assert_eq!(own_stall(&rule, ceiling, own(&[15; 4]), Some(paused)), Some(MS(2200)));
+        // Rounded up to whole milliseconds, never past the ceiling.
+        let mut fractional = own(&[15, 15, 15]);
+        fractional.push(Duration::from_micros(150_100));
+        assert_eq!(
+            own_stall(&rule, ceiling, fractional, None),
+            Some(MS(1201)),
+            "8 × 150.1 ms"
+        );
+        assert_eq!(
+            own_stall(&rule, Duration::from_micros(2_500_500), own(&[900; 4]), None),
+            Some(Duration::from_micros(2_500_500))
+        );
+        // Off: only the route's history.
+        let off = AdaptiveStall { own_gaps: 0, ..rule };
+        assert_eq!(own_stall(&off, ceiling, own(&[15; 100]), None), None);
+        // The watchdog's tracker says the same, gap by gap.
+        let mut cadence = Cadence::new(rule, ceiling, None);
+        let seen: Vec<Option<Duration>> = [15, 15, 15, 15, 400].iter().map(|g| cadence.see(MS(*g))).collect();
+        assert_eq!(seen, [None, None, None, Some(MS(1000)), Some(ceiling)]);
     }
 }

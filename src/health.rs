@@ -155,6 +155,11 @@ impl RouteHealth {
         self
     }
 
+    /// Whether this health replays a recording (its deadlines are replayed, not learnt).
+    pub fn replays(&self) -> bool {
+        self.script.is_some()
+    }
+
     /// The next attempt's recorded effective deadlines, when replaying a recording that has them.
     pub fn recorded_deadlines(&self) -> Option<Deadlines> {
         lock(&self.script.as_ref()?.deadlines).pop_front().flatten()
@@ -266,6 +271,11 @@ impl ModelHealth {
     /// The p99 of recent inter-token gaps, once at least `min_samples` were seen.
     pub fn gap_p99(&self, min_samples: u32) -> Option<std::time::Duration> {
         lock(&self.gaps).p99(min_samples)
+    }
+
+    /// The p99 and the longest of recent inter-token gaps, once at least `min_samples` were seen.
+    pub fn gap_history(&self, min_samples: u32) -> Option<crate::deadline::GapHistory> {
+        lock(&self.gaps).history(min_samples)
     }
 
     /// How many recent inter-token gaps are held.

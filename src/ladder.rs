@@ -34,7 +34,7 @@ pub struct Route {
     pub continue_final_message: bool,
     /// Its deadlines (with adaptive stall, `stall` is the ceiling and the value before enough gaps were seen).
     pub deadlines: Deadlines,
-    /// How its deadlines adapt per attempt; the default keeps them fixed.
+    /// How its deadlines adapt per attempt; by default the stall deadline adapts, the others are fixed.
     pub adaptive: Adaptive,
     /// Its configured context window in tokens (`None`: unknown until an
     /// upstream error states it); requests are fitted to a configured one.

@@ -38,6 +38,7 @@
 //! * [`record`]: session recordings on disk (JSONL) and `baton replay` (`--verify`, `--summary`).
 //! * [`dashboard`]: the terminal dashboard (`baton demo`, `baton watch`).
 //! * [`bench`](mod@bench): `baton bench`, streaming throughput, latency and memory, direct vs proxied.
+//! * [`stall_bench`]: `baton bench stall`, the default stall policy's false handovers and detection times.
 //! * [`soak`]: `baton soak`, many sessions through `baton serve` against `baton mock` with faults; RSS and descriptors.
 //!
 //! # Features
@@ -48,8 +49,8 @@
 //!
 //! * `proxy`: [`proxy`] (axum, hyper, prometheus-client).
 //! * `dashboard`: [`dashboard`] (ratatui, crossterm).
-//! * `cli`: the `baton` binary (clap, tracing-subscriber), [`bench`](mod@bench)
-//!   and [`soak`]; turns on `proxy` and `dashboard`.
+//! * `cli`: the `baton` binary (clap, tracing-subscriber), [`bench`](mod@bench),
+//!   [`stall_bench`] and [`soak`]; turns on `proxy` and `dashboard`.
 //! * `fuzzing` (off by default): the checks the fuzz targets and
 //!   `tests/fuzz_corpus.rs` run.
 //!
@@ -119,6 +120,8 @@ pub mod safe_reply;
 #[cfg(feature = "cli")]
 pub mod soak;
 pub mod splice;
+#[cfg(feature = "cli")]
+pub mod stall_bench;
 pub mod stats;
 pub mod usage;
 pub mod watchdog;

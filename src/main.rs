@@ -143,7 +143,12 @@ enum Command {
     /// For each stream count, N concurrent streams run directly, then through an
     /// in-process proxy; prints chunks/s, the proxy's added latency (p50/p99) and
     /// peak memory per stream. Exits non-zero if any stream failed.
+    ///
+    /// `baton bench stall` instead measures the stall policy (see `baton bench stall --help`).
+    #[command(args_conflicts_with_subcommands = true)]
     Bench {
+        #[command(subcommand)]
+        what: Option<BenchWhat>,
         /// Stream counts to run, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
         sizes: Vec<usize>,
@@ -187,6 +192,36 @@ enum Command {
         /// The upstreams' milliseconds between chunks.
         #[arg(long, default_value_t = 5)]
         interval_ms: u64,
+        /// Print the report as one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchWhat {
+    /// The default stall policy on healthy jittery streams, in virtual time: false
+    /// handovers (a stall declared on a healthy stream) and how fast real stalls are declared.
+    ///
+    /// Per profile (fast: lognormal gaps around 15–40 ms; pauses: with one gap in 40 a
+    /// 0.3–1.5 s pause; rare-pauses: one in 400; slow: a steady 300–900 ms cadence),
+    /// runs the sessions one after another on one route, so its gap history evolves as
+    /// under traffic, and after every --stall-every of them one that stalls for good.
+    /// Prints sessions, false handovers, their rate, and the detection time's median,
+    /// p99 and maximum. Exits non-zero if an answer differs from the oracle's.
+    Stall {
+        /// Healthy sessions per profile.
+        #[arg(long, default_value_t = 10_000)]
+        sessions: usize,
+        /// After every this many healthy sessions, one that stalls (0: none).
+        #[arg(long, default_value_t = 10)]
+        stall_every: usize,
+        /// Seed of the jitter and the stall positions.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Profiles to run, comma-separated (fast, pauses, rare-pauses, slow).
+        #[arg(long, value_delimiter = ',', default_value = "fast,pauses,rare-pauses,slow")]
+        profiles: Vec<String>,
         /// Print the report as one JSON object on stdout.
         #[arg(long)]
         json: bool,
@@ -280,6 +315,37 @@ async fn main() -> ExitCode {
             mock(port, config).await
         }
         Command::Bench {
+            what:
+                Some(BenchWhat::Stall {
+                    sessions,
+                    stall_every,
+                    seed,
+                    profiles,
+                    json,
+                }),
+            ..
+        } => {
+            use baton::stall_bench::{Profile, StallBenchOptions};
+            let mut chosen = Vec::new();
+            for name in &profiles {
+                match Profile::ALL.iter().find(|p| p.name() == name) {
+                    Some(p) => chosen.push(*p),
+                    None => {
+                        eprintln!("baton bench stall: no profile {name:?} (fast, pauses, rare-pauses, slow)");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+            let options = StallBenchOptions {
+                sessions,
+                stall_every,
+                seed,
+                profiles: chosen,
+            };
+            baton::stall_bench::main(options, json)
+        }
+        Command::Bench {
+            what: None,
             sizes,
             modes,
             chunks,

@@ -12,7 +12,9 @@
 //! baton's own backpressure, never the upstream's stall. The gaps a learning
 //! watchdog reports (for an adaptive stall deadline, see [`crate::deadline`])
 //! are measured on the same clock, and only for items that were not already
-//! waiting when asked for.
+//! waiting when asked for. The same gaps drive the stream's own cadence
+//! ([`Cadence`]): after its first few, the stall deadline for the rest of the
+//! attempt follows them, which a [`Watched::Failed`] stall reports in its `after`.
 
 use std::time::Duration;
 
@@ -22,7 +24,7 @@ use std::pin::Pin;
 
 use tokio::time::{sleep_until, Instant, Sleep};
 
-use crate::deadline::GapBatch;
+use crate::deadline::{Cadence, GapBatch};
 use crate::failure::FailureKind;
 use crate::health::ModelHealth;
 use crate::provider::tool_calls::ToolCallBudget;
@@ -81,6 +83,8 @@ pub struct Watchdog {
     over: bool,
     /// Where the gaps seen go, when the route's stall deadline adapts.
     gaps: Option<GapBatch>,
+    /// The stream's own cadence, when the stall deadline follows it.
+    cadence: Option<Cadence>,
     /// The attempt's tool-call deltas are held until it ends: their index, number and size are bounded.
     tool_calls: ToolCallBudget,
 }
@@ -98,6 +102,7 @@ impl Watchdog {
             finish: None,
             over: false,
             gaps: None,
+            cadence: None,
             tool_calls: ToolCallBudget::default(),
         }
     }
@@ -105,6 +110,12 @@ impl Watchdog {
     /// The same watchdog, reporting the inter-token gaps it sees to `health`.
     pub fn learning(mut self, health: std::sync::Arc<ModelHealth>) -> Self {
         self.gaps = Some(GapBatch::new(health));
+        self
+    }
+
+    /// The same watchdog, its stall deadline following the stream's own cadence as `cadence` says.
+    pub fn with_cadence(mut self, cadence: Cadence) -> Self {
+        self.cadence = Some(cadence);
         self
     }
 
@@ -182,8 +193,12 @@ impl Watchdog {
                 () = self.timer.as_mut() => return self.end_or(kind),
             };
             if waited && self.seen_text && matches!(next, Some(Ok(_))) {
+                let gap = asked.elapsed();
                 if let Some(gaps) = &mut self.gaps {
-                    gaps.push(asked.elapsed());
+                    gaps.push(gap);
+                }
+                if let Some(stall) = self.cadence.as_mut().and_then(|c| c.see(gap)) {
+                    self.deadlines.stall = stall;
                 }
             }
             match next {

@@ -44,12 +44,15 @@ fn deadlines(first_token: u64, stall: u64, total: u64) -> Deadlines {
     }
 }
 
+/// A stall deadline learnt from the route's history only (the stream's own cadence off),
+/// so these tests see what the history does.
 fn adaptive_stall(floor_ms: u64, min_samples: u32) -> Adaptive {
     Adaptive {
         stall: Some(AdaptiveStall {
             k: 8.0,
             floor: MS(floor_ms),
             min_samples,
+            own_gaps: 0,
         }),
         ttft_per_1k_prompt: Duration::ZERO,
     }
@@ -325,7 +328,7 @@ async fn the_first_token_deadline_grows_with_the_prompt() {
     let verdict = verify::verify_session(&recorded(&session)).await;
     assert_eq!(verdict.outcome, Outcome::Ok { partial: false }, "{verdict:?}");
 
-    // With fixed deadlines (the default) the same big prompt times out.
+    // With a fixed first-token deadline (the default) the same big prompt times out.
     let fixed = ladder(Adaptive::default());
     let done = fixed.collect(ChatRequest::new(big.clone())).await;
     assert_eq!(done.text, answer(&big));
@@ -335,8 +338,8 @@ async fn the_first_token_deadline_grows_with_the_prompt() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn fixed_deadlines_stay_the_default_and_learn_nothing() {
-    let route = Route::new("primary", "big", mock("none", MS(20), MS(20)));
+async fn fixed_deadlines_learn_nothing() {
+    let route = Route::new("primary", "big", mock("none", MS(20), MS(20))).with_adaptive(Adaptive::fixed());
     assert!(route.adaptive.is_fixed());
     let health = route.health_for(None);
     let splicer = Splicer::new(Ladder::new(vec![route.clone()]));
@@ -417,4 +420,224 @@ async fn metrics_show_the_effective_stall_deadline() {
     assert!((250..3000).contains(&learnt), "{learnt} ms");
     let _ = stop.send(());
     let _ = server.await;
+}
+
+// ------------------------------------------------------------ on defaults
+
+/// An upstream whose `i`-th text chunk comes `gap(i)` after the one before (the
+/// first: `gap(0)` after the request): the oracle's text, at any cadence.
+struct Paced {
+    inner: Arc<MockProvider>,
+    gap: fn(usize) -> Duration,
+}
+
+impl Provider for Paced {
+    fn stream(&self, request: UpstreamRequest) -> ChunkStream {
+        let mut inner = self.inner.stream(request);
+        let gap = self.gap;
+        Box::pin(async_stream::stream! {
+            let mut i = 0;
+            while let Some(item) = inner.next().await {
+                if matches!(item, Ok(baton::provider::Chunk::Text(_))) {
+                    tokio::time::sleep(gap(i)).await;
+                    i += 1;
+                }
+                yield item;
+            }
+        })
+    }
+}
+
+/// The oracle behind [`Paced`]: it sends at once, the wrapper sets the pace.
+fn paced(fault: &str, gap: fn(usize) -> Duration) -> Arc<Paced> {
+    Arc::new(Paced {
+        inner: mock(fault, Duration::ZERO, Duration::ZERO),
+        gap,
+    })
+}
+
+/// The deltas `route` wrote in a session, with when (ms since it started).
+fn deltas_of(events: &[EngineEvent], route: &str) -> Vec<u64> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Delta { route: r, .. } if r == route => Some(e.t_ms),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn on_defaults_a_fast_streams_stall_is_declared_about_a_second_after_its_last_token() {
+    // A route as a config with no stall keys makes it, and no history: a 15 ms stream that stalls after 40 chunks.
+    let ladder = |adaptive: Adaptive| {
+        let primary = Route::new("primary", "big", mock("stall@40", MS(20), MS(15))).with_adaptive(adaptive);
+        assert_eq!(primary.health_for(None).gap_count(), 0, "no history");
+        Splicer::new(Ladder::new(vec![
+            primary,
+            Route::new("fallback", "small", mock("none", MS(20), MS(5))),
+        ]))
+    };
+    assert_eq!(
+        Route::new("r", "m", mock("none", MS(20), MS(5))).adaptive,
+        Adaptive::default()
+    );
+    let splicer = ladder(Adaptive::default());
+    let mut events = splicer.subscribe();
+    let c = conversation("a fast stream stalls");
+    let done = splicer.collect(ChatRequest::new(c.clone())).await;
+    assert_eq!(done.text, answer(&c), "nothing lost, nothing doubled");
+    assert_eq!(done.outcome.expect("complete").route_chain, ["primary", "fallback"]);
+    let session = drain(&mut events);
+    assert_eq!(
+        opened(&session)[0].1.stall,
+        Deadlines::default().stall,
+        "it opened cold: the ceiling"
+    );
+    let primary = deltas_of(&session, "primary");
+    assert_eq!(primary.len(), 40);
+    let failed = failures(&session);
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    let (cause, at_ms) = &failed[0];
+    // Its own 15 ms cadence, after its first 12 gaps: the 1 s floor, not the 3 s ceiling.
+    assert_eq!(*cause, FailureKind::Stall { after: MS(1000) });
+    let detected = at_ms - primary[primary.len() - 1];
+    assert!(
+        (1000..=1200).contains(&detected),
+        "declared {detected} ms after the last token"
+    );
+
+    // The recording re-drives to the same decisions.
+    let verdict = verify::verify_session(&recorded(&session)).await;
+    assert_eq!(verdict.outcome, Outcome::Ok { partial: false }, "{verdict:?}");
+
+    // A fixed stall deadline waits out the full 3 s.
+    let fixed = ladder(Adaptive::fixed());
+    let mut events = fixed.subscribe();
+    let done = fixed.collect(ChatRequest::new(c.clone())).await;
+    assert_eq!(done.text, answer(&c));
+    let session = drain(&mut events);
+    let primary = deltas_of(&session, "primary");
+    let failed = failures(&session);
+    assert_eq!(failed[0].0, FailureKind::Stall { after: MS(3000) });
+    assert_eq!(failed[0].1 - primary[primary.len() - 1], 3000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn on_defaults_a_steady_800_ms_stream_is_never_cut() {
+    // A reasoning model's pace: a token every 800 ms, under the default 3 s ceiling.
+    let route = Route::new("thinker", "slow", mock("none", MS(800), MS(800)));
+    let health = route.health_for(None);
+    let splicer = Splicer::new(Ladder::new(vec![
+        route.clone(),
+        Route::new("fallback", "small", mock("none", MS(20), MS(5))),
+    ]));
+    let mut events = splicer.subscribe();
+    for i in 0..3 {
+        let c = conversation(&format!("steady {i}"));
+        let done = splicer.collect(ChatRequest::new(c.clone())).await;
+        assert_eq!(done.text, answer(&c));
+        let completion = done.outcome.expect("complete");
+        assert!(completion.failures.is_empty(), "{:?}", completion.failures);
+        assert_eq!(completion.route_chain, ["thinker"]);
+        let session = drain(&mut events);
+        let tokens = deltas_of(&session, "thinker").len();
+        assert!(tokens >= 30, "{tokens} tokens");
+        let verdict = verify::verify_session(&recorded(&session)).await;
+        assert_eq!(verdict.outcome, Outcome::Ok { partial: false }, "{verdict:?}");
+    }
+    // Its history now says the same as its own cadence: 8 × 800 ms, capped by the ceiling.
+    assert_eq!(health.gap_p99(100), Some(MS(800)));
+    assert_eq!(deadline::current_stall(&route, &health), Deadlines::default().stall);
+}
+
+#[tokio::test(start_paused = true)]
+async fn on_defaults_a_fast_stream_with_occasional_pauses_is_not_cut() {
+    // 20 ms gaps, and pauses of 900, 600 and 750 ms (a tool call being written, a
+    // reasoning step), the first long after the stream's cadence counts: the
+    // deadline is then at its 1 s floor, and a 900 ms pause must pass under it.
+    fn gap(i: usize) -> Duration {
+        match i {
+            20 => MS(900),
+            35 => MS(600),
+            50 => MS(750),
+            _ => MS(20),
+        }
+    }
+    let route = Route::new("primary", "big", paced("none", gap));
+    let splicer = Splicer::new(Ladder::new(vec![
+        route,
+        Route::new("fallback", "small", mock("none", MS(20), MS(5))),
+    ]));
+    let mut events = splicer.subscribe();
+    for i in 0..3 {
+        let c = conversation(&format!("pauses {i}"));
+        let done = splicer.collect(ChatRequest::new(c.clone())).await;
+        assert_eq!(done.text, answer(&c));
+        let completion = done.outcome.expect("complete");
+        assert!(completion.failures.is_empty(), "{:?}", completion.failures);
+        assert_eq!(completion.route_chain, ["primary"]);
+        let session = drain(&mut events);
+        let at = deltas_of(&session, "primary");
+        assert!(at.len() > 51, "{} chunks: every pause happened", at.len());
+        assert_eq!(at[20] - at[19], 900);
+        let verdict = verify::verify_session(&recorded(&session)).await;
+        assert_eq!(verdict.outcome, Outcome::Ok { partial: false }, "{verdict:?}");
+    }
+
+    // The same stream stalling for good after its first pause: its own 900 ms pause
+    // raised its deadline to the ceiling, so the stall is declared there, not at the floor.
+    let route = Route::new("primary", "big", paced("stall@30", gap));
+    let splicer = Splicer::new(Ladder::new(vec![
+        route,
+        Route::new("fallback", "small", mock("none", MS(20), MS(5))),
+    ]));
+    let mut events = splicer.subscribe();
+    let c = conversation("pauses, then stalls");
+    let done = splicer.collect(ChatRequest::new(c.clone())).await;
+    assert_eq!(done.text, answer(&c));
+    let session = drain(&mut events);
+    assert_eq!(failures(&session)[0].0, FailureKind::Stall { after: MS(3000) });
+    let verdict = verify::verify_session(&recorded(&session)).await;
+    assert_eq!(verdict.outcome, Outcome::Ok { partial: false }, "{verdict:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_recording_whose_client_paused_re_drives_without_a_stall() {
+    // An eager 20 ms upstream: its cadence sets the deadline to the 1 s floor. The
+    // client stops reading for 2 s mid-answer; the upstream's items wait in the
+    // buffer, so live nothing stalls, but the recording shows a 2 s gap.
+    let route = Route::new("primary", "big", Arc::new(Eager(mock("none", MS(20), MS(20)))));
+    let splicer = Splicer::new(Ladder::new(vec![
+        route,
+        Route::new("fallback", "small", mock("none", MS(20), MS(5))),
+    ]));
+    let mut events = splicer.subscribe();
+    let c = conversation("a client that pauses");
+    let mut stream = splicer.splice(ChatRequest::new(c.clone()));
+    let mut text = String::new();
+    let mut deltas = 0;
+    let mut end = None;
+    while let Some(item) = stream.next().await {
+        match item {
+            ClientItem::Text { text: t, .. } => {
+                text.push_str(&t);
+                deltas += 1;
+                if deltas == 30 {
+                    tokio::time::sleep(MS(2000)).await;
+                }
+            }
+            ClientItem::Done(done) => end = Some(done),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(text, answer(&c));
+    assert!(end.expect("complete").failures.is_empty());
+    let session = drain(&mut events);
+    let at = deltas_of(&session, "primary");
+    assert!(at[30] - at[29] >= 2000, "the recording shows the client's pause");
+    // The re-drive does not re-learn the 20 ms cadence from the recorded gaps (it would
+    // cut the 2 s gap at the 1 s floor): an attempt that did not stall replays under the ceiling.
+    let verdict = verify::verify_session(&recorded(&session)).await;
+    assert_eq!(verdict.outcome, Outcome::Ok { partial: false }, "{verdict:?}");
 }

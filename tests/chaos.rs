@@ -17,6 +17,7 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use tokio::time::Instant;
 
+use baton::deadline::{DEFAULT_FLOOR, DEFAULT_OWN_GAPS};
 use baton::oracle::fault::{FaultPlan, FaultScript};
 use baton::oracle::{self, Style};
 use baton::provider::mock::MockProvider;
@@ -226,10 +227,12 @@ async fn mid_stream_case(
     assert_eq!(w.fallback.requests(), 1, "[{case}]");
     assert_eq!(w.spare.requests(), 0, "[{case}] the spare must not be needed");
     if fault == "stall" {
-        let deadline = if k == 0 {
-            Duration::from_secs(10)
-        } else {
-            Duration::from_secs(3)
+        let deadline = match k {
+            0 => Duration::from_secs(10),
+            // k chunks show k − 1 gaps; once the stream has shown its first few, its own
+            // 5 ms cadence sets the stall deadline: the floor, not the 3 s ceiling.
+            k if k > DEFAULT_OWN_GAPS as usize => DEFAULT_FLOOR,
+            _ => Duration::from_secs(3),
         };
         assert!(
             elapsed >= deadline,

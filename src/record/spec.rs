@@ -76,8 +76,9 @@ pub struct RouteSpec {
     /// before windows could be unknown always have one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context_tokens: Option<u32>,
-    /// How its deadlines adapt (absent: fixed, as in recordings made before they could).
-    #[serde(default, skip_serializing_if = "Adaptive::is_fixed")]
+    /// How its deadlines adapt (absent: fixed, as in recordings made before they
+    /// could, or before adapting became the default; not the default of a new route).
+    #[serde(default = "Adaptive::fixed", skip_serializing_if = "Adaptive::is_fixed")]
     pub adaptive: Adaptive,
     /// When a repeat at the seam is trimmed (absent: `auto`).
     #[serde(default, skip_serializing_if = "OverlapMode::is_auto")]
@@ -300,13 +301,27 @@ mod tests {
         assert!(json.contains(r#""hedge":{"after_ms":250,"min_samples":7}"#), "{json}");
         assert_eq!(
             json.matches("\"adaptive\"").count(),
-            1,
-            "fixed routes leave it out: {json}"
+            2,
+            "both adapt their stall deadline (the default): {json}"
         );
         let back: LadderSpec = serde_json::from_str(&json).expect("deserialize");
         assert_eq!(back, spec);
         let rebuilt = back.build("chat", |_| p.clone());
         assert_eq!(LadderSpec::of(&rebuilt), spec);
         assert_eq!(rebuilt.name, "chat");
+        // A fixed route leaves it out.
+        let fixed = RouteSpec::of(&Route::new("f", "m", p.clone()).with_adaptive(Adaptive::fixed()));
+        assert!(!serde_json::to_string(&fixed).expect("json").contains("adaptive"));
+    }
+
+    #[test]
+    fn a_route_recorded_without_adaptive_settings_stays_fixed() {
+        // As recorded before adapting became the default: no `adaptive` key.
+        let old = r#"{"name":"a","model":"m","continuation":"prefill","continue_final_message":false,
+            "first_token_ms":10000,"stall_ms":3000,"total_ms":300000,"context_tokens":128000}"#;
+        let spec: RouteSpec = serde_json::from_str(old).expect("old route");
+        assert!(spec.adaptive.is_fixed(), "{spec:?}");
+        let p: Arc<dyn Provider> = Arc::new(MockProvider::new(FaultPlan::Fixed(FaultScript::NONE), Style::default()));
+        assert!(spec.build(p).adaptive.is_fixed());
     }
 }

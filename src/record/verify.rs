@@ -11,6 +11,14 @@
 //! Every attempt runs under the deadlines recorded when it opened (adaptive
 //! ones are decided from a route's recent history, which a re-drive does not
 //! have); a recording made before those were recorded uses the route's own.
+//! The stall deadline is the exception: a live attempt's watchdog may have
+//! lowered or raised it mid-stream from the stream's own cadence (see
+//! [`crate::deadline::own_stall`]), from gaps a recording keeps only to the
+//! millisecond and stretched by a slow client. So the re-drive does not
+//! re-learn the cadence; it replays each decision: an attempt that stalled
+//! runs under the stall deadline that fired (recorded in its failure), any
+//! other under the largest its route allows (its ceiling), which no recorded
+//! gap reaches once shortened (below).
 //!
 //! Timing is replayed as recorded, with one exception: a silence the
 //! recording shows did *not* trip a deadline (in the recorded run the stall
@@ -531,9 +539,22 @@ pub struct AttemptScript {
 }
 
 impl AttemptScript {
-    /// The deadlines to replay it under: the recorded ones, else its route's.
+    /// The deadlines to replay it under, given its route's (whose stall deadline
+    /// is the ceiling): the recorded ones, its stall deadline the one that fired
+    /// if it stalled, else the larger of the recorded and the ceiling; without
+    /// recorded ones (an older recording), its route's.
     pub fn deadlines_or(&self, route: Deadlines) -> Deadlines {
-        self.deadlines.unwrap_or(route)
+        let Some(mut d) = self.deadlines else {
+            return route;
+        };
+        d.stall = match &self.end {
+            AttemptEnd::Failed {
+                cause: FailureKind::Stall { after },
+                ..
+            } => *after,
+            _ => d.stall.max(route.stall),
+        };
+        d
     }
 }
 
@@ -1002,7 +1023,7 @@ pub async fn redrive(plan: &Plan) -> Redriven {
             .attempts
             .iter()
             .filter(|a| a.route == *route.name)
-            .map(|a| a.deadlines);
+            .map(|a| a.deadlines.map(|_| a.deadlines_or(route.deadlines)));
         route.health = Arc::new(crate::health::RouteHealth::scripted(answers).with_recorded_deadlines(deadlines));
         let health = route.health_for(asked);
         if plan.no_prefill.iter().any(|r| *r == *route.name) {
@@ -1443,22 +1464,53 @@ mod tests {
 
     #[test]
     fn an_attempt_replays_under_its_recorded_deadlines() {
-        // Recorded with an adaptive stall of 100 ms: a 300 ms silence the route's own
-        // 400 ms would allow did not happen; the re-drive keeps under the 100 ms.
+        // Opened with an adaptive stall of 100 ms and a first-token deadline of 700 ms.
         let recorded = Deadlines {
+            first_token: Duration::from_millis(700),
             stall: Duration::from_millis(100),
             ..deadlines()
         };
-        let s = AttemptScript {
+        // It stalled under 250 ms (the stream's own cadence raised it mid-attempt):
+        // the re-drive waits exactly that, and keeps the gaps before it under it.
+        let stalled = AttemptScript {
+            deadlines: Some(recorded),
+            ..script(
+                vec![(130, text("a")), (430, text("b"))],
+                AttemptEnd::Failed {
+                    at_ms: 680,
+                    cause: FailureKind::Stall {
+                        after: Duration::from_millis(250),
+                    },
+                },
+            )
+        };
+        let d = stalled.deadlines_or(deadlines());
+        assert_eq!(
+            d,
+            Deadlines {
+                stall: Duration::from_millis(250),
+                ..recorded
+            }
+        );
+        let at: Vec<u64> = schedule(&stalled, d).iter().map(|t| t.at.as_millis() as u64).collect();
+        assert_eq!(at, vec![30, 279, 279]);
+        // Finished: no stall fired, under whatever the cadence made of it; the re-drive
+        // takes the route's ceiling (400 ms), and the 300 ms gap is replayed as recorded.
+        let finished = AttemptScript {
             deadlines: Some(recorded),
             ..script(vec![(130, text("a")), (430, text("b"))], AttemptEnd::Finished)
         };
-        assert_eq!(s.deadlines_or(deadlines()), recorded);
-        let at: Vec<u64> = schedule(&s, s.deadlines_or(deadlines()))
-            .iter()
-            .map(|t| t.at.as_millis() as u64)
-            .collect();
-        assert_eq!(at, vec![30, 129, 129]);
+        let d = finished.deadlines_or(deadlines());
+        assert_eq!(
+            d,
+            Deadlines {
+                stall: Duration::from_millis(400),
+                ..recorded
+            }
+        );
+        let at: Vec<u64> = schedule(&finished, d).iter().map(|t| t.at.as_millis() as u64).collect();
+        assert_eq!(at, vec![30, 330, 330]);
+        // An older recording: the route's own.
         let old = script(vec![(130, text("a"))], AttemptEnd::Finished);
         assert_eq!(old.deadlines_or(deadlines()), deadlines());
     }

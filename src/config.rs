@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::breaker::BreakerConfig;
+use crate::breaker::{BreakerConfig, ProbeMode};
 use crate::budget::BudgetConfig;
 use crate::cache::{CacheLimits, CacheRung, CacheUse, ResponseCache};
 use crate::continuation::{ContinuationMode, DEFAULT_INSTRUCTION};
@@ -199,8 +199,15 @@ pub struct RouteSection {
     pub breaker_min_requests: Option<u32>,
     /// The breaker's sliding window (ms, default 60000).
     pub breaker_window_ms: Option<u64>,
-    /// How long an open breaker waits before a probe (ms, default 30000).
+    /// The shortest cool-down before a probe of an open breaker: fast
+    /// failures are probed this often (ms, default 1000; it grows with what
+    /// a failure costs, see `breaker_max_cooldown_ms`).
     pub breaker_cooldown_ms: Option<u64>,
+    /// The longest cool-down, for slow failures probed again and again (ms, default 300000).
+    pub breaker_max_cooldown_ms: Option<u64>,
+    /// Who probes an open breaker: `passive` (the next user request, default)
+    /// or `active` (baton sends a tiny request of its own; users skip the route meanwhile).
+    pub probe: Option<ProbeMode>,
     /// Retries allowed per first attempt over the last 10 s (default 0.1).
     pub retry_budget_ratio: Option<f64>,
     /// Retries always allowed per 10 s (default 10).
@@ -709,10 +716,31 @@ impl Config {
                         |t| format!("{t} tokens")
                     )
                 ));
+                out.push_str(&format!("     {}\n", describe_breaker(r.health.breaker_config())));
             }
         }
         out
     }
+}
+
+/// A route's breaker and probing, for `baton check`.
+fn describe_breaker(b: &BreakerConfig) -> String {
+    let probe = match b.probe {
+        ProbeMode::Passive => "the next request is the probe",
+        ProbeMode::Active => "baton probes it itself (max_tokens 1), users skip it meanwhile",
+    };
+    format!(
+        "breaker: opens after {} failures in a row or > {}% of ≥ {} in {} s; \
+         cool-down min(cap, max({} ms, 3×cost) × 2^failed probes), cap clamp(30×cost, {} ms, {} ms) \
+         (cost: how long the failure took); {probe}; judged at the first token",
+        b.consecutive_failures,
+        b.failure_rate * 100.0,
+        b.min_requests,
+        b.window.as_secs(),
+        b.cool_down.as_millis(),
+        b.cool_down.as_millis(),
+        b.max_cool_down.as_millis(),
+    )
 }
 
 /// The ladder's rules and own rungs, for `baton check`.
@@ -872,7 +900,28 @@ fn breaker_config(r: &RouteSection, key: &dyn Fn(&str) -> String) -> Result<Brea
         c.window = Duration::from_millis(ms);
     }
     if let Some(ms) = r.breaker_cooldown_ms {
+        if ms == 0 {
+            return Err((
+                key("breaker_cooldown_ms"),
+                "must be above 0: a failed probe would be followed by another at once".into(),
+            ));
+        }
         c.cool_down = Duration::from_millis(ms);
+    }
+    if let Some(ms) = r.breaker_max_cooldown_ms {
+        if ms < c.cool_down.as_millis() as u64 {
+            return Err((
+                key("breaker_max_cooldown_ms"),
+                format!(
+                    "{ms} is below the shortest cool-down ({} ms, breaker_cooldown_ms)",
+                    c.cool_down.as_millis()
+                ),
+            ));
+        }
+        c.max_cool_down = Duration::from_millis(ms);
+    }
+    if let Some(mode) = r.probe {
+        c.probe = mode;
     }
     Ok(c)
 }

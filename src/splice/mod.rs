@@ -317,6 +317,9 @@ impl Splicer {
                             }
                         }
                         Some(Watched::ToolCalls(calls)) => {
+                            if attempt.tokens == 0 {
+                                attempt.judge(&session);
+                            }
                             attempt.tokens += 1;
                             attempt.tool_calls.extend(calls);
                         }
@@ -511,10 +514,20 @@ impl Attempt {
                 route: self.route.to_string(),
                 ttft_ms: ttft.as_millis() as u64,
             });
+            self.judge(session);
         }
         let out = self.trim.push(text);
         self.learn();
         out
+    }
+
+    /// Its first content arrived: a probe closes the breaker now, whatever
+    /// the rest of the stream does (a later failure counts as an ordinary one).
+    fn judge(&mut self, session: &Session<'_>) {
+        if let Some(permit) = &mut self.permit {
+            let transition = permit.first_token();
+            session.breaker_changed(&self.route, &self.model, transition);
+        }
     }
 
     /// The attempt finished: releases what the trim still held.

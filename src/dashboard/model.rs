@@ -417,6 +417,8 @@ impl Model {
             EventKind::Upstream { .. }
             | EventKind::Retry { .. }
             | EventKind::RetryDenied { .. }
+            // A probe's verdict shows as the breaker change it causes.
+            | EventKind::Probe { .. }
             | EventKind::ContextFitted { .. } => {}
             EventKind::Breaker { route, to, .. } => self.route(route).breaker = Some(*to),
             EventKind::Delta { route, text } => {

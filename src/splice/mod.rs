@@ -217,6 +217,12 @@ impl Splicer {
         self.events.subscribe()
     }
 
+    /// Starts baton's own probes of the ladder's routes with `probe = "active"`,
+    /// published to this splicer's feed; they stop when it is dropped (`None`: no such route).
+    pub fn start_prober(&self) -> Option<crate::probe::Prober> {
+        crate::probe::Prober::for_ladders([&*self.ladder], self.events.clone())
+    }
+
     /// The ladder it runs.
     pub fn ladder(&self) -> &Ladder {
         &self.ladder

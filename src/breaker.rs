@@ -299,11 +299,18 @@ impl Breaker {
         }
     }
 
-    /// Gives back a probe slot whose request ended without an outcome (cancelled).
-    pub fn release(&mut self) {
+    /// Gives back a probe slot whose request ended without an outcome
+    /// (cancelled, or baton's own resources ran out); with none left in
+    /// flight a probe is due again after the shortest cool-down.
+    pub fn release(&mut self, now: Instant) {
         if let Phase::HalfOpen { in_flight } = self.phase {
-            self.phase = Phase::HalfOpen {
-                in_flight: in_flight.saturating_sub(1),
+            self.phase = match in_flight.saturating_sub(1) {
+                // An active prober probes again then; not at once, or a
+                // probe failing locally would loop.
+                0 => Phase::Open {
+                    until: now + self.config.cool_down,
+                },
+                in_flight => Phase::HalfOpen { in_flight },
             };
         }
     }
@@ -588,6 +595,16 @@ mod tests {
         b.record(due, Outcome::probe(false, FAST));
         assert_eq!(b.try_acquire(due), allowed(false, None));
         assert_eq!(b.try_probe(due), Admission::Skipped, "closed: nothing to probe");
+
+        // A probe cancelled before its verdict: due again after the shortest cool-down, still for baton only.
+        b.record(due, Outcome::of(true, FAST));
+        let due = b.next_probe().expect("open");
+        assert!(matches!(b.try_probe(due), Admission::Allowed { probe: true, .. }));
+        b.release(due);
+        let again = due + Duration::from_secs(1);
+        assert_eq!((b.next_probe(), b.state(again)), (Some(again), BreakerState::HalfOpen));
+        assert_eq!(b.try_acquire(again), Admission::Skipped);
+        assert!(matches!(b.try_probe(again), Admission::Allowed { probe: true, .. }));
     }
 
     #[test]

@@ -1285,6 +1285,40 @@ mod tests {
     }
 
     #[test]
+    fn breaker_cool_down_and_probe_keys_are_checked_and_described() {
+        let config = Config::parse("baton.toml", GOOD, &env).expect("valid");
+        let b = *config.ladders[0].ladder.routes[0].health.breaker_config();
+        assert_eq!(
+            (b.cool_down, b.max_cool_down, b.probe),
+            (Duration::from_secs(1), Duration::from_secs(300), ProbeMode::Passive),
+            "the defaults"
+        );
+        let described = config.describe();
+        assert!(
+            described.contains("max(1000 ms, 3×cost)") && described.contains("the next request is the probe"),
+            "{described}"
+        );
+        let route = |extra: &str| GOOD.replace("stall_ms = 500", &format!("stall_ms = 500\n{extra}"));
+        let active = route("breaker_cooldown_ms = 500\nbreaker_max_cooldown_ms = 60000\nprobe = \"active\"");
+        let config = Config::parse("baton.toml", &active, &env).expect("valid");
+        let b = *config.ladders[0].ladder.routes[0].health.breaker_config();
+        assert_eq!(
+            (b.cool_down, b.max_cool_down, b.probe),
+            (Duration::from_millis(500), Duration::from_secs(60), ProbeMode::Active)
+        );
+        assert!(config.describe().contains("baton probes it itself"));
+        let zero = error(&route("breaker_cooldown_ms = 0"));
+        assert!(zero.contains("`route[0].breaker_cooldown_ms`") && zero.contains("at once"), "{zero}");
+        let below = error(&route("breaker_cooldown_ms = 2000\nbreaker_max_cooldown_ms = 1000"));
+        assert!(
+            below.contains("`route[0].breaker_max_cooldown_ms`") && below.contains("below the shortest"),
+            "{below}"
+        );
+        let odd = error(&route("probe = \"sometimes\""));
+        assert!(odd.contains("sometimes"), "{odd}");
+    }
+
+    #[test]
     fn loop_guard_keys_are_checked() {
         let ladder = |extra: &str| {
             GOOD.replace(

@@ -122,7 +122,7 @@ impl Permit {
         // well: the attempt is given back as if never made.
         if failure.is_some_and(|f| f.class() == FailureClass::Local) {
             if self.probe {
-                lock(&self.health.breaker).release();
+                lock(&self.health.breaker).release(Instant::now());
             }
             return None;
         }
@@ -144,7 +144,7 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         if !self.settled && self.probe {
-            lock(&self.health.breaker).release();
+            lock(&self.health.breaker).release(Instant::now());
         }
     }
 }
@@ -243,12 +243,13 @@ impl RouteHealth {
     }
 
     /// Spends one retry of `model`'s budget, if it allows one (a replay gives
-    /// the recorded answer). A retry on a model whose breaker is open would
-    /// only be skipped after its delay: it is refused, so the session hands over at once.
+    /// the recorded answer). A retry on a model whose breaker is not closed
+    /// would only be skipped after its delay (the failure just opened it, or
+    /// another probe is under way): it is refused, so the session hands over at once.
     pub fn allow_retry(&self, model: &ModelHealth) -> bool {
         match &self.script {
             Some(script) => lock(&script.budget).pop_front().unwrap_or(true),
-            None => model.state() != BreakerState::Open && model.withdraw_retry(),
+            None => model.state() == BreakerState::Closed && model.withdraw_retry(),
         }
     }
 }

@@ -1308,7 +1308,10 @@ mod tests {
         );
         assert!(config.describe().contains("baton probes it itself"));
         let zero = error(&route("breaker_cooldown_ms = 0"));
-        assert!(zero.contains("`route[0].breaker_cooldown_ms`") && zero.contains("at once"), "{zero}");
+        assert!(
+            zero.contains("`route[0].breaker_cooldown_ms`") && zero.contains("at once"),
+            "{zero}"
+        );
         let below = error(&route("breaker_cooldown_ms = 2000\nbreaker_max_cooldown_ms = 1000"));
         assert!(
             below.contains("`route[0].breaker_max_cooldown_ms`") && below.contains("below the shortest"),

@@ -4,6 +4,8 @@
 //! rarely), a probe is judged at its first token, and with active probing no
 //! user waits on a probe.
 
+mod support;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -432,4 +434,69 @@ async fn a_probe_is_judged_at_its_first_token_even_if_it_stalls_later() {
     );
     let next = splicer.collect(ChatRequest::new(conversation(2))).await;
     assert_eq!(next.outcome.unwrap().route_chain, ["primary"]);
+}
+
+/// The value of the `/metrics` line that starts with `prefix`, 0 when absent.
+fn metric(text: &str, prefix: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn baton_serve_probes_an_actively_probed_route_itself() {
+    // Six 503s: five open the breaker (two sessions with their retries), baton's first probe meets the sixth.
+    let served = support::serve(
+        r#"
+        [[route]]
+        name = "primary"
+        provider = "mock"
+        model = "big"
+        fault = "503x6"
+        probe = "active"
+        breaker_cooldown_ms = 200
+
+        [[route]]
+        name = "fallback"
+        provider = "mock"
+        model = "small"
+
+        [[ladder]]
+        name = "chat"
+        routes = ["primary", "fallback"]
+        "#,
+        Vec::new(),
+    )
+    .await;
+    let body = serde_json::json!({"model": "chat", "messages": [{"role": "user", "content": "hello"}]});
+    for _ in 0..2 {
+        assert!(served.chat(&body).await.status().is_success());
+    }
+    let ok = "baton_breaker_probes_total{route=\"primary\",model=\"big\",outcome=\"ok\"}";
+    let failed = "baton_breaker_probes_total{route=\"primary\",model=\"big\",outcome=\"failed\"}";
+    let attempts = "baton_model_attempts_total{route=\"primary\",model=\"big\"}";
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = served.get("/metrics").await;
+        if metric(&metrics, ok) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!((metric(&metrics, failed), metric(&metrics, ok)), (1, 1), "{metrics}");
+    // No user request reached it while it was open: the five before it opened only.
+    assert_eq!(metric(&metrics, attempts), 5, "{metrics}");
+    assert_eq!(
+        metric(&metrics, "baton_breaker_state{route=\"primary\",model=\"big\"}"),
+        0,
+        "closed again"
+    );
+    assert!(served.chat(&body).await.status().is_success());
+    assert_eq!(
+        metric(&served.get("/metrics").await, attempts),
+        6,
+        "traffic is back on it"
+    );
 }

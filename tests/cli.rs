@@ -38,7 +38,7 @@ fn headless_demo_reports_every_session_intact_as_json() {
     assert!(report["breaker_closed"].as_u64().unwrap_or(0) > 0, "{report}");
     let back = report["back_on_primary_ms"].as_f64().expect("back on the primary");
     assert!(
-        back >= 0.0 && back < 1500.0,
+        (0.0..1500.0).contains(&back),
         "back on the primary {back} ms after the outage"
     );
 }

@@ -228,8 +228,10 @@ impl DemoWorld {
             // A rate can never exceed 1: only a run of failures opens this breaker.
             failure_rate: 1.0,
             cool_down: outages.cool_down,
-            // Slow failures (a stall mid-answer) are probed ever more rarely, up to this.
-            max_cool_down: outages.cool_down * 20,
+            // Slow failures (a first-token timeout) are probed more rarely, but
+            // not much: the headless run lasts two seconds, and half the
+            // primary's answers break outside its outage too.
+            max_cool_down: outages.cool_down * 4,
             // Several probes at once: one slow probe must not keep every session off the primary.
             probes: 4,
             ..BreakerConfig::default()

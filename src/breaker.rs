@@ -57,7 +57,9 @@ pub enum ProbeMode {
     /// The next user request past the cool-down is the probe.
     #[default]
     Passive,
-    /// baton sends its own tiny probe request; users skip the route until it closes.
+    /// baton sends its own tiny probe request; users skip the route until it
+    /// closes. It needs a running [`crate::probe::Prober`] (`baton serve`
+    /// starts one; a library calls `Splicer::start_prober`), or an open breaker stays open.
     Active,
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::breaker::BreakerConfig;
+use crate::breaker::{BreakerConfig, ProbeMode};
 use crate::budget::BudgetConfig;
 use crate::cache::{CacheLimits, CacheRung, CacheUse, ResponseCache};
 use crate::continuation::{ContinuationMode, DEFAULT_INSTRUCTION};
@@ -200,8 +200,15 @@ pub struct RouteSection {
     pub breaker_min_requests: Option<u32>,
     /// The breaker's sliding window (ms, default 60000).
     pub breaker_window_ms: Option<u64>,
-    /// How long an open breaker waits before a probe (ms, default 30000).
+    /// The shortest cool-down before a probe of an open breaker: fast
+    /// failures are probed this often (ms, default 1000; it grows with what
+    /// a failure costs, see `breaker_max_cooldown_ms`).
     pub breaker_cooldown_ms: Option<u64>,
+    /// The longest cool-down, for slow failures probed again and again (ms, default 300000).
+    pub breaker_max_cooldown_ms: Option<u64>,
+    /// Who probes an open breaker: `passive` (the next user request, default)
+    /// or `active` (baton sends a tiny request of its own; users skip the route meanwhile).
+    pub probe: Option<ProbeMode>,
     /// Retries allowed per first attempt over the last 10 s (default 0.1).
     pub retry_budget_ratio: Option<f64>,
     /// Retries always allowed per 10 s (default 10).
@@ -725,10 +732,31 @@ impl Config {
                         |t| format!("{t} tokens")
                     )
                 ));
+                out.push_str(&format!("     {}\n", describe_breaker(r.health.breaker_config())));
             }
         }
         out
     }
+}
+
+/// A route's breaker and probing, for `baton check`.
+fn describe_breaker(b: &BreakerConfig) -> String {
+    let probe = match b.probe {
+        ProbeMode::Passive => "the next request is the probe",
+        ProbeMode::Active => "baton probes it itself (max_tokens 1), users skip it meanwhile",
+    };
+    format!(
+        "breaker: opens after {} failures in a row or > {}% of ≥ {} in {} s; \
+         cool-down min(cap, max({} ms, 3×cost) × 2^failed probes), cap clamp(30×cost, {} ms, {} ms) \
+         (cost: how long the failure took); {probe}; judged at the first token",
+        b.consecutive_failures,
+        b.failure_rate * 100.0,
+        b.min_requests,
+        b.window.as_secs(),
+        b.cool_down.as_millis(),
+        b.cool_down.as_millis(),
+        b.max_cool_down.as_millis(),
+    )
 }
 
 /// The ladder's rules and own rungs, for `baton check`.
@@ -888,7 +916,28 @@ fn breaker_config(r: &RouteSection, key: &dyn Fn(&str) -> String) -> Result<Brea
         c.window = Duration::from_millis(ms);
     }
     if let Some(ms) = r.breaker_cooldown_ms {
+        if ms == 0 {
+            return Err((
+                key("breaker_cooldown_ms"),
+                "must be above 0: a failed probe would be followed by another at once".into(),
+            ));
+        }
         c.cool_down = Duration::from_millis(ms);
+    }
+    if let Some(ms) = r.breaker_max_cooldown_ms {
+        if ms < c.cool_down.as_millis() as u64 {
+            return Err((
+                key("breaker_max_cooldown_ms"),
+                format!(
+                    "{ms} is below the shortest cool-down ({} ms, breaker_cooldown_ms)",
+                    c.cool_down.as_millis()
+                ),
+            ));
+        }
+        c.max_cool_down = Duration::from_millis(ms);
+    }
+    if let Some(mode) = r.probe {
+        c.probe = mode;
     }
     Ok(c)
 }
@@ -1291,6 +1340,43 @@ mod tests {
             described.contains("within 1000–3000 ms after 100 gaps or 8×the stream's own largest after its first 12"),
             "the fallback keeps the default: {described}"
         );
+    }
+
+    #[test]
+    fn breaker_cool_down_and_probe_keys_are_checked_and_described() {
+        let config = Config::parse("baton.toml", GOOD, &env).expect("valid");
+        let b = *config.ladders[0].ladder.routes[0].health.breaker_config();
+        assert_eq!(
+            (b.cool_down, b.max_cool_down, b.probe),
+            (Duration::from_secs(1), Duration::from_secs(300), ProbeMode::Passive),
+            "the defaults"
+        );
+        let described = config.describe();
+        assert!(
+            described.contains("max(1000 ms, 3×cost)") && described.contains("the next request is the probe"),
+            "{described}"
+        );
+        let route = |extra: &str| GOOD.replace("stall_ms = 500", &format!("stall_ms = 500\n{extra}"));
+        let active = route("breaker_cooldown_ms = 500\nbreaker_max_cooldown_ms = 60000\nprobe = \"active\"");
+        let config = Config::parse("baton.toml", &active, &env).expect("valid");
+        let b = *config.ladders[0].ladder.routes[0].health.breaker_config();
+        assert_eq!(
+            (b.cool_down, b.max_cool_down, b.probe),
+            (Duration::from_millis(500), Duration::from_secs(60), ProbeMode::Active)
+        );
+        assert!(config.describe().contains("baton probes it itself"));
+        let zero = error(&route("breaker_cooldown_ms = 0"));
+        assert!(
+            zero.contains("`route[0].breaker_cooldown_ms`") && zero.contains("at once"),
+            "{zero}"
+        );
+        let below = error(&route("breaker_cooldown_ms = 2000\nbreaker_max_cooldown_ms = 1000"));
+        assert!(
+            below.contains("`route[0].breaker_max_cooldown_ms`") && below.contains("below the shortest"),
+            "{below}"
+        );
+        let odd = error(&route("probe = \"sometimes\""));
+        assert!(odd.contains("sometimes"), "{odd}");
     }
 
     #[test]

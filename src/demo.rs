@@ -28,6 +28,9 @@ use crate::splice::{Splicer, EVENT_CAPACITY};
 use crate::stats::percentile;
 use crate::watchdog::Deadlines;
 
+/// The demo's primary route, the one that goes down.
+pub const PRIMARY: &str = "primary";
+
 /// What the demo runs.
 #[derive(Clone, Copy, Debug)]
 pub struct DemoOptions {
@@ -72,6 +75,12 @@ pub struct DemoReport {
     pub breaker_opened: usize,
     /// Times one closed again after a successful probe.
     pub breaker_closed: usize,
+    /// From the end of the primary's outage to the first text it sent after
+    /// it (ms); `None` if it never sent any.
+    pub back_on_primary_ms: Option<f64>,
+    /// From the end of the primary's outage to its breaker's first closing
+    /// after it (ms); `None` if it did not close after the outage.
+    pub primary_closed_ms: Option<f64>,
     /// Wall time of the run.
     pub elapsed_ms: u64,
 }
@@ -124,6 +133,8 @@ pub struct DemoWorld {
     pub splicers: Vec<Splicer>,
     /// The one event feed of every splicer.
     pub events: broadcast::Sender<EngineEvent>,
+    /// When the primary's first outage ends.
+    pub recovered: Instant,
     _stops: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -136,7 +147,7 @@ pub struct Outages {
     pub period: Duration,
     /// Each lasts this long.
     pub down: Duration,
-    /// The primary's breaker waits this long before a probe.
+    /// The primary's breaker's shortest cool-down: its fast 503s are probed this often.
     pub cool_down: Duration,
 }
 
@@ -166,9 +177,10 @@ impl DemoWorld {
             interval: Duration::from_millis(4),
         };
         let upstream = |plan, style| MockConfig { plan, style, pacing };
+        let epoch = Instant::now();
         let outage = FaultPlan::Outage {
             seed,
-            epoch: Instant::now(),
+            epoch,
             offset: outages.offset,
             period: outages.period,
             down: outages.down,
@@ -207,7 +219,7 @@ impl DemoWorld {
             stall: Duration::from_secs(2),
             total: Duration::from_secs(60),
         };
-        let mut primary = Route::new("primary", "oracle-large", provider(primary)).with_deadlines(fast);
+        let mut primary = Route::new(PRIMARY, "oracle-large", provider(primary)).with_deadlines(fast);
         // The primary is flaky by design (most of its answers break somewhere):
         // its breaker opens on a run of failures only an outage makes likely,
         // and probes again soon, so the demo shows it open and close.
@@ -216,6 +228,10 @@ impl DemoWorld {
             // A rate can never exceed 1: only a run of failures opens this breaker.
             failure_rate: 1.0,
             cool_down: outages.cool_down,
+            // Slow failures (a first-token timeout) are probed more rarely, but
+            // not much: the headless run lasts two seconds, and half the
+            // primary's answers break outside its outage too.
+            max_cool_down: outages.cool_down * 4,
             // Several probes at once: one slow probe must not keep every session off the primary.
             probes: 4,
             ..BreakerConfig::default()
@@ -242,6 +258,7 @@ impl DemoWorld {
         Ok(DemoWorld {
             splicers,
             events,
+            recovered: epoch + outages.offset + outages.down,
             _stops: vec![stop_p, stop_e, stop_s],
         })
     }
@@ -259,7 +276,7 @@ pub async fn run_headless_recorded(
     record: Option<RecordOptions>,
 ) -> Result<(DemoReport, Option<RecordStats>), DemoError> {
     let world = DemoWorld::start(options.seed, Outages::HEADLESS).await?;
-    let breakers = tokio::spawn(count_breaker_changes(world.events.subscribe()));
+    let breakers = tokio::spawn(count_breaker_changes(world.events.subscribe(), world.recovered));
     let recorder = match record {
         Some(record) => {
             let dir = record.dir.display().to_string();
@@ -325,7 +342,11 @@ pub async fn run_headless_recorded(
     report.gap_ms_p99 = (percentile(&gaps, 99.0).unwrap_or(0.0) * 100.0).round() / 100.0;
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     drop(world);
-    (report.breaker_opened, report.breaker_closed) = breakers.await.unwrap_or_default();
+    let recovery = breakers.await.unwrap_or_default();
+    (report.breaker_opened, report.breaker_closed) = (recovery.opened, recovery.closed);
+    let ms = |d: Duration| (d.as_secs_f64() * 100_000.0).round() / 100.0;
+    report.back_on_primary_ms = recovery.back_on_primary.map(ms);
+    report.primary_closed_ms = recovery.primary_closed.map(ms);
     let stats = match recorder {
         Some(recorder) => Some(recorder.finish().await),
         None => None,
@@ -333,21 +354,44 @@ pub async fn run_headless_recorded(
     Ok((report, stats))
 }
 
-/// Counts breaker openings and closings on `events` until the feed closes.
-async fn count_breaker_changes(mut events: broadcast::Receiver<EngineEvent>) -> (usize, usize) {
-    let (mut opened, mut closed) = (0, 0);
+/// What the event feed showed of the breakers and of the primary's recovery.
+#[derive(Debug, Default)]
+struct Recovery {
+    opened: usize,
+    closed: usize,
+    /// From the outage's end to the primary's first text after it.
+    back_on_primary: Option<Duration>,
+    /// From the outage's end to the primary's breaker's first closing after it.
+    primary_closed: Option<Duration>,
+}
+
+/// Counts breaker openings and closings on `events` until the feed closes,
+/// and times the primary's return after its outage ends at `recovered`.
+async fn count_breaker_changes(mut events: broadcast::Receiver<EngineEvent>, recovered: Instant) -> Recovery {
+    let mut r = Recovery::default();
     loop {
+        // Events are published as they happen: the time one is received is its time.
+        let since = || Instant::now().checked_duration_since(recovered);
         match events.recv().await {
             Ok(EngineEvent {
-                kind: EventKind::Breaker { to, .. },
+                kind: EventKind::Breaker { to, route, .. },
                 ..
             }) => match to {
-                BreakerState::Open => opened += 1,
-                BreakerState::Closed => closed += 1,
+                BreakerState::Open => r.opened += 1,
+                BreakerState::Closed => {
+                    r.closed += 1;
+                    if route == PRIMARY && r.primary_closed.is_none() {
+                        r.primary_closed = since();
+                    }
+                }
                 BreakerState::HalfOpen => {}
             },
+            Ok(EngineEvent {
+                kind: EventKind::FirstToken { route, .. },
+                ..
+            }) if route == PRIMARY && r.back_on_primary.is_none() => r.back_on_primary = since(),
             Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-            Err(broadcast::error::RecvError::Closed) => return (opened, closed),
+            Err(broadcast::error::RecvError::Closed) => return r,
         }
     }
 }
@@ -398,6 +442,13 @@ impl std::fmt::Display for DemoReport {
             f,
             "breakers        opened {}, closed {} (the primary goes down for 0.5 s and comes back)",
             self.breaker_opened, self.breaker_closed
+        )?;
+        let after = |ms: Option<f64>| ms.map_or("never".to_string(), |ms| format!("{ms:.1} ms"));
+        writeln!(
+            f,
+            "recovery        back on the primary {} after its outage ended (breaker closed {})",
+            after(self.back_on_primary_ms),
+            after(self.primary_closed_ms)
         )?;
         write!(f, "elapsed         {:.1} s", self.elapsed_ms as f64 / 1000.0)
     }

@@ -17,6 +17,10 @@ use crate::request::Usage;
 use crate::usage::Tally;
 use crate::watchdog::Deadlines;
 
+/// The session id of events baton makes on its own, outside any session
+/// (active probes and the breaker changes they cause); recordings skip them.
+pub const BATON_SESSION: Uuid = Uuid::nil();
+
 /// One thing that happened in a session.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EngineEvent {
@@ -154,6 +158,23 @@ pub enum EventKind {
         from: BreakerState,
         /// The state after.
         to: BreakerState,
+    },
+    /// baton's own probe of an open breaker ended (session [`BATON_SESSION`]).
+    Probe {
+        /// The route.
+        route: String,
+        /// The upstream model probed.
+        #[serde(default)]
+        model: String,
+        /// It answered (its first token or a proper end arrived).
+        #[serde(default)]
+        ok: bool,
+        /// From sending it to its verdict.
+        #[serde(default)]
+        ms: u64,
+        /// Why it failed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
     },
     /// Another route took over and its first text reached the client.
     Handover {

@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::time::Instant;
 
-use crate::breaker::{Admission, Breaker, BreakerConfig, BreakerState, Transition};
+use tokio::sync::Notify;
+
+use crate::breaker::{Admission, Breaker, BreakerConfig, BreakerState, Outcome, ProbeMode, Transition};
 use crate::budget::{BudgetConfig, RetryBudget};
 use crate::continuation::ContinuationMode;
 use crate::deadline::GapSample;
@@ -32,6 +34,8 @@ pub struct RouteHealth {
     breaker: BreakerConfig,
     budget: BudgetConfig,
     models: Mutex<Models>,
+    /// Woken when one of its models' breakers opens, so an active prober need not poll.
+    opened: Arc<Notify>,
     /// A replay's recorded decisions; `None` for live traffic.
     script: Option<Script>,
 }
@@ -71,6 +75,10 @@ pub struct ModelHealth {
     window: AtomicU32,
     /// Attempts sent to it, for `/metrics`.
     attempts: AtomicU64,
+    /// Probes judged a success and a failure, for `/metrics`.
+    probes: [AtomicU64; 2],
+    /// The route's wake-up for its active prober.
+    opened: Arc<Notify>,
 }
 
 impl Default for RouteHealth {
@@ -84,17 +92,38 @@ impl Default for RouteHealth {
 #[derive(Debug)]
 pub struct Permit {
     health: Arc<ModelHealth>,
+    /// When it was admitted: a failure's cost is counted from here.
+    admitted: Instant,
+    /// It holds a half-open probe slot that is not judged yet.
+    probe: bool,
     settled: bool,
 }
 
 impl Permit {
+    /// Whether it is a probe not judged yet (its outcome will move the breaker).
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
+
+    /// The attempt's first content arrived: a probe is judged a success now
+    /// (returns the half-open → closed change), and the attempt's later end
+    /// counts as an ordinary outcome.
+    pub fn first_token(&mut self) -> Option<Transition> {
+        if !std::mem::replace(&mut self.probe, false) {
+            return None;
+        }
+        self.health.record(Outcome::probe(false, self.admitted.elapsed()))
+    }
+
     /// Records how the attempt ended; returns the breaker change it caused.
     pub fn settle(mut self, failure: Option<&FailureKind>) -> Option<Transition> {
         self.settled = true;
         // baton's own exhaustion says nothing of the route, not even that it is
         // well: the attempt is given back as if never made.
         if failure.is_some_and(|f| f.class() == FailureClass::Local) {
-            lock(&self.health.breaker).release();
+            if self.probe {
+                lock(&self.health.breaker).release(Instant::now());
+            }
             return None;
         }
         // Only failures that say something about the route's health count:
@@ -103,14 +132,19 @@ impl Permit {
             matches!(f.class(), FailureClass::Technical | FailureClass::Quality)
                 && !matches!(f, FailureKind::PrefillRejected { .. } | FailureKind::CircuitOpen)
         });
-        lock(&self.health.breaker).record(Instant::now(), failed)
+        let cost = self.admitted.elapsed();
+        self.health.record(Outcome {
+            failed,
+            cost,
+            probe: self.probe,
+        })
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        if !self.settled {
-            lock(&self.health.breaker).release();
+        if !self.settled && self.probe {
+            lock(&self.health.breaker).release(Instant::now());
         }
     }
 }
@@ -127,6 +161,7 @@ impl RouteHealth {
             breaker,
             budget,
             models: Mutex::new(Models::default()),
+            opened: Arc::new(Notify::new()),
             script: None,
         }
     }
@@ -185,7 +220,7 @@ impl RouteHealth {
                 models.map.remove(&oldest);
             }
         }
-        let health = Arc::new(ModelHealth::new(model.into(), self.breaker, self.budget));
+        let health = Arc::new(ModelHealth::new(model.into(), self.breaker, self.budget).waking(self.opened.clone()));
         models.map.insert(health.model.clone(), (health.clone(), now));
         health
     }
@@ -197,11 +232,29 @@ impl RouteHealth {
         all
     }
 
-    /// Spends one retry of `model`'s budget, if it allows one (a replay gives the recorded answer).
+    /// Its breaker settings (those of every model).
+    pub fn breaker_config(&self) -> &BreakerConfig {
+        &self.breaker
+    }
+
+    /// Whether baton probes its open breakers itself.
+    pub fn probes_actively(&self) -> bool {
+        self.breaker.probe == ProbeMode::Active
+    }
+
+    /// Resolves when one of its models' breakers opens (or opened since the last call).
+    pub async fn breaker_opened(&self) {
+        self.opened.notified().await;
+    }
+
+    /// Spends one retry of `model`'s budget, if it allows one (a replay gives
+    /// the recorded answer). A retry on a model whose breaker is not closed
+    /// would only be skipped after its delay (the failure just opened it, or
+    /// another probe is under way): it is refused, so the session hands over at once.
     pub fn allow_retry(&self, model: &ModelHealth) -> bool {
         match &self.script {
             Some(script) => lock(&script.budget).pop_front().unwrap_or(true),
-            None => model.withdraw_retry(),
+            None => model.state() == BreakerState::Closed && model.withdraw_retry(),
         }
     }
 }
@@ -219,7 +272,27 @@ impl ModelHealth {
             echoes: Mutex::new(Vec::new()),
             window: AtomicU32::new(0),
             attempts: AtomicU64::new(0),
+            probes: [AtomicU64::new(0), AtomicU64::new(0)],
+            opened: Arc::new(Notify::new()),
         }
+    }
+
+    /// The same health, waking `opened` whenever its breaker opens.
+    fn waking(mut self, opened: Arc<Notify>) -> Self {
+        self.opened = opened;
+        self
+    }
+
+    /// Records an outcome on the breaker, counting probes and waking the prober on an opening.
+    fn record(&self, outcome: Outcome) -> Option<Transition> {
+        let transition = lock(&self.breaker).record(Instant::now(), outcome);
+        if outcome.probe {
+            self.probes[usize::from(outcome.failed)].fetch_add(1, Ordering::Relaxed);
+        }
+        if transition.is_some_and(|t| t.to == BreakerState::Open) {
+            self.opened.notify_one();
+        }
+        transition
     }
 
     /// The upstream model's name.
@@ -230,20 +303,48 @@ impl ModelHealth {
     /// Asks the breaker for an attempt: a permit (and any state change), or `None` to skip the route.
     pub fn admit(self: &Arc<Self>, first_try: bool) -> Option<(Permit, Option<Transition>)> {
         let now = Instant::now();
-        match lock(&self.breaker).try_acquire(now) {
-            Admission::Skipped => None,
-            Admission::Allowed(transition) => {
-                if first_try {
-                    lock(&self.budget).deposit(now);
-                }
-                self.attempts.fetch_add(1, Ordering::Relaxed);
-                let permit = Permit {
-                    health: self.clone(),
-                    settled: false,
-                };
-                Some((permit, transition))
-            }
+        let admission = lock(&self.breaker).try_acquire(now);
+        let admitted = self.permit(now, admission)?;
+        if first_try {
+            lock(&self.budget).deposit(now);
         }
+        self.attempts.fetch_add(1, Ordering::Relaxed);
+        Some(admitted)
+    }
+
+    /// Asks the breaker for baton's own probe: a probe permit once the cool-down has passed.
+    pub fn admit_probe(self: &Arc<Self>) -> Option<(Permit, Option<Transition>)> {
+        let now = Instant::now();
+        let admission = lock(&self.breaker).try_probe(now);
+        self.permit(now, admission)
+    }
+
+    fn permit(self: &Arc<Self>, now: Instant, admission: Admission) -> Option<(Permit, Option<Transition>)> {
+        match admission {
+            Admission::Skipped => None,
+            Admission::Allowed { probe, transition } => Some((
+                Permit {
+                    health: self.clone(),
+                    admitted: now,
+                    probe,
+                    settled: false,
+                },
+                transition,
+            )),
+        }
+    }
+
+    /// When its open breaker's cool-down ends; `None` unless open.
+    pub fn next_probe(&self) -> Option<Instant> {
+        lock(&self.breaker).next_probe()
+    }
+
+    /// Probes judged so far: (succeeded, failed).
+    pub fn probes(&self) -> (u64, u64) {
+        (
+            self.probes[0].load(Ordering::Relaxed),
+            self.probes[1].load(Ordering::Relaxed),
+        )
     }
 
     fn withdraw_retry(&self) -> bool {

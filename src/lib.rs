@@ -14,7 +14,8 @@
 //! * [`ladder`]: routes, retry policy, and the pure decision after a failure.
 //! * [`live`]: process-wide gauges of live sessions and open upstream responses.
 //! * [`failure`]: failure kinds and their classes.
-//! * [`breaker`]: circuit breaker per route.
+//! * [`breaker`]: circuit breaker per (route, model), its cost-aware cool-down and probe rule.
+//! * [`probe`]: active probes of open breakers (`probe = "active"`).
 //! * [`budget`]: retry budget per route.
 //! * [`health`]: a route's shared breaker, budget, recent gaps and first-token times.
 //! * [`hedge`]: hedged requests (a late first token starts the next route in parallel).
@@ -109,6 +110,7 @@ pub mod live;
 pub mod loopguard;
 pub mod oracle;
 pub mod overlap;
+pub mod probe;
 pub mod provider;
 #[cfg(feature = "proxy")]
 pub mod proxy;

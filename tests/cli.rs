@@ -33,6 +33,14 @@ fn headless_demo_reports_every_session_intact_as_json() {
         report["handovers"].as_u64().unwrap_or(0) > 0,
         "the fault mix caused no handover: {report}"
     );
+    // The primary's outage opened its breaker, and traffic came back to it after.
+    assert!(report["breaker_opened"].as_u64().unwrap_or(0) > 0, "{report}");
+    assert!(report["breaker_closed"].as_u64().unwrap_or(0) > 0, "{report}");
+    let back = report["back_on_primary_ms"].as_f64().expect("back on the primary");
+    assert!(
+        (0.0..1500.0).contains(&back),
+        "back on the primary {back} ms after the outage"
+    );
 }
 
 #[test]

@@ -532,6 +532,8 @@ impl Model {
             EventKind::Upstream { .. }
             | EventKind::Retry { .. }
             | EventKind::RetryDenied { .. }
+            // A probe's verdict shows as the breaker change it causes.
+            | EventKind::Probe { .. }
             | EventKind::ContextFitted { .. } => {}
             EventKind::Breaker { route, model, to, .. } => {
                 let r = self.route(route);

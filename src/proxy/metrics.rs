@@ -127,6 +127,8 @@ pub struct Metrics {
     pub learned_window: Family<ModelLabels, Gauge>,
     /// Attempts each (route, model)'s breaker let through (brought up to its count when /metrics is read).
     pub model_attempts: Family<ModelLabels, Counter>,
+    /// Probes of each (route, model)'s open breaker by outcome, `ok` or `failed` (brought up to its count when /metrics is read).
+    pub probes: Family<ProbeLabels, Counter>,
     /// Hedge races by ladder and outcome (brought up to the ladders' counts when /metrics is read).
     pub hedges: Family<HedgeLabels, Counter>,
     /// Session recordings that could not be written (brought up to the recorder's count when /metrics is read).
@@ -156,6 +158,17 @@ pub struct ModelLabels {
     pub route: String,
     /// The upstream model.
     pub model: String,
+}
+
+/// Labels of a breaker probe's outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeLabels {
+    /// The route.
+    pub route: String,
+    /// The upstream model.
+    pub model: String,
+    /// `ok` or `failed`.
+    pub outcome: String,
 }
 
 /// Labels naming why a connection was closed.
@@ -201,6 +214,7 @@ impl Metrics {
         let stall_deadline = Family::<ModelLabels, Gauge>::default();
         let learned_window = Family::<ModelLabels, Gauge>::default();
         let model_attempts = Family::<ModelLabels, Counter>::default();
+        let probes = Family::<ProbeLabels, Counter>::default();
         let hedges = Family::<HedgeLabels, Counter>::default();
         let recordings_lost = Counter::default();
         let upstream_tokens = Family::<TokenLabels, Counter>::default();
@@ -288,6 +302,11 @@ impl Metrics {
             model_attempts.clone(),
         );
         registry.register(
+            "breaker_probes",
+            "Probes of an open breaker (a user request or baton's own) by route, upstream model and outcome, judged at the first token",
+            probes.clone(),
+        );
+        registry.register(
             "hedges",
             "Hedge races (a late first token started the next route) by ladder and outcome",
             hedges.clone(),
@@ -327,6 +346,7 @@ impl Metrics {
             stall_deadline,
             learned_window,
             model_attempts,
+            probes,
             hedges,
             recordings_lost,
             upstream_tokens,
@@ -383,6 +403,15 @@ impl Metrics {
         }
         let _one = self.hedges_sync.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         catch_up(&self.model_attempts.get_or_create(&labels), health.attempts());
+        let (ok, failed) = health.probes();
+        for (outcome, total) in [("ok", ok), ("failed", failed)] {
+            let counter = self.probes.get_or_create(&ProbeLabels {
+                route: labels.route.clone(),
+                model: labels.model.clone(),
+                outcome: outcome.to_string(),
+            });
+            catch_up(&counter, total);
+        }
     }
 
     /// Counts a session's end.

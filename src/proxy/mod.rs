@@ -192,6 +192,8 @@ pub async fn serve(
     }
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let (router, state) = router(config, phase_rx);
+    // Routes with `probe = "active"`: baton probes their open breakers itself, until it stops.
+    let prober = crate::probe::Prober::for_ladders(config.ladders.iter().map(|l| &l.ladder), state.events.clone());
     // Recording: subscribed before the first request, written off the hot path.
     let recorder = match &config.record_dir {
         Some(dir) => {
@@ -232,6 +234,7 @@ pub async fn serve(
         });
     };
     conn::serve(listener, router, limits, counters, drain, kill).await;
+    drop(prober);
     if let Some(recorder) = recorder {
         let stats = recorder.finish().await;
         if stats.dropped > 0 || stats.write_errors > 0 {

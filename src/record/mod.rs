@@ -565,6 +565,10 @@ impl Writer {
 
     fn event(&mut self, mut event: EngineEvent) {
         let id = event.session;
+        // baton's own events (active probes) belong to no session: nothing to record.
+        if id == crate::event::BATON_SESSION {
+            return;
+        }
         let terminal = matches!(event.kind, EventKind::Finished { .. } | EventKind::Failed { .. });
         let open = self.open.entry(id).or_insert_with(|| {
             let mut open = Open {

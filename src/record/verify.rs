@@ -509,6 +509,8 @@ pub fn transcript(events: &[EngineEvent]) -> Transcript {
             | EventKind::Upstream { .. }
             | EventKind::FirstToken { .. }
             | EventKind::Breaker { .. }
+            // baton's own probes belong to no session.
+            | EventKind::Probe { .. }
             // A denied retry shows as the handover that follows it.
             | EventKind::RetryDenied { .. }
             // What fitting dropped shows in the attempt's request, which is compared.

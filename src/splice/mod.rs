@@ -217,6 +217,12 @@ impl Splicer {
         self.events.subscribe()
     }
 
+    /// Starts baton's own probes of the ladder's routes with `probe = "active"`,
+    /// published to this splicer's feed; they stop when it is dropped (`None`: no such route).
+    pub fn start_prober(&self) -> Option<crate::probe::Prober> {
+        crate::probe::Prober::for_ladders([&*self.ladder], self.events.clone())
+    }
+
     /// The ladder it runs.
     pub fn ladder(&self) -> &Ladder {
         &self.ladder
@@ -317,6 +323,9 @@ impl Splicer {
                             }
                         }
                         Some(Watched::ToolCalls(calls)) => {
+                            if attempt.tokens == 0 {
+                                attempt.judge(&session);
+                            }
                             attempt.tokens += 1;
                             attempt.tool_calls.extend(calls);
                         }
@@ -532,10 +541,20 @@ impl Attempt {
                 route: self.route.to_string(),
                 ttft_ms: ttft.as_millis() as u64,
             });
+            self.judge(session);
         }
         let out = self.trim.push(text);
         self.learn();
         out
+    }
+
+    /// Its first content arrived: a probe closes the breaker now, whatever
+    /// the rest of the stream does (a later failure counts as an ordinary one).
+    fn judge(&mut self, session: &Session<'_>) {
+        if let Some(permit) = &mut self.permit {
+            let transition = permit.first_token();
+            session.breaker_changed(&self.route, &self.model, transition);
+        }
     }
 
     /// The attempt finished: releases what the trim still held.

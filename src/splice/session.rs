@@ -64,7 +64,7 @@ impl<'r> Session<'r> {
         } else {
             match health.admit(state.retries == 0) {
                 Some((permit, transition)) => {
-                    self.breaker_changed(route, &model, transition);
+                    self.breaker_changed(&route.name, &model, transition);
                     (Some(permit), route.provider.stream(upstream))
                 }
                 None => (None, fails_at_once(FailureKind::CircuitOpen)),
@@ -211,15 +211,21 @@ impl<'r> Session<'r> {
     pub(super) fn settle(&self, route: &Route, attempt: &mut Attempt, failure: Option<&FailureKind>) {
         if let Some(permit) = attempt.permit.take() {
             let transition = permit.settle(failure);
-            self.breaker_changed(route, &attempt.model, transition);
+            self.breaker_changed(&route.name, &attempt.model, transition);
         }
     }
 
-    pub(super) fn breaker_changed(&self, route: &Route, model: &str, transition: Option<Transition>) {
+    pub(super) fn breaker_changed(&self, route: &str, model: &str, transition: Option<Transition>) {
         if let Some(t) = transition {
-            tracing::info!(route = %route.name, model, from = t.from.as_str(), to = t.to.as_str(), "circuit breaker");
+            tracing::info!(
+                route,
+                model,
+                from = t.from.as_str(),
+                to = t.to.as_str(),
+                "circuit breaker"
+            );
             self.log.emit(EventKind::Breaker {
-                route: route.name.to_string(),
+                route: route.to_string(),
                 model: Some(model.to_string()),
                 from: t.from,
                 to: t.to,

@@ -73,6 +73,10 @@ pub enum EventKind {
         /// mode, so its short echoes are trimmed (a replay must know it too).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         seen_echoing: bool,
+        /// The route's provider strips a prefill's trailing whitespace, so a
+        /// continuation that starts with it gives it back (a replay must know it too).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        stripped: bool,
     },
     /// The oldest turns were dropped so the request fits the route's context
     /// window (just before that attempt's `attempt_opened`).

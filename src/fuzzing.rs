@@ -100,8 +100,15 @@ pub fn overlap_reference(prefix: &str, continuation: &str, evidence: Evidence) -
         return continuation.to_string();
     }
     let white = &prefix[prefix.trim_end_matches(|c: char| c.is_ascii_whitespace()).len()..];
+    // Given back (dropped) when stripped, or echoed by the route, or inline whitespace on `auto`.
+    let given_back = evidence.stripped
+        || match evidence.setting {
+            OverlapMode::Off => false,
+            OverlapMode::Always => true,
+            OverlapMode::Auto => evidence.seen_echoing || !white.contains(['\n', '\r']),
+        };
     let body = match continuation.strip_prefix(white) {
-        Some(rest) if !white.is_empty() => rest,
+        Some(rest) if !white.is_empty() && given_back => rest,
         _ => continuation,
     };
     let bytes = prefix.as_bytes();
@@ -141,22 +148,36 @@ pub fn overlap_reference(prefix: &str, continuation: &str, evidence: Evidence) -
 }
 
 /// Every combination of route setting and learned fact the trim can run under.
-const EVIDENCE: [Evidence; 4] = [
+const EVIDENCE: [Evidence; 6] = [
     Evidence {
         setting: OverlapMode::Auto,
         seen_echoing: false,
+        stripped: false,
     },
     Evidence {
         setting: OverlapMode::Auto,
         seen_echoing: true,
+        stripped: false,
     },
     Evidence {
         setting: OverlapMode::Off,
         seen_echoing: false,
+        stripped: false,
     },
     Evidence {
         setting: OverlapMode::Always,
         seen_echoing: false,
+        stripped: false,
+    },
+    Evidence {
+        setting: OverlapMode::Auto,
+        seen_echoing: false,
+        stripped: true,
+    },
+    Evidence {
+        setting: OverlapMode::Off,
+        seen_echoing: false,
+        stripped: true,
     },
 ];
 

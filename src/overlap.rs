@@ -9,9 +9,15 @@
 //! Let *P* be the text the client already has and *C* the continuation.
 //!
 //! * **Seam.** If *P* ends with whitespace *W* and *C* starts with the same *W*,
-//!   that *W* is set aside and dropped (a provider that strips a prefill's
-//!   trailing whitespace gets it back this way). Any other leading whitespace
-//!   of *C* is text: an indentation after a line break is kept. Call the rest *B*.
+//!   that *W* is set aside and dropped when it is the continuation giving back
+//!   what the upstream never saw or a route's known echo: the upstream was sent
+//!   *P* without *W* (**stripped**: Anthropic's native prefill), or the route
+//!   echoes (`always`, or seen echoing). With `auto` and no such evidence only
+//!   a *W* without a line break is dropped — a space said twice between words
+//!   is not text, but a blank line after a line break is (`willow;\n` +
+//!   `\n- falcon`), so it is kept; with `off` only a stripped *W* is dropped.
+//!   Any other leading whitespace of *C* is text: an indentation after a line
+//!   break is kept. Call the rest *B*.
 //! * **Candidates.** A candidate *E* is the whole of *P*, or a suffix of *P*
 //!   within its last [`MAX_OVERLAP`] bytes that starts at a word start (just
 //!   after ASCII whitespace). *E* is **confirmed** when *B* starts with it.
@@ -88,6 +94,22 @@ pub struct Evidence {
     pub setting: OverlapMode,
     /// This (route, model) has been seen echoing in this continuation mode.
     pub seen_echoing: bool,
+    /// The upstream was sent the prefix without its trailing whitespace
+    /// (Anthropic's native prefill): a continuation that starts with it gives it back.
+    pub stripped: bool,
+}
+
+impl Evidence {
+    /// Whether a continuation starting with the prefix's trailing whitespace
+    /// `white` gives it back (dropped) rather than says it again (text).
+    pub fn gives_back(&self, white: &str) -> bool {
+        self.stripped
+            || match self.setting {
+                OverlapMode::Off => false,
+                OverlapMode::Always => true,
+                OverlapMode::Auto => self.seen_echoing || !white.contains(['\n', '\r']),
+            }
+    }
 }
 
 /// Why a dropped repeat was taken for an echo.
@@ -123,7 +145,9 @@ pub struct OverlapTrim {
 impl OverlapTrim {
     /// A trim for a continuation of `prefix`, with what is known of its route.
     pub fn new(prefix: &str, evidence: Evidence) -> Self {
-        let seam = prefix.len() - prefix.trim_end_matches(|c: char| c.is_ascii_whitespace()).len();
+        let white = &prefix[prefix.trim_end_matches(|c: char| c.is_ascii_whitespace()).len()..];
+        // Whitespace that would be text if said again is no seam: nothing is set aside.
+        let seam = if evidence.gives_back(white) { white.len() } else { 0 };
         OverlapTrim {
             prefix: prefix.to_string(),
             echoes: echo_candidates(prefix, evidence),
@@ -274,18 +298,27 @@ mod tests {
     const AUTO: Evidence = Evidence {
         setting: OverlapMode::Auto,
         seen_echoing: false,
+        stripped: false,
     };
     const SEEN: Evidence = Evidence {
         setting: OverlapMode::Auto,
         seen_echoing: true,
+        stripped: false,
     };
     const OFF: Evidence = Evidence {
         setting: OverlapMode::Off,
         seen_echoing: true,
+        stripped: false,
     };
     const ALWAYS: Evidence = Evidence {
         setting: OverlapMode::Always,
         seen_echoing: false,
+        stripped: false,
+    };
+    const STRIPPED: Evidence = Evidence {
+        setting: OverlapMode::Auto,
+        seen_echoing: false,
+        stripped: true,
     };
 
     #[test]
@@ -354,7 +387,19 @@ mod tests {
         assert_eq!(trim("hello", " world", AUTO), " world");
         assert_eq!(trim("hello ", "world", AUTO), "world");
         assert_eq!(trim("x = 1;\n", "    y = 2;", AUTO), "    y = 2;");
-        assert_eq!(trim("x = 1;\n", "\n    y = 2;", AUTO), "    y = 2;");
+        // A line break said again is a blank line, text, unless the upstream never saw the first.
+        assert_eq!(trim("x = 1;\n", "\n    y = 2;", AUTO), "\n    y = 2;");
+        assert_eq!(trim("willow;\n", "\n- falcon", AUTO), "\n- falcon");
+        assert_eq!(trim("x = 1;\n", "\n    y = 2;", STRIPPED), "    y = 2;");
+        assert_eq!(trim("x = 1;\n", "\n    y = 2;", SEEN), "    y = 2;");
+        assert_eq!(trim("x = 1;\n", "\n    y = 2;", ALWAYS), "    y = 2;");
+        // `off` trusts the route never to echo: its whitespace is text, unless stripped.
+        assert_eq!(trim("hello ", " world", OFF), " world");
+        let stripped_off = Evidence {
+            setting: OverlapMode::Off,
+            ..STRIPPED
+        };
+        assert_eq!(trim("hello ", " world", stripped_off), "world");
     }
 
     #[test]

@@ -320,6 +320,26 @@ async fn extra_space_at_a_word_boundary() {
     assert_eq!(cases, 5 * 3 * 2 * 2 * 3);
 }
 
+/// A cut right after a line break, where the answer goes on with a blank
+/// line: the fallback's leading `\n` is the blank line, not the seam's
+/// whitespace given back, and is kept (found by `baton bench stall`).
+#[tokio::test(start_paused = true)]
+async fn a_blank_line_at_the_seam_is_kept() {
+    let messages = vec![Message::new(Role::User, "stall bench pauses session 8766")];
+    let (answer, ends) = primary_chunks(&messages);
+    let k = 56;
+    assert!(
+        answer[..ends[k - 1]].ends_with('\n') && answer[ends[k - 1]..].starts_with('\n'),
+        "the cut is at a blank line"
+    );
+    for mode in MODES {
+        let w = world(&format!("stall@{k}"), "none", mode, STYLES[0]);
+        let done = w.splicer.collect(request(&messages)).await;
+        assert_eq!(done.text, answer, "[{mode:?}] byte for byte");
+        assert_eq!(done.handovers.len(), 1, "[{mode:?}]");
+    }
+}
+
 // ------------------------------------------------------------- the seam
 
 /// A primary that streams its answer exactly up to byte `at` (in the oracle's

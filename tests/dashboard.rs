@@ -49,6 +49,7 @@ fn opened(route: &str, attempt: u32, prefix_bytes: u64) -> EventKind {
         },
         deadlines: None,
         seen_echoing: false,
+        stripped: false,
     }
 }
 
@@ -528,6 +529,7 @@ fn opened_as(route: &str, model: &str, attempt: u32, prefix_bytes: u64) -> Event
             mut request,
             deadlines,
             seen_echoing,
+            stripped,
             ..
         } => {
             request.model = model.into();
@@ -540,6 +542,7 @@ fn opened_as(route: &str, model: &str, attempt: u32, prefix_bytes: u64) -> Event
                 request,
                 deadlines,
                 seen_echoing,
+                stripped,
             }
         }
         other => other,

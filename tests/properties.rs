@@ -80,7 +80,8 @@ proptest! {
         let continuation = oracle::continuation(&a, i, oracle::Style { repeat_words: words, extra_space });
         let pieces = split_at_chars(&continuation, &splits);
         // An echoing fallback has been seen echoing; a non-echoing one may or may not have.
-        let evidence = Evidence { seen_echoing: words > 0, ..Evidence::default() };
+        // One that gives the seam's whitespace back is a provider that stripped it.
+        let evidence = Evidence { seen_echoing: words > 0, stripped: extra_space, ..Evidence::default() };
         let out = stream_trim(&a[..i], &pieces, evidence);
         prop_assert_eq!(&out, &a[i..], "cut at {} of {}, repeat from {}, pieces {:?}", i, a.len(), j, pieces);
     }

@@ -210,6 +210,11 @@ impl<'a> Block<'a> {
 }
 
 impl Provider for AnthropicProvider {
+    /// Anthropic rejects a prefill ending in whitespace, so [`trim_prefill`] strips it.
+    fn strips_trailing_whitespace(&self, mode: crate::continuation::ContinuationMode) -> bool {
+        mode == crate::continuation::ContinuationMode::Prefill
+    }
+
     fn stream(&self, request: UpstreamRequest) -> ChunkStream {
         let body = match request_body(&request) {
             Ok(body) => body,

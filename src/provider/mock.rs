@@ -112,6 +112,11 @@ pub fn plan_steps(plan: &FaultPlan, style: Style, pacing: Pacing, n: u32, reques
 }
 
 impl Provider for MockProvider {
+    /// An oracle styled to give the seam's whitespace back behaves as a provider that stripped it.
+    fn strips_trailing_whitespace(&self, _mode: crate::continuation::ContinuationMode) -> bool {
+        self.style.extra_space
+    }
+
     // The scripted panic is the fault that tests the server's panic isolation.
     #[allow(clippy::panic)]
     fn stream(&self, request: UpstreamRequest) -> ChunkStream {

@@ -103,4 +103,10 @@ pub trait Provider: Send + Sync {
     fn check(&self, _messages: &[Message]) -> Result<(), Unsupported> {
         Ok(())
     }
+
+    /// Whether a continuation in `mode` reaches the upstream with the
+    /// prefix's trailing whitespace stripped, so the continuation gives it back.
+    fn strips_trailing_whitespace(&self, _mode: crate::continuation::ContinuationMode) -> bool {
+        false
+    }
 }

@@ -831,6 +831,7 @@ mod tests {
                 },
                 deadlines: None,
                 seen_echoing: false,
+                stripped: false,
             },
         );
         scrub(&mut e);

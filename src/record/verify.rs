@@ -600,6 +600,8 @@ pub struct Plan {
     pub no_prefill: Vec<String>,
     /// (route, model, mode) already known, when the session began, to echo.
     pub echoes: Vec<(String, String, ContinuationMode)>,
+    /// Routes whose provider stripped a prefill's trailing whitespace.
+    pub stripped: Vec<String>,
     /// The hedge delays used, by the number of the attempt that was hedged.
     pub hedges: std::collections::HashMap<u32, Duration>,
     /// The recorded transcript.
@@ -724,6 +726,7 @@ pub fn plan(session: &RecordedSession) -> Result<Plan, Outcome> {
         cached: cached_answer(&session.events),
         no_prefill: known_no_prefill(spec, &session.events),
         echoes: known_echoes(&session.events),
+        stripped: stripping_routes(&session.events),
         hedges,
         session: session.id,
         ladder: ladder.clone(),
@@ -754,6 +757,22 @@ fn known_no_prefill(spec: &LadderSpec, events: &[EngineEvent]) -> Vec<String> {
         }
     }
     known
+}
+
+/// Routes an attempt of the session recorded as stripping a prefill's trailing whitespace.
+fn stripping_routes(events: &[EngineEvent]) -> Vec<String> {
+    let mut routes: Vec<String> = Vec::new();
+    for e in events {
+        if let EventKind::AttemptOpened {
+            route, stripped: true, ..
+        } = &e.kind
+        {
+            if !routes.contains(route) {
+                routes.push(route.clone());
+            }
+        }
+    }
+    routes
 }
 
 /// (route, model, mode) whose first attempt in the session opened already
@@ -838,6 +857,8 @@ struct Scripted {
     route: String,
     deadlines: Deadlines,
     book: Arc<Book>,
+    /// The recorded route's provider stripped a prefill's trailing whitespace.
+    stripped: bool,
 }
 
 /// One step of a replayed attempt, at an offset from its start.
@@ -939,6 +960,10 @@ fn schedule(script: &AttemptScript, d: Deadlines) -> Vec<Timed> {
 }
 
 impl Provider for Scripted {
+    fn strips_trailing_whitespace(&self, _mode: ContinuationMode) -> bool {
+        self.stripped
+    }
+
     fn stream(&self, _request: UpstreamRequest) -> ChunkStream {
         let k = self.book.next.fetch_add(1, Ordering::SeqCst);
         let Some(script) = self.book.attempts.get(k) else {
@@ -1015,6 +1040,7 @@ pub async fn redrive(plan: &Plan) -> Redriven {
             route: r.name.clone(),
             deadlines: r.deadlines(),
             book: book.clone(),
+            stripped: plan.stripped.contains(&r.name),
         }) as Arc<dyn Provider>
     });
     let request = plan.request.build(plan.session);

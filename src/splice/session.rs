@@ -46,6 +46,7 @@ impl<'r> Session<'r> {
         let evidence = Evidence {
             setting: route.overlap,
             seen_echoing: health.seen_echoing(state.mode),
+            stripped: route.provider.strips_trailing_whitespace(state.mode),
         };
         if self.log.listened() {
             self.log.emit(EventKind::AttemptOpened {
@@ -57,6 +58,7 @@ impl<'r> Session<'r> {
                 request: upstream.clone(),
                 deadlines: Some(Box::new(deadlines)),
                 seen_echoing: evidence.seen_echoing,
+                stripped: evidence.stripped,
             });
         }
         let (permit, stream) = if let Some(broken) = too_small.or_else(|| rules.check(route, &health, &upstream)) {

@@ -16,8 +16,9 @@
 //! * [`failure`]: failure kinds and their classes.
 //! * [`breaker`]: circuit breaker per (route, model), its cost-aware cool-down and probe rule.
 //! * [`probe`]: active probes of open breakers (`probe = "active"`).
-//! * [`budget`]: retry budget per route.
-//! * [`health`]: a route's shared breaker, budget, recent gaps and first-token times.
+//! * [`budget`]: retry budget per (route, model).
+//! * [`health`]: health per (route, upstream model): breaker, budget, recent gaps,
+//!   first-token times and learned facts (rejects prefill, echoes, context window).
 //! * [`hedge`]: hedged requests (a late first token starts the next route in parallel).
 //! * [`rules`]: a ladder's latency and cost ceilings, which skip routes.
 //! * [`cache`]: the response cache rung (first rung and last resort).
@@ -40,6 +41,7 @@
 //! * [`dashboard`]: the terminal dashboard (`baton demo`, `baton watch`).
 //! * [`bench`](mod@bench): `baton bench`, streaming throughput, latency and memory, direct vs proxied.
 //! * [`stall_bench`]: `baton bench stall`, the default stall policy's false handovers and detection times.
+//! * [`report`]: printing a tool's report as text or one JSON line.
 //! * [`soak`]: `baton soak`, many sessions through `baton serve` against `baton mock` with faults; RSS and descriptors.
 //!
 //! # Features
@@ -116,6 +118,8 @@ pub mod provider;
 pub mod proxy;
 pub mod record;
 pub mod redact;
+#[cfg(feature = "cli")]
+pub mod report;
 pub mod request;
 pub mod rules;
 pub mod safe_reply;

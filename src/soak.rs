@@ -786,16 +786,8 @@ pub async fn main(options: SoakOptions, json: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if json {
-        match serde_json::to_string(&report) {
-            Ok(line) => println!("{line}"),
-            Err(e) => {
-                eprintln!("baton soak: cannot write the report: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
-    } else {
-        println!("{report}");
+    if !crate::report::print("baton soak", &report, json) {
+        return ExitCode::FAILURE;
     }
     if report.all_intact && report.no_fd_leak {
         ExitCode::SUCCESS

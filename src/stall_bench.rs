@@ -393,16 +393,8 @@ pub fn main(options: StallBenchOptions, json: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if json {
-        match serde_json::to_string_pretty(&report) {
-            Ok(text) => println!("{text}"),
-            Err(e) => {
-                eprintln!("baton bench stall: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
-    } else {
-        print!("{report}");
+    if !crate::report::print("baton bench stall", &report, json) {
+        return ExitCode::FAILURE;
     }
     if report.intact() {
         ExitCode::SUCCESS

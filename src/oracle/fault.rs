@@ -56,6 +56,8 @@ pub enum Fault {
     /// Reject every request as too long for a context window of this many
     /// tokens, stating it as OpenAI and vLLM do (400 `context_length_exceeded`).
     ContextLength(u32),
+    /// A reasoning model thinks, then finishes (`stop`) without answering.
+    ThinkOnly,
     /// Send K content chunks, then the same phrase over and over, then finish with `length`.
     LoopAfter(usize),
     /// Test only: the in-process mock provider panics after K content chunks
@@ -95,7 +97,7 @@ impl FaultScript {
 
 /// A fault script that could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("bad fault script {script:?}: {reason} (expected none, stall@K, drop@K, malformed@K, error@K, 429, 429:SECS, 500, 503, reset, hang, slow:MS, nodone, noprefill, policy, ctx:TOKENS, loop@K or panic@K, optionally followed by xN)")]
+#[error("bad fault script {script:?}: {reason} (expected none, stall@K, drop@K, malformed@K, error@K, 429, 429:SECS, 500, 503, reset, hang, slow:MS, nodone, noprefill, policy, ctx:TOKENS, thinkonly, loop@K or panic@K, optionally followed by xN)")]
 pub struct FaultParseError {
     /// The text given.
     pub script: String,
@@ -143,6 +145,7 @@ impl FromStr for FaultScript {
                 "nodone" => Fault::NoDone,
                 "noprefill" => Fault::RejectPrefill,
                 "policy" => Fault::Policy,
+                "thinkonly" => Fault::ThinkOnly,
                 status => Fault::Status {
                     status: parse_status(status).ok_or_else(|| err("unknown fault"))?,
                     retry_after: None,
@@ -179,6 +182,7 @@ impl fmt::Display for FaultScript {
             Fault::NoDone => write!(f, "nodone")?,
             Fault::RejectPrefill => write!(f, "noprefill")?,
             Fault::Policy => write!(f, "policy")?,
+            Fault::ThinkOnly => write!(f, "thinkonly")?,
             Fault::ContextLength(tokens) => write!(f, "ctx:{tokens}")?,
             Fault::PanicAt(k) => write!(f, "panic@{k}")?,
             Fault::LoopAfter(k) => write!(f, "loop@{k}")?,
@@ -348,6 +352,7 @@ mod tests {
             "policy",
             "ctx:8192",
             "ctx:8192x1",
+            "thinkonly",
             "stall@2x3",
             "panic@4",
             "loop@6",

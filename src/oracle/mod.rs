@@ -112,6 +112,13 @@ impl SplitMix {
     }
 }
 
+/// FNV-1a over `text`: stable across runs, versions and platforms.
+pub fn text_hash(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// FNV-1a over the conversation: stable across runs, versions and platforms.
 pub fn conversation_hash(messages: &[Message]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -325,6 +332,52 @@ pub fn repeat_start(full: &str, at: usize, words: usize) -> usize {
     } else {
         start
     }
+}
+
+/// The field a reasoning oracle streams its thinking in, for `model`: a model
+/// named with `think` reasons in `reasoning_content` (DeepSeek, vLLM, Qwen …),
+/// one named with `reason` in `reasoning` (OpenRouter, Ollama, gpt-oss …);
+/// any other does not reason.
+pub fn reasoning_field(model: &str) -> Option<&'static str> {
+    if model.contains("think") {
+        Some("reasoning_content")
+    } else if model.contains("reason") {
+        Some("reasoning")
+    } else {
+        None
+    }
+}
+
+/// What a reasoning oracle thinks before answering `messages` (the request as
+/// sent, continuation included): a pure function of it, a few dozen words.
+pub fn thinking(messages: &[Message]) -> String {
+    const WORDS: [&str; 16] = [
+        "consider",
+        "the",
+        "question",
+        "carefully",
+        "first",
+        "then",
+        "weigh",
+        "each",
+        "option",
+        "and",
+        "check",
+        "facts",
+        "again",
+        "before",
+        "answering",
+        "plainly",
+    ];
+    let mut rng = SplitMix::new(conversation_hash(messages) ^ 0x7468_696e_6b69_6e67);
+    let n = 24 + rng.below(24) as usize;
+    let mut out = String::from("Thinking:");
+    for _ in 0..n {
+        out.push(' ');
+        out.push_str(WORDS[rng.below(WORDS.len() as u64) as usize]);
+    }
+    out.push('.');
+    out
 }
 
 /// Cuts `text` into chunks of 1–9 bytes at character boundaries (mid-word included).

@@ -80,7 +80,24 @@ pub fn chunk_json(model: &str, content: Option<&str>, finish: Option<&str>) -> S
     .to_string()
 }
 
+/// One `chat.completion.chunk` payload carrying reasoning in `field`.
+pub fn reasoning_chunk_json(model: &str, field: &str, text: &str) -> String {
+    json!({
+        "id": "chatcmpl-oracle",
+        "object": "chat.completion.chunk",
+        "model": model,
+        "choices": [{"index": 0, "delta": {field: text}, "finish_reason": null}],
+    })
+    .to_string()
+}
+
 /// The steps for a request with `messages` to `model`, misbehaving as `fault`.
+///
+/// A reasoning model ([`crate::oracle::reasoning_field`]) first streams its
+/// [`crate::oracle::thinking`] in chunks, then its answer; a fault's `K` counts
+/// chunks of both, thinking first, so `stall@3` stalls inside the thinking of a
+/// model that thinks in more than three chunks, and `thinkonly` finishes after
+/// the thinking without an answer.
 pub fn steps(model: &str, messages: &[Message], fault: Fault, style: Style, pacing: Pacing) -> Vec<Step> {
     let status = |status: u16, retry_after: Option<u32>, body: String| {
         vec![Step::Status {
@@ -128,7 +145,21 @@ pub fn steps(model: &str, messages: &[Message], fault: Fault, style: Style, paci
         }
         _ => {}
     }
-    let parts = chunks(&reply.text, conversation_hash(messages));
+    let hash = conversation_hash(messages);
+    let thought = crate::oracle::reasoning_field(model).map(|field| (field, crate::oracle::thinking(messages)));
+    let thinking: Vec<(Option<&str>, &str)> = match &thought {
+        Some((field, text)) => chunks(text, hash).into_iter().map(|c| (Some(*field), c)).collect(),
+        None => Vec::new(),
+    };
+    let answer: Vec<&str> = if fault == Fault::ThinkOnly {
+        Vec::new()
+    } else {
+        chunks(&reply.text, hash)
+    };
+    let parts: Vec<(Option<&str>, &str)> = thinking
+        .into_iter()
+        .chain(answer.into_iter().map(|c| (None, c)))
+        .collect();
     let mut out = vec![Step::Open];
     let first = match fault {
         Fault::SlowFirstToken(d) => d,
@@ -176,11 +207,14 @@ pub fn steps(model: &str, messages: &[Message], fault: Fault, style: Style, paci
             }
             _ => {}
         }
-        if let Some(part) = parts.get(k) {
+        if let Some((field, part)) = parts.get(k) {
             if k > 0 {
                 out.push(Step::Wait(pacing.interval));
             }
-            out.push(Step::Data(chunk_json(model, Some(part), None)));
+            out.push(Step::Data(match field {
+                Some(field) => reasoning_chunk_json(model, field, part),
+                None => chunk_json(model, Some(part), None),
+            }));
         }
     }
     out.push(Step::Data(chunk_json(model, None, Some(finish))));
@@ -200,4 +234,81 @@ pub fn steps(model: &str, messages: &[Message], fault: Fault, style: Style, paci
     }
     out.push(Step::End);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oracle::{answer, thinking};
+    use crate::request::Role;
+
+    fn payloads(steps: &[Step]) -> Vec<serde_json::Value> {
+        steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Data(d) if d != "[DONE]" => serde_json::from_str(d).ok(),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn channel(values: &[serde_json::Value], field: &str) -> String {
+        values
+            .iter()
+            .filter_map(|v| v.pointer(&format!("/choices/0/delta/{field}")).and_then(|t| t.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn a_reasoning_model_thinks_in_its_field_then_answers_and_faults_count_thinking_first() {
+        let messages = vec![Message::new(Role::User, "why is the sky blue?")];
+        let style = Style::default();
+        let all = payloads(&steps("oracle-think", &messages, Fault::None, style, Pacing::default()));
+        assert_eq!(channel(&all, "reasoning_content"), thinking(&messages));
+        assert_eq!(channel(&all, "content"), answer(&messages));
+        let first_content = all.iter().position(|v| v.pointer("/choices/0/delta/content").is_some());
+        let last_thought = all
+            .iter()
+            .rposition(|v| v.pointer("/choices/0/delta/reasoning_content").is_some());
+        assert!(last_thought < first_content, "thinking comes first");
+        let other = payloads(&steps(
+            "oracle-reason",
+            &messages,
+            Fault::None,
+            style,
+            Pacing::default(),
+        ));
+        assert_eq!(channel(&other, "reasoning"), thinking(&messages));
+        let plain = payloads(&steps("oracle", &messages, Fault::None, style, Pacing::default()));
+        assert_eq!(
+            (channel(&plain, "reasoning_content"), channel(&plain, "reasoning")),
+            (String::new(), String::new())
+        );
+        // A stall at K = 2 lands inside the thinking: two reasoning chunks, no answer.
+        let stalled = steps(
+            "oracle-think",
+            &messages,
+            Fault::StallAfter(2),
+            style,
+            Pacing::default(),
+        );
+        assert!(matches!(stalled.last(), Some(Step::Hang)));
+        let stalled = payloads(&stalled);
+        assert_eq!(stalled.len(), 2);
+        assert!(thinking(&messages).starts_with(&channel(&stalled, "reasoning_content")));
+        assert_eq!(channel(&stalled, "content"), "");
+        // Think-only: all the thinking, a `stop`, no answer.
+        let only = payloads(&steps(
+            "oracle-think",
+            &messages,
+            Fault::ThinkOnly,
+            style,
+            Pacing::default(),
+        ));
+        assert_eq!(channel(&only, "reasoning_content"), thinking(&messages));
+        assert_eq!(channel(&only, "content"), "");
+        assert!(only
+            .iter()
+            .any(|v| v.pointer("/choices/0/finish_reason").and_then(|f| f.as_str()) == Some("stop")));
+    }
 }

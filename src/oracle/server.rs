@@ -179,29 +179,29 @@ async fn serve(mut socket: TcpStream, shared: &Shared) -> io::Result<()> {
 }
 
 /// Turns the oracle's OpenAI chunks into Anthropic stream events, one chunk at a time.
+/// Reasoning becomes a `thinking` block (closed with a `signature_delta`), the
+/// answer a `text` block after it.
 #[derive(Default)]
 struct AnthropicEvents {
     started: bool,
     output_tokens: u64,
+    /// The open content block: its index and whether it is a thinking block.
+    block: Option<(u32, bool)>,
+    /// Blocks opened so far.
+    blocks: u32,
+    /// The thinking so far, which the signature is made from.
+    thought: String,
 }
 
 impl AnthropicEvents {
     /// The SSE text for one OpenAI `data:` payload (empty when Anthropic has no counterpart).
     fn translate(&mut self, data: &str) -> String {
         let mut out = String::new();
-        let emit = |out: &mut String, value: serde_json::Value| {
-            let kind = value["type"].as_str().unwrap_or("").to_string();
-            out.push_str(&format!("event: {kind}\ndata: {value}\n\n"));
-        };
         if !self.started {
             self.started = true;
             emit(
                 &mut out,
                 json!({"type": "message_start", "message": {"id": "msg_oracle", "type": "message", "role": "assistant", "content": [], "usage": {"input_tokens": 0, "output_tokens": 0}}}),
-            );
-            emit(
-                &mut out,
-                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
             );
         }
         if data == "[DONE]" {
@@ -209,6 +209,7 @@ impl AnthropicEvents {
         }
         let Ok(chunk) = serde_json::from_str::<serde_json::Value>(data) else {
             // Garbage stays garbage, in an Anthropic-named event.
+            self.open(&mut out, false);
             out.push_str(&format!("event: content_block_delta\ndata: {data}\n\n"));
             return out;
         };
@@ -221,16 +222,32 @@ impl AnthropicEvents {
             return out;
         }
         let choice = &chunk["choices"][0];
-        if let Some(text) = choice.pointer("/delta/content").and_then(serde_json::Value::as_str) {
+        let thinking = ["/delta/reasoning_content", "/delta/reasoning"]
+            .iter()
+            .find_map(|p| choice.pointer(p).and_then(serde_json::Value::as_str));
+        if let Some(text) = thinking {
             self.output_tokens += 1;
+            let index = self.open(&mut out, true);
+            self.thought.push_str(text);
             emit(
                 &mut out,
-                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}),
+                json!({"type": "content_block_delta", "index": index, "delta": {"type": "thinking_delta", "thinking": text}}),
+            );
+        }
+        if let Some(text) = choice.pointer("/delta/content").and_then(serde_json::Value::as_str) {
+            self.output_tokens += 1;
+            let index = self.open(&mut out, false);
+            emit(
+                &mut out,
+                json!({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": text}}),
             );
         }
         if let Some(finish) = choice["finish_reason"].as_str() {
             let stop = if finish == "length" { "max_tokens" } else { "end_turn" };
-            emit(&mut out, json!({"type": "content_block_stop", "index": 0}));
+            if self.block.is_none() {
+                self.open(&mut out, false);
+            }
+            self.close(&mut out);
             emit(
                 &mut out,
                 json!({"type": "message_delta", "delta": {"stop_reason": stop}, "usage": {"output_tokens": self.output_tokens}}),
@@ -239,6 +256,49 @@ impl AnthropicEvents {
         }
         out
     }
+
+    /// Makes sure a block of the kind asked for is open; its index.
+    fn open(&mut self, out: &mut String, thinking: bool) -> u32 {
+        match self.block {
+            Some((index, open)) if open == thinking => return index,
+            Some(_) => self.close(out),
+            None => {}
+        }
+        let index = self.blocks;
+        self.blocks += 1;
+        self.block = Some((index, thinking));
+        let block = if thinking {
+            json!({"type": "thinking", "thinking": ""})
+        } else {
+            json!({"type": "text", "text": ""})
+        };
+        emit(
+            out,
+            json!({"type": "content_block_start", "index": index, "content_block": block}),
+        );
+        index
+    }
+
+    /// Closes the open block; a thinking block gets its signature first.
+    fn close(&mut self, out: &mut String) {
+        let Some((index, thinking)) = self.block.take() else {
+            return;
+        };
+        if thinking {
+            let signature = format!("oracle-sig-{:016x}", crate::oracle::text_hash(&self.thought));
+            emit(
+                out,
+                json!({"type": "content_block_delta", "index": index, "delta": {"type": "signature_delta", "signature": signature}}),
+            );
+        }
+        emit(out, json!({"type": "content_block_stop", "index": index}));
+    }
+}
+
+/// Appends one Anthropic SSE event.
+fn emit(out: &mut String, value: serde_json::Value) {
+    let kind = value["type"].as_str().unwrap_or("").to_string();
+    out.push_str(&format!("event: {kind}\ndata: {value}\n\n"));
 }
 
 /// An OpenAI error body in Anthropic's shape.
@@ -354,4 +414,62 @@ pub async fn read_request(socket: &mut TcpStream) -> io::Result<Option<(String, 
     }
     body.truncate(length);
     Ok(Some((method, path, body)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `data:` payloads of Anthropic events, in order.
+    fn events(sse: &str) -> Vec<serde_json::Value> {
+        sse.lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str(d).ok())
+            .collect()
+    }
+
+    #[test]
+    fn reasoning_becomes_a_signed_thinking_block_before_the_text_block() {
+        let mut a = AnthropicEvents::default();
+        let mut sse = String::new();
+        for data in [
+            crate::oracle::script::reasoning_chunk_json("m", "reasoning_content", "Think"),
+            crate::oracle::script::reasoning_chunk_json("m", "reasoning_content", "ing."),
+            crate::oracle::script::chunk_json("m", Some("Hi"), None),
+            crate::oracle::script::chunk_json("m", None, Some("stop")),
+        ] {
+            sse.push_str(&a.translate(&data));
+        }
+        let kinds: Vec<String> = events(&sse)
+            .iter()
+            .map(|e| {
+                let delta = e.pointer("/delta/type").and_then(|t| t.as_str()).unwrap_or("");
+                let block = e.pointer("/content_block/type").and_then(|t| t.as_str()).unwrap_or("");
+                format!("{} {}{}", e["type"].as_str().unwrap_or(""), delta, block)
+                    .trim()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "message_start",
+                "content_block_start thinking",
+                "content_block_delta thinking_delta",
+                "content_block_delta thinking_delta",
+                "content_block_delta signature_delta",
+                "content_block_stop",
+                "content_block_start text",
+                "content_block_delta text_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ]
+        );
+        let all = events(&sse);
+        assert_eq!(all[6]["index"], 1, "the text block follows the thinking block");
+        assert!(all[4]["delta"]["signature"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("oracle-sig-")));
+    }
 }

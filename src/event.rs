@@ -115,6 +115,13 @@ pub enum EventKind {
         /// The text.
         text: String,
     },
+    /// Reasoning sent to the client (a seam marker included): not part of the answer.
+    Reasoning {
+        /// The route that wrote it.
+        route: String,
+        /// The text.
+        text: String,
+    },
     /// An attempt failed.
     Failure {
         /// What failed, where and when.
@@ -267,6 +274,14 @@ pub enum UpstreamItem {
     Usage(Usage),
     /// The finish reason: the attempt ended properly.
     Finished(String),
+    /// Reasoning text, with the field it came in (absent from recordings made before it existed).
+    Reasoning {
+        /// The text.
+        text: String,
+        /// The field it came in.
+        #[serde(default)]
+        field: crate::provider::ReasoningField,
+    },
 }
 
 /// Stamps and publishes the events of one session.

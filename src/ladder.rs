@@ -744,5 +744,14 @@ mod tests {
             l.decide(&looped, &state(0, 0, true), &known(&l), 0.1),
             Decision::HandOver { to: 1 }
         );
+        // An empty answer is never asked again of the same route, thought or not.
+        let empty = FailureKind::EmptyAnswer { reasoning_bytes: 0 };
+        assert_eq!((empty.class(), empty.label()), (FailureClass::Quality, "empty_answer"));
+        for produced in [false, true] {
+            assert_eq!(
+                l.decide(&empty, &state(0, 0, produced), &known(&l), 0.1),
+                Decision::HandOver { to: 1 }
+            );
+        }
     }
 }

@@ -323,3 +323,30 @@ impl SessionLog {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::ReasoningField;
+
+    #[test]
+    fn a_reasoning_item_round_trips_and_reads_without_its_field() {
+        let item = UpstreamItem::Reasoning {
+            text: "hmm".into(),
+            field: ReasoningField::Reasoning,
+        };
+        let line = serde_json::to_string(&item).unwrap();
+        assert_eq!(serde_json::from_str::<UpstreamItem>(&line).unwrap(), item);
+        let bare: UpstreamItem = serde_json::from_str(r#"{"type":"reasoning","value":{"text":"x"}}"#).unwrap();
+        assert_eq!(
+            bare,
+            UpstreamItem::Reasoning {
+                text: "x".into(),
+                field: ReasoningField::ReasoningContent
+            }
+        );
+        // Older items read as before.
+        let old: UpstreamItem = serde_json::from_str(r#"{"type":"text","value":"a"}"#).unwrap();
+        assert_eq!(old, UpstreamItem::Text("a".into()));
+    }
+}

@@ -262,6 +262,10 @@ pub struct LadderSection {
     pub loop_min_span_bytes: Option<u32>,
     /// What the client gets where its looped text was cut (default `" […] "`).
     pub loop_marker: Option<String>,
+    /// What the client's reasoning channel gets where a handover cut the reasoning off.
+    pub reasoning_marker: Option<String>,
+    /// Forward the reasoning of a fallback that starts after the answer text began (default false).
+    pub forward_late_reasoning: Option<bool>,
     /// Start the next route in parallel when a first token is late (default false).
     pub hedge: Option<bool>,
     /// Hedge no earlier than this (ms), and after this while the route's p95 is unknown (default: not until known).
@@ -617,6 +621,10 @@ impl Config {
             };
             ladder.loop_guard = loop_config(l, &key).map_err(|(k, problem)| invalid(k, problem))?;
             ladder.hedge = hedge_policy(l, &key).map_err(|(k, problem)| invalid(k, problem))?;
+            if let Some(marker) = &l.reasoning_marker {
+                ladder.reasoning_marker = marker.clone();
+            }
+            ladder.forward_late_reasoning = l.forward_late_reasoning.unwrap_or(false);
             ladders.push(ResolvedLadder {
                 name: l.name.clone(),
                 pattern: l.pattern.clone(),
@@ -1377,6 +1385,22 @@ mod tests {
         );
         let odd = error(&route("probe = \"sometimes\""));
         assert!(odd.contains("sometimes"), "{odd}");
+    }
+
+    #[test]
+    fn reasoning_keys_set_the_seam_marker_and_late_forwarding() {
+        let config = Config::parse("baton.toml", GOOD, &env).expect("valid");
+        let ladder = &config.ladders[0].ladder;
+        assert_eq!(ladder.reasoning_marker, crate::reasoning::SEAM_MARKER);
+        assert!(!ladder.forward_late_reasoning);
+        let custom = GOOD.replace(
+            "routes = [\"primary\", \"fallback\"]",
+            "routes = [\"primary\", \"fallback\"]\nreasoning_marker = \" [seam] \"\nforward_late_reasoning = true",
+        );
+        let config = Config::parse("baton.toml", &custom, &env).expect("valid");
+        let ladder = &config.ladders[0].ladder;
+        assert_eq!(ladder.reasoning_marker, " [seam] ");
+        assert!(ladder.forward_late_reasoning);
     }
 
     #[test]

@@ -115,6 +115,13 @@ pub enum EventKind {
         /// The text.
         text: String,
     },
+    /// Reasoning sent to the client (a seam marker included): not part of the answer.
+    Reasoning {
+        /// The route that wrote it.
+        route: String,
+        /// The text.
+        text: String,
+    },
     /// An attempt failed.
     Failure {
         /// What failed, where and when.
@@ -267,6 +274,14 @@ pub enum UpstreamItem {
     Usage(Usage),
     /// The finish reason: the attempt ended properly.
     Finished(String),
+    /// Reasoning text, with the field it came in (absent from recordings made before it existed).
+    Reasoning {
+        /// The text.
+        text: String,
+        /// The field it came in.
+        #[serde(default)]
+        field: crate::provider::ReasoningField,
+    },
 }
 
 /// Stamps and publishes the events of one session.
@@ -306,5 +321,32 @@ impl SessionLog {
                 kind,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::ReasoningField;
+
+    #[test]
+    fn a_reasoning_item_round_trips_and_reads_without_its_field() {
+        let item = UpstreamItem::Reasoning {
+            text: "hmm".into(),
+            field: ReasoningField::Reasoning,
+        };
+        let line = serde_json::to_string(&item).unwrap();
+        assert_eq!(serde_json::from_str::<UpstreamItem>(&line).unwrap(), item);
+        let bare: UpstreamItem = serde_json::from_str(r#"{"type":"reasoning","value":{"text":"x"}}"#).unwrap();
+        assert_eq!(
+            bare,
+            UpstreamItem::Reasoning {
+                text: "x".into(),
+                field: ReasoningField::ReasoningContent
+            }
+        );
+        // Older items read as before.
+        let old: UpstreamItem = serde_json::from_str(r#"{"type":"text","value":"a"}"#).unwrap();
+        assert_eq!(old, UpstreamItem::Text("a".into()));
     }
 }

@@ -189,6 +189,13 @@ pub enum FailureKind {
         /// Copies of it seen in a row.
         repeats: u32,
     },
+    /// The attempt finished with no answer text and no tool call while the
+    /// client had no answer either: reasoning alone (or nothing) is not an answer.
+    #[error("empty answer: finished with no text ({reasoning_bytes} bytes of reasoning)")]
+    EmptyAnswer {
+        /// Reasoning bytes the attempt produced.
+        reasoning_bytes: u64,
+    },
     /// The upstream sent an error object inside the stream.
     #[error("error event in stream: {message}")]
     ErrorEvent {
@@ -254,7 +261,7 @@ impl FailureKind {
             | FailureKind::TooSlow { .. }
             | FailureKind::OverCost { .. }
             | FailureKind::ContextTooSmall { .. } => FailureClass::Business,
-            FailureKind::Loop { .. } => FailureClass::Quality,
+            FailureKind::Loop { .. } | FailureKind::EmptyAnswer { .. } => FailureClass::Quality,
             FailureKind::LocalResources { .. } => FailureClass::Local,
             _ => FailureClass::Technical,
         }
@@ -285,6 +292,7 @@ impl FailureKind {
             FailureKind::OverCost { .. } => "over_cost",
             FailureKind::ContextTooSmall { .. } => "context_too_small",
             FailureKind::Loop { .. } => "loop",
+            FailureKind::EmptyAnswer { .. } => "empty_answer",
             FailureKind::LocalResources { .. } => "local_resources",
         }
     }

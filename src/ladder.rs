@@ -182,6 +182,10 @@ pub struct Ladder {
     pub loop_guard: Option<LoopConfig>,
     /// Hedging of late first tokens; `None` (the default) turns it off.
     pub hedge: Option<HedgePolicy>,
+    /// What the client's reasoning channel gets where a handover cut the reasoning off.
+    pub reasoning_marker: String,
+    /// Forward the reasoning of an attempt that started after the answer text had begun (default false: counted only).
+    pub forward_late_reasoning: bool,
 }
 
 impl Ladder {
@@ -197,6 +201,8 @@ impl Ladder {
             safe_reply: None,
             loop_guard: Some(LoopConfig::default()),
             hedge: None,
+            reasoning_marker: crate::reasoning::SEAM_MARKER.to_string(),
+            forward_late_reasoning: false,
         }
     }
 }
@@ -738,5 +744,14 @@ mod tests {
             l.decide(&looped, &state(0, 0, true), &known(&l), 0.1),
             Decision::HandOver { to: 1 }
         );
+        // An empty answer is never asked again of the same route, thought or not.
+        let empty = FailureKind::EmptyAnswer { reasoning_bytes: 0 };
+        assert_eq!((empty.class(), empty.label()), (FailureClass::Quality, "empty_answer"));
+        for produced in [false, true] {
+            assert_eq!(
+                l.decide(&empty, &state(0, 0, produced), &known(&l), 0.1),
+                Decision::HandOver { to: 1 }
+            );
+        }
     }
 }

@@ -27,6 +27,7 @@
 //! * [`fit`]: dropping the oldest turns so a request fits a route's context window.
 //! * [`loopguard`]: noticing an answer that repeats itself.
 //! * [`overlap`]: the overlap trim at the seam.
+//! * [`reasoning`]: where reasoning deltas go, and the seam marker of a handover during reasoning.
 //! * [`provider`]: upstream wire formats (`openai`, `anthropic`, `mock`) over a bounded SSE decoder.
 //! * [`oracle`]: the mock oracle, its fault scripts and its HTTP server.
 //! * [`event`]: [`EngineEvent`], the one schema of what happened.
@@ -116,6 +117,7 @@ pub mod probe;
 pub mod provider;
 #[cfg(feature = "proxy")]
 pub mod proxy;
+pub mod reasoning;
 pub mod record;
 pub mod redact;
 #[cfg(feature = "cli")]

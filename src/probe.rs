@@ -127,7 +127,9 @@ async fn probe(route: Arc<Route>, model: Arc<ModelHealth>, mut permit: Permit, l
         match watchdog.next().await {
             Some(Watched::Text(t)) if t.is_empty() => {}
             // Content, or a proper end: it answers again.
-            Some(Watched::Text(_) | Watched::ToolCalls(_) | Watched::Finished(_)) => break None,
+            Some(Watched::Text(_) | Watched::Reasoning { .. } | Watched::ToolCalls(_) | Watched::Finished(_)) => {
+                break None
+            }
             Some(Watched::Usage(_)) => {}
             Some(Watched::Failed(kind)) => break Some(kind),
             None => break Some(FailureKind::Truncated { detail: None }),

@@ -28,7 +28,7 @@ use crate::deadline::{Cadence, GapBatch};
 use crate::failure::FailureKind;
 use crate::health::ModelHealth;
 use crate::provider::tool_calls::ToolCallBudget;
-use crate::provider::{Chunk, ChunkStream};
+use crate::provider::{Chunk, ChunkStream, ReasoningField};
 use crate::request::Usage;
 
 /// The deadlines of one route, or of one attempt (serialized in milliseconds).
@@ -60,6 +60,13 @@ impl Default for Deadlines {
 pub enum Watched {
     /// Content text.
     Text(String),
+    /// Reasoning text, with the field it came in: a token like any other for the deadlines.
+    Reasoning {
+        /// The text.
+        text: String,
+        /// The field it came in.
+        field: ReasoningField,
+    },
     /// Tool-call deltas.
     ToolCalls(Vec<serde_json::Value>),
     /// Token counts.
@@ -78,6 +85,7 @@ pub struct Watchdog {
     timer: Pin<Box<Sleep>>,
     deadlines: Deadlines,
     started: Instant,
+    /// Whether a token of any channel (text, reasoning, tool calls) came: the first-token wait is over.
     seen_text: bool,
     finish: Option<String>,
     over: bool,
@@ -209,6 +217,14 @@ impl Watchdog {
                     self.seen_text = true;
                     return Watched::Text(text);
                 }
+                Some(Ok(Chunk::Reasoning { text, .. })) if text.is_empty() => {}
+                Some(Ok(Chunk::Reasoning { text, field })) => {
+                    // A model thinking is a model working: its first thought ends the first-token wait.
+                    self.seen_text = true;
+                    return Watched::Reasoning { text, field };
+                }
+                // Only the model that signed it can use a signature; it is never forwarded.
+                Some(Ok(Chunk::ReasoningSignature(_))) => {}
                 Some(Ok(Chunk::ToolCalls(calls))) => {
                     if let Err(kind) = self.tool_calls.admit(&calls) {
                         return self.end_or(kind);

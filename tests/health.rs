@@ -598,7 +598,7 @@ async fn a_route_whose_hedge_failed_is_not_handed_to_later() {
             baton::splice::ClientItem::Handover(h) => handovers.push((h.from.to_string(), h.to.to_string())),
             baton::splice::ClientItem::Done(c) => done = Some(c),
             baton::splice::ClientItem::Failed(e) => panic!("failed: {e}"),
-            baton::splice::ClientItem::ToolCalls { .. } => {}
+            baton::splice::ClientItem::ToolCalls { .. } | baton::splice::ClientItem::Reasoning { .. } => {}
         }
     }
     let events = drain(&mut events);

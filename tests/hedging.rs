@@ -100,7 +100,7 @@ async fn run(splicer: &Splicer, events: &mut tokio::sync::broadcast::Receiver<En
             ClientItem::Handover(_) => out.handovers += 1,
             ClientItem::Done(c) => out.done = Some(c),
             ClientItem::Failed(e) => panic!("session {i} failed: {e}"),
-            ClientItem::ToolCalls { .. } => {}
+            ClientItem::ToolCalls { .. } | ClientItem::Reasoning { .. } => {}
         }
     }
     out.took = started.elapsed();

@@ -530,6 +530,8 @@ impl Model {
                 }
             }
             EventKind::Upstream { .. }
+            // The transcript shows the answer; reasoning is not shown yet.
+            | EventKind::Reasoning { .. }
             | EventKind::Retry { .. }
             | EventKind::RetryDenied { .. }
             // A probe's verdict shows as the breaker change it causes.

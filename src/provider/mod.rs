@@ -31,6 +31,19 @@ pub struct UpstreamRequest {
     pub continue_final_message: bool,
 }
 
+/// Which field a reasoning delta came in, so the client gets it the same way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReasoningField {
+    /// `reasoning_content` (DeepSeek, vLLM, SGLang, Qwen …).
+    #[default]
+    ReasoningContent,
+    /// `reasoning` (OpenRouter, Ollama, gpt-oss …).
+    Reasoning,
+    /// An Anthropic `thinking` block.
+    Thinking,
+}
+
 /// One piece of an upstream stream, already parsed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Chunk {
@@ -38,6 +51,15 @@ pub enum Chunk {
     Opened,
     /// Content text.
     Text(String),
+    /// Reasoning text: the model thinking before (or while) it answers, never the answer.
+    Reasoning {
+        /// The text.
+        text: String,
+        /// The field it came in.
+        field: ReasoningField,
+    },
+    /// An Anthropic thinking block's signature: only valid for the model that signed it, never forwarded to another.
+    ReasoningSignature(String),
     /// Tool-call deltas, as the upstream sent them.
     ToolCalls(Vec<serde_json::Value>),
     /// The upstream's finish reason (`stop`, `length`, `content_filter`, …).

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::sse::{snippet, SseLimits};
-use super::{Chunk, ChunkStream, Provider, UpstreamRequest};
+use super::{Chunk, ChunkStream, Provider, ReasoningField, UpstreamRequest};
 use crate::failure::{upstream_code, FailureKind};
 use crate::redact::Redactor;
 use crate::request::Usage;
@@ -140,6 +140,19 @@ pub fn parse_data(data: &str) -> Result<Vec<Chunk>, FailureKind> {
     let mut chunks = Vec::new();
     if let Some(choice) = chunk.choices.and_then(|c| c.into_iter().next()) {
         if let Some(delta) = choice.delta {
+            // Reasoning comes before the answer; a server sends one of the two fields.
+            let reasoning = [
+                (delta.reasoning_content, ReasoningField::ReasoningContent),
+                (delta.reasoning, ReasoningField::Reasoning),
+            ];
+            for (text, field) in reasoning {
+                if let Some(text) = text.filter(|t| !t.is_empty()) {
+                    chunks.push(Chunk::Reasoning {
+                        text: text.into_owned(),
+                        field,
+                    });
+                }
+            }
             if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
                 chunks.push(Chunk::Text(text.into_owned()));
             }
@@ -194,6 +207,12 @@ mod wire {
     pub struct Delta<'a> {
         #[serde(borrow, default)]
         pub content: Option<Cow<'a, str>>,
+        /// DeepSeek, vLLM, SGLang: the model's reasoning.
+        #[serde(borrow, default)]
+        pub reasoning_content: Option<Cow<'a, str>>,
+        /// OpenRouter, Ollama: the same, under another name.
+        #[serde(borrow, default)]
+        pub reasoning: Option<Cow<'a, str>>,
         #[serde(default)]
         pub tool_calls: Option<Vec<Value>>,
     }
@@ -441,5 +460,33 @@ mod tests {
                 "{body}"
             );
         }
+    }
+
+    #[test]
+    fn reasoning_deltas_keep_their_field_and_come_before_content() {
+        let deepseek = r#"{"choices":[{"delta":{"reasoning_content":"hmm","content":"Hi"}}]}"#;
+        assert_eq!(
+            parse_data(deepseek),
+            Ok(vec![
+                Chunk::Reasoning {
+                    text: "hmm".into(),
+                    field: ReasoningField::ReasoningContent
+                },
+                Chunk::Text("Hi".into()),
+            ])
+        );
+        let openrouter = r#"{"choices":[{"delta":{"reasoning":"so \"x\""}}]}"#;
+        assert_eq!(
+            parse_data(openrouter),
+            Ok(vec![Chunk::Reasoning {
+                text: "so \"x\"".into(),
+                field: ReasoningField::Reasoning
+            }])
+        );
+        // vLLM sends `null` or an empty string in the field it is not using.
+        let empty = r#"{"choices":[{"delta":{"reasoning_content":"","reasoning":null,"content":"a"}}]}"#;
+        assert_eq!(parse_data(empty), Ok(vec![Chunk::Text("a".into())]));
+        let wrong = r#"{"choices":[{"delta":{"reasoning_content":5}}]}"#;
+        assert!(matches!(parse_data(wrong), Err(FailureKind::Malformed { .. })));
     }
 }

@@ -37,6 +37,7 @@ use super::wire::{self, ApiError, ChunkWriter};
 use super::{reached, AppState, Phase};
 use crate::cache::CACHE_ROUTE;
 use crate::live::LiveGuard;
+use crate::provider::ReasoningField;
 use crate::safe_reply::SAFE_REPLY_ROUTE;
 use crate::splice::{ClientItem, SpliceError, SpliceStream};
 
@@ -129,7 +130,9 @@ impl Session {
     fn see(&mut self, item: &ClientItem) {
         let metrics = &self.state.metrics;
         match item {
-            ClientItem::Text { .. } | ClientItem::ToolCalls { .. } if !self.first_byte => {
+            ClientItem::Text { .. } | ClientItem::Reasoning { .. } | ClientItem::ToolCalls { .. }
+                if !self.first_byte =>
+            {
                 self.first_byte = true;
                 metrics
                     .ttft
@@ -311,6 +314,13 @@ impl Pump {
                 let chunk = self.writer.text(&self.model, &text);
                 self.send(chunk).await
             }
+            ClientItem::Reasoning { text, field, model, .. } => {
+                if *model != *self.model {
+                    self.model = model.to_string();
+                }
+                let chunk = self.writer.reasoning(&self.model, &text, field);
+                self.send(chunk).await
+            }
             ClientItem::ToolCalls { deltas, model, .. } => {
                 self.model = model.to_string();
                 let chunk = self.writer.tool_calls(&self.model, &deltas);
@@ -431,6 +441,8 @@ impl Stream for ClientBody {
 /// The answer as one `chat.completion`.
 pub async fn whole(mut session: Session, mut stream: Guarded) -> Result<Response, ApiError> {
     let mut text = String::new();
+    // The reasoning and the field it goes out in (the first route's that reasoned).
+    let mut reasoning: Option<(String, ReasoningField)> = None;
     let mut model = String::new();
     let mut tool_deltas: Vec<Value> = Vec::new();
     while let Some(item) = stream.next().await {
@@ -451,9 +463,23 @@ pub async fn whole(mut session: Session, mut stream: Guarded) -> Result<Response
                 tool_deltas.extend(deltas);
                 model = m.to_string();
             }
+            ClientItem::Reasoning {
+                text: t,
+                field,
+                model: m,
+                ..
+            } => {
+                reasoning.get_or_insert_with(|| (String::new(), field)).0.push_str(&t);
+                if model.is_empty() {
+                    model = m.to_string();
+                }
+            }
             ClientItem::Handover(_) => {}
             ClientItem::Done(done) => {
                 let mut message = json!({"role": "assistant", "content": text});
+                if let Some((thought, field)) = reasoning.take() {
+                    message[wire::reasoning_key(field)] = json!(thought);
+                }
                 if !tool_deltas.is_empty() {
                     message["tool_calls"] = json!(wire::merge_tool_calls(&tool_deltas));
                     if text.is_empty() {

@@ -5,6 +5,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
+use crate::provider::ReasoningField;
 use crate::request::{Message, Role};
 use crate::splice::{Handover, SpliceError};
 use crate::usage::Tally;
@@ -256,6 +257,14 @@ fn parse_message(i: usize, value: &Value) -> Result<Message, ApiError> {
     Message::with_content(role, content, extra).map_err(|e| bad(e.to_string()))
 }
 
+/// The chat-completions field reasoning in `field` goes out in.
+pub fn reasoning_key(field: ReasoningField) -> &'static str {
+    match field {
+        ReasoningField::Reasoning => "reasoning",
+        ReasoningField::ReasoningContent | ReasoningField::Thinking => "reasoning_content",
+    }
+}
+
 /// Writes the chunks of one spliced answer, all with one stable id.
 #[derive(Clone, Debug)]
 pub struct ChunkWriter {
@@ -334,6 +343,17 @@ impl ChunkWriter {
             return Bytes::from(out);
         }
         let delta = self.delta(json!({"content": text}));
+        self.chunk(
+            model,
+            json!([{"index": 0, "delta": delta, "finish_reason": null}]),
+            None,
+        )
+    }
+
+    /// A reasoning delta written by `model`, in the field the upstream used
+    /// (`thinking` goes out as `reasoning_content`, the field most clients read).
+    pub fn reasoning(&mut self, model: &str, text: &str, field: ReasoningField) -> Bytes {
+        let delta = self.delta(json!({ reasoning_key(field): text }));
         self.chunk(
             model,
             json!([{"index": 0, "delta": delta, "finish_reason": null}]),
@@ -596,5 +616,29 @@ mod tests {
         assert_eq!(merged.len(), 1);
         assert_eq!(merged[0]["function"]["arguments"], "{\"city\":\"Paris\"}");
         assert_eq!(merged[0]["id"], "call_1");
+    }
+
+    #[test]
+    fn reasoning_goes_out_in_the_upstreams_field() {
+        let mut writer = ChunkWriter::new("chatcmpl-r".into());
+        let parse = |bytes: &Bytes| -> Value {
+            let text = String::from_utf8_lossy(bytes);
+            serde_json::from_str(text.trim().strip_prefix("data: ").expect("data")).expect("json")
+        };
+        let first = parse(&writer.reasoning("m", "hmm", ReasoningField::ReasoningContent));
+        assert_eq!(
+            first.pointer("/choices/0/delta"),
+            Some(&json!({"role": "assistant", "reasoning_content": "hmm"}))
+        );
+        let other = parse(&writer.reasoning("m", "so", ReasoningField::Reasoning));
+        assert_eq!(other.pointer("/choices/0/delta"), Some(&json!({"reasoning": "so"})));
+        let thinking = parse(&writer.reasoning("m", "t", ReasoningField::Thinking));
+        assert_eq!(
+            thinking.pointer("/choices/0/delta"),
+            Some(&json!({"reasoning_content": "t"}))
+        );
+        // The first content delta no longer carries the role.
+        let text = parse(&writer.text("m", "Hi"));
+        assert_eq!(text.pointer("/choices/0/delta"), Some(&json!({"content": "Hi"})));
     }
 }

@@ -40,6 +40,12 @@ pub struct LadderSpec {
     /// Hedging; absent: off (as in recordings made before it existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hedge: Option<HedgeSpec>,
+    /// The seam marker of a handover during reasoning; absent: the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_marker: Option<String>,
+    /// Whether reasoning of an attempt opened after the answer began is forwarded; absent: no.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forward_late_reasoning: bool,
 }
 
 /// A ladder's hedging settings.
@@ -140,6 +146,9 @@ impl LadderSpec {
                 after_ms: h.after.map(|d| d.as_millis() as u64),
                 min_samples: h.min_samples,
             }),
+            reasoning_marker: (ladder.reasoning_marker != crate::reasoning::SEAM_MARKER)
+                .then(|| ladder.reasoning_marker.clone()),
+            forward_late_reasoning: ladder.forward_late_reasoning,
         }
     }
 
@@ -164,6 +173,10 @@ impl LadderSpec {
         ladder.instruction = self.instruction.clone();
         ladder.safe_reply = self.safe_reply.clone();
         ladder.loop_guard = self.loop_guard.clone();
+        if let Some(marker) = &self.reasoning_marker {
+            ladder.reasoning_marker = marker.clone();
+        }
+        ladder.forward_late_reasoning = self.forward_late_reasoning;
         ladder.hedge = self
             .hedge
             .map(|h| HedgePolicy::new(h.after_ms.map(Duration::from_millis), h.min_samples));

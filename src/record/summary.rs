@@ -232,7 +232,7 @@ pub fn tally(events: &[EngineEvent]) -> Tally {
                     continue;
                 };
                 match item {
-                    UpstreamItem::Text(_) => a.deltas += 1,
+                    UpstreamItem::Text(_) | UpstreamItem::Reasoning { .. } => a.deltas += 1,
                     UpstreamItem::Usage(u) => a.reported = Some(usage::merge(a.reported, *u)),
                     UpstreamItem::ToolCalls(_) | UpstreamItem::Finished(_) => {}
                 }

@@ -507,6 +507,8 @@ pub fn transcript(events: &[EngineEvent]) -> Transcript {
             // shows in the session as its own `circuit_open` failure instead.
             EventKind::SessionStarted { .. }
             | EventKind::Upstream { .. }
+            // Reasoning is not the answer; the upstream's is re-driven with its timing.
+            | EventKind::Reasoning { .. }
             | EventKind::FirstToken { .. }
             | EventKind::Breaker { .. }
             // baton's own probes belong to no session.
@@ -886,6 +888,8 @@ fn detected_by_splicer(kind: &FailureKind) -> bool {
             | FailureKind::Stall { .. }
             | FailureKind::TotalTimeout { .. }
             | FailureKind::Loop { .. }
+            // Decided from a finish the replay re-sends.
+            | FailureKind::EmptyAnswer { .. }
     )
 }
 
@@ -923,10 +927,17 @@ fn schedule(script: &AttemptScript, d: Deadlines) -> Vec<Timed> {
             UpstreamItem::Text(text) => Chunk::Text(text.clone()),
             UpstreamItem::ToolCalls(calls) => Chunk::ToolCalls(calls.clone()),
             UpstreamItem::Usage(usage) => Chunk::Usage(*usage),
+            UpstreamItem::Reasoning { text, field } => Chunk::Reasoning {
+                text: text.clone(),
+                field: *field,
+            },
         };
         let at = want.min(latest(prev, seen_text));
         shift += want - at;
-        seen_text |= matches!(item, UpstreamItem::Text(_) | UpstreamItem::ToolCalls(_));
+        seen_text |= matches!(
+            item,
+            UpstreamItem::Text(_) | UpstreamItem::ToolCalls(_) | UpstreamItem::Reasoning { .. }
+        );
         out.push(Timed {
             at,
             what: What::Chunk(chunk),

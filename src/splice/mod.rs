@@ -29,7 +29,8 @@ use crate::ladder::{AttemptState, Decision, Deferred, Known, Ladder, Route, Rout
 use crate::loopguard::{Loop, LoopGuard};
 use crate::oracle::SplitMix;
 use crate::overlap::{Evidence, OverlapTrim, Proof};
-use crate::provider::UpstreamRequest;
+use crate::provider::{ReasoningField, UpstreamRequest};
+use crate::reasoning::{self, Placement};
 use crate::record::spec::{LadderSpec, RequestSpec};
 use crate::request::{ChatRequest, Message, Usage};
 use crate::rules::Rules;
@@ -53,6 +54,19 @@ pub enum ClientItem {
     Text {
         /// The text.
         text: String,
+        /// The route that wrote it.
+        route: Arc<str>,
+        /// That route's upstream model.
+        model: Arc<str>,
+    },
+    /// Reasoning: the model thinking, on its own channel, never part of the
+    /// answer. A handover during reasoning puts the ladder's seam marker here
+    /// (with the field of the reasoning it cuts) before the next route's.
+    Reasoning {
+        /// The text.
+        text: String,
+        /// The field the upstream sent it in, so the client gets it the same way.
+        field: ReasoningField,
         /// The route that wrote it.
         route: Arc<str>,
         /// That route's upstream model.
@@ -190,6 +204,8 @@ pub struct Splicer {
 pub struct Collected {
     /// Everything the client received, concatenated.
     pub text: String,
+    /// The reasoning the client received (seam markers included), concatenated.
+    pub reasoning: String,
     /// Tool-call deltas the client received.
     pub tool_calls: Vec<serde_json::Value>,
     /// The handovers, in order.
@@ -232,16 +248,19 @@ impl Splicer {
     pub async fn collect(&self, request: ChatRequest) -> Collected {
         let mut stream = self.splice(request);
         let mut text = String::new();
+        let mut reasoning = String::new();
         let mut handovers = Vec::new();
         let mut tool_calls = Vec::new();
         while let Some(item) = stream.next().await {
             match item {
                 ClientItem::Text { text: t, .. } => text.push_str(&t),
+                ClientItem::Reasoning { text: t, .. } => reasoning.push_str(&t),
                 ClientItem::ToolCalls { deltas, .. } => tool_calls.extend(deltas),
                 ClientItem::Handover(h) => handovers.push(h),
                 ClientItem::Done(c) => {
                     return Collected {
                         text,
+                        reasoning,
                         tool_calls,
                         handovers,
                         outcome: Ok(c),
@@ -250,6 +269,7 @@ impl Splicer {
                 ClientItem::Failed(e) => {
                     return Collected {
                         text,
+                        reasoning,
                         tool_calls,
                         handovers,
                         outcome: Err(e),
@@ -261,6 +281,7 @@ impl Splicer {
         let emitted_bytes = text.len() as u64;
         Collected {
             text,
+            reasoning,
             tool_calls,
             handovers,
             outcome: Err(SpliceError::Exhausted {
@@ -322,6 +343,12 @@ impl Splicer {
                                 break Err(FailureKind::Loop { period, repeats: found.repeats });
                             }
                         }
+                        Some(Watched::Reasoning { text, field }) => {
+                            attempt.reason(&session, &text);
+                            for item in session.deliver_reasoning(&ladder, &attempt, text, field) {
+                                yield item;
+                            }
+                        }
                         Some(Watched::ToolCalls(calls)) => {
                             if attempt.tokens == 0 {
                                 attempt.judge(&session);
@@ -334,6 +361,10 @@ impl Splicer {
                         Some(Watched::Failed(kind)) => break Err(kind),
                         None => break Err(FailureKind::Truncated { detail: None }),
                     }
+                };
+                let ended = match ended {
+                    Ok(reason) if session.answerless(&attempt, &reason) => Err(FailureKind::EmptyAnswer { reasoning_bytes: attempt.reasoning_bytes }),
+                    other => other,
                 };
                 session.settle(route, &mut attempt, ended.as_ref().err());
                 match ended {
@@ -361,6 +392,10 @@ impl Splicer {
                     }
                     Err(kind) => {
                         attempt.learn_from(&kind);
+                        if session.reasoning_writer == Some(attempt.number) {
+                            // The client's reasoning ends in a cut: whoever writes next marks it.
+                            session.seam_due = true;
+                        }
                         session.account(&attempt);
                         state.produced_text = attempt.tokens > 0;
                         let jitter = session.rng.below(1 << 20) as f64 / f64::from(1u32 << 20);
@@ -473,8 +508,8 @@ impl Pending {
     }
 }
 
-/// The zero, one or two items one delivery yields.
-type Delivered = std::iter::Flatten<std::array::IntoIter<Option<ClientItem>, 2>>;
+/// The zero to three items one delivery yields (a handover notice, a reasoning seam, the item).
+type Delivered = std::iter::Flatten<std::array::IntoIter<Option<ClientItem>, 3>>;
 
 /// One session's state between attempts.
 struct Session<'r> {
@@ -504,6 +539,18 @@ struct Session<'r> {
     tool_calls_sent: bool,
     /// The text deltas as sent, for the cache (only kept when the ladder has one).
     deltas: Option<Vec<String>>,
+    /// Reasoning bytes the client has received (seam markers included).
+    reasoning_sent: u64,
+    /// Reasoning bytes counted but not forwarded (a fallback's, after the answer began).
+    reasoning_withheld: u64,
+    /// The attempt whose reasoning the client got last.
+    reasoning_writer: Option<u32>,
+    /// The field of the reasoning the client got last: a seam marker goes out in it.
+    reasoning_field: ReasoningField,
+    /// The client's reasoning was cut by a failure and no marker shows it yet.
+    seam_due: bool,
+    /// The ladder's seam marker.
+    seam_marker: String,
 }
 
 /// One upstream attempt.
@@ -519,7 +566,14 @@ struct Attempt {
     /// Whether its trim's verdict was already looked at.
     learned: bool,
     opened: Instant,
+    /// Deltas of every channel (text, reasoning, tool calls): what it billed, and whether it produced anything.
     tokens: u64,
+    /// Answer text deltas.
+    texts: u64,
+    /// Reasoning bytes.
+    reasoning_bytes: u64,
+    /// The client already had answer text when it opened: its reasoning is late.
+    late: bool,
     usage: Option<Usage>,
     route: Arc<str>,
     /// The upstream model actually asked for (`{model}` resolved).
@@ -534,18 +588,33 @@ impl Attempt {
     /// Feeds one upstream delta through the overlap trim.
     fn text(&mut self, session: &Session<'_>, text: String) -> String {
         self.tokens += 1;
+        self.texts += 1;
         if self.tokens == 1 {
-            let ttft = self.opened.elapsed();
-            self.health.record_ttft(ttft);
-            session.log.emit(EventKind::FirstToken {
-                route: self.route.to_string(),
-                ttft_ms: ttft.as_millis() as u64,
-            });
-            self.judge(session);
+            self.first_token(session);
         }
         let out = self.trim.push(text);
         self.learn();
         out
+    }
+
+    /// Counts one reasoning delta: a token like any other, but never fed to the trim.
+    fn reason(&mut self, session: &Session<'_>, text: &str) {
+        self.tokens += 1;
+        self.reasoning_bytes += text.len() as u64;
+        if self.tokens == 1 {
+            self.first_token(session);
+        }
+    }
+
+    /// Its first token of any channel: the time to first token, and the breaker's verdict.
+    fn first_token(&mut self, session: &Session<'_>) {
+        let ttft = self.opened.elapsed();
+        self.health.record_ttft(ttft);
+        session.log.emit(EventKind::FirstToken {
+            route: self.route.to_string(),
+            ttft_ms: ttft.as_millis() as u64,
+        });
+        self.judge(session);
     }
 
     /// Its first content arrived: a probe closes the breaker now, whatever

@@ -24,6 +24,12 @@ impl<'r> Session<'r> {
             tool_calls: Vec::new(),
             tool_calls_sent: false,
             deltas: ladder.cache.is_some().then(Vec::new),
+            reasoning_sent: 0,
+            reasoning_withheld: 0,
+            reasoning_writer: None,
+            reasoning_field: ReasoningField::default(),
+            seam_due: false,
+            seam_marker: ladder.reasoning_marker.clone(),
         }
     }
 
@@ -81,6 +87,9 @@ impl<'r> Session<'r> {
             learned: false,
             opened: Instant::now(),
             tokens: 0,
+            texts: 0,
+            reasoning_bytes: 0,
+            late: self.sent > 0,
             usage: None,
             route: route.name.clone(),
             model,
@@ -106,7 +115,7 @@ impl<'r> Session<'r> {
                 .collect(),
             lost: self.lost,
             // Only while the client has nothing: a route asked again answers from the start.
-            deferred: self.deferred.filter(|_| self.sent == 0),
+            deferred: self.deferred.filter(|_| self.sent == 0 && self.reasoning_sent == 0),
         }
     }
 
@@ -118,9 +127,15 @@ impl<'r> Session<'r> {
     /// The client items for `text` written by `route` as `model`.
     pub(super) fn deliver_as(&mut self, route: &Arc<str>, model: &Arc<str>, text: String) -> Delivered {
         if text.is_empty() {
-            return [None, None].into_iter().flatten();
+            return [None, None, None].into_iter().flatten();
         }
         let handover = self.arrive(route);
+        // A fallback that answers without reasoning still shows where the reasoning was cut.
+        let seam = if self.seam_due && self.sent == 0 {
+            self.seam(route, model)
+        } else {
+            None
+        };
         if self.log.listened() {
             self.log.emit(EventKind::Delta {
                 route: route.to_string(),
@@ -137,7 +152,78 @@ impl<'r> Session<'r> {
             route: route.clone(),
             model: model.clone(),
         };
-        [handover, Some(item)].into_iter().flatten()
+        [handover, seam, Some(item)].into_iter().flatten()
+    }
+
+    /// The client items for a reasoning delta of `attempt`: none when it is
+    /// withheld (counted only), else a pending handover notice and seam marker first.
+    pub(super) fn deliver_reasoning(
+        &mut self,
+        ladder: &Ladder,
+        attempt: &Attempt,
+        text: String,
+        field: ReasoningField,
+    ) -> Delivered {
+        let placement = reasoning::place(attempt.late, ladder.forward_late_reasoning, self.seam_due);
+        if placement == Placement::Withheld {
+            self.reasoning_withheld += text.len() as u64;
+            return [None, None, None].into_iter().flatten();
+        }
+        let handover = self.arrive(&attempt.route);
+        let seam = if placement == Placement::AfterSeam {
+            self.seam(&attempt.route, &attempt.model)
+        } else {
+            None
+        };
+        if self.log.listened() {
+            self.log.emit(EventKind::Reasoning {
+                route: attempt.route.to_string(),
+                text: text.clone(),
+            });
+        }
+        self.reasoning_sent += text.len() as u64;
+        self.reasoning_writer = Some(attempt.number);
+        self.reasoning_field = field;
+        let item = ClientItem::Reasoning {
+            text,
+            field,
+            route: attempt.route.clone(),
+            model: attempt.model.clone(),
+        };
+        [handover, seam, Some(item)].into_iter().flatten()
+    }
+
+    /// The seam marker where the client's reasoning was cut, in the field that reasoning came in.
+    fn seam(&mut self, route: &Arc<str>, model: &Arc<str>) -> Option<ClientItem> {
+        self.seam_due = false;
+        if self.seam_marker.is_empty() {
+            return None;
+        }
+        let text = self.seam_marker.clone();
+        if self.log.listened() {
+            self.log.emit(EventKind::Reasoning {
+                route: route.to_string(),
+                text: text.clone(),
+            });
+        }
+        self.reasoning_sent += text.len() as u64;
+        Some(ClientItem::Reasoning {
+            text,
+            field: self.reasoning_field,
+            route: route.clone(),
+            model: model.clone(),
+        })
+    }
+
+    /// Whether `attempt`, which finished with `reason`, left the client without
+    /// an answer: no text and no tool call in the whole session. A refusal by
+    /// `content_filter` stays the provider's answer.
+    pub(super) fn answerless(&self, attempt: &Attempt, reason: &str) -> bool {
+        reason != "content_filter"
+            && self.sent == 0
+            && attempt.texts == 0
+            && attempt.tool_calls.is_empty()
+            && !self.tool_calls_sent
     }
 
     /// The client items for a finished attempt's tool calls.
@@ -151,7 +237,7 @@ impl<'r> Session<'r> {
             model: attempt.model.clone(),
         };
         self.tool_calls_sent = true;
-        [self.arrive(&attempt.route), Some(item)].into_iter().flatten()
+        [self.arrive(&attempt.route), None, Some(item)].into_iter().flatten()
     }
 
     /// `attempt` is about to reach the client: completes a pending handover and extends the route chain.
@@ -198,6 +284,10 @@ impl<'r> Session<'r> {
         }
         let item = match item {
             Some(Watched::Text(t)) => UpstreamItem::Text(t.clone()),
+            Some(Watched::Reasoning { text, field }) => UpstreamItem::Reasoning {
+                text: text.clone(),
+                field: *field,
+            },
             Some(Watched::ToolCalls(c)) => UpstreamItem::ToolCalls(c.clone()),
             Some(Watched::Usage(u)) => UpstreamItem::Usage(*u),
             Some(Watched::Finished(r)) => UpstreamItem::Finished(r.clone()),

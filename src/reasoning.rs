@@ -1,0 +1,42 @@
+//! Where a reasoning delta goes: reasoning is never the answer, so it never
+//! enters a continuation prefix; the client gets it on its own channel, with a
+//! visible seam where one model's reasoning was cut and another's begins.
+
+/// What the client's reasoning channel gets where a handover cut the reasoning off.
+pub const SEAM_MARKER: &str = "\n\n[baton: the reasoning above was cut off; another model continues]\n\n";
+
+/// What becomes of one reasoning delta.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Counted, not sent: the answer had begun before its attempt started.
+    Withheld,
+    /// Sent to the client.
+    Forward,
+    /// Sent to the client after the seam marker: an earlier attempt's reasoning was cut off.
+    AfterSeam,
+}
+
+/// Where a reasoning delta of an attempt goes: `late` when the client already
+/// had answer text as the attempt opened, `forward_late` the ladder's flag,
+/// `seam_due` when the client's reasoning ends in a cut no marker shows yet.
+pub fn place(late: bool, forward_late: bool, seam_due: bool) -> Placement {
+    match (late && !forward_late, seam_due) {
+        (true, _) => Placement::Withheld,
+        (false, true) => Placement::AfterSeam,
+        (false, false) => Placement::Forward,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn late_reasoning_is_withheld_unless_the_ladder_forwards_it() {
+        assert_eq!(place(false, false, false), Placement::Forward);
+        assert_eq!(place(false, false, true), Placement::AfterSeam);
+        assert_eq!(place(true, false, true), Placement::Withheld);
+        assert_eq!(place(true, true, false), Placement::Forward);
+        assert_eq!(place(true, true, true), Placement::AfterSeam);
+    }
+}

@@ -575,6 +575,102 @@ mod tests {
         assert!(matches!(parse_event(&long_start), Err(FailureKind::TooLarge { .. })));
     }
 
+    /// The chunks of an SSE `body` delivered in reads of `split` bytes, through the provider's decoder.
+    fn decoded(body: &str, split: usize) -> Vec<Result<Chunk, FailureKind>> {
+        use futures::StreamExt;
+        let reads: Vec<Result<bytes::Bytes, std::io::Error>> = body
+            .as_bytes()
+            .chunks(split)
+            .map(|b| Ok(bytes::Bytes::copy_from_slice(b)))
+            .collect();
+        let stream =
+            super::super::sse::decode_body(futures::stream::iter(reads), parse_sse_event, SseLimits::default());
+        futures::executor::block_on(stream.collect())
+    }
+
+    #[test]
+    fn a_thinking_stream_on_the_wire_keeps_its_order_and_a_huge_signature_ends_it() {
+        let event = |name: &str, data: &str| format!("event: {name}\ndata: {data}\n\n");
+        let body = [
+            event(
+                "message_start",
+                r#"{"type":"message_start","message":{"usage":{"input_tokens":3,"output_tokens":1}}}"#,
+            ),
+            event(
+                "content_block_start",
+                r#"{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":""}}"#,
+            ),
+            event(
+                "content_block_delta",
+                r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"Hmm, é…"}}"#,
+            ),
+            event("ping", r#"{"type":"ping"}"#),
+            event(
+                "content_block_delta",
+                r#"{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"c2lnbmVk"}}"#,
+            ),
+            event(
+                "content_block_start",
+                r#"{"type":"content_block_start","index":1,"content_block":{"type":"text","text":""}}"#,
+            ),
+            event(
+                "content_block_delta",
+                r#"{"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":"Yes."}}"#,
+            ),
+            event(
+                "message_delta",
+                r#"{"type":"message_delta","delta":{"stop_reason":"max_tokens"},"usage":{"output_tokens":9}}"#,
+            ),
+            event("message_stop", r#"{"type":"message_stop"}"#),
+        ]
+        .concat();
+        let expected = vec![
+            Ok(Chunk::Usage(Usage {
+                prompt_tokens: 3,
+                completion_tokens: 1,
+            })),
+            Ok(thinking("Hmm, é…")),
+            Ok(Chunk::ReasoningSignature("c2lnbmVk".into())),
+            Ok(Chunk::Text("Yes.".into())),
+            Ok(Chunk::Usage(Usage {
+                prompt_tokens: 0,
+                completion_tokens: 9,
+            })),
+            Ok(Chunk::Finish("length".into())),
+            Ok(Chunk::Done),
+        ];
+        // Reads of 7 bytes split events, lines and the UTF-8 of "é…" alike.
+        for split in [body.len(), 7] {
+            assert_eq!(decoded(&body, split), expected, "reads of {split} bytes");
+        }
+        let huge = format!(
+            r#"{{"type":"content_block_delta","index":0,"delta":{{"type":"signature_delta","signature":"{}"}}}}"#,
+            "A".repeat(MAX_SIGNATURE_BYTES + 1)
+        );
+        let cut = [
+            event(
+                "content_block_delta",
+                r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"so"}}"#,
+            ),
+            event("content_block_delta", &huge),
+            event(
+                "content_block_delta",
+                r#"{"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":"never"}}"#,
+            ),
+        ]
+        .concat();
+        assert_eq!(
+            decoded(&cut, 4096),
+            vec![
+                Ok(thinking("so")),
+                Err(FailureKind::TooLarge {
+                    what: "thinking signature".into(),
+                    limit: MAX_SIGNATURE_BYTES as u64,
+                }),
+            ]
+        );
+    }
+
     fn with_params(messages: Vec<Message>, params: Value) -> UpstreamRequest {
         UpstreamRequest {
             params: params.as_object().cloned().expect("an object"),

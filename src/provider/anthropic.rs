@@ -7,11 +7,18 @@
 //! prefill; Anthropic rejects a final assistant message that ends in
 //! whitespace, so that whitespace is stripped here — the continuation then
 //! starts with it, and the overlap trim's seam rule keeps exactly one.
+//!
+//! Extended thinking: a caller's `thinking` parameter is passed through, and
+//! `thinking` blocks (their `thinking_delta`s) become [`Chunk::Reasoning`] in
+//! [`ReasoningField::Thinking`], their `signature_delta`s
+//! [`Chunk::ReasoningSignature`], and a `redacted_thinking` block one
+//! [`REDACTED_THINKING`] marker. Anthropic does not take a prefill with
+//! thinking on, so a continuation is sent without it (see [`request_body`]).
 
 use serde_json::{json, Map, Value};
 
 use super::sse::{snippet, SseLimits};
-use super::{Chunk, ChunkStream, Provider, Unsupported, UpstreamRequest};
+use super::{Chunk, ChunkStream, Provider, ReasoningField, Unsupported, UpstreamRequest};
 use crate::failure::FailureKind;
 use crate::redact::Redactor;
 use crate::request::{part_type, Message, Role, Usage};
@@ -20,6 +27,12 @@ use crate::request::{part_type, Message, Role, Usage};
 pub const API_VERSION: &str = "2023-06-01";
 /// `max_tokens` when the client did not set one (Anthropic requires it).
 pub const DEFAULT_MAX_TOKENS: u64 = 4096;
+/// The most bytes one `signature_delta` may carry: real signatures are a few
+/// hundred bytes to a few KiB, and the core keeps them for the whole turn.
+pub const MAX_SIGNATURE_BYTES: usize = 64 * 1024;
+/// What a `redacted_thinking` block becomes: the client learns that reasoning
+/// happened (and where), while the encrypted `data`, of use to Anthropic alone, stays out.
+pub const REDACTED_THINKING: &str = "[redacted thinking]";
 
 /// A provider speaking the Anthropic Messages streaming protocol.
 #[derive(Clone)]
@@ -71,6 +84,15 @@ impl AnthropicProvider {
 const WIRE: &str = "the Anthropic Messages API";
 
 /// The JSON body sent upstream for `request`, or the content part Anthropic cannot take.
+///
+/// A caller's `thinking` (`{"type":"enabled","budget_tokens":N}`, `adaptive`, …)
+/// goes through unchanged, with two exceptions Anthropic forces: it takes no
+/// prefill with thinking on, so a request ending in an assistant message (a
+/// continuation: the text has begun, the thinking is over) goes without it; and `max_tokens` must exceed
+/// `budget_tokens`, so when the caller set no `max_tokens` the default grows
+/// to leave [`DEFAULT_MAX_TOKENS`] for the answer. A `max_tokens` the caller
+/// set is theirs: Anthropic's 400 tells them. (Anthropic also refuses
+/// `temperature`/`top_k` with thinking on; those pass as the caller sent them.)
 pub fn request_body(request: &UpstreamRequest) -> Result<Value, Unsupported> {
     let mut system: Vec<&str> = Vec::new();
     let mut messages: Vec<Value> = Vec::new();
@@ -98,14 +120,17 @@ pub fn request_body(request: &UpstreamRequest) -> Result<Value, Unsupported> {
         messages.push(json!({"role": role, "content": content}));
     }
     // A prefill may not end in whitespace.
-    if let Some(last) = messages.last_mut().filter(|m| m["role"] == "assistant") {
+    let prefill = messages.last_mut().filter(|m| m["role"] == "assistant");
+    let prefilling = prefill.is_some();
+    if let Some(last) = prefill {
         trim_prefill(&mut last["content"]);
     }
     let params = &request.params;
+    let thinking = params.get("thinking").filter(|_| !prefilling);
     let max_tokens = ["max_tokens", "max_completion_tokens"]
         .iter()
         .find_map(|k| params.get(*k).and_then(Value::as_u64))
-        .unwrap_or(DEFAULT_MAX_TOKENS);
+        .unwrap_or_else(|| default_max_tokens(thinking));
     let mut body = Map::new();
     body.insert("model".into(), json!(request.model));
     body.insert("max_tokens".into(), json!(max_tokens));
@@ -119,6 +144,9 @@ pub fn request_body(request: &UpstreamRequest) -> Result<Value, Unsupported> {
             body.insert(key.into(), v.clone());
         }
     }
+    if let Some(thinking) = thinking {
+        body.insert("thinking".into(), thinking.clone());
+    }
     match params.get("stop") {
         Some(Value::String(s)) => {
             body.insert("stop_sequences".into(), json!([s]));
@@ -129,6 +157,19 @@ pub fn request_body(request: &UpstreamRequest) -> Result<Value, Unsupported> {
         _ => {}
     }
     Ok(Value::Object(body))
+}
+
+/// `max_tokens` for a caller who set none: the default, above a thinking budget when one is set.
+fn default_max_tokens(thinking: Option<&Value>) -> u64 {
+    let budget = thinking
+        .and_then(|t| t.get("budget_tokens"))
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    if budget >= DEFAULT_MAX_TOKENS {
+        budget.saturating_add(DEFAULT_MAX_TOKENS)
+    } else {
+        DEFAULT_MAX_TOKENS
+    }
 }
 
 /// Strips the whitespace ending a prefill: the whole string, or its last block when that is text.
@@ -274,10 +315,8 @@ pub fn parse_event(data: &str) -> Result<Vec<Chunk>, FailureKind> {
             Some(u) => vec![Chunk::Usage(usage(u))],
             None => Vec::new(),
         },
-        "content_block_delta" => match value.pointer("/delta/text").and_then(Value::as_str) {
-            Some(text) if !text.is_empty() => vec![Chunk::Text(text.to_string())],
-            _ => Vec::new(),
-        },
+        "content_block_start" => value.get("content_block").map_or(Ok(Vec::new()), block_start)?,
+        "content_block_delta" => value.get("delta").map_or(Ok(Vec::new()), delta)?,
         "message_delta" => {
             let mut out = Vec::new();
             if let Some(u) = value.get("usage") {
@@ -296,9 +335,79 @@ pub fn parse_event(data: &str) -> Result<Vec<Chunk>, FailureKind> {
                 .map_or_else(|| snippet(data), str::to_string);
             return Err(FailureKind::ErrorEvent { message });
         }
-        // ping, content_block_start/stop and future event types carry no text.
+        // ping, content_block_stop and future event types carry no text.
         _ => Vec::new(),
     })
+}
+
+/// The chunks a `content_block_start` carries: a thinking block's opening text
+/// (usually empty) and signature, a redacted block's marker. A text block's
+/// start is empty in practice and its text comes in deltas; a `tool_use` or
+/// an unknown block carries nothing baton forwards.
+fn block_start(block: &Value) -> Result<Vec<Chunk>, FailureKind> {
+    Ok(match block.get("type").and_then(Value::as_str).unwrap_or("") {
+        "thinking" => {
+            let mut out = Vec::new();
+            if let Some(text) = block.get("thinking") {
+                out.extend(reasoning(string(text, "thinking block's `thinking`")?));
+            }
+            if let Some(value) = block.get("signature") {
+                out.extend(signature(value)?);
+            }
+            out
+        }
+        "redacted_thinking" => vec![Chunk::Reasoning {
+            text: REDACTED_THINKING.to_string(),
+            field: ReasoningField::Thinking,
+        }],
+        _ => Vec::new(),
+    })
+}
+
+/// The chunks a `content_block_delta` carries, by the delta's `type`. A
+/// `thinking_delta` or `signature_delta` without its string is malformed (the
+/// type promised it); any other delta is text when it has a `text` string, as
+/// before thinking existed (`input_json_delta` and unknown deltas carry none).
+fn delta(delta: &Value) -> Result<Vec<Chunk>, FailureKind> {
+    let field = |name: &str| delta.get(name).unwrap_or(&Value::Null);
+    Ok(match delta.get("type").and_then(Value::as_str).unwrap_or("") {
+        "thinking_delta" => reasoning(string(field("thinking"), "`thinking_delta`'s `thinking`")?)
+            .into_iter()
+            .collect(),
+        "signature_delta" => signature(field("signature"))?.into_iter().collect(),
+        _ => match delta.get("text").and_then(Value::as_str) {
+            Some(text) if !text.is_empty() => vec![Chunk::Text(text.to_string())],
+            _ => Vec::new(),
+        },
+    })
+}
+
+/// `value` as a string, or malformed naming `what`.
+fn string<'a>(value: &'a Value, what: &str) -> Result<&'a str, FailureKind> {
+    value.as_str().ok_or_else(|| FailureKind::Malformed {
+        detail: format!("{what} is not a string: {:?}", snippet(&value.to_string())),
+    })
+}
+
+/// A thinking chunk for `text`, none for an empty one (the splicer counts chunks as tokens).
+fn reasoning(text: &str) -> Option<Chunk> {
+    (!text.is_empty()).then(|| Chunk::Reasoning {
+        text: text.to_string(),
+        field: ReasoningField::Thinking,
+    })
+}
+
+/// A signature chunk, none for an empty one; a non-string is malformed and
+/// one over [`MAX_SIGNATURE_BYTES`] too large (it is held for the whole turn).
+fn signature(value: &Value) -> Result<Option<Chunk>, FailureKind> {
+    let signature = string(value, "thinking signature")?;
+    if signature.len() > MAX_SIGNATURE_BYTES {
+        return Err(FailureKind::TooLarge {
+            what: "thinking signature".into(),
+            limit: MAX_SIGNATURE_BYTES as u64,
+        });
+    }
+    Ok((!signature.is_empty()).then(|| Chunk::ReasoningSignature(signature.to_string())))
 }
 
 #[cfg(test)]
@@ -341,6 +450,263 @@ mod tests {
             })
         );
         assert!(matches!(parse_event("{nope"), Err(FailureKind::Malformed { .. })));
+    }
+
+    fn thinking(text: &str) -> Chunk {
+        Chunk::Reasoning {
+            text: text.into(),
+            field: ReasoningField::Thinking,
+        }
+    }
+
+    #[test]
+    fn thinking_blocks_become_reasoning_with_their_signature_and_text_stays_the_answer() {
+        let events = [
+            r#"{"type":"message_start","message":{"id":"m","usage":{"input_tokens":5,"output_tokens":1}}}"#,
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":"","signature":""}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"Let me see: "}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":""}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"2+2=4."}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"EqQBCgIYAhIM1gbcDa9GJwZA"}}"#,
+            r#"{"type":"content_block_stop","index":0}"#,
+            r#"{"type":"content_block_start","index":1,"content_block":{"type":"redacted_thinking","data":"EmwKAhgBEgy3va3pzix/SECRET"}}"#,
+            r#"{"type":"content_block_stop","index":1}"#,
+            r#"{"type":"content_block_start","index":2,"content_block":{"type":"text","text":""}}"#,
+            r#"{"type":"content_block_delta","index":2,"delta":{"type":"text_delta","text":"Four."}}"#,
+            r#"{"type":"content_block_stop","index":2}"#,
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":30}}"#,
+            r#"{"type":"message_stop"}"#,
+        ];
+        let chunks: Vec<Chunk> = events
+            .iter()
+            .flat_map(|e| parse_event(e).expect("a well-formed event"))
+            .collect();
+        assert_eq!(
+            chunks,
+            vec![
+                Chunk::Usage(Usage {
+                    prompt_tokens: 5,
+                    completion_tokens: 1
+                }),
+                thinking("Let me see: "),
+                thinking("2+2=4."),
+                Chunk::ReasoningSignature("EqQBCgIYAhIM1gbcDa9GJwZA".into()),
+                thinking(REDACTED_THINKING),
+                Chunk::Text("Four.".into()),
+                Chunk::Usage(Usage {
+                    prompt_tokens: 0,
+                    completion_tokens: 30
+                }),
+                Chunk::Finish("stop".into()),
+                Chunk::Done,
+            ]
+        );
+        assert!(
+            !format!("{chunks:?}").contains("SECRET"),
+            "a redacted block's encrypted data is never forwarded"
+        );
+        let opened = r#"{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":"Hmm","signature":"c2ln"}}"#;
+        assert_eq!(
+            parse_event(opened),
+            Ok(vec![thinking("Hmm"), Chunk::ReasoningSignature("c2ln".into())])
+        );
+    }
+
+    #[test]
+    fn thinking_never_leaks_into_the_answer_and_unknown_blocks_and_deltas_are_ignored() {
+        // A thinking delta that also has a `text` is still reasoning: its type decides.
+        let both =
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"t","text":"x"}}"#;
+        assert_eq!(parse_event(both), Ok(vec![thinking("t")]));
+        for ignored in [
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"t","name":"f","input":{}}}"#,
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"future_block","thinking":42}}"#,
+            r#"{"type":"content_block_start","index":0,"content_block":"not an object"}"#,
+            r#"{"type":"content_block_start","index":0}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"{\"a\":"}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"citations_delta","citation":{}}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":7}}"#,
+            r#"{"type":"content_block_delta","index":0}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":""}}"#,
+        ] {
+            assert_eq!(parse_event(ignored), Ok(vec![]), "{ignored}");
+        }
+    }
+
+    #[test]
+    fn hostile_thinking_is_malformed_and_a_huge_signature_too_large() {
+        for malformed in [
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":42}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":["a"]}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta"}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":{"s":1}}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta"}}"#,
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":null}}"#,
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":"","signature":5}}"#,
+        ] {
+            assert!(
+                matches!(parse_event(malformed), Err(FailureKind::Malformed { .. })),
+                "{malformed}: {:?}",
+                parse_event(malformed)
+            );
+        }
+        let signed = |n: usize| {
+            format!(
+                r#"{{"type":"content_block_delta","index":0,"delta":{{"type":"signature_delta","signature":"{}"}}}}"#,
+                "A".repeat(n)
+            )
+        };
+        assert_eq!(
+            parse_event(&signed(MAX_SIGNATURE_BYTES)),
+            Ok(vec![Chunk::ReasoningSignature("A".repeat(MAX_SIGNATURE_BYTES))])
+        );
+        let error = parse_event(&signed(MAX_SIGNATURE_BYTES + 1)).expect_err("over the cap");
+        assert_eq!(
+            error,
+            FailureKind::TooLarge {
+                what: "thinking signature".into(),
+                limit: MAX_SIGNATURE_BYTES as u64
+            }
+        );
+        let long_start = format!(
+            r#"{{"type":"content_block_start","index":0,"content_block":{{"type":"thinking","thinking":"","signature":"{}"}}}}"#,
+            "A".repeat(MAX_SIGNATURE_BYTES + 1)
+        );
+        assert!(matches!(parse_event(&long_start), Err(FailureKind::TooLarge { .. })));
+    }
+
+    /// The chunks of an SSE `body` delivered in reads of `split` bytes, through the provider's decoder.
+    fn decoded(body: &str, split: usize) -> Vec<Result<Chunk, FailureKind>> {
+        use futures::StreamExt;
+        let reads: Vec<Result<bytes::Bytes, std::io::Error>> = body
+            .as_bytes()
+            .chunks(split)
+            .map(|b| Ok(bytes::Bytes::copy_from_slice(b)))
+            .collect();
+        let stream =
+            super::super::sse::decode_body(futures::stream::iter(reads), parse_sse_event, SseLimits::default());
+        futures::executor::block_on(stream.collect())
+    }
+
+    #[test]
+    fn a_thinking_stream_on_the_wire_keeps_its_order_and_a_huge_signature_ends_it() {
+        let event = |name: &str, data: &str| format!("event: {name}\ndata: {data}\n\n");
+        let body = [
+            event(
+                "message_start",
+                r#"{"type":"message_start","message":{"usage":{"input_tokens":3,"output_tokens":1}}}"#,
+            ),
+            event(
+                "content_block_start",
+                r#"{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":""}}"#,
+            ),
+            event(
+                "content_block_delta",
+                r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"Hmm, é…"}}"#,
+            ),
+            event("ping", r#"{"type":"ping"}"#),
+            event(
+                "content_block_delta",
+                r#"{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"c2lnbmVk"}}"#,
+            ),
+            event(
+                "content_block_start",
+                r#"{"type":"content_block_start","index":1,"content_block":{"type":"text","text":""}}"#,
+            ),
+            event(
+                "content_block_delta",
+                r#"{"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":"Yes."}}"#,
+            ),
+            event(
+                "message_delta",
+                r#"{"type":"message_delta","delta":{"stop_reason":"max_tokens"},"usage":{"output_tokens":9}}"#,
+            ),
+            event("message_stop", r#"{"type":"message_stop"}"#),
+        ]
+        .concat();
+        let expected = vec![
+            Ok(Chunk::Usage(Usage {
+                prompt_tokens: 3,
+                completion_tokens: 1,
+            })),
+            Ok(thinking("Hmm, é…")),
+            Ok(Chunk::ReasoningSignature("c2lnbmVk".into())),
+            Ok(Chunk::Text("Yes.".into())),
+            Ok(Chunk::Usage(Usage {
+                prompt_tokens: 0,
+                completion_tokens: 9,
+            })),
+            Ok(Chunk::Finish("length".into())),
+            Ok(Chunk::Done),
+        ];
+        // Reads of 7 bytes split events, lines and the UTF-8 of "é…" alike.
+        for split in [body.len(), 7] {
+            assert_eq!(decoded(&body, split), expected, "reads of {split} bytes");
+        }
+        let huge = format!(
+            r#"{{"type":"content_block_delta","index":0,"delta":{{"type":"signature_delta","signature":"{}"}}}}"#,
+            "A".repeat(MAX_SIGNATURE_BYTES + 1)
+        );
+        let cut = [
+            event(
+                "content_block_delta",
+                r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"so"}}"#,
+            ),
+            event("content_block_delta", &huge),
+            event(
+                "content_block_delta",
+                r#"{"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":"never"}}"#,
+            ),
+        ]
+        .concat();
+        assert_eq!(
+            decoded(&cut, 4096),
+            vec![
+                Ok(thinking("so")),
+                Err(FailureKind::TooLarge {
+                    what: "thinking signature".into(),
+                    limit: MAX_SIGNATURE_BYTES as u64,
+                }),
+            ]
+        );
+    }
+
+    fn with_params(messages: Vec<Message>, params: Value) -> UpstreamRequest {
+        UpstreamRequest {
+            params: params.as_object().cloned().expect("an object"),
+            ..request(messages)
+        }
+    }
+
+    #[test]
+    fn thinking_passes_through_a_default_max_tokens_grows_past_its_budget_and_a_prefill_goes_without() {
+        let ask = || vec![Message::new(Role::User, "Prove it")];
+        let enabled = json!({"type": "enabled", "budget_tokens": 10_000});
+        let body = request_body(&with_params(ask(), json!({"thinking": enabled}))).expect("text only");
+        assert_eq!(body["thinking"], enabled, "passed through unchanged");
+        assert_eq!(body["max_tokens"], 10_000 + DEFAULT_MAX_TOKENS, "above the budget");
+        let small = json!({"type": "enabled", "budget_tokens": 1024});
+        let body = request_body(&with_params(ask(), json!({"thinking": small}))).expect("text only");
+        assert_eq!(
+            body["max_tokens"], DEFAULT_MAX_TOKENS,
+            "the default is already above it"
+        );
+        let set = json!({"thinking": enabled, "max_tokens": 2000});
+        let body = request_body(&with_params(ask(), set)).expect("text only");
+        assert_eq!(body["max_tokens"], 2000, "the caller's own max_tokens is kept");
+        let adaptive = json!({"type": "adaptive"});
+        let body = request_body(&with_params(ask(), json!({"thinking": adaptive}))).expect("text only");
+        assert_eq!(body["thinking"], adaptive);
+        assert_eq!(body["max_tokens"], DEFAULT_MAX_TOKENS);
+        let body = request_body(&with_params(ask(), json!({}))).expect("text only");
+        assert!(body.get("thinking").is_none());
+        // A continuation prefills the answer, which Anthropic refuses with thinking on.
+        let mut continuation = ask();
+        continuation.push(Message::new(Role::Assistant, "Suppose not. "));
+        let body = request_body(&with_params(continuation, json!({"thinking": enabled}))).expect("text only");
+        assert!(body.get("thinking").is_none(), "{body}");
+        assert_eq!(body["max_tokens"], DEFAULT_MAX_TOKENS);
+        assert_eq!(body["messages"][1]["content"], "Suppose not.");
     }
 
     #[test]

@@ -212,8 +212,6 @@ impl Watchdog {
             match next {
                 None => return self.end_or(FailureKind::Truncated { detail: None }),
                 Some(Ok(Chunk::Opened)) => {}
-                // Not yet a channel of its own: the typed reasoning channel replaces this arm.
-                Some(Ok(Chunk::Reasoning { .. } | Chunk::ReasoningSignature(_))) => {}
                 Some(Ok(Chunk::Text(text))) if text.is_empty() => {}
                 Some(Ok(Chunk::Text(text))) => {
                     self.seen_text = true;

@@ -68,28 +68,6 @@ pub enum Chunk {
     Usage(Usage),
     /// The `[DONE]` sentinel.
     Done,
-    /// Reasoning text (not the answer), with the field it came in.
-    Reasoning {
-        /// The text.
-        text: String,
-        /// The field it came in.
-        field: ReasoningField,
-    },
-    /// An Anthropic thinking block's signature (never forwarded to another model).
-    ReasoningSignature(String),
-}
-
-/// Which field a reasoning delta came in, so the client gets it the same way.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ReasoningField {
-    /// `reasoning_content` (DeepSeek, vLLM, SGLang, Qwen …).
-    #[default]
-    ReasoningContent,
-    /// `reasoning` (OpenRouter, Ollama, gpt-oss …).
-    Reasoning,
-    /// An Anthropic `thinking` block.
-    Thinking,
 }
 
 /// The stream a provider returns: chunks, or the failure that ended it.

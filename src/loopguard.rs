@@ -128,6 +128,51 @@ impl LoopGuard {
     }
 }
 
+/// A loop guard over a channel the splicer does not keep, such as an
+/// attempt's reasoning (thinking loops are common): it holds only the tail a
+/// look can reach, so hours of thinking cost a bounded buffer.
+#[derive(Clone, Debug)]
+pub struct TailGuard {
+    config: LoopConfig,
+    guard: LoopGuard,
+    tail: String,
+    /// The most a look reads back, so the least the tail must keep.
+    reach: usize,
+}
+
+impl TailGuard {
+    /// A guard with `config` over a channel that starts empty.
+    pub fn new(config: &LoopConfig) -> Self {
+        let reach = (config.min_span_bytes as usize).max(config.min_repeats as usize * MAX_PERIOD) + CHECK_EVERY;
+        TailGuard {
+            config: config.clone(),
+            guard: LoopGuard::new(config, 0),
+            tail: String::new(),
+            reach,
+        }
+    }
+
+    /// Adds `text` to the channel; the loop it now ends with, if any.
+    pub fn push(&mut self, text: &str) -> Option<Loop> {
+        self.tail.push_str(text);
+        if self.tail.len() > 2 * self.reach {
+            // Keep what a look can reach; the guard starts over on what is kept.
+            let mut cut = self.tail.len() - self.reach;
+            while !self.tail.is_char_boundary(cut) {
+                cut += 1;
+            }
+            self.tail.drain(..cut);
+            self.guard = LoopGuard::new(&self.config, 0);
+        }
+        self.guard.observe(&self.tail)
+    }
+
+    /// Bytes held.
+    pub fn held(&self) -> usize {
+        self.tail.len()
+    }
+}
+
 /// The loop ending at the end of `text`: its period and where it begins.
 pub fn find(text: &[u8], min_repeats: usize, min_span: usize) -> Option<(usize, usize)> {
     let n = text.len();
@@ -154,6 +199,30 @@ pub fn find(text: &[u8], min_repeats: usize, min_span: usize) -> Option<(usize, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tail_guard_catches_a_loop_and_holds_a_bounded_tail() {
+        let config = LoopConfig::default();
+        let mut thinking = TailGuard::new(&config);
+        // Long genuine thinking: no loop, and only a bounded tail is kept.
+        let mut found = None;
+        for i in 0..20_000 {
+            found = found.or(thinking.push(&format!("step {i} weighs option {} ", i * 7 % 13)));
+        }
+        assert_eq!(found, None);
+        assert!(
+            thinking.held() <= 2 * (300usize.max(6 * MAX_PERIOD) + CHECK_EVERY),
+            "{}",
+            thinking.held()
+        );
+        // Then it loops.
+        let mut looped = None;
+        for _ in 0..200 {
+            looped = looped.or(thinking.push("wait, let me reconsider. "));
+        }
+        let looped = looped.expect("a loop");
+        assert_eq!(looped.period, "wait, let me reconsider. ".len());
+    }
     use proptest::prelude::*;
 
     fn config(min_repeats: u32, min_span_bytes: u32) -> LoopConfig {

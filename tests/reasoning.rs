@@ -267,3 +267,37 @@ async fn an_anthropic_routes_thinking_reaches_an_openai_client_as_reasoning() {
         "Claude's thinking as reasoning_content, the seam marked, the fallback's"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_thinking_loop_is_caught_and_handed_over() {
+    let splicer = Splicer::new(Ladder::new(vec![
+        Route::new("primary", "oracle-think", oracle("loop@3", Duration::from_millis(10))),
+        Route::new("fallback", "oracle-think", oracle("none", Duration::from_millis(10))),
+    ]));
+    let marker = splicer.ladder().reasoning_marker.clone();
+    let mut events = splicer.subscribe();
+    let messages = question("thinking loop");
+    let got = run(&splicer, &messages).await;
+    assert!(got.complete);
+    assert_eq!(got.failures, ["loop"], "the thinking loop was caught");
+    assert_eq!(got.handovers, 1);
+    assert_eq!(got.text, answer(&messages), "byte for byte");
+    let looped = got
+        .reasoning
+        .strip_prefix(&thinking_until(&messages, 3))
+        .and_then(|rest| rest.strip_suffix(&format!("{marker}{}", thinking(&messages))))
+        .unwrap_or_else(|| {
+            panic!(
+                "cut thinking, its loop, the marker, the fallback's: {:?}",
+                got.reasoning
+            )
+        });
+    let phrase = baton::oracle::script::LOOP_PHRASE;
+    assert!(
+        looped.len() < baton::oracle::script::LOOP_REPEATS * phrase.len() / 2 && looped.contains(&phrase.repeat(6)),
+        "stopped early in the loop: {} bytes",
+        looped.len()
+    );
+    let verdict = support::verify_events(&support::drain(&mut events));
+    assert_eq!(verdict, Outcome::Ok { partial: false });
+}

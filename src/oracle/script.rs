@@ -156,6 +156,7 @@ pub fn steps(model: &str, messages: &[Message], fault: Fault, style: Style, paci
     } else {
         chunks(&reply.text, hash)
     };
+    let thought_parts = thinking.len();
     let parts: Vec<(Option<&str>, &str)> = thinking
         .into_iter()
         .chain(answer.into_iter().map(|c| (None, c)))
@@ -171,11 +172,16 @@ pub fn steps(model: &str, messages: &[Message], fault: Fault, style: Style, paci
     for k in 0..=parts.len() {
         match fault {
             Fault::LoopAfter(at) if at.min(parts.len()) == k => {
+                // Inside the thinking, it is the thinking that loops.
+                let thinking_field = thought.as_ref().map(|(f, _)| *f).filter(|_| k < thought_parts);
                 for i in 0..LOOP_REPEATS {
                     if k > 0 || i > 0 {
                         out.push(Step::Wait(pacing.interval));
                     }
-                    out.push(Step::Data(chunk_json(model, Some(LOOP_PHRASE), None)));
+                    out.push(Step::Data(match thinking_field {
+                        Some(field) => reasoning_chunk_json(model, field, LOOP_PHRASE),
+                        None => chunk_json(model, Some(LOOP_PHRASE), None),
+                    }));
                 }
                 finish = "length";
                 sent = k + LOOP_REPEATS;

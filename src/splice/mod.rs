@@ -322,6 +322,7 @@ impl Splicer {
             loop {
                 let mut route = &ladder.routes[state.route];
                 let mut attempt = session.open(route, &state, &ladder.instruction, &ladder.rules);
+                attempt.thought = ladder.loop_guard.as_ref().map(crate::loopguard::TailGuard::new);
                 let mut race = Race::arm(&ladder, &state, &attempt, session.lost);
                 let mut guard = ladder.loop_guard.as_ref().map(|c| LoopGuard::new(c, session.emitted.len()));
                 let ended = loop {
@@ -345,8 +346,14 @@ impl Splicer {
                         }
                         Some(Watched::Reasoning { text, field }) => {
                             attempt.reason(&session, &text);
+                            // Thinking loops too: watched on its own bounded tail (it is never the prefix).
+                            let looped = attempt.thought.as_mut().and_then(|g| g.push(&text));
                             for item in session.deliver_reasoning(&ladder, &attempt, text, field) {
                                 yield item;
+                            }
+                            if let Some(found) = looped {
+                                let period = u32::try_from(found.period).unwrap_or(u32::MAX);
+                                break Err(FailureKind::Loop { period, repeats: found.repeats });
                             }
                         }
                         Some(Watched::ToolCalls(calls)) => {
@@ -557,6 +564,8 @@ struct Session<'r> {
 struct Attempt {
     /// Its number in the session, from 1.
     number: u32,
+    /// The loop guard over its reasoning, when the ladder guards loops.
+    thought: Option<crate::loopguard::TailGuard>,
     /// The breaker's permission; `None` when the breaker skipped the route.
     permit: Option<Permit>,
     watchdog: Watchdog,

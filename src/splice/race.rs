@@ -156,7 +156,8 @@ impl<'r> Session<'r> {
             hedge_attempt: self.attempts + 1,
             after_ms: after.as_millis() as u64,
         });
-        let hedge = self.open(next, &state, &ladder.instruction, &ladder.rules);
+        let mut hedge = self.open(next, &state, &ladder.instruction, &ladder.rules);
+        hedge.thought = ladder.loop_guard.as_ref().map(crate::loopguard::TailGuard::new);
         Race::Running {
             hedge: Box::new(hedge),
             state,

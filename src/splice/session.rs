@@ -80,6 +80,7 @@ impl<'r> Session<'r> {
         };
         Attempt {
             number: self.attempts,
+            thought: None,
             permit,
             watchdog: crate::deadline::watchdog(route, &health, stream, deadlines),
             trim: OverlapTrim::new(&self.emitted, evidence),

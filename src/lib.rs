@@ -42,7 +42,7 @@
 //! * [`dashboard`]: the terminal dashboard (`baton demo`, `baton watch`).
 //! * [`bench`](mod@bench): `baton bench`, streaming throughput, latency and memory, direct vs proxied.
 //! * [`stall_bench`]: `baton bench stall`, the default stall policy's false handovers and detection times.
-//! * [`report`]: printing a tool's report as text or one JSON line.
+//! * [`report`]: ending a tool: its report as text or one JSON line, and its exit code.
 //! * [`soak`]: `baton soak`, many sessions through `baton serve` against `baton mock` with faults; RSS and descriptors.
 //!
 //! # Features

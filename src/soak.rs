@@ -786,14 +786,7 @@ pub async fn main(options: SoakOptions, json: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if !crate::report::print("baton soak", &report, json) {
-        return ExitCode::FAILURE;
-    }
-    if report.all_intact && report.no_fd_leak {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    crate::report::finish("baton soak", &report, json, report.all_intact && report.no_fd_leak)
 }
 
 #[cfg(test)]

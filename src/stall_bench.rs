@@ -393,14 +393,7 @@ pub fn main(options: StallBenchOptions, json: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if !crate::report::print("baton bench stall", &report, json) {
-        return ExitCode::FAILURE;
-    }
-    if report.intact() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    crate::report::finish("baton bench stall", &report, json, report.intact())
 }
 
 #[cfg(test)]

@@ -564,6 +564,17 @@ async fn a_rate_limited_primary_is_the_last_rung_when_the_fallback_is_open() {
 
 // ---- d. hedge after a failed hedge ----------------------------------------
 
+/// primary → second → third, a late first token hedged after 100 ms.
+fn hedged_three(primary: Arc<dyn Provider>, second: Arc<MockProvider>, third: Arc<MockProvider>) -> Splicer {
+    let mut ladder = Ladder::new(vec![
+        Route::new("primary", "p", primary),
+        Route::new("second", "s", second),
+        Route::new("third", "t", third),
+    ]);
+    ladder.hedge = Some(HedgePolicy::new(Some(Duration::from_millis(100)), 5));
+    Splicer::new(ladder)
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_route_whose_hedge_failed_is_not_handed_to_later() {
     // The primary's first token comes after 300 ms, then it drops after 10 chunks.
@@ -577,33 +588,19 @@ async fn a_route_whose_hedge_failed_is_not_handed_to_later() {
             interval: Duration::from_millis(5),
         }),
     );
-    let second = mock("503");
-    let third = mock("none");
-    let mut ladder = Ladder::new(vec![
-        Route::new("primary", "p", primary.clone()),
-        Route::new("second", "s", second.clone()),
-        Route::new("third", "t", third.clone()),
-    ]);
-    ladder.hedge = Some(HedgePolicy::new(Some(Duration::from_millis(100)), 5));
-    let splicer = Splicer::new(ladder);
+    let (second, third) = (mock("503"), mock("none"));
+    let splicer = hedged_three(primary.clone(), second.clone(), third.clone());
     let mut events = splicer.subscribe();
     let messages = question("d");
-    let mut client = splicer.splice(ChatRequest::new(messages.clone()));
-    let mut text = String::new();
-    let mut handovers = Vec::new();
-    let mut done = None;
-    while let Some(item) = client.next().await {
-        match item {
-            baton::splice::ClientItem::Text { text: t, .. } => text.push_str(&t),
-            baton::splice::ClientItem::Handover(h) => handovers.push((h.from.to_string(), h.to.to_string())),
-            baton::splice::ClientItem::Done(c) => done = Some(c),
-            baton::splice::ClientItem::Failed(e) => panic!("failed: {e}"),
-            baton::splice::ClientItem::ToolCalls { .. } | baton::splice::ClientItem::Reasoning { .. } => {}
-        }
-    }
+    let collected = splicer.collect(ChatRequest::new(messages.clone())).await;
     let events = drain(&mut events);
-    assert_eq!(text, answer(&messages), "nothing lost, nothing doubled");
-    let done = done.expect("complete");
+    assert_eq!(collected.text, answer(&messages), "nothing lost, nothing doubled");
+    let handovers: Vec<(String, String)> = collected
+        .handovers
+        .iter()
+        .map(|h| (h.from.to_string(), h.to.to_string()))
+        .collect();
+    let done = collected.outcome.expect("complete");
     assert_eq!(done.route_chain, ["primary", "third"]);
     assert_eq!(handovers, [("primary".to_string(), "third".to_string())]);
     assert_eq!(
@@ -732,15 +729,8 @@ async fn a_retry_of_a_hedged_attempt_is_not_hedged_to_the_route_that_failed() {
             }),
         ),
     });
-    let second = mock("503");
-    let third = mock("none");
-    let mut ladder = Ladder::new(vec![
-        Route::new("primary", "p", primary.clone()),
-        Route::new("second", "s", second.clone()),
-        Route::new("third", "t", third.clone()),
-    ]);
-    ladder.hedge = Some(HedgePolicy::new(Some(Duration::from_millis(100)), 5));
-    let splicer = Splicer::new(ladder);
+    let (second, third) = (mock("503"), mock("none"));
+    let splicer = hedged_three(primary.clone(), second.clone(), third.clone());
     let mut events = splicer.subscribe();
     let messages = question("d retry");
     let done = splicer.collect(ChatRequest::new(messages.clone())).await;

@@ -546,12 +546,7 @@ async fn proxy(hostile_url: &str) -> Served {
 async fn stream_through(proxy: &Served, conversation: &[Message]) -> Sse {
     let body = serde_json::json!({"model": "chat", "messages": conversation, "stream": true});
     let read = async {
-        let response = reqwest::Client::new()
-            .post(proxy.url("/v1/chat/completions"))
-            .json(&body)
-            .send()
-            .await
-            .expect("request");
+        let response = proxy.chat(&body).await;
         assert_eq!(response.status(), 200);
         response.text().await.expect("body")
     };
@@ -675,12 +670,7 @@ async fn through_the_proxy_a_tool_call_index_of_four_billion_hands_over_streamed
     // Whole: the merge of the held tool calls is where memory once ran out.
     let body = serde_json::json!({"model": "chat", "messages": conv, "stream": false});
     let read = async {
-        let response = reqwest::Client::new()
-            .post(proxy.url("/v1/chat/completions"))
-            .json(&body)
-            .send()
-            .await
-            .expect("the server answers");
+        let response = proxy.chat(&body).await;
         assert_eq!(response.status(), 200);
         response.json::<Value>().await.expect("a JSON completion")
     };

@@ -194,18 +194,7 @@ async fn over_the_proxy_an_openai_client_gets_the_reasoning_and_the_answer() {
     assert_eq!(response.status(), 200);
     let sse = support::Sse::parse(&response.text().await.expect("body"));
     assert_eq!(sse.text(), answer(&messages), "byte for byte");
-    let reasoning: String = sse
-        .chunks()
-        .iter()
-        .filter_map(|c| {
-            let delta = c.pointer("/choices/0/delta")?;
-            delta
-                .get("reasoning_content")
-                .or_else(|| delta.get("reasoning"))
-                .and_then(serde_json::Value::as_str)
-                .map(str::to_string)
-        })
-        .collect();
+    let reasoning = sse.reasoning();
     assert!(reasoning.starts_with(&thinking_until(&messages, 4)), "{reasoning:?}");
     assert!(
         reasoning.ends_with(&thinking(&messages)),
@@ -251,15 +240,12 @@ async fn an_anthropic_routes_thinking_reaches_an_openai_client_as_reasoning() {
     assert_eq!(response.status(), 200);
     let sse = support::Sse::parse(&response.text().await.expect("body"));
     assert_eq!(sse.text(), answer(&messages), "byte for byte");
-    let reasoning: String = sse
+    // Claude's thinking goes out as `reasoning_content`, never as `reasoning`.
+    assert!(sse
         .chunks()
         .iter()
-        .filter_map(|c| {
-            c.pointer("/choices/0/delta/reasoning_content")
-                .and_then(serde_json::Value::as_str)
-        })
-        .map(str::to_string)
-        .collect();
+        .all(|c| c.pointer("/choices/0/delta/reasoning").is_none()));
+    let reasoning = sse.reasoning();
     let marker = baton::reasoning::SEAM_MARKER;
     let expected = format!("{}{marker}{}", thinking_until(&messages, 4), thinking(&messages));
     assert_eq!(

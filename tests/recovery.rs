@@ -478,7 +478,8 @@ async fn baton_serve_probes_an_actively_probed_route_itself() {
     let failed = "baton_breaker_probes_total{route=\"primary\",model=\"big\",outcome=\"failed\"}";
     let attempts = "baton_model_attempts_total{route=\"primary\",model=\"big\"}";
     let mut metrics = String::new();
-    for _ in 0..100 {
+    // Real time: the probe is due a second after the breaker opened; up to 30 s on a loaded machine.
+    for _ in 0..600 {
         metrics = served.get("/metrics").await;
         if metric(&metrics, ok) > 0 {
             break;

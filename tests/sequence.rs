@@ -98,13 +98,15 @@ async fn ask(proxy: &Served, model: &str, messages: &[Message]) -> Got {
     }
 }
 
-/// A gauge or counter for the primary serving `model` in `/metrics` (0 when absent).
+/// A gauge or counter for the primary serving `model` in `/metrics`; a missing
+/// line fails the test (a closed breaker must show as 0, not go unreported).
 fn primary_metric(metrics: &str, name: &str, model: &str) -> f64 {
     let prefix = format!("{name}{{route=\"primary\",model=\"{model}\"}} ");
-    metrics
+    let value = metrics
         .lines()
         .find_map(|l| l.strip_prefix(&prefix))
-        .map_or(0.0, |v| v.trim().parse().unwrap_or_else(|e| panic!("{l}: {e}", l = v)))
+        .unwrap_or_else(|| panic!("no {prefix:?} in\n{metrics}"));
+    value.trim().parse().unwrap_or_else(|e| panic!("{value}: {e}"))
 }
 
 #[tokio::test]

@@ -548,16 +548,14 @@ struct Session<'r> {
     deltas: Option<Vec<String>>,
     /// Reasoning bytes the client has received (seam markers included).
     reasoning_sent: u64,
-    /// Reasoning bytes counted but not forwarded (a fallback's, after the answer began).
-    reasoning_withheld: u64,
     /// The attempt whose reasoning the client got last.
     reasoning_writer: Option<u32>,
     /// The field of the reasoning the client got last: a seam marker goes out in it.
     reasoning_field: ReasoningField,
     /// The client's reasoning was cut by a failure and no marker shows it yet.
     seam_due: bool,
-    /// The ladder's seam marker.
-    seam_marker: String,
+    /// The ladder's seam marker (borrowed: not copied per session).
+    seam_marker: &'r str,
 }
 
 /// One upstream attempt.

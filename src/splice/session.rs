@@ -4,7 +4,7 @@
 use super::*;
 
 impl<'r> Session<'r> {
-    pub(super) fn new(request: &'r ChatRequest, ladder: &Ladder, log: SessionLog) -> Self {
+    pub(super) fn new(request: &'r ChatRequest, ladder: &'r Ladder, log: SessionLog) -> Self {
         let (hi, lo) = request.session.as_u64_pair();
         let asked = request.model.as_deref();
         Session {
@@ -25,11 +25,10 @@ impl<'r> Session<'r> {
             tool_calls_sent: false,
             deltas: ladder.cache.is_some().then(Vec::new),
             reasoning_sent: 0,
-            reasoning_withheld: 0,
             reasoning_writer: None,
             reasoning_field: ReasoningField::default(),
             seam_due: false,
-            seam_marker: ladder.reasoning_marker.clone(),
+            seam_marker: &ladder.reasoning_marker,
         }
     }
 
@@ -167,7 +166,7 @@ impl<'r> Session<'r> {
     ) -> Delivered {
         let placement = reasoning::place(attempt.late, ladder.forward_late_reasoning, self.seam_due);
         if placement == Placement::Withheld {
-            self.reasoning_withheld += text.len() as u64;
+            // Counted in the attempt's deltas already; never forwarded.
             return [None, None, None].into_iter().flatten();
         }
         let handover = self.arrive(&attempt.route);
@@ -200,7 +199,7 @@ impl<'r> Session<'r> {
         if self.seam_marker.is_empty() {
             return None;
         }
-        let text = self.seam_marker.clone();
+        let text = self.seam_marker.to_string();
         if self.log.listened() {
             self.log.emit(EventKind::Reasoning {
                 route: route.to_string(),

@@ -384,6 +384,21 @@ impl Sse {
             .collect()
     }
 
+    /// The reasoning text: the `reasoning_content` or `reasoning` deltas of [`Sse::chunks`], concatenated.
+    pub fn reasoning(&self) -> String {
+        self.chunks()
+            .iter()
+            .filter_map(|c| {
+                let delta = c.pointer("/choices/0/delta")?;
+                delta
+                    .get("reasoning_content")
+                    .or_else(|| delta.get("reasoning"))
+                    .and_then(serde_json::Value::as_str)
+                    .map(str::to_string)
+            })
+            .collect()
+    }
+
     /// The last payload as JSON.
     pub fn last_json(&self) -> serde_json::Value {
         let last = self.data.last().expect("at least one event");

@@ -447,6 +447,21 @@ impl ModelHealth {
             w => Some(w),
         }
     }
+
+    /// What a failure of one of its attempts teaches it, before the ladder
+    /// decides (a learned window steers the handover): a first-token timeout
+    /// is a first-token time, and a context-length error may state the window.
+    pub fn learn_from(&self, failure: &FailureKind) {
+        match failure {
+            FailureKind::FirstTokenTimeout { after } => self.record_ttft(*after),
+            FailureKind::ContextLength { message } => {
+                if let Some(window) = crate::fit::stated_window(message) {
+                    self.learn_window(window);
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 #[cfg(test)]

@@ -310,6 +310,16 @@ pub enum Decision {
     Exhausted,
 }
 
+impl Decision {
+    /// What the decision teaches the health of the model that failed, for
+    /// every later session: switching to instruct means it rejects prefill.
+    pub fn teach(&self, health: &ModelHealth) {
+        if let Decision::SwitchToInstruct = self {
+            health.remember_no_prefill();
+        }
+    }
+}
+
 impl Ladder {
     /// The same ladder named `name`.
     pub fn named(mut self, name: &str) -> Self {
@@ -327,6 +337,22 @@ impl Ladder {
     /// given what the session `known`s of the routes. `jitter` in `[0, 1)`
     /// scales the exponential backoff (full jitter).
     pub fn decide(&self, failure: &FailureKind, state: &AttemptState, known: &Known, jitter: f64) -> Decision {
+        self.decide_within(failure, state, known, jitter, &mut |_| true)
+    }
+
+    /// [`Ladder::decide`] within the routes' retry budgets: `retry_allowed(i)`
+    /// is asked (and spends route `i`'s budget) only when the decision would
+    /// ask route `i` again — a retry, or a return to a deferred route. A
+    /// refused retry hands over (or returns, or ends) in the same decision; a
+    /// refused return ends the ladder.
+    pub fn decide_within(
+        &self,
+        failure: &FailureKind,
+        state: &AttemptState,
+        known: &Known,
+        jitter: f64,
+        retry_allowed: &mut dyn FnMut(usize) -> bool,
+    ) -> Decision {
         match failure.class() {
             FailureClass::Policy => return Decision::Refuse,
             FailureClass::Local => return Decision::Local,
@@ -346,29 +372,27 @@ impl Ladder {
             && state.retries < self.retry.max_retries
         {
             let jitter = jitter.clamp(0.0, 1.0);
-            match failure.retry_after() {
-                Some(wait) if wait <= self.retry.retry_after_ceiling => return Decision::Retry { delay: wait },
-                Some(_) => {} // too long to keep the user waiting: hand over
-                None if rate_limited => {
-                    return Decision::Retry {
-                        delay: self.rate_limit_backoff(state.retries, jitter),
-                    };
-                }
+            let delay = match failure.retry_after() {
+                Some(wait) if wait <= self.retry.retry_after_ceiling => Some(wait),
+                Some(_) => None, // too long to keep the user waiting: hand over
+                None if rate_limited => Some(self.rate_limit_backoff(state.retries, jitter)),
                 None => {
                     let ceiling = self
                         .retry
                         .base_delay
                         .saturating_mul(1u32 << state.retries.min(16))
                         .min(self.retry.max_delay);
-                    return Decision::Retry {
-                        delay: ceiling.mul_f64(jitter),
-                    };
+                    Some(ceiling.mul_f64(jitter))
                 }
+            };
+            // A spent retry budget: hand over instead of adding load.
+            if let Some(delay) = delay.filter(|_| retry_allowed(state.route)) {
+                return Decision::Retry { delay };
             }
         }
         match (next, known.deferred) {
             (Some(to), _) => Decision::HandOver { to },
-            (None, Some(d)) if d.retries < self.retry.max_retries => Decision::Return {
+            (None, Some(d)) if d.retries < self.retry.max_retries && retry_allowed(d.route) => Decision::Return {
                 to: d.route,
                 delay: d
                     .retry_after

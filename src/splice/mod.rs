@@ -1,13 +1,24 @@
 //! The splicer: one continuous client stream out of a ladder of upstream attempts.
 //!
-//! States: `Streaming(route) → HandingOver → Streaming(next) → Done | Failed`.
-//! Each attempt is a provider stream wrapped in a [`Watchdog`]; a failure goes
-//! to [`Ladder::decide`]; a handover builds the continuation request from the
-//! text the client already has and streams the new route's answer through the
-//! [`OverlapTrim`]. The splicer owns no socket and no clock but tokio's.
+//! Its decisions are a pure state machine (`machine`): `Opening` (an attempt
+//! is open, no token yet) `→ Streaming → Done`, or on a failure `→ Deciding`,
+//! then by the ladder's decision `→ Waiting` (a retry, a return to a deferred
+//! route, a switch to instruct) `→ Opening`, `→ HandingOver → Opening` on the
+//! next route, `→ Failed` (a refusal, local resources) or `→ Exhausted` (the
+//! cache and safe-reply rungs answer, or the session fails). Every state has
+//! the session's phase: `Thinking` until the client has answer text (a
+//! handover starts the answer afresh, behind the reasoning seam marker),
+//! `Answering` after (a handover continues the text).
 //!
-//! The attempt loop is here; a session's steps are in `session`, the hedge
-//! race in `race`, and the cache and safe-reply rungs in `rungs`.
+//! The thin async driver here executes the machine's actions: each attempt is
+//! a provider stream wrapped in a [`Watchdog`] (raced against a hedge while
+//! `race` says so); a failure goes to [`Ladder::decide_within`], once, within
+//! the routes' retry budgets; a handover builds the continuation request from
+//! the text the client already has and streams the new route's answer through
+//! the [`OverlapTrim`]. The splicer owns no socket and no clock but tokio's.
+//!
+//! A session's IO steps are in `session`, the hedge race in `race`, and the
+//! cache and safe-reply rungs in `rungs`.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -30,7 +41,7 @@ use crate::loopguard::{Loop, LoopGuard};
 use crate::oracle::SplitMix;
 use crate::overlap::{Evidence, OverlapTrim, Proof};
 use crate::provider::{ReasoningField, UpstreamRequest};
-use crate::reasoning::{self, Placement};
+use crate::reasoning::Placement;
 use crate::record::spec::{LadderSpec, RequestSpec};
 use crate::request::{ChatRequest, Message, Usage};
 use crate::rules::Rules;
@@ -38,10 +49,12 @@ use crate::safe_reply::{self, SAFE_REPLY_MODEL, SAFE_REPLY_ROUTE};
 use crate::usage::{self, AttemptTokens, Tally};
 use crate::watchdog::{Watchdog, Watched};
 
+mod machine;
 mod race;
 mod rungs;
 mod session;
 
+use machine::{Action, Event, Machine};
 use race::Race;
 
 /// How many events the broadcast keeps for slow subscribers.
@@ -306,33 +319,57 @@ impl Splicer {
                 });
             }
             let mut session = Session::new(&request, &ladder, log);
-            if let Some(items) = session.cached(&ladder, false) {
+            if let Some(items) = session.cached(&ladder, false, false) {
                 for item in items {
                     yield item;
                 }
                 return;
             }
             let Some(first) = ladder.routes.first() else {
-                for item in session.last_resort(&ladder) {
+                for item in session.last_resort(&ladder, false) {
                     yield item;
                 }
                 return;
             };
+            // The driver: it opens, reads and delivers as the machine says, and feeds it what came.
             let mut state = AttemptState::first_on(0, first, &session.health(0));
+            let mut machine = Machine::new(state, ladder.forward_late_reasoning);
+            let mut route = first;
+            let mut attempt = session.open(route, &state, &ladder.instruction, &ladder.rules);
+            attempt.thought = ladder.loop_guard.as_ref().map(crate::loopguard::TailGuard::new);
+            let mut race = Race::arm(&ladder, &state, &attempt, session.lost);
+            let mut guard = ladder.loop_guard.as_ref().map(|c| LoopGuard::new(c, session.emitted.len()));
+            let mut actions = machine.on(Event::Opened(state));
             loop {
-                let mut route = &ladder.routes[state.route];
-                let mut attempt = session.open(route, &state, &ladder.instruction, &ladder.rules);
-                attempt.thought = ladder.loop_guard.as_ref().map(crate::loopguard::TailGuard::new);
-                let mut race = Race::arm(&ladder, &state, &attempt, session.lost);
-                let mut guard = ladder.loop_guard.as_ref().map(|c| LoopGuard::new(c, session.emitted.len()));
-                let ended = loop {
-                    // A hedge race may switch the attempt (and its route and state) to the hedge.
-                    let next = session.next_item(&ladder, &mut route, &mut attempt, &mut state, &mut race).await;
-                    session.upstream(&attempt, next.as_ref());
-                    match next {
-                        Some(Watched::Text(text)) => {
-                            let out = attempt.text(&session, text);
-                            for item in session.deliver(&attempt, out) {
+                let mut next = None;
+                for action in actions {
+                    match action {
+                        Action::Open { route: index, retries, mode } => {
+                            route = &ladder.routes[index];
+                            state = AttemptState { retries, ..AttemptState::first_on(index, route, &session.health(index)) };
+                            if let Some(mode) = mode {
+                                state.mode = mode;
+                            }
+                            attempt = session.open(route, &state, &ladder.instruction, &ladder.rules);
+                            attempt.thought = ladder.loop_guard.as_ref().map(crate::loopguard::TailGuard::new);
+                            race = Race::arm(&ladder, &state, &attempt, session.lost);
+                            guard = ladder.loop_guard.as_ref().map(|c| LoopGuard::new(c, session.emitted.len()));
+                            next = Some(Event::Opened(state));
+                        }
+                        Action::Read => {
+                            let number = attempt.number;
+                            // A hedge race may switch the attempt (and its route and state) to the hedge.
+                            let item = session.next_item(&ladder, &mut route, &mut attempt, &mut state, &mut race, machine.has_content()).await;
+                            session.upstream(&attempt, item.as_ref());
+                            if attempt.number != number {
+                                machine.on(Event::Switched(state));
+                            }
+                            next = Some(item.map_or(Event::Ended, Event::Item));
+                        }
+                        Action::FirstToken { timed } => attempt.first_token(&session, timed),
+                        Action::Text { text, seam } => {
+                            let out = attempt.text(text);
+                            for item in session.deliver(&attempt, out, seam) {
                                 yield item;
                             }
                             if let Some(found) = guard.as_mut().and_then(|g| g.observe(&session.emitted)) {
@@ -340,144 +377,108 @@ impl Splicer {
                                 if let Some(item) = session.cut_loop(&attempt, &found, marker) {
                                     yield item;
                                 }
-                                let period = u32::try_from(found.period).unwrap_or(u32::MAX);
-                                break Err(FailureKind::Loop { period, repeats: found.repeats });
+                                next = Some(Event::Item(Watched::Failed(looped(&found))));
+                                break;
                             }
                         }
-                        Some(Watched::Reasoning { text, field }) => {
-                            attempt.reason(&session, &text);
+                        Action::Reasoning { text, field, placement } => {
                             // Thinking loops too: watched on its own bounded tail (it is never the prefix).
-                            let looped = attempt.thought.as_mut().and_then(|g| g.push(&text));
-                            for item in session.deliver_reasoning(&ladder, &attempt, text, field) {
+                            let found = attempt.thought.as_mut().and_then(|g| g.push(&text));
+                            for item in session.deliver_reasoning(&attempt, text, field, placement) {
                                 yield item;
                             }
-                            if let Some(found) = looped {
-                                let period = u32::try_from(found.period).unwrap_or(u32::MAX);
-                                break Err(FailureKind::Loop { period, repeats: found.repeats });
+                            if let Some(found) = found {
+                                next = Some(Event::Item(Watched::Failed(looped(&found))));
+                                break;
                             }
                         }
-                        Some(Watched::ToolCalls(calls)) => {
-                            if attempt.tokens == 0 {
-                                attempt.judge(&session);
+                        Action::Usage(usage) => attempt.usage = Some(usage::merge(attempt.usage, usage)),
+                        Action::Close { failure, deltas } => {
+                            session.settle(route, &mut attempt, failure.as_ref());
+                            if let Some(failure) = &failure {
+                                attempt.health.learn_from(failure);
                             }
-                            attempt.tokens += 1;
-                            attempt.tool_calls.extend(calls);
+                            session.account(&attempt, deltas);
                         }
-                        Some(Watched::Usage(usage)) => attempt.usage = Some(usage::merge(attempt.usage, usage)),
-                        Some(Watched::Finished(reason)) => break Ok(reason),
-                        Some(Watched::Failed(kind)) => break Err(kind),
-                        None => break Err(FailureKind::Truncated { detail: None }),
-                    }
-                };
-                let ended = match ended {
-                    Ok(reason) if session.answerless(&attempt, &reason) => Err(FailureKind::EmptyAnswer { reasoning_bytes: attempt.reasoning_bytes }),
-                    other => other,
-                };
-                session.settle(route, &mut attempt, ended.as_ref().err());
-                match ended {
-                    Ok(reason) => {
-                        let rest = attempt.finish_trim();
-                        for item in session.deliver(&attempt, rest) {
-                            yield item;
+                        Action::Decide { failure, state: at, deferred, deltas } => {
+                            let jitter = session.rng.below(1 << 20) as f64 / f64::from(1u32 << 20);
+                            let known = session.known(&ladder, deferred);
+                            let decision = session.decide(&ladder, &failure, &at, &known, jitter);
+                            decision.teach(&attempt.health);
+                            let deferral = ladder.deferral(&failure, &at);
+                            session.record_failure(route, &failure, deltas);
+                            next = Some(Event::Decided { decision, deferral });
                         }
-                        if !attempt.tool_calls.is_empty() {
-                            let deltas = std::mem::take(&mut attempt.tool_calls);
-                            for item in session.deliver_tool_calls(&attempt, deltas) {
+                        Action::Pend { reason, class } => {
+                            session.pending.get_or_insert_with(|| Pending::new(route, reason, class));
+                        }
+                        Action::Unpend => session.pending = None,
+                        Action::Wait { route: index, delay } => {
+                            let name = ladder.routes[index].name.to_string();
+                            session.log.emit(EventKind::Retry { route: name, delay_ms: delay.as_millis() as u64 });
+                            tokio::time::sleep(delay).await;
+                        }
+                        Action::Finish { reason, tool_calls } => {
+                            let rest = attempt.finish_trim();
+                            for item in session.deliver(&attempt, rest, false) {
                                 yield item;
                             }
-                        }
-                        // A fallback that had nothing left to add still took over: it confirmed the end.
-                        if session.pending.is_some() {
-                            if let Some(item) = session.arrive(&attempt.route) {
-                                yield item;
-                            }
-                        }
-                        session.account(&attempt);
-                        session.remember(&ladder, &reason);
-                        yield session.finish(reason);
-                        return;
-                    }
-                    Err(kind) => {
-                        attempt.learn_from(&kind);
-                        if session.reasoning_writer == Some(attempt.number) {
-                            // The client's reasoning ends in a cut: whoever writes next marks it.
-                            session.seam_due = true;
-                        }
-                        session.account(&attempt);
-                        state.produced_text = attempt.tokens > 0;
-                        let jitter = session.rng.below(1 << 20) as f64 / f64::from(1u32 << 20);
-                        let known = session.known(&ladder);
-                        let mut decision = ladder.decide(&kind, &state, &known, jitter);
-                        if matches!(decision, Decision::Retry { .. }) && !route.health.allow_retry(&attempt.health) {
-                            // The route's retry budget is spent: hand over instead of adding load.
-                            session.log.emit(EventKind::RetryDenied { route: route.name.to_string() });
-                            let spent = AttemptState { retries: u32::MAX, ..state };
-                            decision = ladder.decide(&kind, &spent, &known, jitter);
-                        }
-                        if let Decision::Return { to, .. } = decision {
-                            let back = &ladder.routes[to];
-                            if !back.health.allow_retry(&session.health(to)) {
-                                session.log.emit(EventKind::RetryDenied { route: back.name.to_string() });
-                                decision = Decision::Exhausted;
-                            }
-                        }
-                        session.record_failure(route, &kind, attempt.tokens);
-                        match decision {
-                            Decision::Retry { delay } => {
-                                session.log.emit(EventKind::Retry { route: route.name.to_string(), delay_ms: delay.as_millis() as u64 });
-                                tokio::time::sleep(delay).await;
-                                state.retries += 1;
-                            }
-                            Decision::Return { to, delay } => {
-                                let back = &ladder.routes[to];
-                                session.log.emit(EventKind::Retry { route: back.name.to_string(), delay_ms: delay.as_millis() as u64 });
-                                tokio::time::sleep(delay).await;
-                                // The client has nothing yet: the route answers from the start, no handover.
-                                session.pending = None;
-                                let retries = session.deferred.take().map_or(0, |d| d.retries) + 1;
-                                state = AttemptState { retries, ..AttemptState::first_on(to, back, &session.health(to)) };
-                            }
-                            Decision::SwitchToInstruct => {
-                                attempt.health.remember_no_prefill();
-                                state.mode = continuation::ContinuationMode::Instruct;
-                            }
-                            Decision::HandOver { to } => {
-                                if session.deferred.is_none() {
-                                    session.deferred = ladder.deferral(&kind, &state);
-                                }
-                                session.pending.get_or_insert_with(|| Pending::after(route, &kind));
-                                state = AttemptState::first_on(to, &ladder.routes[to], &session.health(to));
-                            }
-                            Decision::Refuse => {
-                                let failures = std::mem::take(&mut session.failures);
-                                let tokens = std::mem::take(&mut session.tokens);
-                                let error = SpliceError::Refused { route: route.name.to_string(), message: refusal(&kind), failures, emitted_bytes: session.sent, tokens };
-                                yield session.fail(error);
-                                return;
-                            }
-                            Decision::Local => {
-                                tracing::warn!(route = %route.name, "local resources exhausted, the session ends without blaming the route: {kind}");
-                                let resource = match &kind {
-                                    FailureKind::LocalResources { resource, .. } => resource.clone(),
-                                    other => other.label().to_string(),
-                                };
-                                let failures = std::mem::take(&mut session.failures);
-                                let tokens = std::mem::take(&mut session.tokens);
-                                yield session.fail(SpliceError::Local { resource, failures, emitted_bytes: session.sent, tokens });
-                                return;
-                            }
-                            Decision::Exhausted => {
-                                session.pending.get_or_insert_with(|| Pending::after(route, &kind));
-                                for item in session.last_resort(&ladder) {
+                            if !tool_calls.is_empty() {
+                                for item in session.deliver_tool_calls(&attempt, tool_calls) {
                                     yield item;
                                 }
-                                return;
                             }
+                            // A fallback that had nothing left to add still took over: it confirmed the end.
+                            if session.pending.is_some() {
+                                if let Some(item) = session.arrive(&attempt.route) {
+                                    yield item;
+                                }
+                            }
+                            session.remember(&ladder, &reason);
+                            yield session.finish(reason);
+                            return;
+                        }
+                        Action::Refuse { failure } => {
+                            let failures = std::mem::take(&mut session.failures);
+                            let tokens = std::mem::take(&mut session.tokens);
+                            let error = SpliceError::Refused { route: route.name.to_string(), message: refusal(&failure), failures, emitted_bytes: session.sent, tokens };
+                            yield session.fail(error);
+                            return;
+                        }
+                        Action::Local { failure } => {
+                            tracing::warn!(route = %route.name, "local resources exhausted, the session ends without blaming the route: {failure}");
+                            let resource = match &failure {
+                                FailureKind::LocalResources { resource, .. } => resource.clone(),
+                                other => other.label().to_string(),
+                            };
+                            let failures = std::mem::take(&mut session.failures);
+                            let tokens = std::mem::take(&mut session.tokens);
+                            yield session.fail(SpliceError::Local { resource, failures, emitted_bytes: session.sent, tokens });
+                            return;
+                        }
+                        Action::LastResort { seam } => {
+                            for item in session.last_resort(&ladder, seam) {
+                                yield item;
+                            }
+                            return;
                         }
                     }
                 }
+                match next {
+                    Some(event) => actions = machine.on(event),
+                    // Every action list ends in a report or the session's end.
+                    None => return,
+                }
             }
         })
+    }
+}
+
+/// The failure a loop the guard found is.
+fn looped(found: &Loop) -> FailureKind {
+    FailureKind::Loop {
+        period: u32::try_from(found.period).unwrap_or(u32::MAX),
+        repeats: found.repeats,
     }
 }
 
@@ -506,10 +507,15 @@ struct Pending {
 impl Pending {
     /// The handover `kind` on `route` calls for, detected now.
     fn after(route: &Route, kind: &FailureKind) -> Self {
+        Pending::new(route, kind.label(), kind.class())
+    }
+
+    /// A handover from `route` after a failure labelled `reason`, detected now.
+    fn new(route: &Route, reason: &'static str, class: FailureClass) -> Self {
         Pending {
             from: route.name.clone(),
-            reason: kind.label(),
-            class: kind.class(),
+            reason,
+            class,
             at: Instant::now(),
         }
     }
@@ -525,8 +531,6 @@ struct Session<'r> {
     healths: Vec<Arc<ModelHealth>>,
     /// Routes whose attempt failed beside the one in charge (a lost hedge): never handed to again.
     lost: RouteSet,
-    /// The first rate-limited route handed over from without a retry: the last rung.
-    deferred: Option<Deferred>,
     log: SessionLog,
     /// The prefix every continuation builds on: everything the client has
     /// received, except a loop cut out of it (and the marker that ended it).
@@ -548,12 +552,8 @@ struct Session<'r> {
     deltas: Option<Vec<String>>,
     /// Reasoning bytes the client has received (seam markers included).
     reasoning_sent: u64,
-    /// The attempt whose reasoning the client got last.
-    reasoning_writer: Option<u32>,
     /// The field of the reasoning the client got last: a seam marker goes out in it.
     reasoning_field: ReasoningField,
-    /// The client's reasoning was cut by a failure and no marker shows it yet.
-    seam_due: bool,
     /// The ladder's seam marker (borrowed: not copied per session).
     seam_marker: &'r str,
 }
@@ -573,60 +573,34 @@ struct Attempt {
     /// Whether its trim's verdict was already looked at.
     learned: bool,
     opened: Instant,
-    /// Deltas of every channel (text, reasoning, tool calls): what it billed, and whether it produced anything.
-    tokens: u64,
-    /// Answer text deltas.
-    texts: u64,
-    /// Reasoning bytes.
-    reasoning_bytes: u64,
-    /// The client already had answer text when it opened: its reasoning is late.
-    late: bool,
     usage: Option<Usage>,
     route: Arc<str>,
     /// The upstream model actually asked for (`{model}` resolved).
     model: Arc<str>,
-    /// Tool-call deltas held until the attempt finishes.
-    tool_calls: Vec<serde_json::Value>,
     /// The health of its (route, model), which learns from it.
     health: Arc<ModelHealth>,
 }
 
 impl Attempt {
     /// Feeds one upstream delta through the overlap trim.
-    fn text(&mut self, session: &Session<'_>, text: String) -> String {
-        self.tokens += 1;
-        self.texts += 1;
-        if self.tokens == 1 {
-            self.first_token(session);
-        }
+    fn text(&mut self, text: String) -> String {
         let out = self.trim.push(text);
         self.learn();
         out
     }
 
-    /// Counts one reasoning delta: a token like any other, but never fed to the trim.
-    fn reason(&mut self, session: &Session<'_>, text: &str) {
-        self.tokens += 1;
-        self.reasoning_bytes += text.len() as u64;
-        if self.tokens == 1 {
-            self.first_token(session);
+    /// Its first token of any channel: the breaker's verdict (a probe closes
+    /// the breaker now, whatever the rest of the stream does), and when
+    /// `timed`, the time to first token.
+    fn first_token(&mut self, session: &Session<'_>, timed: bool) {
+        if timed {
+            let ttft = self.opened.elapsed();
+            self.health.record_ttft(ttft);
+            session.log.emit(EventKind::FirstToken {
+                route: self.route.to_string(),
+                ttft_ms: ttft.as_millis() as u64,
+            });
         }
-    }
-
-    /// Its first token of any channel: the time to first token, and the breaker's verdict.
-    fn first_token(&mut self, session: &Session<'_>) {
-        let ttft = self.opened.elapsed();
-        self.health.record_ttft(ttft);
-        session.log.emit(EventKind::FirstToken {
-            route: self.route.to_string(),
-            ttft_ms: ttft.as_millis() as u64,
-        });
-        self.judge(session);
-    }
-
-    /// Its first content arrived: a probe closes the breaker now, whatever
-    /// the rest of the stream does (a later failure counts as an ordinary one).
-    fn judge(&mut self, session: &Session<'_>) {
         if let Some(permit) = &mut self.permit {
             let transition = permit.first_token();
             session.breaker_changed(&self.route, &self.model, transition);
@@ -647,18 +621,5 @@ impl Attempt {
             self.health.remember_echo(self.mode);
         }
     }
-
-    /// What its failure teaches its (route, model): a first-token timeout is a
-    /// first-token time, and a context-length error may state the window.
-    fn learn_from(&self, kind: &FailureKind) {
-        match kind {
-            FailureKind::FirstTokenTimeout { after } => self.health.record_ttft(*after),
-            FailureKind::ContextLength { message } => {
-                if let Some(window) = fit::stated_window(message) {
-                    self.health.learn_window(window);
-                }
-            }
-            _ => {}
-        }
-    }
 }
+

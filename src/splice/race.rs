@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// The deltas of a race's loser: the first content of either side ends the race.
+const RACE_LOSER_DELTAS: u64 = 0;
+
 /// Hedging of the attempt the ladder opened (see [`crate::hedge`]).
 pub(super) enum Race {
     /// Not hedged (hedging off, no next route, no delay known, or the race is over).
@@ -47,7 +50,8 @@ impl Race {
 
 impl<'r> Session<'r> {
     /// The next item of the current attempt, racing it against a hedge while `race`
-    /// says so; when the hedge goes on, `route`, `attempt` and `state` become its.
+    /// says so (`content`: the attempt already produced some, so no hedge is
+    /// needed); when the hedge goes on, `route`, `attempt` and `state` become its.
     pub(super) async fn next_item<'l>(
         &mut self,
         ladder: &'l Ladder,
@@ -55,12 +59,13 @@ impl<'r> Session<'r> {
         attempt: &mut Attempt,
         state: &mut AttemptState,
         race: &mut Race,
+        content: bool,
     ) -> Option<Watched> {
         loop {
             match std::mem::replace(race, Race::Off) {
                 Race::Off => return attempt.watchdog.next().await,
                 // Content already came: nothing left to hedge.
-                Race::Armed { .. } if attempt.tokens > 0 => {}
+                Race::Armed { .. } if content => {}
                 Race::Armed { at, after, to } => {
                     tokio::select! {
                         // The attempt first: content ready at the deadline needs no hedge.
@@ -111,7 +116,7 @@ impl<'r> Session<'r> {
                         (Side::Primary, next) => {
                             // Content, a finish or a refusal: the hedge is not needed.
                             self.hedge_won(ladder, attempt, false, Some(&hedge));
-                            self.account(&hedge);
+                            self.account(&hedge, RACE_LOSER_DELTAS);
                             return next;
                         }
                         (Side::Hedge, Some(Watched::Failed(kind))) => {
@@ -128,7 +133,7 @@ impl<'r> Session<'r> {
                             *state = hedge_state;
                             self.hedge_won(ladder, attempt, true, Some(&cancelled));
                             // Dropping it frees its breaker permit without counting a failure.
-                            self.account(&cancelled);
+                            self.account(&cancelled, RACE_LOSER_DELTAS);
                             drop(cancelled);
                             return next;
                         }
@@ -167,9 +172,9 @@ impl<'r> Session<'r> {
     /// One side of a race failed before any content: recorded like any failed attempt.
     pub(super) fn race_lost(&mut self, route: &Route, attempt: &mut Attempt, kind: &FailureKind) {
         self.settle(route, attempt, Some(kind));
-        attempt.learn_from(kind);
-        self.record_failure(route, kind, attempt.tokens);
-        self.account(attempt);
+        attempt.health.learn_from(kind);
+        self.record_failure(route, kind, RACE_LOSER_DELTAS);
+        self.account(attempt, RACE_LOSER_DELTAS);
     }
 
     /// A race ended: `winner` goes on; `cancelled` was still running.

@@ -5,8 +5,9 @@ use super::*;
 
 impl<'r> Session<'r> {
     /// A cached answer, as the first rung (`last_resort` false) or after every
-    /// route failed: it must continue what the client already has.
-    pub(super) fn cached(&mut self, ladder: &Ladder, last_resort: bool) -> Option<Vec<ClientItem>> {
+    /// route failed: it must continue what the client already has (`seam`:
+    /// its first text follows the reasoning seam marker).
+    pub(super) fn cached(&mut self, ladder: &Ladder, last_resort: bool, mut seam: bool) -> Option<Vec<ClientItem>> {
         let rung = ladder.cache.as_ref()?;
         let wanted = if last_resort {
             rung.uses.last_resort()
@@ -37,7 +38,8 @@ impl<'r> Session<'r> {
                 skip = 0;
                 text
             };
-            items.extend(self.deliver_as(&route, &model, text));
+            let seam = !text.is_empty() && std::mem::take(&mut seam);
+            items.extend(self.deliver_as(&route, &model, text, seam));
         }
         if self.pending.is_some() {
             items.extend(self.arrive(&route));
@@ -47,9 +49,10 @@ impl<'r> Session<'r> {
     }
 
     /// Every route failed: a cached answer that continues the client's text,
-    /// else the safe reply, else the failure.
-    pub(super) fn last_resort(&mut self, ladder: &Ladder) -> Vec<ClientItem> {
-        if let Some(items) = self.cached(ladder, true) {
+    /// else the safe reply, else the failure (`seam`: the client's reasoning
+    /// ends in a cut, marked before their first text).
+    pub(super) fn last_resort(&mut self, ladder: &Ladder, mut seam: bool) -> Vec<ClientItem> {
+        if let Some(items) = self.cached(ladder, true, seam) {
             return items;
         }
         let Some(safe) = &ladder.safe_reply else {
@@ -71,7 +74,8 @@ impl<'r> Session<'r> {
         let (route, model): (Arc<str>, Arc<str>) = (SAFE_REPLY_ROUTE.into(), SAFE_REPLY_MODEL.into());
         let mut items = Vec::new();
         for delta in safe_reply::deltas(text) {
-            items.extend(self.deliver_as(&route, &model, delta));
+            let seam = !delta.is_empty() && std::mem::take(&mut seam);
+            items.extend(self.deliver_as(&route, &model, delta, seam));
         }
         if self.pending.is_some() {
             items.extend(self.arrive(&route));

@@ -11,7 +11,6 @@ impl<'r> Session<'r> {
             request,
             healths: ladder.routes.iter().map(|r| r.health_for(asked)).collect(),
             lost: RouteSet::default(),
-            deferred: None,
             log,
             emitted: String::new(),
             sent: 0,
@@ -25,9 +24,7 @@ impl<'r> Session<'r> {
             tool_calls_sent: false,
             deltas: ladder.cache.is_some().then(Vec::new),
             reasoning_sent: 0,
-            reasoning_writer: None,
             reasoning_field: ReasoningField::default(),
-            seam_due: false,
             seam_marker: &ladder.reasoning_marker,
         }
     }
@@ -86,14 +83,9 @@ impl<'r> Session<'r> {
             mode: state.mode,
             learned: false,
             opened: Instant::now(),
-            tokens: 0,
-            texts: 0,
-            reasoning_bytes: 0,
-            late: self.sent > 0,
             usage: None,
             route: route.name.clone(),
             model,
-            tool_calls: Vec::new(),
             health,
         }
     }
@@ -104,8 +96,9 @@ impl<'r> Session<'r> {
         self.healths[index].clone()
     }
 
-    /// What the session knows of its ladder's routes, for [`Ladder::decide`].
-    pub(super) fn known(&self, ladder: &Ladder) -> Known {
+    /// What the session knows of its ladder's routes, for [`Ladder::decide_within`],
+    /// with the route the machine `deferred`.
+    pub(super) fn known(&self, ladder: &Ladder, deferred: Option<Deferred>) -> Known {
         Known {
             windows: ladder
                 .routes
@@ -115,27 +108,48 @@ impl<'r> Session<'r> {
                 .collect(),
             lost: self.lost,
             // Only while the client has nothing: a route asked again answers from the start.
-            deferred: self.deferred.filter(|_| self.sent == 0 && self.reasoning_sent == 0),
+            deferred: deferred.filter(|_| self.sent == 0 && self.reasoning_sent == 0),
         }
     }
 
-    /// The client items for `text` from `attempt`: a handover notice first if one is pending.
-    pub(super) fn deliver(&mut self, attempt: &Attempt, text: String) -> Delivered {
-        self.deliver_as(&attempt.route, &attempt.model, text)
+    /// The ladder's one decision on `failure`, within the routes' retry
+    /// budgets: a refusal of the budget is published as it happens.
+    pub(super) fn decide(
+        &self,
+        ladder: &Ladder,
+        failure: &FailureKind,
+        state: &AttemptState,
+        known: &Known,
+        jitter: f64,
+    ) -> Decision {
+        ladder.decide_within(failure, state, known, jitter, &mut |index| {
+            let (Some(route), Some(health)) = (ladder.routes.get(index), self.healths.get(index)) else {
+                return false;
+            };
+            let allowed = route.health.allow_retry(health);
+            if !allowed {
+                self.log.emit(EventKind::RetryDenied {
+                    route: route.name.to_string(),
+                });
+            }
+            allowed
+        })
     }
 
-    /// The client items for `text` written by `route` as `model`.
-    pub(super) fn deliver_as(&mut self, route: &Arc<str>, model: &Arc<str>, text: String) -> Delivered {
+    /// The client items for `text` from `attempt`: a handover notice first if
+    /// one is pending, then the reasoning seam marker if `seam`.
+    pub(super) fn deliver(&mut self, attempt: &Attempt, text: String, seam: bool) -> Delivered {
+        self.deliver_as(&attempt.route, &attempt.model, text, seam)
+    }
+
+    /// The client items for `text` written by `route` as `model` (`seam`: the seam marker first).
+    pub(super) fn deliver_as(&mut self, route: &Arc<str>, model: &Arc<str>, text: String, seam: bool) -> Delivered {
         if text.is_empty() {
             return [None, None, None].into_iter().flatten();
         }
         let handover = self.arrive(route);
         // A fallback that answers without reasoning still shows where the reasoning was cut.
-        let seam = if self.seam_due && self.sent == 0 {
-            self.seam(route, model)
-        } else {
-            None
-        };
+        let seam = if seam { self.seam(route, model) } else { None };
         if self.log.listened() {
             self.log.emit(EventKind::Delta {
                 route: route.to_string(),
@@ -155,16 +169,16 @@ impl<'r> Session<'r> {
         [handover, seam, Some(item)].into_iter().flatten()
     }
 
-    /// The client items for a reasoning delta of `attempt`: none when it is
-    /// withheld (counted only), else a pending handover notice and seam marker first.
+    /// The client items for a reasoning delta of `attempt` placed at
+    /// `placement`: none when it is withheld (counted only), else a pending
+    /// handover notice and seam marker first.
     pub(super) fn deliver_reasoning(
         &mut self,
-        ladder: &Ladder,
         attempt: &Attempt,
         text: String,
         field: ReasoningField,
+        placement: Placement,
     ) -> Delivered {
-        let placement = reasoning::place(attempt.late, ladder.forward_late_reasoning, self.seam_due);
         if placement == Placement::Withheld {
             // Counted in the attempt's deltas already; never forwarded.
             return [None, None, None].into_iter().flatten();
@@ -182,7 +196,6 @@ impl<'r> Session<'r> {
             });
         }
         self.reasoning_sent += text.len() as u64;
-        self.reasoning_writer = Some(attempt.number);
         self.reasoning_field = field;
         let item = ClientItem::Reasoning {
             text,
@@ -195,7 +208,6 @@ impl<'r> Session<'r> {
 
     /// The seam marker where the client's reasoning was cut, in the field that reasoning came in.
     fn seam(&mut self, route: &Arc<str>, model: &Arc<str>) -> Option<ClientItem> {
-        self.seam_due = false;
         if self.seam_marker.is_empty() {
             return None;
         }
@@ -213,17 +225,6 @@ impl<'r> Session<'r> {
             route: route.clone(),
             model: model.clone(),
         })
-    }
-
-    /// Whether `attempt`, which finished with `reason`, left the client without
-    /// an answer: no text and no tool call in the whole session. A refusal by
-    /// `content_filter` stays the provider's answer.
-    pub(super) fn answerless(&self, attempt: &Attempt, reason: &str) -> bool {
-        reason != "content_filter"
-            && self.sent == 0
-            && attempt.texts == 0
-            && attempt.tool_calls.is_empty()
-            && !self.tool_calls_sent
     }
 
     /// The client items for a finished attempt's tool calls.
@@ -267,13 +268,13 @@ impl<'r> Session<'r> {
 
     /// Counts `attempt`'s tokens, once it is over: every attempt's, not only
     /// those that contributed text, since a provider bills a cut one too.
-    pub(super) fn account(&mut self, attempt: &Attempt) {
+    pub(super) fn account(&mut self, attempt: &Attempt, deltas: u64) {
         self.tokens.push(AttemptTokens {
             attempt: attempt.number,
             route: attempt.route.to_string(),
             model: attempt.model.to_string(),
             reported: attempt.usage,
-            deltas: attempt.tokens,
+            deltas,
         });
     }
 

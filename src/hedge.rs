@@ -28,7 +28,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::health::ModelHealth;
-use crate::watchdog::{Watchdog, Watched};
+use futures::StreamExt;
+
+use crate::watchdog::Watched;
 
 /// Default `hedge_min_samples`: recent first-token times needed before a route's p95 counts.
 pub const DEFAULT_MIN_SAMPLES: usize = 5;
@@ -149,8 +151,11 @@ pub enum Side {
     Hedge,
 }
 
-/// The next item of either watchdog; on a tie, the primary's.
-pub async fn race(primary: &mut Watchdog, hedge: &mut Watchdog) -> (Side, Option<Watched>) {
+/// The next item of either watched stream; on a tie, the primary's.
+pub async fn race<S>(primary: &mut S, hedge: &mut S) -> (Side, Option<Watched>)
+where
+    S: futures::Stream<Item = Watched> + Unpin,
+{
     // Both `next` futures are cancel-safe: an item is only taken in the poll that returns it.
     tokio::select! {
         biased;

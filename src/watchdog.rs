@@ -252,3 +252,18 @@ impl Watchdog {
         }
     }
 }
+
+/// A watched upstream stream: how the splicer reads an attempt.
+pub type WatchedStream = Pin<Box<dyn futures::Stream<Item = Watched> + Send>>;
+
+impl Watchdog {
+    /// The watchdog as a [`futures::Stream`] of [`Watched`] items, ending after
+    /// `Finished` or `Failed`. A wait survives a dropped `next` (a hedge race
+    /// polls several): its clocks keep the time the item was first asked for.
+    pub fn into_stream(self) -> WatchedStream {
+        Box::pin(futures::stream::unfold(self, |mut watchdog| async move {
+            let item = watchdog.next().await?;
+            Some((item, watchdog))
+        }))
+    }
+}

@@ -11,7 +11,7 @@
 //! `Answering` after (a handover continues the text).
 //!
 //! The thin async driver here executes the machine's actions: each attempt is
-//! a provider stream wrapped in a [`Watchdog`] (raced against a hedge while
+//! a provider stream wrapped in a [`Watchdog`](crate::watchdog::Watchdog) stream (raced against a hedge while
 //! `race` says so); a failure goes to [`Ladder::decide_within`], once, within
 //! the routes' retry budgets; a handover builds the continuation request from
 //! the text the client already has and streams the new route's answer through
@@ -47,7 +47,7 @@ use crate::request::{ChatRequest, Message, Usage};
 use crate::rules::Rules;
 use crate::safe_reply::{self, SAFE_REPLY_MODEL, SAFE_REPLY_ROUTE};
 use crate::usage::{self, AttemptTokens, Tally};
-use crate::watchdog::{Watchdog, Watched};
+use crate::watchdog::{WatchedStream, Watched};
 
 mod machine;
 mod race;
@@ -566,7 +566,7 @@ struct Attempt {
     thought: Option<crate::loopguard::TailGuard>,
     /// The breaker's permission; `None` when the breaker skipped the route.
     permit: Option<Permit>,
-    watchdog: Watchdog,
+    watchdog: WatchedStream,
     trim: OverlapTrim,
     /// How it continues the prefix: what an echo it proves is remembered for.
     mode: continuation::ContinuationMode,

@@ -78,7 +78,7 @@ impl<'r> Session<'r> {
             number: self.attempts,
             thought: None,
             permit,
-            watchdog: crate::deadline::watchdog(route, &health, stream, deadlines),
+            watchdog: crate::deadline::watchdog(route, &health, stream, deadlines).into_stream(),
             trim: OverlapTrim::new(&self.emitted, evidence),
             mode: state.mode,
             learned: false,

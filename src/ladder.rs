@@ -1,7 +1,10 @@
 //! The ladder: ordered routes, and what to do after each failure.
 //!
 //! [`Ladder::decide`] is a pure function of the failure and the attempt's
-//! state; the splicer is a thin async driver around it.
+//! state; [`Ladder::decide_within`] is the same decision within the routes'
+//! retry budgets (asked only for a route the decision would ask again), the
+//! one call the splicer's state machine makes per failure. What a decision
+//! teaches a model's health is [`Decision::teach`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -629,6 +632,70 @@ mod tests {
         assert_eq!(
             l.decide(&FailureKind::CircuitOpen, &state(1, 0, false), &k, 0.0),
             Decision::Exhausted
+        );
+    }
+
+    #[test]
+    fn the_retry_budget_is_asked_once_per_decision_and_only_for_a_route_asked_again() {
+        let l = ladder(&[1000, 1000]);
+        let busy = FailureKind::ServerError {
+            status: 503,
+            retry_after: None,
+        };
+        let mut asked = Vec::new();
+        let refused = l.decide_within(&busy, &state(0, 0, false), &known(&l), 0.5, &mut |i| {
+            asked.push(i);
+            false
+        });
+        assert_eq!((refused, asked), (Decision::HandOver { to: 1 }, vec![0]));
+        // On the last rung a refused retry returns to the deferred route, if its budget allows.
+        let limited = FailureKind::RateLimited { retry_after: None };
+        let mut k = known(&l);
+        k.deferred = l.deferral(&limited, &state(0, 0, false));
+        let mut asked = Vec::new();
+        let back = l.decide_within(&busy, &state(1, 0, false), &k, 0.0, &mut |i| {
+            asked.push(i);
+            i == 0
+        });
+        assert_eq!(
+            (back, asked),
+            (
+                Decision::Return {
+                    to: 0,
+                    delay: l.retry.rate_limit_floor
+                },
+                vec![1, 0]
+            )
+        );
+        let mut asked = Vec::new();
+        let spent = l.decide_within(&FailureKind::CircuitOpen, &state(1, 0, false), &k, 0.0, &mut |i| {
+            asked.push(i);
+            false
+        });
+        assert_eq!((spent, asked), (Decision::Exhausted, vec![0]));
+        // A too-long Retry-After is no retry: the budget is not asked.
+        let long = FailureKind::ServerError {
+            status: 503,
+            retry_after: Some(Duration::from_secs(60)),
+        };
+        let mut asked = 0;
+        l.decide_within(&long, &state(0, 0, false), &known(&l), 0.5, &mut |_| {
+            asked += 1;
+            true
+        });
+        assert_eq!(asked, 0);
+    }
+
+    #[test]
+    fn switching_to_instruct_teaches_the_model_it_rejects_prefill() {
+        let health = ModelHealth::new("m".into(), Default::default(), Default::default());
+        Decision::HandOver { to: 1 }.teach(&health);
+        assert!(!health.rejects_prefill());
+        Decision::SwitchToInstruct.teach(&health);
+        assert!(health.rejects_prefill());
+        assert_eq!(
+            health.continuation(ContinuationMode::Prefill),
+            ContinuationMode::Instruct
         );
     }
 

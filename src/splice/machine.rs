@@ -688,7 +688,11 @@ mod tests {
             false
         });
         assert_eq!(decision, Decision::HandOver { to: 1 });
-        assert_eq!(asked, vec![0], "the budget is asked once, for the route that would be retried");
+        assert_eq!(
+            asked,
+            vec![0],
+            "the budget is asked once, for the route that would be retried"
+        );
         let mut asked = 0;
         let allowed = l.decide_within(&busy, &at(0), &known, 0.5, &mut |_| {
             asked += 1;
@@ -721,7 +725,9 @@ mod tests {
     fn a_retry_waits_then_opens_the_same_route_with_one_more_retry() {
         let mut m = opened();
         let delay = Duration::from_millis(50);
-        m.on(Event::Item(Watched::Failed(FailureKind::Reset { detail: "reset".into() })));
+        m.on(Event::Item(Watched::Failed(FailureKind::Reset {
+            detail: "reset".into(),
+        })));
         assert_eq!(
             m.on(decided(Decision::Retry { delay })),
             vec![
@@ -832,7 +838,10 @@ mod tests {
             m.on(Event::Item(Watched::ToolCalls(vec![call.clone()]))),
             vec![Action::FirstToken { timed: false }, Action::Read]
         );
-        assert_eq!(m.on(Event::Item(Watched::ToolCalls(vec![call.clone()]))), vec![Action::Read]);
+        assert_eq!(
+            m.on(Event::Item(Watched::ToolCalls(vec![call.clone()]))),
+            vec![Action::Read]
+        );
         assert_eq!(
             m.on(Event::Item(Watched::Finished("tool_calls".into()))),
             vec![

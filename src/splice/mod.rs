@@ -47,7 +47,7 @@ use crate::request::{ChatRequest, Message, Usage};
 use crate::rules::Rules;
 use crate::safe_reply::{self, SAFE_REPLY_MODEL, SAFE_REPLY_ROUTE};
 use crate::usage::{self, AttemptTokens, Tally};
-use crate::watchdog::{WatchedStream, Watched};
+use crate::watchdog::{Watched, WatchedStream};
 
 mod machine;
 mod race;
@@ -622,4 +622,3 @@ impl Attempt {
         }
     }
 }
-

@@ -335,10 +335,7 @@ impl Splicer {
             let mut state = AttemptState::first_on(0, first, &session.health(0));
             let mut machine = Machine::new(state, ladder.forward_late_reasoning);
             let mut route = first;
-            let mut attempt = session.open(route, &state, &ladder.instruction, &ladder.rules);
-            attempt.thought = ladder.loop_guard.as_ref().map(crate::loopguard::TailGuard::new);
-            let mut race = Race::arm(&ladder, &state, &attempt, session.lost);
-            let mut guard = ladder.loop_guard.as_ref().map(|c| LoopGuard::new(c, session.emitted.len()));
+            let (mut attempt, mut race, mut guard) = session.start(&ladder, route, &state);
             let mut actions = machine.on(Event::Opened(state));
             loop {
                 let mut next = None;
@@ -350,10 +347,7 @@ impl Splicer {
                             if let Some(mode) = mode {
                                 state.mode = mode;
                             }
-                            attempt = session.open(route, &state, &ladder.instruction, &ladder.rules);
-                            attempt.thought = ladder.loop_guard.as_ref().map(crate::loopguard::TailGuard::new);
-                            race = Race::arm(&ladder, &state, &attempt, session.lost);
-                            guard = ladder.loop_guard.as_ref().map(|c| LoopGuard::new(c, session.emitted.len()));
+                            (attempt, race, guard) = session.start(&ladder, route, &state);
                             next = Some(Event::Opened(state));
                         }
                         Action::Read => {
@@ -466,8 +460,14 @@ impl Splicer {
                 }
                 match next {
                     Some(event) => actions = machine.on(event),
-                    // Every action list ends in a report or the session's end.
-                    None => return,
+                    None => {
+                        // Every action list ends in a report or the session's end; should one
+                        // not, the client still gets a last item rather than a silent end.
+                        for item in session.last_resort(&ladder, false) {
+                            yield item;
+                        }
+                        return;
+                    }
                 }
             }
         })

@@ -90,6 +90,25 @@ impl<'r> Session<'r> {
         }
     }
 
+    /// Opens the attempt on `route` that `state` describes, with its thinking
+    /// loop guard, its hedge race and its text loop guard (which watches the
+    /// prefix from where it stands now).
+    pub(super) fn start(
+        &mut self,
+        ladder: &Ladder,
+        route: &Route,
+        state: &AttemptState,
+    ) -> (Attempt, Race, Option<LoopGuard>) {
+        let mut attempt = self.open(route, state, &ladder.instruction, &ladder.rules);
+        attempt.thought = ladder.loop_guard.as_ref().map(crate::loopguard::TailGuard::new);
+        let race = Race::arm(ladder, state, &attempt, self.lost);
+        let guard = ladder
+            .loop_guard
+            .as_ref()
+            .map(|c| LoopGuard::new(c, self.emitted.len()));
+        (attempt, race, guard)
+    }
+
     /// The health of the model the session's attempts on route `index` go to.
     pub(super) fn health(&self, index: usize) -> Arc<ModelHealth> {
         // One per route of the ladder, as `state.route` indexes `ladder.routes`.

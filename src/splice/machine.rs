@@ -869,6 +869,75 @@ mod tests {
         }
     }
 
+    /// Whether the driver, after `actions`, has an event to report or the session is over.
+    fn ends_in_a_report(actions: &[Action]) -> bool {
+        matches!(
+            actions.last(),
+            Some(
+                Action::Read
+                    | Action::Open { .. }
+                    | Action::Decide { .. }
+                    | Action::Finish { .. }
+                    | Action::Refuse { .. }
+                    | Action::Local { .. }
+                    | Action::LastResort { .. }
+            )
+        )
+    }
+
+    #[test]
+    fn every_event_the_driver_reports_leads_to_a_report_or_an_end() {
+        let items = [
+            text("a"),
+            text(""),
+            thought("t"),
+            Event::Item(Watched::ToolCalls(vec![serde_json::json!({})])),
+            Event::Item(Watched::Usage(Usage::default())),
+            Event::Item(Watched::Finished("stop".into())),
+            cut(),
+            Event::Ended,
+        ];
+        let decisions = [
+            Decision::Retry {
+                delay: Duration::from_millis(1),
+            },
+            Decision::SwitchToInstruct,
+            Decision::HandOver { to: 1 },
+            Decision::Return {
+                to: 0,
+                delay: Duration::ZERO,
+            },
+            Decision::Refuse,
+            Decision::Local,
+            Decision::Exhausted,
+        ];
+        // Every sequence of three items, each failure decided every way: the
+        // driver's loop never runs out of actions before the session ends.
+        for a in &items {
+            for b in &items {
+                for c in &items {
+                    for d in &decisions {
+                        let mut m = opened();
+                        for event in [a, b, c] {
+                            if matches!(m.state(), State::Done | State::Failed | State::Exhausted) {
+                                break;
+                            }
+                            let mut actions = m.on(event.clone());
+                            assert!(ends_in_a_report(&actions), "{event:?} → {actions:?}");
+                            if matches!(m.state(), State::Deciding { .. }) {
+                                actions = m.on(decided(*d));
+                                assert!(ends_in_a_report(&actions), "{d:?} → {actions:?}");
+                                if matches!(actions.last(), Some(Action::Open { .. })) {
+                                    assert_eq!(m.on(Event::Opened(at(0))), vec![Action::Read]);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_hedge_switch_starts_the_counts_afresh_without_reading() {
         let mut m = opened();

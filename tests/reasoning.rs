@@ -287,3 +287,113 @@ async fn a_thinking_loop_is_caught_and_handed_over() {
     let verdict = support::verify_events(&support::drain(&mut events));
     assert_eq!(verdict, Outcome::Ok { partial: false });
 }
+
+/// An upstream that thinks in `reasoning_content` with a running usage
+/// (reasoning tokens included), then cuts the body before any answer.
+async fn thinks_then_cuts(thoughts: &[&str]) -> String {
+    use tokio::io::AsyncWriteExt;
+    let data: Vec<String> = thoughts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let n = i as u64 + 1;
+            serde_json::json!({"object": "chat.completion.chunk", "model": "m0",
+                "choices": [{"index": 0, "delta": {"reasoning_content": t}, "finish_reason": null}],
+                "usage": {"prompt_tokens": 20, "completion_tokens": n,
+                          "completion_tokens_details": {"reasoning_tokens": n}}})
+            .to_string()
+        })
+        .collect();
+    support::raw_upstream(move |mut socket, _, _| {
+        let data = data.clone();
+        async move {
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+            let _ = socket.write_all(head.as_bytes()).await;
+            for d in data {
+                let _ = socket
+                    .write_all(&support::http_chunk(format!("data: {d}\n\n").as_bytes()))
+                    .await;
+            }
+            // Dropped here: the chunked body never ends.
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn over_the_proxy_reasoning_tokens_are_summed_across_a_handover() {
+    let primary = thinks_then_cuts(&["Let me ", "see, ", "hmm"]).await;
+    let (fallback, stop_f) = support::oracle_upstream("none", Style::default()).await;
+    let toml = format!(
+        r#"
+        [[route]]
+        name = "primary"
+        provider = "openai"
+        base_url = "{primary}"
+        model = "m0"
+
+        [[route]]
+        name = "fallback"
+        provider = "openai"
+        base_url = "{fallback}"
+        model = "oracle-think"
+
+        [[ladder]]
+        name = "chat"
+        routes = ["primary", "fallback"]
+        "#
+    );
+    let proxy = support::serve(&toml, vec![stop_f]).await;
+    let messages = question("usage");
+    // The fallback starts afresh (no answer yet): it thinks its whole thinking, one token a chunk.
+    let fallback_thought = chunks(&thinking(&messages), conversation_hash(&messages)).len() as u64;
+    let fallback_answer = chunks(&answer(&messages), conversation_hash(&messages)).len() as u64;
+    let want_reasoning = 3 + fallback_thought;
+    let want_completion = 3 + fallback_thought + fallback_answer;
+
+    let response = proxy
+        .chat(&serde_json::json!({"model": "chat", "stream": true, "stream_options": {"include_usage": true}, "messages": messages}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let sse = support::Sse::parse(&response.text().await.expect("body"));
+    assert_eq!(sse.text(), answer(&messages), "byte for byte");
+    assert!(sse.reasoning().starts_with("Let me see, hmm"), "{}", sse.reasoning());
+    let usage = sse
+        .chunks()
+        .into_iter()
+        .find(|c| c["choices"].as_array().is_some_and(Vec::is_empty))
+        .expect("a usage chunk")["usage"]
+        .clone();
+    assert_eq!(
+        usage["completion_tokens_details"]["reasoning_tokens"], want_reasoning,
+        "the cut attempt's and the fallback's reasoning tokens: {usage}"
+    );
+    assert_eq!(usage["completion_tokens"], want_completion, "{usage}");
+
+    let whole: serde_json::Value = proxy
+        .chat(&serde_json::json!({"model": "chat", "messages": messages}))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(whole["choices"][0]["message"]["content"], answer(&messages), "{whole}");
+    assert_eq!(
+        whole["usage"]["completion_tokens_details"]["reasoning_tokens"], want_reasoning,
+        "{whole}"
+    );
+
+    let metrics = proxy.get("/metrics").await;
+    let reasoning_line = |route: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("baton_upstream_tokens_total{")
+                    && l.contains(&format!("route=\"{route}\""))
+                    && l.contains("kind=\"reasoning\"")
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    assert_eq!(reasoning_line("primary"), Some(6.0), "two sessions, 3 each:\n{metrics}");
+    assert_eq!(reasoning_line("fallback"), Some(2.0 * fallback_thought as f64));
+}

@@ -309,6 +309,9 @@ pub fn parse_event(data: &str) -> Result<Vec<Chunk>, FailureKind> {
     let usage = |u: &Value| Usage {
         prompt_tokens: u.get("input_tokens").and_then(Value::as_u64).unwrap_or(0),
         completion_tokens: u.get("output_tokens").and_then(Value::as_u64).unwrap_or(0),
+        // The Messages usage counts thinking inside `output_tokens` and gives no
+        // separate figure; one guessed from the thinking text would not be a reported count.
+        reasoning_tokens: None,
     };
     Ok(match kind {
         "message_start" => match value.pointer("/message/usage") {
@@ -431,12 +434,14 @@ mod tests {
             vec![
                 Chunk::Usage(Usage {
                     prompt_tokens: 12,
-                    completion_tokens: 1
+                    completion_tokens: 1,
+                    reasoning_tokens: None,
                 }),
                 Chunk::Text("Héllo".into()),
                 Chunk::Usage(Usage {
                     prompt_tokens: 0,
-                    completion_tokens: 7
+                    completion_tokens: 7,
+                    reasoning_tokens: None,
                 }),
                 Chunk::Finish("stop".into()),
                 Chunk::Done,
@@ -486,7 +491,8 @@ mod tests {
             vec![
                 Chunk::Usage(Usage {
                     prompt_tokens: 5,
-                    completion_tokens: 1
+                    completion_tokens: 1,
+                    reasoning_tokens: None,
                 }),
                 thinking("Let me see: "),
                 thinking("2+2=4."),
@@ -495,7 +501,8 @@ mod tests {
                 Chunk::Text("Four.".into()),
                 Chunk::Usage(Usage {
                     prompt_tokens: 0,
-                    completion_tokens: 30
+                    completion_tokens: 30,
+                    reasoning_tokens: None,
                 }),
                 Chunk::Finish("stop".into()),
                 Chunk::Done,
@@ -628,6 +635,7 @@ mod tests {
             Ok(Chunk::Usage(Usage {
                 prompt_tokens: 3,
                 completion_tokens: 1,
+                reasoning_tokens: None,
             })),
             Ok(thinking("Hmm, é…")),
             Ok(Chunk::ReasoningSignature("c2lnbmVk".into())),
@@ -635,6 +643,7 @@ mod tests {
             Ok(Chunk::Usage(Usage {
                 prompt_tokens: 0,
                 completion_tokens: 9,
+                reasoning_tokens: None,
             })),
             Ok(Chunk::Finish("length".into())),
             Ok(Chunk::Done),

@@ -171,6 +171,8 @@ pub struct RouteSection {
     /// Send `continue_final_message`/`add_generation_prompt` (vLLM, SGLang).
     #[serde(default)]
     pub continue_final_message: bool,
+    /// openai only: a `<think>…</think>` block at the start of the content is reasoning (default false).
+    pub think_tags: Option<bool>,
     /// Time-to-first-token deadline (ms).
     pub ttft_ms: Option<u64>,
     /// Inter-token stall deadline (ms).
@@ -479,12 +481,26 @@ impl Config {
                         None => None,
                     };
                     if r.provider == ProviderKind::Anthropic {
+                        if r.think_tags.is_some() {
+                            return Err(invalid(
+                                key("think_tags"),
+                                "only applies to provider \"openai\" (Anthropic streams thinking blocks of its own)"
+                                    .into(),
+                            ));
+                        }
                         Arc::new(AnthropicProvider::new(client.clone(), url, api_key).with_redactor(&redactor))
                     } else {
-                        Arc::new(OpenAiProvider::new(client.clone(), url, api_key).with_redactor(&redactor))
+                        Arc::new(
+                            OpenAiProvider::new(client.clone(), url, api_key)
+                                .with_redactor(&redactor)
+                                .with_think_tags(r.think_tags.unwrap_or(false)),
+                        )
                     }
                 }
                 ProviderKind::Mock => {
+                    if r.think_tags.is_some() {
+                        return Err(invalid(key("think_tags"), "only applies to provider \"openai\"".into()));
+                    }
                     let script: FaultScript = match &r.fault {
                         Some(f) => f.parse().map_err(|e| invalid(key("fault"), format!("{e}")))?,
                         None => FaultScript::NONE,
@@ -1348,6 +1364,20 @@ mod tests {
             described.contains("within 1000–3000 ms after 100 gaps or 8×the stream's own largest after its first 12"),
             "the fallback keeps the default: {described}"
         );
+    }
+
+    #[test]
+    fn think_tags_is_an_openai_route_option() {
+        let on = GOOD.replace("stall_ms = 500", "stall_ms = 500\nthink_tags = true");
+        // What the split does is tested over the proxy (tests/reasoning.rs).
+        assert!(Config::parse("baton.toml", &on, &env).is_ok());
+        let mock = error(&GOOD.replace("fault = \"503x1\"", "fault = \"503x1\"\nthink_tags = true"));
+        assert!(
+            mock.contains("`route[1].think_tags`") && mock.contains("only applies to provider \"openai\""),
+            "{mock}"
+        );
+        let typed = error(&GOOD.replace("stall_ms = 500", "stall_ms = 500\nthink_tags = \"yes\""));
+        assert!(typed.contains("think_tags"), "{typed}");
     }
 
     #[test]

@@ -397,3 +397,105 @@ async fn over_the_proxy_reasoning_tokens_are_summed_across_a_handover() {
     assert_eq!(reasoning_line("primary"), Some(6.0), "two sessions, 3 each:\n{metrics}");
     assert_eq!(reasoning_line("fallback"), Some(2.0 * fallback_thought as f64));
 }
+
+#[tokio::test]
+async fn think_tags_in_the_content_go_to_the_reasoning_channel_on_a_route_that_asks() {
+    use support::{finish, scripted, text, End, Reply};
+    let tagged = scripted(vec![Reply {
+        // The tags cut across deltas; a later literal `<think>` is the answer's.
+        data: vec![
+            text("m", "\n<thi"),
+            text("m", "nk>Let me"),
+            text("m", " think.</th"),
+            text("m", "ink>\n\nThe answer: <think> is a tag."),
+            finish("m", "stop"),
+        ],
+        end: End::Done,
+    }])
+    .await;
+    // Never closed: all thinking, no answer, so it hands over.
+    let unclosed = scripted(vec![Reply {
+        data: vec![text("m", "<think>going round"), finish("m", "stop")],
+        end: End::Done,
+    }])
+    .await;
+    let (fallback, stop_f) = support::oracle_upstream("none", Style::default()).await;
+    let url = tagged.base_url();
+    let unclosed_url = unclosed.base_url();
+    let toml = format!(
+        r#"
+        [[route]]
+        name = "split"
+        provider = "openai"
+        base_url = "{url}"
+        model = "m"
+        think_tags = true
+
+        [[route]]
+        name = "plain"
+        provider = "openai"
+        base_url = "{url}"
+        model = "m"
+
+        [[route]]
+        name = "unclosed"
+        provider = "openai"
+        base_url = "{unclosed_url}"
+        model = "m"
+        think_tags = true
+
+        [[route]]
+        name = "fallback"
+        provider = "openai"
+        base_url = "{fallback}"
+        model = "oracle"
+
+        [[ladder]]
+        name = "split"
+        routes = ["split"]
+
+        [[ladder]]
+        name = "plain"
+        routes = ["plain"]
+
+        [[ladder]]
+        name = "unclosed"
+        routes = ["unclosed", "fallback"]
+        "#
+    );
+    let proxy = support::serve(&toml, vec![stop_f]).await;
+    let ask = |model: &str, stream: bool| serde_json::json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "hi"}]});
+    let sse = support::Sse::parse(&proxy.chat(&ask("split", true)).await.text().await.expect("body"));
+    assert_eq!(sse.reasoning(), "Let me think.");
+    assert_eq!(sse.text(), "The answer: <think> is a tag.");
+    assert!(sse
+        .chunks()
+        .iter()
+        .all(|c| c.pointer("/choices/0/delta/reasoning").is_none()));
+    let whole: serde_json::Value = proxy.chat(&ask("split", false)).await.json().await.expect("json");
+    assert_eq!(
+        whole["choices"][0]["message"]["reasoning_content"], "Let me think.",
+        "{whole}"
+    );
+    assert_eq!(
+        whole["choices"][0]["message"]["content"],
+        "The answer: <think> is a tag."
+    );
+    // Without the option the content is the content.
+    let sse = support::Sse::parse(&proxy.chat(&ask("plain", true)).await.text().await.expect("body"));
+    assert_eq!(sse.reasoning(), "");
+    assert_eq!(
+        sse.text(),
+        "\n<think>Let me think.</think>\n\nThe answer: <think> is a tag."
+    );
+
+    let sse = support::Sse::parse(&proxy.chat(&ask("unclosed", true)).await.text().await.expect("body"));
+    let messages = vec![Message::new(Role::User, "hi")];
+    assert_eq!(sse.text(), answer(&messages), "the fallback's answer, byte for byte");
+    assert!(sse.reasoning().starts_with("going round"), "{}", sse.reasoning());
+    assert!(
+        sse.comments.iter().any(|c| c.contains("reason=empty_answer")),
+        "{:?}",
+        sse.comments
+    );
+}

@@ -7,6 +7,7 @@ pub mod anthropic;
 pub mod mock;
 pub mod openai;
 pub mod sse;
+pub mod think_tags;
 pub mod tool_calls;
 
 use std::pin::Pin;

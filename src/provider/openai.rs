@@ -23,6 +23,8 @@ pub struct OpenAiProvider {
     limits: SseLimits,
     /// Scrubs secrets (this route's key at least) from every failure's text.
     redactor: Redactor,
+    /// Split a leading `<think>…</think>` out of the content into reasoning (the route's `think_tags`).
+    think_tags: bool,
 }
 
 impl std::fmt::Debug for OpenAiProvider {
@@ -32,6 +34,7 @@ impl std::fmt::Debug for OpenAiProvider {
             .field("endpoint", &self.endpoint)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("limits", &self.limits)
+            .field("think_tags", &self.think_tags)
             .finish()
     }
 }
@@ -45,7 +48,16 @@ impl OpenAiProvider {
             redactor: Redactor::new(api_key.iter()),
             api_key,
             limits: SseLimits::default(),
+            think_tags: false,
         }
+    }
+
+    /// The same provider, splitting a `<think>…</think>` block at the start of
+    /// the content out into reasoning (`reasoning_content`), for servers that
+    /// stream a model's thinking inside its content.
+    pub fn with_think_tags(mut self, on: bool) -> Self {
+        self.think_tags = on;
+        self
     }
 
     /// The same provider, also redacting `redactor`'s secrets (the config's other keys).
@@ -95,7 +107,12 @@ impl Provider for OpenAiProvider {
         if let Some(key) = &self.api_key {
             builder = builder.bearer_auth(key);
         }
-        super::sse::stream(builder, parse_sse_event, self.limits, self.redactor.clone())
+        let stream = super::sse::stream(builder, parse_sse_event, self.limits, self.redactor.clone());
+        if self.think_tags {
+            Box::pin(super::think_tags::ThinkTagStream::new(stream))
+        } else {
+            stream
+        }
     }
 }
 

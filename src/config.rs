@@ -179,6 +179,9 @@ pub struct RouteSection {
     pub stall_ms: Option<u64>,
     /// Whole-attempt deadline (ms).
     pub total_ms: Option<u64>,
+    /// The reasoning budget: a stream that reasons must give its first answer token (text or
+    /// tool call) this long after the request, else it hands over (ms; default: no budget).
+    pub reasoning_budget_ms: Option<u64>,
     /// Let the stall deadline follow the route's recent inter-token gaps and the
     /// stream's own cadence (`stall_ms` becomes its ceiling); default true, `false`: fixed `stall_ms`.
     pub stall_adaptive: Option<bool>,
@@ -518,11 +521,28 @@ impl Config {
                 Some(v) => Ok(Duration::from_millis(v)),
                 None => Ok(default),
             };
+            let reasoning_budget = match r.reasoning_budget_ms {
+                None => None,
+                Some(v) => Some(ms(Some(v), "reasoning_budget_ms", Duration::ZERO)?),
+            };
             let deadlines = Deadlines {
                 first_token: ms(r.ttft_ms, "ttft_ms", defaults.first_token)?,
                 stall: ms(r.stall_ms, "stall_ms", defaults.stall)?,
                 total: ms(r.total_ms, "total_ms", defaults.total)?,
+                reasoning_budget,
             };
+            if let Some(budget) = deadlines.reasoning_budget {
+                if budget >= deadlines.total {
+                    return Err(invalid(
+                        key("reasoning_budget_ms"),
+                        format!(
+                            "{} ms is not below total_ms ({} ms): the whole attempt would end first",
+                            budget.as_millis(),
+                            deadlines.total.as_millis()
+                        ),
+                    ));
+                }
+            }
             let adaptive = adaptive_config(r, &key, deadlines.stall).map_err(|(k, problem)| invalid(k, problem))?;
             let mut route = Route::new(&r.name, &r.model, provider)
                 .with_deadlines(deadlines)
@@ -1363,6 +1383,28 @@ mod tests {
         assert!(
             described.contains("within 1000–3000 ms after 100 gaps or 8×the stream's own largest after its first 12"),
             "the fallback keeps the default: {described}"
+        );
+    }
+
+    #[test]
+    fn the_reasoning_budget_is_off_by_default_and_checked() {
+        let route = |extra: &str| GOOD.replace("stall_ms = 500", &format!("stall_ms = 500\n{extra}"));
+        let config = Config::parse("baton.toml", GOOD, &env).expect("valid");
+        assert_eq!(config.ladders[0].ladder.routes[0].deadlines.reasoning_budget, None);
+        let config = Config::parse("baton.toml", &route("reasoning_budget_ms = 45000"), &env).expect("valid");
+        assert_eq!(
+            config.ladders[0].ladder.routes[0].deadlines.reasoning_budget,
+            Some(Duration::from_secs(45))
+        );
+        let zero = error(&route("reasoning_budget_ms = 0"));
+        assert!(
+            zero.contains("`route[0].reasoning_budget_ms`") && zero.contains("above 0"),
+            "{zero}"
+        );
+        let late = error(&route("total_ms = 10000\nreasoning_budget_ms = 10000"));
+        assert!(
+            late.contains("`route[0].reasoning_budget_ms`") && late.contains("not below total_ms"),
+            "{late}"
         );
     }
 

@@ -499,3 +499,52 @@ async fn think_tags_in_the_content_go_to_the_reasoning_channel_on_a_route_that_a
         sse.comments
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_reasoning_budget_shorter_than_the_thinking_hands_over_and_the_answer_is_byte_exact() {
+    let budget = Duration::from_secs(2);
+    let with_budget = |budget: Option<Duration>| {
+        // A chunk every 300 ms: its thinking lasts well past 2 s.
+        let primary = Route::new("primary", "oracle-think", oracle("none", Duration::from_millis(300))).with_deadlines(
+            Deadlines {
+                reasoning_budget: budget,
+                ..Deadlines::default()
+            },
+        );
+        Splicer::new(Ladder::new(vec![
+            primary,
+            Route::new("fallback", "oracle-small", oracle("none", Duration::from_millis(1))),
+        ]))
+    };
+    let splicer = with_budget(Some(budget));
+    let marker = splicer.ladder().reasoning_marker.clone();
+    let mut events = splicer.subscribe();
+    let messages = question("budget");
+    let started = tokio::time::Instant::now();
+    let got = run(&splicer, &messages).await;
+    assert!(got.complete);
+    assert_eq!(got.failures, ["reasoning_timeout"]);
+    assert_eq!(got.handovers, 1);
+    assert_eq!(got.text, answer(&messages), "the fallback's answer, byte for byte");
+    // The primary's thinking up to the budget (first chunk at 5 ms, then one every 300 ms), then the seam.
+    let thought = 1 + (budget.as_millis() as usize - 5) / 300;
+    assert_eq!(got.reasoning, format!("{}{marker}", thinking_until(&messages, thought)));
+    let first_text = got.first_text.expect("text");
+    assert!(
+        first_text >= budget && first_text < budget + Duration::from_millis(100),
+        "handed over at the budget: {first_text:?} after {:?}",
+        started.elapsed()
+    );
+    let verdict = support::verify_events(&support::drain(&mut events));
+    assert_eq!(
+        verdict,
+        Outcome::Ok { partial: false },
+        "the replay re-drives the budget"
+    );
+
+    // Without the key the same thinking answers whole on the primary.
+    let got = run(&with_budget(None), &messages).await;
+    assert_eq!((got.handovers, got.failures.len()), (0, 0));
+    assert_eq!(got.reasoning, thinking(&messages));
+    assert_eq!(got.text, answer(&messages));
+}

@@ -760,7 +760,7 @@ impl Config {
                     }
                 };
                 out.push_str(&format!(
-                    "  {}. {} → model {:?}{}, {}, ttft {ttft}, stall {stall}, total {} ms, context {}\n",
+                    "  {}. {} → model {:?}{}, {}, ttft {ttft}, stall {stall}, total {} ms{}, context {}\n",
                     i + 1,
                     r.name,
                     &*r.model,
@@ -771,6 +771,10 @@ impl Config {
                     },
                     r.continuation.as_str(),
                     r.deadlines.total.as_millis(),
+                    r.deadlines
+                        .reasoning_budget
+                        .map(|b| format!(", reasoning budget {} ms", b.as_millis()))
+                        .unwrap_or_default(),
                     r.context_tokens.map_or_else(
                         || "unknown until an error states it".to_string(),
                         |t| format!("{t} tokens")
@@ -1395,6 +1399,11 @@ mod tests {
         assert_eq!(
             config.ladders[0].ladder.routes[0].deadlines.reasoning_budget,
             Some(Duration::from_secs(45))
+        );
+        assert!(
+            config.describe().contains("total 300000 ms, reasoning budget 45000 ms"),
+            "{}",
+            config.describe()
         );
         let zero = error(&route("reasoning_budget_ms = 0"));
         assert!(

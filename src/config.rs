@@ -83,6 +83,8 @@ pub struct ServerSection {
     pub max_connections: Option<usize>,
     /// The listening socket's backlog of connections not yet accepted; default 1024.
     pub listen_backlog: Option<u32>,
+    /// The chat-completions field reasoning goes out in, for every ladder that names none; default `as_upstream`.
+    pub reasoning_field: Option<crate::reasoning::OutgoingField>,
 }
 
 /// Connection and session limits of the proxy (`[server]`).
@@ -271,6 +273,8 @@ pub struct LadderSection {
     pub reasoning_marker: Option<String>,
     /// Forward the reasoning of a fallback that starts after the answer text began (default false).
     pub forward_late_reasoning: Option<bool>,
+    /// The chat-completions field its reasoning goes out in: `as_upstream`, `reasoning_content` or `reasoning` (default: the server's).
+    pub reasoning_field: Option<crate::reasoning::OutgoingField>,
     /// Start the next route in parallel when a first token is late (default false).
     pub hedge: Option<bool>,
     /// Hedge no earlier than this (ms), and after this while the route's p95 is unknown (default: not until known).
@@ -319,6 +323,8 @@ pub struct ResolvedLadder {
     pub pattern: Option<String>,
     /// The ladder.
     pub ladder: Ladder,
+    /// The chat-completions field its reasoning goes out in (a wire matter: the engine keeps the upstream's).
+    pub reasoning_field: crate::reasoning::OutgoingField,
 }
 
 /// The whole config, validated, with secrets read.
@@ -665,6 +671,7 @@ impl Config {
                 name: l.name.clone(),
                 pattern: l.pattern.clone(),
                 ladder,
+                reasoning_field: l.reasoning_field.or(raw.server.reasoning_field).unwrap_or_default(),
             });
         }
         Ok(Config {
@@ -1482,6 +1489,35 @@ mod tests {
         let ladder = &config.ladders[0].ladder;
         assert_eq!(ladder.reasoning_marker, " [seam] ");
         assert!(ladder.forward_late_reasoning);
+    }
+
+    #[test]
+    fn the_outgoing_reasoning_field_is_the_ladders_else_the_servers() {
+        use crate::reasoning::OutgoingField;
+        let ladder = |extra: &str| {
+            GOOD.replace(
+                "routes = [\"primary\", \"fallback\"]",
+                &format!("routes = [\"primary\", \"fallback\"]\n{extra}"),
+            )
+        };
+        let field = |text: &str| Config::parse("baton.toml", text, &env).expect("valid").ladders[0].reasoning_field;
+        assert_eq!(field(GOOD), OutgoingField::AsUpstream);
+        assert_eq!(
+            field(&ladder("reasoning_field = \"reasoning\"")),
+            OutgoingField::Reasoning
+        );
+        let server = GOOD.replace("[server]", "[server]\nreasoning_field = \"reasoning_content\"");
+        assert_eq!(field(&server), OutgoingField::ReasoningContent);
+        let both = server.replace(
+            "routes = [\"primary\", \"fallback\"]",
+            "routes = [\"primary\", \"fallback\"]\nreasoning_field = \"as_upstream\"",
+        );
+        assert_eq!(field(&both), OutgoingField::AsUpstream, "the ladder's word wins");
+        let bad = error(&ladder("reasoning_field = \"thoughts\""));
+        assert!(
+            bad.contains("reasoning_field") && bad.contains("as_upstream"),
+            "names the key and the choices: {bad}"
+        );
     }
 
     #[test]

@@ -548,3 +548,74 @@ async fn a_reasoning_budget_shorter_than_the_thinking_hands_over_and_the_answer_
     assert_eq!(got.reasoning, thinking(&messages));
     assert_eq!(got.text, answer(&messages));
 }
+
+#[tokio::test]
+async fn the_operator_chooses_the_field_reasoning_goes_out_in() {
+    // The primary thinks in `reasoning_content`, stalls, and the fallback thinks in `reasoning`.
+    let (primary, stop) = support::oracle_upstream("stall@4", Style::default()).await;
+    let (fallback, stop_f) = support::oracle_upstream("none", Style::default()).await;
+    let mut toml = format!(
+        r#"
+        [server]
+        reasoning_field = "reasoning_content"
+
+        [[route]]
+        name = "primary"
+        provider = "openai"
+        base_url = "{primary}"
+        model = "oracle-think"
+        stall_ms = 500
+
+        [[route]]
+        name = "fallback"
+        provider = "openai"
+        base_url = "{fallback}"
+        model = "oracle-reason"
+        "#
+    );
+    for (name, field) in [
+        ("as", Some("as_upstream")),
+        ("one", Some("reasoning")),
+        ("server", None),
+    ] {
+        toml.push_str(&format!(
+            "\n[[ladder]]\nname = \"{name}\"\nroutes = [\"primary\", \"fallback\"]\n{}\n",
+            field.map(|f| format!("reasoning_field = \"{f}\"")).unwrap_or_default()
+        ));
+    }
+    let proxy = support::serve(&toml, vec![stop, stop_f]).await;
+    let messages = question("field");
+    let expected = format!(
+        "{}{}{}",
+        thinking_until(&messages, 4),
+        baton::reasoning::SEAM_MARKER,
+        thinking(&messages)
+    );
+    let fields = |sse: &support::Sse| {
+        let has = |key: &str| {
+            sse.chunks()
+                .iter()
+                .any(|c| c.pointer(&format!("/choices/0/delta/{key}")).is_some())
+        };
+        (has("reasoning_content"), has("reasoning"))
+    };
+    for (ladder, want) in [("as", (true, true)), ("one", (false, true)), ("server", (true, false))] {
+        let response = proxy
+            .chat(&serde_json::json!({"model": ladder, "stream": true, "messages": messages}))
+            .await;
+        let sse = support::Sse::parse(&response.text().await.expect("body"));
+        assert_eq!(sse.text(), answer(&messages), "[{ladder}] byte for byte");
+        assert_eq!(sse.reasoning(), expected, "[{ladder}]");
+        assert_eq!(fields(&sse), want, "[{ladder}] (reasoning_content, reasoning)");
+    }
+    // A whole answer: the chosen field only.
+    let whole: serde_json::Value = proxy
+        .chat(&serde_json::json!({"model": "one", "messages": messages}))
+        .await
+        .json()
+        .await
+        .expect("json");
+    let message = &whole["choices"][0]["message"];
+    assert_eq!(message["reasoning"], expected.as_str(), "{whole}");
+    assert!(message.get("reasoning_content").is_none(), "{whole}");
+}

@@ -247,6 +247,10 @@ impl Watchdog {
                 }
                 // Only the model that signed it can use a signature; it is never forwarded.
                 Some(Ok(Chunk::ReasoningSignature(_))) => {}
+                // Encrypted thinking: the model is working (the first-token wait is over, and the
+                // stall clock restarts on the next turn of this loop), but there is nothing to show
+                // and it is no answer. Its data is of use to its own model alone: it goes no further.
+                Some(Ok(Chunk::RedactedReasoning(_))) => self.seen_text = true,
                 Some(Ok(Chunk::ToolCalls(calls))) => {
                     if let Err(kind) = self.tool_calls.admit(&calls) {
                         return self.end_or(kind);
@@ -355,6 +359,38 @@ mod tests {
         // No budget: thinking may last.
         let (_, failed_at) = watch(thinker(1000, Chunk::Text("x".into())), Deadlines::default(), 200).await;
         assert_eq!(failed_at, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn redacted_thinking_is_reasoning_activity_and_no_answer() {
+        // A redacted block every 2 s for 16 s, past the 10 s first-token deadline and never 3 s apart, then text.
+        let stream = || -> ChunkStream {
+            Box::pin(futures::stream::unfold(0u32, |n| async move {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let chunk = if n < 8 {
+                    Chunk::RedactedReasoning(crate::provider::Opaque(format!("enc{n}")))
+                } else {
+                    Chunk::Text("Yes.".into())
+                };
+                Some((Ok(chunk), n + 1))
+            }))
+        };
+        let (seen, failed_at) = watch(stream(), Deadlines::default(), 3).await;
+        assert_eq!(failed_at, None, "{seen:?}");
+        assert_eq!(
+            seen,
+            vec![Watched::Text("Yes.".into()); 3],
+            "nothing of the blocks goes out"
+        );
+        // It is not an answer: the reasoning budget still runs.
+        let (seen, failed_at) = watch(stream(), budget(5000), 3).await;
+        assert_eq!(failed_at, Some(Duration::from_secs(5)));
+        assert_eq!(
+            seen,
+            vec![Watched::Failed(FailureKind::ReasoningTimeout {
+                after: Duration::from_secs(5)
+            })]
+        );
     }
 
     #[test]

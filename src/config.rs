@@ -83,6 +83,8 @@ pub struct ServerSection {
     pub max_connections: Option<usize>,
     /// The listening socket's backlog of connections not yet accepted; default 1024.
     pub listen_backlog: Option<u32>,
+    /// The chat-completions field reasoning goes out in, for every ladder that names none; default `as_upstream`.
+    pub reasoning_field: Option<crate::reasoning::OutgoingField>,
 }
 
 /// Connection and session limits of the proxy (`[server]`).
@@ -171,12 +173,17 @@ pub struct RouteSection {
     /// Send `continue_final_message`/`add_generation_prompt` (vLLM, SGLang).
     #[serde(default)]
     pub continue_final_message: bool,
+    /// openai only: a `<think>…</think>` block at the start of the content is reasoning (default false).
+    pub think_tags: Option<bool>,
     /// Time-to-first-token deadline (ms).
     pub ttft_ms: Option<u64>,
     /// Inter-token stall deadline (ms).
     pub stall_ms: Option<u64>,
     /// Whole-attempt deadline (ms).
     pub total_ms: Option<u64>,
+    /// The reasoning budget: a stream that reasons must give its first answer token (text or
+    /// tool call) this long after the request, else it hands over (ms; default: no budget).
+    pub reasoning_budget_ms: Option<u64>,
     /// Let the stall deadline follow the route's recent inter-token gaps and the
     /// stream's own cadence (`stall_ms` becomes its ceiling); default true, `false`: fixed `stall_ms`.
     pub stall_adaptive: Option<bool>,
@@ -266,6 +273,8 @@ pub struct LadderSection {
     pub reasoning_marker: Option<String>,
     /// Forward the reasoning of a fallback that starts after the answer text began (default false).
     pub forward_late_reasoning: Option<bool>,
+    /// The chat-completions field its reasoning goes out in: `as_upstream`, `reasoning_content` or `reasoning` (default: the server's).
+    pub reasoning_field: Option<crate::reasoning::OutgoingField>,
     /// Start the next route in parallel when a first token is late (default false).
     pub hedge: Option<bool>,
     /// Hedge no earlier than this (ms), and after this while the route's p95 is unknown (default: not until known).
@@ -314,6 +323,8 @@ pub struct ResolvedLadder {
     pub pattern: Option<String>,
     /// The ladder.
     pub ladder: Ladder,
+    /// The chat-completions field its reasoning goes out in (a wire matter: the engine keeps the upstream's).
+    pub reasoning_field: crate::reasoning::OutgoingField,
 }
 
 /// The whole config, validated, with secrets read.
@@ -479,12 +490,26 @@ impl Config {
                         None => None,
                     };
                     if r.provider == ProviderKind::Anthropic {
+                        if r.think_tags.is_some() {
+                            return Err(invalid(
+                                key("think_tags"),
+                                "only applies to provider \"openai\" (Anthropic streams thinking blocks of its own)"
+                                    .into(),
+                            ));
+                        }
                         Arc::new(AnthropicProvider::new(client.clone(), url, api_key).with_redactor(&redactor))
                     } else {
-                        Arc::new(OpenAiProvider::new(client.clone(), url, api_key).with_redactor(&redactor))
+                        Arc::new(
+                            OpenAiProvider::new(client.clone(), url, api_key)
+                                .with_redactor(&redactor)
+                                .with_think_tags(r.think_tags.unwrap_or(false)),
+                        )
                     }
                 }
                 ProviderKind::Mock => {
+                    if r.think_tags.is_some() {
+                        return Err(invalid(key("think_tags"), "only applies to provider \"openai\"".into()));
+                    }
                     let script: FaultScript = match &r.fault {
                         Some(f) => f.parse().map_err(|e| invalid(key("fault"), format!("{e}")))?,
                         None => FaultScript::NONE,
@@ -502,11 +527,28 @@ impl Config {
                 Some(v) => Ok(Duration::from_millis(v)),
                 None => Ok(default),
             };
+            let reasoning_budget = match r.reasoning_budget_ms {
+                None => None,
+                Some(v) => Some(ms(Some(v), "reasoning_budget_ms", Duration::ZERO)?),
+            };
             let deadlines = Deadlines {
                 first_token: ms(r.ttft_ms, "ttft_ms", defaults.first_token)?,
                 stall: ms(r.stall_ms, "stall_ms", defaults.stall)?,
                 total: ms(r.total_ms, "total_ms", defaults.total)?,
+                reasoning_budget,
             };
+            if let Some(budget) = deadlines.reasoning_budget {
+                if budget >= deadlines.total {
+                    return Err(invalid(
+                        key("reasoning_budget_ms"),
+                        format!(
+                            "{} ms is not below total_ms ({} ms): the whole attempt would end first",
+                            budget.as_millis(),
+                            deadlines.total.as_millis()
+                        ),
+                    ));
+                }
+            }
             let adaptive = adaptive_config(r, &key, deadlines.stall).map_err(|(k, problem)| invalid(k, problem))?;
             let mut route = Route::new(&r.name, &r.model, provider)
                 .with_deadlines(deadlines)
@@ -629,6 +671,7 @@ impl Config {
                 name: l.name.clone(),
                 pattern: l.pattern.clone(),
                 ladder,
+                reasoning_field: l.reasoning_field.or(raw.server.reasoning_field).unwrap_or_default(),
             });
         }
         Ok(Config {
@@ -724,7 +767,7 @@ impl Config {
                     }
                 };
                 out.push_str(&format!(
-                    "  {}. {} → model {:?}{}, {}, ttft {ttft}, stall {stall}, total {} ms, context {}\n",
+                    "  {}. {} → model {:?}{}, {}, ttft {ttft}, stall {stall}, total {} ms{}, context {}\n",
                     i + 1,
                     r.name,
                     &*r.model,
@@ -735,6 +778,10 @@ impl Config {
                     },
                     r.continuation.as_str(),
                     r.deadlines.total.as_millis(),
+                    r.deadlines
+                        .reasoning_budget
+                        .map(|b| format!(", reasoning budget {} ms", b.as_millis()))
+                        .unwrap_or_default(),
                     r.context_tokens.map_or_else(
                         || "unknown until an error states it".to_string(),
                         |t| format!("{t} tokens")
@@ -1351,6 +1398,47 @@ mod tests {
     }
 
     #[test]
+    fn the_reasoning_budget_is_off_by_default_and_checked() {
+        let route = |extra: &str| GOOD.replace("stall_ms = 500", &format!("stall_ms = 500\n{extra}"));
+        let config = Config::parse("baton.toml", GOOD, &env).expect("valid");
+        assert_eq!(config.ladders[0].ladder.routes[0].deadlines.reasoning_budget, None);
+        let config = Config::parse("baton.toml", &route("reasoning_budget_ms = 45000"), &env).expect("valid");
+        assert_eq!(
+            config.ladders[0].ladder.routes[0].deadlines.reasoning_budget,
+            Some(Duration::from_secs(45))
+        );
+        assert!(
+            config.describe().contains("total 300000 ms, reasoning budget 45000 ms"),
+            "{}",
+            config.describe()
+        );
+        let zero = error(&route("reasoning_budget_ms = 0"));
+        assert!(
+            zero.contains("`route[0].reasoning_budget_ms`") && zero.contains("above 0"),
+            "{zero}"
+        );
+        let late = error(&route("total_ms = 10000\nreasoning_budget_ms = 10000"));
+        assert!(
+            late.contains("`route[0].reasoning_budget_ms`") && late.contains("not below total_ms"),
+            "{late}"
+        );
+    }
+
+    #[test]
+    fn think_tags_is_an_openai_route_option() {
+        let on = GOOD.replace("stall_ms = 500", "stall_ms = 500\nthink_tags = true");
+        // What the split does is tested over the proxy (tests/reasoning.rs).
+        assert!(Config::parse("baton.toml", &on, &env).is_ok());
+        let mock = error(&GOOD.replace("fault = \"503x1\"", "fault = \"503x1\"\nthink_tags = true"));
+        assert!(
+            mock.contains("`route[1].think_tags`") && mock.contains("only applies to provider \"openai\""),
+            "{mock}"
+        );
+        let typed = error(&GOOD.replace("stall_ms = 500", "stall_ms = 500\nthink_tags = \"yes\""));
+        assert!(typed.contains("think_tags"), "{typed}");
+    }
+
+    #[test]
     fn breaker_cool_down_and_probe_keys_are_checked_and_described() {
         let config = Config::parse("baton.toml", GOOD, &env).expect("valid");
         let b = *config.ladders[0].ladder.routes[0].health.breaker_config();
@@ -1401,6 +1489,35 @@ mod tests {
         let ladder = &config.ladders[0].ladder;
         assert_eq!(ladder.reasoning_marker, " [seam] ");
         assert!(ladder.forward_late_reasoning);
+    }
+
+    #[test]
+    fn the_outgoing_reasoning_field_is_the_ladders_else_the_servers() {
+        use crate::reasoning::OutgoingField;
+        let ladder = |extra: &str| {
+            GOOD.replace(
+                "routes = [\"primary\", \"fallback\"]",
+                &format!("routes = [\"primary\", \"fallback\"]\n{extra}"),
+            )
+        };
+        let field = |text: &str| Config::parse("baton.toml", text, &env).expect("valid").ladders[0].reasoning_field;
+        assert_eq!(field(GOOD), OutgoingField::AsUpstream);
+        assert_eq!(
+            field(&ladder("reasoning_field = \"reasoning\"")),
+            OutgoingField::Reasoning
+        );
+        let server = GOOD.replace("[server]", "[server]\nreasoning_field = \"reasoning_content\"");
+        assert_eq!(field(&server), OutgoingField::ReasoningContent);
+        let both = server.replace(
+            "routes = [\"primary\", \"fallback\"]",
+            "routes = [\"primary\", \"fallback\"]\nreasoning_field = \"as_upstream\"",
+        );
+        assert_eq!(field(&both), OutgoingField::AsUpstream, "the ladder's word wins");
+        let bad = error(&ladder("reasoning_field = \"thoughts\""));
+        assert!(
+            bad.contains("reasoning_field") && bad.contains("as_upstream"),
+            "names the key and the choices: {bad}"
+        );
     }
 
     #[test]

@@ -213,11 +213,13 @@ impl DemoWorld {
             first_token: Duration::from_millis(1500),
             stall: Duration::from_millis(400),
             total: Duration::from_secs(60),
+            reasoning_budget: None,
         };
         let patient = Deadlines {
             first_token: Duration::from_secs(5),
             stall: Duration::from_secs(2),
             total: Duration::from_secs(60),
+            reasoning_budget: None,
         };
         let mut primary = Route::new(PRIMARY, "oracle-large", provider(primary)).with_deadlines(fast);
         // The primary is flaky by design (most of its answers break somewhere):

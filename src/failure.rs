@@ -114,6 +114,12 @@ pub enum FailureKind {
         /// The deadline that fired.
         after: Duration,
     },
+    /// The model reasoned past the route's reasoning budget without an answer token (text or tool call).
+    #[error("no answer token within the reasoning budget of {} ms", after.as_millis())]
+    ReasoningTimeout {
+        /// The budget that ran out, from the request.
+        after: Duration,
+    },
     /// The stream went silent for longer than the stall deadline.
     #[error("stalled for {} ms", after.as_millis())]
     Stall {
@@ -280,6 +286,7 @@ impl FailureKind {
             FailureKind::Auth { .. } => "auth",
             FailureKind::Rejected { .. } => "rejected",
             FailureKind::FirstTokenTimeout { .. } => "first_token_timeout",
+            FailureKind::ReasoningTimeout { .. } => "reasoning_timeout",
             FailureKind::Stall { .. } => "stall",
             FailureKind::TotalTimeout { .. } => "total_timeout",
             FailureKind::Truncated { .. } => "truncated",

@@ -2,6 +2,33 @@
 //! enters a continuation prefix; the client gets it on its own channel, with a
 //! visible seam where one model's reasoning was cut and another's begins.
 
+use crate::provider::ReasoningField;
+
+/// Which chat-completions field the proxy sends reasoning in (`reasoning_field`
+/// in `[server]` or on a `[[ladder]]`), for clients that read only one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutgoingField {
+    /// The field the upstream used (Anthropic thinking: `reasoning_content`).
+    #[default]
+    AsUpstream,
+    /// Always `reasoning_content`.
+    ReasoningContent,
+    /// Always `reasoning`.
+    Reasoning,
+}
+
+impl OutgoingField {
+    /// The field reasoning that arrived in `field` goes out in.
+    pub fn apply(self, field: ReasoningField) -> ReasoningField {
+        match self {
+            OutgoingField::AsUpstream => field,
+            OutgoingField::ReasoningContent => ReasoningField::ReasoningContent,
+            OutgoingField::Reasoning => ReasoningField::Reasoning,
+        }
+    }
+}
+
 /// What the client's reasoning channel gets where a handover cut the reasoning off.
 pub const SEAM_MARKER: &str = "\n\n[baton: the reasoning above was cut off; another model continues]\n\n";
 
@@ -30,6 +57,16 @@ pub fn place(late: bool, forward_late: bool, seam_due: bool) -> Placement {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_outgoing_field_is_the_upstreams_unless_the_operator_names_one() {
+        use ReasoningField::*;
+        for field in [ReasoningContent, Reasoning, Thinking] {
+            assert_eq!(OutgoingField::AsUpstream.apply(field), field);
+            assert_eq!(OutgoingField::ReasoningContent.apply(field), ReasoningContent);
+            assert_eq!(OutgoingField::Reasoning.apply(field), Reasoning);
+        }
+    }
 
     #[test]
     fn late_reasoning_is_withheld_unless_the_ladder_forwards_it() {

@@ -231,8 +231,20 @@ impl ChatRequest {
 pub struct Usage {
     /// Tokens in the prompt.
     pub prompt_tokens: u64,
-    /// Tokens generated.
+    /// Tokens generated, reasoning included.
     pub completion_tokens: u64,
+    /// Of those, the tokens spent reasoning, when the upstream says
+    /// (`completion_tokens_details.reasoning_tokens`); `None`: not reported
+    /// (Anthropic counts thinking in its output tokens without a separate figure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_tokens: Option<u64>,
+}
+
+impl Usage {
+    /// Prompt and completion tokens together, saturating (the figures are the upstream's).
+    pub fn total(&self) -> u64 {
+        self.prompt_tokens.saturating_add(self.completion_tokens)
+    }
 }
 
 impl std::ops::AddAssign for Usage {
@@ -240,6 +252,11 @@ impl std::ops::AddAssign for Usage {
         // Upstreams report these figures: adding them up must not overflow.
         self.prompt_tokens = self.prompt_tokens.saturating_add(rhs.prompt_tokens);
         self.completion_tokens = self.completion_tokens.saturating_add(rhs.completion_tokens);
+        // The sum of what was reported: an attempt that gave no figure adds none.
+        self.reasoning_tokens = match (self.reasoning_tokens, rhs.reasoning_tokens) {
+            (Some(a), Some(b)) => Some(a.saturating_add(b)),
+            (a, b) => a.or(b),
+        };
     }
 }
 

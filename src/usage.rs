@@ -82,6 +82,7 @@ pub fn merge(so_far: Option<Usage>, report: Usage) -> Usage {
         Some(u) => Usage {
             prompt_tokens: u.prompt_tokens.max(report.prompt_tokens),
             completion_tokens: u.completion_tokens.max(report.completion_tokens),
+            reasoning_tokens: u.reasoning_tokens.max(report.reasoning_tokens),
         },
     }
 }
@@ -98,6 +99,7 @@ mod tests {
             reported: reported.map(|(p, c)| Usage {
                 prompt_tokens: p,
                 completion_tokens: c,
+                reasoning_tokens: None,
             }),
             deltas,
         }
@@ -117,7 +119,8 @@ mod tests {
             tally.reported(),
             Some(Usage {
                 prompt_tokens: 270,
-                completion_tokens: 40
+                completion_tokens: 40,
+                reasoning_tokens: None,
             })
         );
         assert_eq!((tally.reported_attempts(), tally.unreported_attempts()), (2, 1));
@@ -130,17 +133,54 @@ mod tests {
         let start = Usage {
             prompt_tokens: 12,
             completion_tokens: 1,
+            reasoning_tokens: None,
         };
         let delta = Usage {
             prompt_tokens: 0,
             completion_tokens: 7,
+            reasoning_tokens: Some(5),
         };
-        assert_eq!(
-            merge(Some(merge(None, start)), delta),
-            Usage {
-                prompt_tokens: 12,
-                completion_tokens: 7
-            }
-        );
+        let merged = Usage {
+            prompt_tokens: 12,
+            completion_tokens: 7,
+            reasoning_tokens: Some(5),
+        };
+        assert_eq!(merge(Some(merge(None, start)), delta), merged);
+        // A later report that leaves the detail out keeps the figure.
+        assert_eq!(merge(Some(merged), start), merged);
+    }
+
+    #[test]
+    fn reasoning_tokens_are_summed_over_the_attempts_that_reported_them() {
+        let mut tally = Tally::default();
+        let usage = |p, c, r| Usage {
+            prompt_tokens: p,
+            completion_tokens: c,
+            reasoning_tokens: r,
+        };
+        // A thinking attempt cut after its usage, an Anthropic one (no figure), a thinking one that finished.
+        for (n, u) in [
+            (1, usage(10, 30, Some(25))),
+            (2, usage(10, 40, None)),
+            (3, usage(12, 50, Some(20))),
+        ] {
+            tally.push(AttemptTokens {
+                attempt: n,
+                route: format!("r{n}"),
+                model: "m".into(),
+                reported: Some(u),
+                deltas: 1,
+            });
+        }
+        assert_eq!(tally.reported(), Some(usage(32, 120, Some(45))));
+        // No attempt gave the figure: none is made up.
+        let mut plain = Tally::default();
+        plain.push(attempt(1, Some((1, 2)), 1));
+        assert_eq!(plain.reported().and_then(|u| u.reasoning_tokens), None);
+        // Hostile figures saturate instead of overflowing.
+        let mut huge = usage(u64::MAX, u64::MAX, Some(u64::MAX));
+        huge += usage(1, 1, Some(1));
+        assert_eq!(huge, usage(u64::MAX, u64::MAX, Some(u64::MAX)));
+        assert_eq!(huge.total(), u64::MAX);
     }
 }

@@ -3,7 +3,8 @@
 //! The watchdog turns a provider's [`ChunkStream`] into [`Watched`] items and
 //! every way the stream can go bad into a [`FailureKind`]: no first token in
 //! time (headers alone do not count), a stall between tokens, the total
-//! deadline, an end without a finish reason, and whatever the provider
+//! deadline, the optional reasoning budget (reasoning but no answer token by
+//! then), an end without a finish reason, and whatever the provider
 //! reported (malformed chunk, error event, HTTP status …), and tool-call
 //! deltas past the bounds of [`crate::provider::tool_calls`].
 //!
@@ -43,6 +44,15 @@ pub struct Deadlines {
     /// The whole attempt.
     #[serde(rename = "total_ms", with = "crate::record::spec::ms")]
     pub total: Duration,
+    /// The reasoning budget: from the request to the first *answer* token (text
+    /// or tool call) of a stream that reasons first; `None` (the default): thinking may last.
+    #[serde(
+        rename = "reasoning_budget_ms",
+        default,
+        with = "crate::record::spec::opt_ms",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub reasoning_budget: Option<Duration>,
 }
 
 impl Default for Deadlines {
@@ -51,6 +61,7 @@ impl Default for Deadlines {
             first_token: Duration::from_secs(10),
             stall: Duration::from_secs(3),
             total: Duration::from_secs(300),
+            reasoning_budget: None,
         }
     }
 }
@@ -87,6 +98,8 @@ pub struct Watchdog {
     started: Instant,
     /// Whether a token of any channel (text, reasoning, tool calls) came: the first-token wait is over.
     seen_text: bool,
+    /// Whether an answer token (text or tool call) came: the reasoning budget is met.
+    seen_answer: bool,
     finish: Option<String>,
     over: bool,
     /// Where the gaps seen go, when the route's stall deadline adapts.
@@ -107,6 +120,7 @@ impl Watchdog {
             deadlines,
             started,
             seen_text: false,
+            seen_answer: false,
             finish: None,
             over: false,
             gaps: None,
@@ -186,6 +200,13 @@ impl Watchdog {
                     )
                 }
             };
+            // Reasoning without an answer yet: the reasoning budget may come first.
+            let (deadline, kind) = match self.deadlines.reasoning_budget {
+                Some(budget) if self.seen_text && !self.seen_answer && self.started + budget < deadline => {
+                    (self.started + budget, FailureKind::ReasoningTimeout { after: budget })
+                }
+                _ => (deadline, kind),
+            };
             if self.timer.deadline() != deadline {
                 self.timer.as_mut().reset(deadline);
             }
@@ -215,6 +236,7 @@ impl Watchdog {
                 Some(Ok(Chunk::Text(text))) if text.is_empty() => {}
                 Some(Ok(Chunk::Text(text))) => {
                     self.seen_text = true;
+                    self.seen_answer = true;
                     return Watched::Text(text);
                 }
                 Some(Ok(Chunk::Reasoning { text, .. })) if text.is_empty() => {}
@@ -225,11 +247,16 @@ impl Watchdog {
                 }
                 // Only the model that signed it can use a signature; it is never forwarded.
                 Some(Ok(Chunk::ReasoningSignature(_))) => {}
+                // Encrypted thinking: the model is working (the first-token wait is over, and the
+                // stall clock restarts on the next turn of this loop), but there is nothing to show
+                // and it is no answer. Its data is of use to its own model alone: it goes no further.
+                Some(Ok(Chunk::RedactedReasoning(_))) => self.seen_text = true,
                 Some(Ok(Chunk::ToolCalls(calls))) => {
                     if let Err(kind) = self.tool_calls.admit(&calls) {
                         return self.end_or(kind);
                     }
                     self.seen_text = true;
+                    self.seen_answer = true;
                     return Watched::ToolCalls(calls);
                 }
                 Some(Ok(Chunk::Finish(reason))) => self.finish = Some(reason),
@@ -265,5 +292,131 @@ impl Watchdog {
             let item = watchdog.next().await?;
             Some((item, watchdog))
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stream that thinks a chunk every 100 ms for `thoughts` chunks, then answers a chunk every 100 ms.
+    fn thinker(thoughts: u32, answer: Chunk) -> ChunkStream {
+        Box::pin(futures::stream::unfold(0u32, move |n| {
+            let answer = answer.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let chunk = if n < thoughts {
+                    Chunk::Reasoning {
+                        text: format!("t{n} "),
+                        field: ReasoningField::ReasoningContent,
+                    }
+                } else {
+                    answer
+                };
+                Some((Ok(chunk), n + 1))
+            }
+        }))
+    }
+
+    /// What the watchdog lets through until it fails or has let `max` items through, and when it failed.
+    async fn watch(stream: ChunkStream, deadlines: Deadlines, max: usize) -> (Vec<Watched>, Option<Duration>) {
+        let started = Instant::now();
+        let mut dog = Watchdog::new(stream, deadlines);
+        let mut seen = Vec::new();
+        while let Some(item) = dog.next().await {
+            let failed = matches!(item, Watched::Failed(_));
+            seen.push(item);
+            if failed {
+                return (seen, Some(started.elapsed()));
+            }
+            if seen.len() >= max {
+                break;
+            }
+        }
+        (seen, None)
+    }
+
+    fn budget(ms: u64) -> Deadlines {
+        Deadlines {
+            reasoning_budget: Some(Duration::from_millis(ms)),
+            ..Deadlines::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reasoning_past_the_budget_without_an_answer_fails_at_the_budget() {
+        let (seen, failed_at) = watch(thinker(1000, Chunk::Text("x".into())), budget(1050), 10_000).await;
+        assert_eq!(
+            failed_at,
+            Some(Duration::from_millis(1050)),
+            "the budget runs from the request"
+        );
+        assert_eq!(
+            seen.last(),
+            Some(&Watched::Failed(FailureKind::ReasoningTimeout {
+                after: Duration::from_millis(1050)
+            }))
+        );
+        assert_eq!(seen.len(), 11, "ten thoughts, then the failure");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_token_in_time_ends_the_budget() {
+        for answer in [
+            Chunk::Text("x".into()),
+            Chunk::ToolCalls(vec![serde_json::json!({"index": 0, "function": {"arguments": "{}"}})]),
+        ] {
+            // Thinking for 0.5 s, then answering for far longer than the budget.
+            let (seen, failed_at) = watch(thinker(5, answer.clone()), budget(1000), 60).await;
+            assert_eq!(failed_at, None, "{answer:?}: {:?}", seen.last());
+            assert_eq!(seen.len(), 60);
+        }
+        // No budget: thinking may last.
+        let (_, failed_at) = watch(thinker(1000, Chunk::Text("x".into())), Deadlines::default(), 200).await;
+        assert_eq!(failed_at, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn redacted_thinking_is_reasoning_activity_and_no_answer() {
+        // A redacted block every 2 s for 16 s, past the 10 s first-token deadline and never 3 s apart, then text.
+        let stream = || -> ChunkStream {
+            Box::pin(futures::stream::unfold(0u32, |n| async move {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let chunk = if n < 8 {
+                    Chunk::RedactedReasoning(crate::provider::Opaque(format!("enc{n}")))
+                } else {
+                    Chunk::Text("Yes.".into())
+                };
+                Some((Ok(chunk), n + 1))
+            }))
+        };
+        let (seen, failed_at) = watch(stream(), Deadlines::default(), 3).await;
+        assert_eq!(failed_at, None, "{seen:?}");
+        assert_eq!(
+            seen,
+            vec![Watched::Text("Yes.".into()); 3],
+            "nothing of the blocks goes out"
+        );
+        // It is not an answer: the reasoning budget still runs.
+        let (seen, failed_at) = watch(stream(), budget(5000), 3).await;
+        assert_eq!(failed_at, Some(Duration::from_secs(5)));
+        assert_eq!(
+            seen,
+            vec![Watched::Failed(FailureKind::ReasoningTimeout {
+                after: Duration::from_secs(5)
+            })]
+        );
+    }
+
+    #[test]
+    fn deadlines_without_a_budget_read_and_write_as_before() {
+        let old = r#"{"first_token_ms":10000,"stall_ms":3000,"total_ms":300000}"#;
+        let d: Deadlines = serde_json::from_str(old).expect("an older recording's deadlines");
+        assert_eq!(d, Deadlines::default());
+        assert_eq!(serde_json::to_string(&d).expect("json"), old);
+        let with = budget(1500);
+        let json = serde_json::to_string(&with).expect("json");
+        assert!(json.contains(r#""reasoning_budget_ms":1500"#), "{json}");
+        assert_eq!(serde_json::from_str::<Deadlines>(&json).expect("back"), with);
     }
 }

@@ -41,6 +41,7 @@ fn deadlines(first_token: u64, stall: u64, total: u64) -> Deadlines {
         first_token: MS(first_token),
         stall: MS(stall),
         total: MS(total),
+        reasoning_budget: None,
     }
 }
 

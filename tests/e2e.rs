@@ -18,6 +18,7 @@ const DEADLINES: Deadlines = Deadlines {
     first_token: Duration::from_secs(3),
     stall: Duration::from_millis(1500),
     total: Duration::from_secs(60),
+    reasoning_budget: None,
 };
 
 struct World {

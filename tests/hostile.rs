@@ -41,6 +41,7 @@ const GENEROUS: Deadlines = Deadlines {
     first_token: Duration::from_secs(30),
     stall: Duration::from_secs(30),
     total: Duration::from_secs(120),
+    reasoning_budget: None,
 };
 
 const SSE_HEAD: &[u8] =

@@ -89,6 +89,7 @@ fn deadlines() -> Deadlines {
         first_token: Duration::from_secs(10),
         stall: Duration::from_secs(3),
         total: Duration::from_secs(300),
+        reasoning_budget: None,
     }
 }
 

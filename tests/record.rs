@@ -193,7 +193,7 @@ impl Provider for ToolUpstream {
             }
             yield Ok(Chunk::ToolCalls(vec![json!({"index": 0, "function": {"arguments": "{\"q\":1}"}})]));
             yield Ok(Chunk::Finish("tool_calls".into()));
-            yield Ok(Chunk::Usage(Usage { prompt_tokens: 5, completion_tokens: 7 }));
+            yield Ok(Chunk::Usage(Usage { prompt_tokens: 5, completion_tokens: 7, reasoning_tokens: None }));
             yield Ok(Chunk::Done);
         })
     }
@@ -814,7 +814,7 @@ impl Provider for ReportsThenCut {
         Box::pin(async_stream::stream! {
             tokio::time::sleep(Duration::from_millis(20)).await;
             yield Ok(Chunk::Opened);
-            yield Ok(Chunk::Usage(Usage { prompt_tokens: 31, completion_tokens: 0 }));
+            yield Ok(Chunk::Usage(Usage { prompt_tokens: 31, completion_tokens: 0, reasoning_tokens: None }));
             yield Ok(Chunk::Text("The relay ".into()));
             tokio::time::sleep(Duration::from_millis(5)).await;
             yield Ok(Chunk::Text("runner ".into()));
@@ -889,6 +889,7 @@ async fn every_attempts_tokens_are_recorded_and_verified() {
             *usage = Usage {
                 prompt_tokens: 0,
                 completion_tokens: 99,
+                reasoning_tokens: None,
             };
             *tokens = None;
         }

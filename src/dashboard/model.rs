@@ -420,6 +420,7 @@ pub fn splice_marker(cause: &FailureKind, tokens: u64) -> String {
     let what = match cause {
         FailureKind::Stall { after } => format!("stall {}", secs(after)),
         FailureKind::FirstTokenTimeout { after } => format!("no first token in {}", secs(after)),
+        FailureKind::ReasoningTimeout { after } => format!("no answer after {} of reasoning", secs(after)),
         FailureKind::TotalTimeout { after } => format!("total deadline {}", secs(after)),
         FailureKind::ServerError { status, .. } => format!("HTTP {status}"),
         FailureKind::RateLimited { .. } => "HTTP 429".to_string(),

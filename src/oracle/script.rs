@@ -169,6 +169,7 @@ pub fn steps(model: &str, messages: &[Message], fault: Fault, style: Style, paci
     out.push(Step::Wait(first));
     let mut finish = "stop";
     let mut sent = parts.len();
+    let mut thought_sent = thought_parts;
     for k in 0..=parts.len() {
         match fault {
             Fault::LoopAfter(at) if at.min(parts.len()) == k => {
@@ -185,6 +186,9 @@ pub fn steps(model: &str, messages: &[Message], fault: Fault, style: Style, paci
                 }
                 finish = "length";
                 sent = k + LOOP_REPEATS;
+                if thinking_field.is_some() {
+                    thought_sent = sent;
+                }
                 break;
             }
             Fault::StallAfter(at) if at.min(parts.len()) == k => {
@@ -225,13 +229,19 @@ pub fn steps(model: &str, messages: &[Message], fault: Fault, style: Style, paci
     }
     out.push(Step::Data(chunk_json(model, None, Some(finish))));
     let prompt: usize = messages.iter().map(|m| m.content.len()).sum();
+    let mut usage =
+        json!({"prompt_tokens": prompt / 4 + 1, "completion_tokens": sent, "total_tokens": prompt / 4 + 1 + sent});
+    // A thinking model says how many of its tokens (chunks) were thinking, as OpenAI's reasoning models do.
+    if thought.is_some() {
+        usage["completion_tokens_details"] = json!({"reasoning_tokens": thought_sent});
+    }
     out.push(Step::Data(
         json!({
             "id": "chatcmpl-oracle",
             "object": "chat.completion.chunk",
             "model": model,
             "choices": [],
-            "usage": {"prompt_tokens": prompt / 4 + 1, "completion_tokens": sent, "total_tokens": prompt / 4 + 1 + sent},
+            "usage": usage,
         })
         .to_string(),
     ));
@@ -316,5 +326,43 @@ mod tests {
         assert!(only
             .iter()
             .any(|v| v.pointer("/choices/0/finish_reason").and_then(|f| f.as_str()) == Some("stop")));
+    }
+
+    #[test]
+    fn a_thinking_model_reports_its_thinking_chunks_as_reasoning_tokens() {
+        let messages = vec![Message::new(Role::User, "why is the sky blue?")];
+        let style = Style::default();
+        let usage = |model: &str, fault: Fault| {
+            payloads(&steps(model, &messages, fault, style, Pacing::default()))
+                .into_iter()
+                .find_map(|v| v.get("usage").cloned())
+                .unwrap_or_default()
+        };
+        let count = |values: &[serde_json::Value], field: &str| {
+            values
+                .iter()
+                .filter(|v| v.pointer(&format!("/choices/0/delta/{field}")).is_some())
+                .count() as u64
+        };
+        let all = payloads(&steps("oracle-think", &messages, Fault::None, style, Pacing::default()));
+        let thought = count(&all, "reasoning_content");
+        assert!(thought > 1);
+        let u = usage("oracle-think", Fault::None);
+        assert_eq!(u["completion_tokens_details"]["reasoning_tokens"], thought);
+        assert_eq!(u["completion_tokens"], thought + count(&all, "content"));
+        assert_eq!(
+            usage("oracle-think", Fault::ThinkOnly)["completion_tokens_details"]["reasoning_tokens"],
+            thought
+        );
+        // A loop inside the thinking is thinking; one inside the answer is not.
+        let looped = usage("oracle-think", Fault::LoopAfter(1));
+        assert_eq!(
+            looped["completion_tokens_details"]["reasoning_tokens"],
+            looped["completion_tokens"]
+        );
+        let late = usage("oracle-think", Fault::LoopAfter(thought as usize + 1));
+        assert_eq!(late["completion_tokens_details"]["reasoning_tokens"], thought);
+        // A model that does not reason reports no detail.
+        assert_eq!(usage("oracle", Fault::None).get("completion_tokens_details"), None);
     }
 }

@@ -12,7 +12,8 @@
 //! `thinking` blocks (their `thinking_delta`s) become [`Chunk::Reasoning`] in
 //! [`ReasoningField::Thinking`], their `signature_delta`s
 //! [`Chunk::ReasoningSignature`], and a `redacted_thinking` block one
-//! [`REDACTED_THINKING`] marker. Anthropic does not take a prefill with
+//! [`Chunk::RedactedReasoning`]: reasoning activity with no text (its
+//! encrypted `data` is never shown to a client nor sent to another model). Anthropic does not take a prefill with
 //! thinking on, so a continuation is sent without it (see [`request_body`]).
 
 use serde_json::{json, Map, Value};
@@ -30,9 +31,6 @@ pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 /// The most bytes one `signature_delta` may carry: real signatures are a few
 /// hundred bytes to a few KiB, and the core keeps them for the whole turn.
 pub const MAX_SIGNATURE_BYTES: usize = 64 * 1024;
-/// What a `redacted_thinking` block becomes: the client learns that reasoning
-/// happened (and where), while the encrypted `data`, of use to Anthropic alone, stays out.
-pub const REDACTED_THINKING: &str = "[redacted thinking]";
 
 /// A provider speaking the Anthropic Messages streaming protocol.
 #[derive(Clone)]
@@ -309,6 +307,9 @@ pub fn parse_event(data: &str) -> Result<Vec<Chunk>, FailureKind> {
     let usage = |u: &Value| Usage {
         prompt_tokens: u.get("input_tokens").and_then(Value::as_u64).unwrap_or(0),
         completion_tokens: u.get("output_tokens").and_then(Value::as_u64).unwrap_or(0),
+        // The Messages usage counts thinking inside `output_tokens` and gives no
+        // separate figure; one guessed from the thinking text would not be a reported count.
+        reasoning_tokens: None,
     };
     Ok(match kind {
         "message_start" => match value.pointer("/message/usage") {
@@ -341,7 +342,7 @@ pub fn parse_event(data: &str) -> Result<Vec<Chunk>, FailureKind> {
 }
 
 /// The chunks a `content_block_start` carries: a thinking block's opening text
-/// (usually empty) and signature, a redacted block's marker. A text block's
+/// (usually empty) and signature, a redacted block's opaque data. A text block's
 /// start is empty in practice and its text comes in deltas; a `tool_use` or
 /// an unknown block carries nothing baton forwards.
 fn block_start(block: &Value) -> Result<Vec<Chunk>, FailureKind> {
@@ -356,10 +357,14 @@ fn block_start(block: &Value) -> Result<Vec<Chunk>, FailureKind> {
             }
             out
         }
-        "redacted_thinking" => vec![Chunk::Reasoning {
-            text: REDACTED_THINKING.to_string(),
-            field: ReasoningField::Thinking,
-        }],
+        // Encrypted thinking: activity, not text (an absent or odd `data` is still the block).
+        "redacted_thinking" => vec![Chunk::RedactedReasoning(super::Opaque(
+            block
+                .get("data")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+        ))],
         _ => Vec::new(),
     })
 }
@@ -431,12 +436,14 @@ mod tests {
             vec![
                 Chunk::Usage(Usage {
                     prompt_tokens: 12,
-                    completion_tokens: 1
+                    completion_tokens: 1,
+                    reasoning_tokens: None,
                 }),
                 Chunk::Text("Héllo".into()),
                 Chunk::Usage(Usage {
                     prompt_tokens: 0,
-                    completion_tokens: 7
+                    completion_tokens: 7,
+                    reasoning_tokens: None,
                 }),
                 Chunk::Finish("stop".into()),
                 Chunk::Done,
@@ -486,16 +493,18 @@ mod tests {
             vec![
                 Chunk::Usage(Usage {
                     prompt_tokens: 5,
-                    completion_tokens: 1
+                    completion_tokens: 1,
+                    reasoning_tokens: None,
                 }),
                 thinking("Let me see: "),
                 thinking("2+2=4."),
                 Chunk::ReasoningSignature("EqQBCgIYAhIM1gbcDa9GJwZA".into()),
-                thinking(REDACTED_THINKING),
+                Chunk::RedactedReasoning(crate::provider::Opaque("EmwKAhgBEgy3va3pzix/SECRET".into())),
                 Chunk::Text("Four.".into()),
                 Chunk::Usage(Usage {
                     prompt_tokens: 0,
-                    completion_tokens: 30
+                    completion_tokens: 30,
+                    reasoning_tokens: None,
                 }),
                 Chunk::Finish("stop".into()),
                 Chunk::Done,
@@ -503,7 +512,18 @@ mod tests {
         );
         assert!(
             !format!("{chunks:?}").contains("SECRET"),
-            "a redacted block's encrypted data is never forwarded"
+            "a redacted block's encrypted data never shows in logs"
+        );
+        // It is no text of either channel.
+        assert!(chunks.iter().all(|c| match c {
+            Chunk::Text(t) | Chunk::Reasoning { text: t, .. } => !t.contains("SECRET") && !t.contains("redacted"),
+            _ => true,
+        }));
+        // A block without its data is still a redacted block.
+        let bare = r#"{"type":"content_block_start","index":0,"content_block":{"type":"redacted_thinking"}}"#;
+        assert_eq!(
+            parse_event(bare),
+            Ok(vec![Chunk::RedactedReasoning(crate::provider::Opaque(String::new()))])
         );
         let opened = r#"{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":"Hmm","signature":"c2ln"}}"#;
         assert_eq!(
@@ -628,6 +648,7 @@ mod tests {
             Ok(Chunk::Usage(Usage {
                 prompt_tokens: 3,
                 completion_tokens: 1,
+                reasoning_tokens: None,
             })),
             Ok(thinking("Hmm, é…")),
             Ok(Chunk::ReasoningSignature("c2lnbmVk".into())),
@@ -635,6 +656,7 @@ mod tests {
             Ok(Chunk::Usage(Usage {
                 prompt_tokens: 0,
                 completion_tokens: 9,
+                reasoning_tokens: None,
             })),
             Ok(Chunk::Finish("length".into())),
             Ok(Chunk::Done),

@@ -7,6 +7,7 @@ pub mod anthropic;
 pub mod mock;
 pub mod openai;
 pub mod sse;
+pub mod think_tags;
 pub mod tool_calls;
 
 use std::pin::Pin;
@@ -60,6 +61,10 @@ pub enum Chunk {
     },
     /// An Anthropic thinking block's signature: only valid for the model that signed it, never forwarded to another.
     ReasoningSignature(String),
+    /// An Anthropic `redacted_thinking` block: reasoning with no text to show,
+    /// its encrypted `data` of use to the model that wrote it alone (never
+    /// forwarded to another provider, never sent to a client).
+    RedactedReasoning(Opaque),
     /// Tool-call deltas, as the upstream sent them.
     ToolCalls(Vec<serde_json::Value>),
     /// The upstream's finish reason (`stop`, `length`, `content_filter`, …).
@@ -68,6 +73,16 @@ pub enum Chunk {
     Usage(Usage),
     /// The `[DONE]` sentinel.
     Done,
+}
+
+/// Bytes baton carries but never shows: `Debug` gives their length only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Opaque(pub String);
+
+impl std::fmt::Debug for Opaque {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Opaque({} bytes)", self.0.len())
+    }
 }
 
 /// The stream a provider returns: chunks, or the failure that ended it.

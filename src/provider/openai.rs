@@ -23,6 +23,8 @@ pub struct OpenAiProvider {
     limits: SseLimits,
     /// Scrubs secrets (this route's key at least) from every failure's text.
     redactor: Redactor,
+    /// Split a leading `<think>…</think>` out of the content into reasoning (the route's `think_tags`).
+    think_tags: bool,
 }
 
 impl std::fmt::Debug for OpenAiProvider {
@@ -32,6 +34,7 @@ impl std::fmt::Debug for OpenAiProvider {
             .field("endpoint", &self.endpoint)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("limits", &self.limits)
+            .field("think_tags", &self.think_tags)
             .finish()
     }
 }
@@ -45,7 +48,16 @@ impl OpenAiProvider {
             redactor: Redactor::new(api_key.iter()),
             api_key,
             limits: SseLimits::default(),
+            think_tags: false,
         }
+    }
+
+    /// The same provider, splitting a `<think>…</think>` block at the start of
+    /// the content out into reasoning (`reasoning_content`), for servers that
+    /// stream a model's thinking inside its content.
+    pub fn with_think_tags(mut self, on: bool) -> Self {
+        self.think_tags = on;
+        self
     }
 
     /// The same provider, also redacting `redactor`'s secrets (the config's other keys).
@@ -95,7 +107,12 @@ impl Provider for OpenAiProvider {
         if let Some(key) = &self.api_key {
             builder = builder.bearer_auth(key);
         }
-        super::sse::stream(builder, parse_sse_event, self.limits, self.redactor.clone())
+        let stream = super::sse::stream(builder, parse_sse_event, self.limits, self.redactor.clone());
+        if self.think_tags {
+            Box::pin(super::think_tags::ThinkTagStream::new(stream))
+        } else {
+            stream
+        }
     }
 }
 
@@ -168,6 +185,7 @@ pub fn parse_data(data: &str) -> Result<Vec<Chunk>, FailureKind> {
         chunks.push(Chunk::Usage(Usage {
             prompt_tokens: usage.prompt_tokens.unwrap_or(0),
             completion_tokens: usage.completion_tokens.unwrap_or(0),
+            reasoning_tokens: usage.reasoning_tokens(),
         }));
     }
     Ok(chunks)
@@ -224,6 +242,20 @@ mod wire {
         pub prompt_tokens: Option<u64>,
         #[serde(default)]
         pub completion_tokens: Option<u64>,
+        /// Read leniently: a detail some server shapes oddly must not fail an attempt that streamed well.
+        #[serde(default)]
+        pub completion_tokens_details: Option<Value>,
+    }
+
+    impl Usage {
+        /// `completion_tokens_details.reasoning_tokens` when it is a count a
+        /// `u64` holds; a negative, fractional, huge or mistyped one is no figure.
+        pub fn reasoning_tokens(&self) -> Option<u64> {
+            self.completion_tokens_details
+                .as_ref()
+                .and_then(|d| d.get("reasoning_tokens"))
+                .and_then(Value::as_u64)
+        }
     }
 }
 
@@ -315,7 +347,8 @@ mod tests {
                 Chunk::Finish("stop".into()),
                 Chunk::Usage(Usage {
                     prompt_tokens: 3,
-                    completion_tokens: 5
+                    completion_tokens: 5,
+                    reasoning_tokens: None,
                 })
             ])
         );
@@ -350,7 +383,8 @@ mod tests {
             parse_data(r#"{"usage":{"prompt_tokens":2,"completion_tokens":null}}"#),
             Ok(vec![Chunk::Usage(Usage {
                 prompt_tokens: 2,
-                completion_tokens: 0
+                completion_tokens: 0,
+                reasoning_tokens: None,
             })])
         );
         for garbage in [
@@ -488,5 +522,43 @@ mod tests {
         assert_eq!(parse_data(empty), Ok(vec![Chunk::Text("a".into())]));
         let wrong = r#"{"choices":[{"delta":{"reasoning_content":5}}]}"#;
         assert!(matches!(parse_data(wrong), Err(FailureKind::Malformed { .. })));
+    }
+
+    #[test]
+    fn reasoning_tokens_are_read_from_the_completion_details_and_odd_ones_ignored() {
+        let reasoning = |details: &str| {
+            let data = format!(
+                r#"{{"choices":[],"usage":{{"prompt_tokens":4,"completion_tokens":90,"completion_tokens_details":{details}}}}}"#
+            );
+            match parse_data(&data) {
+                Ok(chunks) => match chunks.as_slice() {
+                    [Chunk::Usage(u)] => u.reasoning_tokens,
+                    other => panic!("{other:?}"),
+                },
+                Err(e) => panic!("{details}: {e:?}"),
+            }
+        };
+        assert_eq!(
+            reasoning(r#"{"reasoning_tokens":64,"accepted_prediction_tokens":0}"#),
+            Some(64)
+        );
+        // What a hostile or odd server may send is no figure, and never fails the attempt.
+        for odd in [
+            "null",
+            "{}",
+            "5",
+            r#"{"reasoning_tokens":null}"#,
+            r#"{"reasoning_tokens":-3}"#,
+            r#"{"reasoning_tokens":1.5}"#,
+            r#"{"reasoning_tokens":"64"}"#,
+            r#"{"reasoning_tokens":1e300}"#,
+            r#"{"reasoning_tokens":99999999999999999999999999}"#,
+        ] {
+            assert_eq!(reasoning(odd), None, "{odd}");
+        }
+        assert_eq!(
+            reasoning(&format!(r#"{{"reasoning_tokens":{}}}"#, u64::MAX)),
+            Some(u64::MAX)
+        );
     }
 }

@@ -318,7 +318,7 @@ impl Metrics {
         );
         registry.register(
             "upstream_tokens",
-            "Tokens the upstreams reported, over every attempt (cut ones included), by route, model and kind (prompt, completion)",
+            "Tokens the upstreams reported, over every attempt (cut ones included), by route, model and kind (prompt, completion, and reasoning: the part of completion an upstream reports as reasoning)",
             upstream_tokens.clone(),
         );
         registry.register(
@@ -462,7 +462,10 @@ impl Metrics {
                     .inc_by(a.deltas);
                 continue;
             };
-            for (kind, n) in [("prompt", usage.prompt_tokens), ("completion", usage.completion_tokens)] {
+            // Reasoning tokens are part of the completion tokens, a kind of their own only when the upstream says how many.
+            let reasoning = usage.reasoning_tokens.map(|n| ("reasoning", n));
+            let kinds = [("prompt", usage.prompt_tokens), ("completion", usage.completion_tokens)];
+            for (kind, n) in kinds.into_iter().chain(reasoning) {
                 self.upstream_tokens
                     .get_or_create(&TokenLabels {
                         route: a.route.clone(),
@@ -521,6 +524,7 @@ mod tests {
             reported: Some(Usage {
                 prompt_tokens: 3,
                 completion_tokens: 1,
+                reasoning_tokens: None,
             }),
             deltas: 1,
         });

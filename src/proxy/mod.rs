@@ -77,6 +77,8 @@ struct Entry {
     pattern: Option<String>,
     routes: Vec<String>,
     splicer: Splicer,
+    /// The field its reasoning goes out in.
+    reasoning_field: crate::reasoning::OutgoingField,
 }
 
 /// Everything a request handler needs.
@@ -125,6 +127,7 @@ pub fn router(config: &Config, phase: watch::Receiver<Phase>) -> (Router, Arc<Ap
             pattern: l.pattern.clone(),
             routes: l.ladder.routes.iter().map(|r| r.name.to_string()).collect(),
             splicer: Splicer::with_events(l.ladder.clone(), events.clone()),
+            reasoning_field: l.reasoning_field,
         })
         .collect();
     let state = Arc::new(AppState {
@@ -335,9 +338,9 @@ async fn chat_inner(state: &Arc<AppState>, request: Request) -> Result<Response,
     let session = Session::new(state.clone(), entry.name.clone());
     let stream = Guarded::new(entry.splicer.splice(request), slot);
     if parsed.stream {
-        session::streamed(session, stream, parsed.include_usage).await
+        session::streamed(session, stream, parsed.include_usage, entry.reasoning_field).await
     } else {
-        session::whole(session, stream).await
+        session::whole(session, stream, entry.reasoning_field).await
     }
 }
 

@@ -38,6 +38,7 @@ use super::{reached, AppState, Phase};
 use crate::cache::CACHE_ROUTE;
 use crate::live::LiveGuard;
 use crate::provider::ReasoningField;
+use crate::reasoning::OutgoingField;
 use crate::safe_reply::SAFE_REPLY_ROUTE;
 use crate::splice::{ClientItem, SpliceError, SpliceStream};
 
@@ -196,8 +197,13 @@ impl Drop for Active {
     }
 }
 
-/// The answer streamed as SSE.
-pub async fn streamed(mut session: Session, mut stream: Guarded, include_usage: bool) -> Result<Response, ApiError> {
+/// The answer streamed as SSE (its reasoning in the field `reasoning_field` says).
+pub async fn streamed(
+    mut session: Session,
+    mut stream: Guarded,
+    include_usage: bool,
+    reasoning_field: OutgoingField,
+) -> Result<Response, ApiError> {
     // Wait for the first item: a session that fails before any text gets a
     // proper HTTP error status instead of a 200 stream with an error inside.
     let first = match stream.next().await {
@@ -232,6 +238,7 @@ pub async fn streamed(mut session: Session, mut stream: Guarded, include_usage: 
         phase: state.phase.clone(),
         slow_after: state.limits.slow_client_timeout,
         include_usage,
+        reasoning_field,
     };
     tokio::spawn(pump.run(first));
     let body = ClientBody {
@@ -261,6 +268,8 @@ struct Pump {
     phase: watch::Receiver<Phase>,
     slow_after: Duration,
     include_usage: bool,
+    /// The field reasoning goes out in.
+    reasoning_field: OutgoingField,
 }
 
 /// Whether the pump goes on after delivering.
@@ -318,7 +327,9 @@ impl Pump {
                 if *model != *self.model {
                     self.model = model.to_string();
                 }
-                let chunk = self.writer.reasoning(&self.model, &text, field);
+                let chunk = self
+                    .writer
+                    .reasoning(&self.model, &text, self.reasoning_field.apply(field));
                 self.send(chunk).await
             }
             ClientItem::ToolCalls { deltas, model, .. } => {
@@ -438,8 +449,12 @@ impl Stream for ClientBody {
     }
 }
 
-/// The answer as one `chat.completion`.
-pub async fn whole(mut session: Session, mut stream: Guarded) -> Result<Response, ApiError> {
+/// The answer as one `chat.completion` (its reasoning in the field `reasoning_field` says).
+pub async fn whole(
+    mut session: Session,
+    mut stream: Guarded,
+    reasoning_field: OutgoingField,
+) -> Result<Response, ApiError> {
     let mut text = String::new();
     // The reasoning and the field it goes out in (the first route's that reasoned).
     let mut reasoning: Option<(String, ReasoningField)> = None;
@@ -469,7 +484,10 @@ pub async fn whole(mut session: Session, mut stream: Guarded) -> Result<Response
                 model: m,
                 ..
             } => {
-                reasoning.get_or_insert_with(|| (String::new(), field)).0.push_str(&t);
+                reasoning
+                    .get_or_insert_with(|| (String::new(), reasoning_field.apply(field)))
+                    .0
+                    .push_str(&t);
                 if model.is_empty() {
                     model = m.to_string();
                 }

@@ -414,11 +414,17 @@ impl ChunkWriter {
 /// a count of deltas presented as tokens.
 pub fn usage_json(tokens: &Tally) -> Value {
     match tokens.reported() {
-        Some(usage) => json!({
-            "prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-        }),
+        Some(usage) => {
+            let mut out = json!({
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.total(),
+            });
+            if let Some(reasoning) = usage.reasoning_tokens {
+                out["completion_tokens_details"] = json!({"reasoning_tokens": reasoning});
+            }
+            out
+        }
         None => Value::Null,
     }
 }

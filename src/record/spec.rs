@@ -78,6 +78,14 @@ pub struct RouteSpec {
     /// Whole-attempt deadline.
     #[serde(rename = "total_ms", with = "ms")]
     pub total: Duration,
+    /// The reasoning budget: the first answer token's deadline once the model reasons (absent: none, as in older recordings).
+    #[serde(
+        rename = "reasoning_budget_ms",
+        default,
+        with = "opt_ms",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub reasoning_budget: Option<Duration>,
     /// Configured context window in tokens (absent: unknown; recordings made
     /// before windows could be unknown always have one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -195,6 +203,7 @@ impl RouteSpec {
             first_token: route.deadlines.first_token,
             stall: route.deadlines.stall,
             total: route.deadlines.total,
+            reasoning_budget: route.deadlines.reasoning_budget,
             context_tokens: route.context_tokens,
             adaptive: route.adaptive,
             overlap: route.overlap,
@@ -208,6 +217,7 @@ impl RouteSpec {
             first_token: self.first_token,
             stall: self.stall,
             total: self.total,
+            reasoning_budget: self.reasoning_budget,
         }
     }
 
@@ -272,6 +282,28 @@ pub mod ms {
     }
 }
 
+/// Serde for an optional [`Duration`] as milliseconds (`null` or absent: none).
+pub mod opt_ms {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes `d` in milliseconds, or `null`.
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::ms::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Reads milliseconds, integer or decimal, or `null`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        #[derive(Deserialize)]
+        struct Ms(#[serde(with = "super::ms")] Duration);
+        Ok(Option::<Ms>::deserialize(d)?.map(|Ms(d)| d))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,6 +320,7 @@ mod tests {
                 first_token: Duration::from_micros(1500),
                 stall: Duration::from_millis(400),
                 total: Duration::from_secs(60),
+                reasoning_budget: None,
             }),
             Route::new("b", "{model}", p.clone())
                 .with_continuation(ContinuationMode::Instruct)

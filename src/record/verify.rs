@@ -885,6 +885,7 @@ fn detected_by_splicer(kind: &FailureKind) -> bool {
     matches!(
         kind,
         FailureKind::FirstTokenTimeout { .. }
+            | FailureKind::ReasoningTimeout { .. }
             | FailureKind::Stall { .. }
             | FailureKind::TotalTimeout { .. }
             | FailureKind::Loop { .. }
@@ -900,14 +901,19 @@ fn schedule(script: &AttemptScript, d: Deadlines) -> Vec<Timed> {
     let offset =
         |t_ms: u64, shift: Duration| Duration::from_millis(t_ms.saturating_sub(script.opened_ms)).saturating_sub(shift);
     // The latest the next item may come without tripping a deadline the recording shows it did not trip.
-    let latest = |prev: Duration, seen_text: bool| {
+    let latest = |prev: Duration, seen_text: bool, seen_answer: bool| {
         let deadline = if seen_text { prev + d.stall } else { d.first_token };
+        let deadline = match d.reasoning_budget {
+            Some(budget) if seen_text && !seen_answer => deadline.min(budget),
+            _ => deadline,
+        };
         let deadline = deadline.min(d.total);
         deadline.checked_sub(MARGIN).unwrap_or(deadline).max(prev)
     };
     let mut out = Vec::new();
     let mut prev = Duration::ZERO;
     let mut seen_text = false;
+    let mut seen_answer = false;
     for (t, item) in &script.items {
         let want = offset(*t, shift).max(prev);
         let chunk = match item {
@@ -932,12 +938,13 @@ fn schedule(script: &AttemptScript, d: Deadlines) -> Vec<Timed> {
                 field: *field,
             },
         };
-        let at = want.min(latest(prev, seen_text));
+        let at = want.min(latest(prev, seen_text, seen_answer));
         shift += want - at;
         seen_text |= matches!(
             item,
             UpstreamItem::Text(_) | UpstreamItem::ToolCalls(_) | UpstreamItem::Reasoning { .. }
         );
+        seen_answer |= matches!(item, UpstreamItem::Text(_) | UpstreamItem::ToolCalls(_));
         out.push(Timed {
             at,
             what: What::Chunk(chunk),
@@ -950,7 +957,9 @@ fn schedule(script: &AttemptScript, d: Deadlines) -> Vec<Timed> {
             what: What::Silent,
         },
         AttemptEnd::Failed { at_ms, cause } => Timed {
-            at: offset(*at_ms, shift).max(prev).min(latest(prev, seen_text)),
+            at: offset(*at_ms, shift)
+                .max(prev)
+                .min(latest(prev, seen_text, seen_answer)),
             what: What::Fail(cause.clone()),
         },
         AttemptEnd::Finished => Timed {
@@ -1477,6 +1486,7 @@ mod tests {
             first_token: Duration::from_millis(1000),
             stall: Duration::from_millis(400),
             total: Duration::from_secs(60),
+            reasoning_budget: None,
         }
     }
 

@@ -22,10 +22,10 @@ use crate::hedge::{self, HedgePolicy};
 use crate::ladder::{Ladder, RetryPolicy, Route};
 use crate::loopguard::{self, LoopConfig};
 use crate::oracle::fault::{FaultPlan, FaultScript};
+use crate::oracle::provider::MockProvider;
 use crate::oracle::Style;
 use crate::overlap::OverlapMode;
 use crate::provider::anthropic::AnthropicProvider;
-use crate::provider::mock::MockProvider;
 use crate::provider::openai::OpenAiProvider;
 use crate::provider::Provider;
 use crate::redact::Redactor;
@@ -34,8 +34,7 @@ use crate::watchdog::Deadlines;
 
 /// The default listen address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
-/// The route model that means "the model the client asked for".
-pub const PASS_THROUGH_MODEL: &str = "{model}";
+pub use crate::ladder::PASS_THROUGH_MODEL;
 
 /// The file as written.
 #[derive(Debug, Deserialize)]

@@ -12,8 +12,8 @@ use crate::breaker::BreakerState;
 use crate::continuation::ContinuationMode;
 use crate::failure::{Failure, FailureClass, FailureKind};
 use crate::provider::UpstreamRequest;
-use crate::record::spec::{LadderSpec, RequestSpec};
 use crate::request::Usage;
+use crate::spec::{LadderSpec, RequestSpec};
 use crate::usage::Tally;
 use crate::watchdog::Deadlines;
 

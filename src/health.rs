@@ -11,6 +11,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -19,10 +20,9 @@ use tokio::sync::Notify;
 use crate::breaker::{Admission, Breaker, BreakerConfig, BreakerState, Outcome, ProbeMode, Transition};
 use crate::budget::{BudgetConfig, RetryBudget};
 use crate::continuation::ContinuationMode;
-use crate::deadline::GapSample;
+use crate::deadline::Deadlines;
+use crate::deadline::{GapHistory, GapSample};
 use crate::failure::{FailureClass, FailureKind};
-use crate::rules::TtftWindow;
-use crate::watchdog::Deadlines;
 
 /// The most upstream models one route keeps health for.
 pub const MAX_MODELS: usize = 64;
@@ -375,7 +375,7 @@ impl ModelHealth {
     }
 
     /// The p99 and the longest of recent inter-token gaps, once at least `min_samples` were seen.
-    pub fn gap_history(&self, min_samples: u32) -> Option<crate::deadline::GapHistory> {
+    pub fn gap_history(&self, min_samples: u32) -> Option<GapHistory> {
         lock(&self.gaps).history(min_samples)
     }
 
@@ -449,6 +449,68 @@ impl ModelHealth {
     }
 }
 
+/// A route's recent times to first token, bounded in count and age.
+#[derive(Debug)]
+pub struct TtftWindow {
+    samples: VecDeque<(Instant, Duration)>,
+    capacity: usize,
+    max_age: Duration,
+    min_samples: usize,
+}
+
+impl Default for TtftWindow {
+    fn default() -> Self {
+        TtftWindow::new(100, Duration::from_secs(60), 5)
+    }
+}
+
+impl TtftWindow {
+    /// A window of at most `capacity` samples no older than `max_age`; no verdict before `min_samples`.
+    pub fn new(capacity: usize, max_age: Duration, min_samples: usize) -> Self {
+        TtftWindow {
+            samples: VecDeque::with_capacity(capacity.min(1024)),
+            capacity: capacity.max(1),
+            max_age,
+            min_samples: min_samples.max(1),
+        }
+    }
+
+    /// Records one first-token time (a first-token timeout counts as its deadline).
+    pub fn record(&mut self, now: Instant, ttft: Duration) {
+        self.expire(now);
+        if self.samples.len() == self.capacity {
+            self.samples.pop_front();
+        }
+        self.samples.push_back((now, ttft));
+    }
+
+    /// The p95 of the recent samples, once there are enough of them.
+    pub fn p95(&mut self, now: Instant) -> Option<Duration> {
+        self.p95_of(now, self.min_samples)
+    }
+
+    /// The p95 of the recent samples, once there are at least `min_samples` of them.
+    pub fn p95_of(&mut self, now: Instant, min_samples: usize) -> Option<Duration> {
+        self.expire(now);
+        if self.samples.len() < min_samples.max(1) {
+            return None;
+        }
+        let mut sorted: Vec<Duration> = self.samples.iter().map(|(_, d)| *d).collect();
+        sorted.sort_unstable();
+        crate::stats::percentile(&sorted, 95.0)
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while self
+            .samples
+            .front()
+            .is_some_and(|(at, _)| now.saturating_duration_since(*at) > self.max_age)
+        {
+            self.samples.pop_front();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -483,5 +545,28 @@ mod tests {
         assert!(!route.allow_retry(&m));
         assert!(route.allow_retry(&route.model("y")));
         assert!(route.allow_retry(&m), "past the recording: allowed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn p95_needs_enough_recent_samples_and_forgets_old_ones() {
+        let mut w = TtftWindow::new(10, Duration::from_secs(60), 3);
+        let now = Instant::now();
+        w.record(now, Duration::from_millis(100));
+        w.record(now, Duration::from_millis(200));
+        assert_eq!(w.p95(now), None, "two samples are not a verdict");
+        w.record(now, Duration::from_millis(3000));
+        assert_eq!(w.p95(now), Some(Duration::from_millis(3000)));
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(w.p95(Instant::now()), None, "samples older than the window expire");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_window_keeps_only_the_latest_samples() {
+        let mut w = TtftWindow::new(3, Duration::from_secs(60), 1);
+        let now = Instant::now();
+        for ms in [5000, 10, 10, 10] {
+            w.record(now, Duration::from_millis(ms));
+        }
+        assert_eq!(w.p95(now), Some(Duration::from_millis(10)));
     }
 }

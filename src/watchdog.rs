@@ -16,44 +16,22 @@
 //! ([`Cadence`]): after its first few, the stall deadline for the rest of the
 //! attempt follows them, which a [`Watched::Failed`] stall reports in its `after`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
 use std::pin::Pin;
 
 use tokio::time::{sleep_until, Instant, Sleep};
 
-use crate::deadline::{Cadence, GapBatch};
+use crate::deadline::Cadence;
 use crate::failure::FailureKind;
 use crate::health::ModelHealth;
 use crate::provider::tool_calls::ToolCallBudget;
 use crate::provider::{Chunk, ChunkStream, ReasoningField};
 use crate::request::Usage;
 
-/// The deadlines of one route, or of one attempt (serialized in milliseconds).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Deadlines {
-    /// From the request to the first content token.
-    #[serde(rename = "first_token_ms", with = "crate::record::spec::ms")]
-    pub first_token: Duration,
-    /// Longest silence between tokens.
-    #[serde(rename = "stall_ms", with = "crate::record::spec::ms")]
-    pub stall: Duration,
-    /// The whole attempt.
-    #[serde(rename = "total_ms", with = "crate::record::spec::ms")]
-    pub total: Duration,
-}
-
-impl Default for Deadlines {
-    fn default() -> Self {
-        Deadlines {
-            first_token: Duration::from_secs(10),
-            stall: Duration::from_secs(3),
-            total: Duration::from_secs(300),
-        }
-    }
-}
+pub use crate::deadline::Deadlines;
 
 /// What the watchdog lets through.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -116,7 +94,7 @@ impl Watchdog {
     }
 
     /// The same watchdog, reporting the inter-token gaps it sees to `health`.
-    pub fn learning(mut self, health: std::sync::Arc<ModelHealth>) -> Self {
+    pub fn learning(mut self, health: Arc<ModelHealth>) -> Self {
         self.gaps = Some(GapBatch::new(health));
         self
     }
@@ -250,5 +228,71 @@ impl Watchdog {
             Some(reason) => Watched::Finished(reason),
             None => Watched::Failed(kind),
         }
+    }
+}
+
+/// Gaps one watchdog saw, handed to the model's health in batches so the
+/// per-token path takes no shared lock.
+#[derive(Debug)]
+pub struct GapBatch {
+    health: Arc<ModelHealth>,
+    gaps: Vec<Duration>,
+}
+
+/// Gaps collected before a batch goes to the route's health.
+const BATCH: usize = 16;
+
+impl GapBatch {
+    /// An empty batch for `health`.
+    pub fn new(health: Arc<ModelHealth>) -> Self {
+        GapBatch {
+            health,
+            gaps: Vec::with_capacity(BATCH),
+        }
+    }
+
+    /// Adds one gap; hands the batch over when full.
+    pub fn push(&mut self, gap: Duration) {
+        self.gaps.push(gap);
+        if self.gaps.len() >= BATCH {
+            self.flush();
+        }
+    }
+
+    /// Hands the gaps collected so far to the route's health.
+    pub fn flush(&mut self) {
+        if !self.gaps.is_empty() {
+            self.health.record_gaps(&self.gaps);
+            self.gaps.clear();
+        }
+    }
+}
+
+impl Drop for GapBatch {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    #[test]
+    fn a_batch_reaches_the_route_when_full_or_dropped() {
+        let health = crate::health::RouteHealth::default().model("m");
+        let mut batch = GapBatch::new(health.clone());
+        for _ in 0..BATCH - 1 {
+            batch.push(MS(30));
+        }
+        assert_eq!(health.gap_count(), 0, "held back until the batch is full");
+        batch.push(MS(30));
+        assert_eq!(health.gap_count(), BATCH);
+        batch.push(MS(40));
+        drop(batch);
+        assert_eq!(health.gap_count(), BATCH + 1);
+        assert_eq!(health.gap_p99(1), Some(MS(40)));
     }
 }

@@ -27,14 +27,14 @@ use crate::health::{ModelHealth, Permit};
 use crate::hedge::Side;
 use crate::ladder::{AttemptState, Decision, Deferred, Known, Ladder, Route, RouteSet};
 use crate::loopguard::{Loop, LoopGuard};
-use crate::oracle::SplitMix;
 use crate::overlap::{Evidence, OverlapTrim, Proof};
 use crate::provider::{ReasoningField, UpstreamRequest};
 use crate::reasoning::{self, Placement};
-use crate::record::spec::{LadderSpec, RequestSpec};
 use crate::request::{ChatRequest, Message, Usage};
+use crate::rng::SplitMix;
 use crate::rules::Rules;
 use crate::safe_reply::{self, SAFE_REPLY_MODEL, SAFE_REPLY_ROUTE};
+use crate::spec::{LadderSpec, RequestSpec};
 use crate::usage::{self, AttemptTokens, Tally};
 use crate::watchdog::{Watchdog, Watched};
 

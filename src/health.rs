@@ -36,8 +36,6 @@ pub struct RouteHealth {
     models: Mutex<Models>,
     /// Woken when one of its models' breakers opens, so an active prober need not poll.
     opened: Arc<Notify>,
-    /// A replay's recorded decisions; `None` for live traffic.
-    script: Option<Script>,
 }
 
 /// The models a route has served, least recently used dropped first.
@@ -48,13 +46,43 @@ struct Models {
     clock: u64,
 }
 
-/// What a replay gives back in order instead of computing it.
-#[derive(Debug)]
-struct Script {
-    /// Retry-budget answers (`true`: allowed); allowed once the recording has no more.
-    budget: Mutex<VecDeque<bool>>,
-    /// Each attempt's effective deadlines (`None`: not recorded, computed as usual).
-    deadlines: Mutex<VecDeque<Option<Deadlines>>>,
+/// The decisions about a route's attempts that live traffic takes from the
+/// route's health and a replay takes from its recording. A route holds one
+/// ([`Live`] unless a re-drive plugs in its script, see
+/// [`crate::record::verify`]), so the live types carry no replay state.
+pub trait Decisions: Send + Sync + std::fmt::Debug {
+    /// Whether a retry on `model` may be spent.
+    fn allow_retry(&self, model: &ModelHealth) -> bool;
+    /// The next attempt's deadlines when they are given rather than computed.
+    fn deadlines(&self) -> Option<Deadlines>;
+    /// Whether an attempt's stall deadline may follow its own cadence (a
+    /// replay re-drives under the deadline its recording shows instead).
+    fn own_cadence(&self) -> bool;
+    /// The delay before attempt number `attempt` is hedged (`None`: it is
+    /// not), where `live` is what the hedging rule says now.
+    fn hedge_delay(&self, attempt: u32, live: &dyn Fn() -> Option<Duration>) -> Option<Duration>;
+}
+
+/// Live traffic: the route's health and the rules decide.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Live;
+
+impl Decisions for Live {
+    fn allow_retry(&self, model: &ModelHealth) -> bool {
+        model.allow_retry()
+    }
+
+    fn deadlines(&self) -> Option<Deadlines> {
+        None
+    }
+
+    fn own_cadence(&self) -> bool {
+        true
+    }
+
+    fn hedge_delay(&self, _attempt: u32, live: &dyn Fn() -> Option<Duration>) -> Option<Duration> {
+        live()
+    }
 }
 
 /// What one route has learned of one upstream model.
@@ -162,42 +190,7 @@ impl RouteHealth {
             budget,
             models: Mutex::new(Models::default()),
             opened: Arc::new(Notify::new()),
-            script: None,
         }
-    }
-
-    /// Health for a replay: the budget gives the recorded answers (`true`: the
-    /// retry was allowed) in order, so budget decisions made under live traffic repeat.
-    pub fn scripted(retries: impl IntoIterator<Item = bool>) -> Self {
-        RouteHealth {
-            script: Some(Script {
-                budget: Mutex::new(retries.into_iter().collect()),
-                deadlines: Mutex::new(VecDeque::new()),
-            }),
-            ..RouteHealth::default()
-        }
-    }
-
-    /// The same replay health, also giving each attempt on the route the effective
-    /// deadlines its recording shows (`None`: recorded by a baton that did not
-    /// record them, so they are computed as usual).
-    pub fn with_recorded_deadlines(mut self, deadlines: impl IntoIterator<Item = Option<Deadlines>>) -> Self {
-        let script = self.script.get_or_insert_with(|| Script {
-            budget: Mutex::new(VecDeque::new()),
-            deadlines: Mutex::new(VecDeque::new()),
-        });
-        *lock(&script.deadlines) = deadlines.into_iter().collect();
-        self
-    }
-
-    /// Whether this health replays a recording (its deadlines are replayed, not learnt).
-    pub fn replays(&self) -> bool {
-        self.script.is_some()
-    }
-
-    /// The next attempt's recorded effective deadlines, when replaying a recording that has them.
-    pub fn recorded_deadlines(&self) -> Option<Deadlines> {
-        lock(&self.script.as_ref()?.deadlines).pop_front().flatten()
     }
 
     /// The health of upstream `model` on this route, created on first use.
@@ -245,17 +238,6 @@ impl RouteHealth {
     /// Resolves when one of its models' breakers opens (or opened since the last call).
     pub async fn breaker_opened(&self) {
         self.opened.notified().await;
-    }
-
-    /// Spends one retry of `model`'s budget, if it allows one (a replay gives
-    /// the recorded answer). A retry on a model whose breaker is not closed
-    /// would only be skipped after its delay (the failure just opened it, or
-    /// another probe is under way): it is refused, so the session hands over at once.
-    pub fn allow_retry(&self, model: &ModelHealth) -> bool {
-        match &self.script {
-            Some(script) => lock(&script.budget).pop_front().unwrap_or(true),
-            None => model.state() == BreakerState::Closed && model.withdraw_retry(),
-        }
     }
 }
 
@@ -347,8 +329,12 @@ impl ModelHealth {
         )
     }
 
-    fn withdraw_retry(&self) -> bool {
-        lock(&self.budget).withdraw(Instant::now())
+    /// Spends one retry of its budget, if it allows one. A retry on a model
+    /// whose breaker is not closed would only be skipped after its delay (the
+    /// failure just opened it, or another probe is under way): it is refused,
+    /// so the session hands over at once.
+    pub fn allow_retry(&self) -> bool {
+        self.state() == BreakerState::Closed && lock(&self.budget).withdraw(Instant::now())
     }
 
     /// The breaker's state now.
@@ -536,15 +522,6 @@ mod tests {
         assert!(names.contains(&"a".to_string()), "recently used: kept");
         assert!(!names.contains(&"b".to_string()), "least recently used: forgotten");
         assert!(!route.model("b").rejects_prefill() && route.model("a").rejects_prefill());
-    }
-
-    #[test]
-    fn a_scripted_budget_answers_in_order_for_every_model() {
-        let route = RouteHealth::scripted([false, true]);
-        let m = route.model("x");
-        assert!(!route.allow_retry(&m));
-        assert!(route.allow_retry(&route.model("y")));
-        assert!(route.allow_retry(&m), "past the recording: allowed");
     }
 
     #[tokio::test(start_paused = true)]

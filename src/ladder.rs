@@ -10,7 +10,7 @@ use crate::cache::CacheRung;
 use crate::continuation::{ContinuationMode, DEFAULT_INSTRUCTION};
 use crate::deadline::{self, Adaptive, Cadence};
 use crate::failure::{FailureClass, FailureKind};
-use crate::health::{ModelHealth, RouteHealth};
+use crate::health::{Decisions, Live, ModelHealth, RouteHealth};
 use crate::hedge::HedgePolicy;
 use crate::loopguard::LoopConfig;
 use crate::overlap::OverlapMode;
@@ -49,6 +49,8 @@ pub struct Route {
     pub price_per_1k: Option<f64>,
     /// When a repeat at the seam is taken for an echo and trimmed.
     pub overlap: OverlapMode,
+    /// Who decides its retries, deadlines and hedges: [`Live`] health, or a replay's script.
+    pub decisions: Arc<dyn Decisions>,
 }
 
 impl Route {
@@ -66,6 +68,7 @@ impl Route {
             health: Arc::new(RouteHealth::default()),
             price_per_1k: None,
             overlap: OverlapMode::Auto,
+            decisions: Arc::new(Live),
         }
     }
 
@@ -93,6 +96,12 @@ impl Route {
         self
     }
 
+    /// The same route deciding its retries, deadlines and hedges as `decisions` says.
+    pub fn with_decisions(mut self, decisions: Arc<dyn Decisions>) -> Self {
+        self.decisions = decisions;
+        self
+    }
+
     /// The same route with a context window of `tokens`.
     pub fn with_context(mut self, tokens: u32) -> Self {
         self.context_tokens = Some(tokens);
@@ -113,11 +122,11 @@ impl Route {
         self.health.model(&self.upstream_model(asked))
     }
 
-    /// The effective deadlines of an attempt on this route to `health`'s model sending
-    /// `messages`: the ones a replay recorded, if the route's health replays a
-    /// recording, else computed now.
+    /// The effective deadlines of an attempt on this route to `health`'s model
+    /// sending `messages`: the ones its decisions give (a replay's recorded
+    /// ones), else computed now.
     pub fn deadlines_for(&self, health: &ModelHealth, messages: &[Message]) -> Deadlines {
-        if let Some(recorded) = self.health.recorded_deadlines() {
+        if let Some(recorded) = self.decisions.deadlines() {
             return recorded;
         }
         let mut d = self.deadlines;
@@ -148,7 +157,7 @@ impl Route {
     pub fn watchdog(&self, health: &Arc<ModelHealth>, stream: ChunkStream, deadlines: Deadlines) -> Watchdog {
         let watchdog = Watchdog::new(stream, deadlines);
         match self.adaptive.stall {
-            Some(rule) if rule.own_gaps > 0 && !self.health.replays() => {
+            Some(rule) if rule.own_gaps > 0 && self.decisions.own_cadence() => {
                 let history = health.gap_history(rule.min_samples);
                 watchdog
                     .learning(health.clone())
@@ -157,6 +166,17 @@ impl Route {
             Some(_) => watchdog.learning(health.clone()),
             None => watchdog,
         }
+    }
+
+    /// Spends one retry on `model` (this route's), if its decisions allow one.
+    pub fn allow_retry(&self, model: &ModelHealth) -> bool {
+        self.decisions.allow_retry(model)
+    }
+
+    /// When attempt number `attempt` on this route to `health`'s model is
+    /// hedged under `policy`, if at all.
+    pub fn hedge_delay(&self, policy: &HedgePolicy, attempt: u32, health: &ModelHealth) -> Option<Duration> {
+        self.decisions.hedge_delay(attempt, &|| policy.delay(health))
     }
 
     /// The window an attempt to `health`'s model must fit: the configured one,

@@ -408,7 +408,7 @@ impl Splicer {
                         let jitter = session.rng.below(1 << 20) as f64 / f64::from(1u32 << 20);
                         let known = session.known(&ladder);
                         let mut decision = ladder.decide(&kind, &state, &known, jitter);
-                        if matches!(decision, Decision::Retry { .. }) && !route.health.allow_retry(&attempt.health) {
+                        if matches!(decision, Decision::Retry { .. }) && !route.allow_retry(&attempt.health) {
                             // The route's retry budget is spent: hand over instead of adding load.
                             session.log.emit(EventKind::RetryDenied { route: route.name.to_string() });
                             let spent = AttemptState { retries: u32::MAX, ..state };
@@ -416,7 +416,7 @@ impl Splicer {
                         }
                         if let Decision::Return { to, .. } = decision {
                             let back = &ladder.routes[to];
-                            if !back.health.allow_retry(&session.health(to)) {
+                            if !back.allow_retry(&session.health(to)) {
                                 session.log.emit(EventKind::RetryDenied { route: back.name.to_string() });
                                 decision = Decision::Exhausted;
                             }

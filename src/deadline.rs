@@ -37,6 +37,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::failure::FailureKind;
 use crate::serde_ms as ms;
 use crate::stats::percentile;
 
@@ -263,6 +264,35 @@ pub struct Deadlines {
     /// The whole attempt.
     #[serde(rename = "total_ms", with = "ms")]
     pub total: Duration,
+}
+
+impl Deadlines {
+    /// The watchdog's choice of deadline for the next item, as an offset from
+    /// the attempt's start, and the failure when it passes: before any token,
+    /// the first-token deadline; after one, the stall deadline from `asked`
+    /// (when the next item was asked for); never past the total deadline
+    /// (on a tie, the first-token or stall failure). A re-drive keeps its
+    /// replayed items under the same choice (see [`crate::record::verify`]).
+    pub fn next_wait(&self, asked: Duration, seen_token: bool) -> (Duration, FailureKind) {
+        let (at, kind) = if seen_token {
+            (
+                asked.saturating_add(self.stall),
+                FailureKind::Stall { after: self.stall },
+            )
+        } else {
+            (
+                self.first_token,
+                FailureKind::FirstTokenTimeout {
+                    after: self.first_token,
+                },
+            )
+        };
+        if at <= self.total {
+            (at, kind)
+        } else {
+            (self.total, FailureKind::TotalTimeout { after: self.total })
+        }
+    }
 }
 
 impl Default for Deadlines {

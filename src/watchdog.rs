@@ -122,48 +122,15 @@ impl Watchdog {
     }
 
     async fn next_item(&mut self) -> Watched {
-        let total = self.started + self.deadlines.total;
         loop {
             // When the stall clock started, and whether the stream made us wait:
             // an item that was already there says nothing about the upstream's pace.
-            let mut asked = self.started;
+            let asked = if self.seen_text { Instant::now() } else { self.started };
             let mut waited = false;
-            let (deadline, kind) = if !self.seen_text {
-                let first = self.started + self.deadlines.first_token;
-                if first <= total {
-                    (
-                        first,
-                        FailureKind::FirstTokenTimeout {
-                            after: self.deadlines.first_token,
-                        },
-                    )
-                } else {
-                    (
-                        total,
-                        FailureKind::TotalTimeout {
-                            after: self.deadlines.total,
-                        },
-                    )
-                }
-            } else {
-                asked = Instant::now();
-                let stall = asked + self.deadlines.stall;
-                if stall <= total {
-                    (
-                        stall,
-                        FailureKind::Stall {
-                            after: self.deadlines.stall,
-                        },
-                    )
-                } else {
-                    (
-                        total,
-                        FailureKind::TotalTimeout {
-                            after: self.deadlines.total,
-                        },
-                    )
-                }
-            };
+            let (after, kind) = self
+                .deadlines
+                .next_wait(asked.saturating_duration_since(self.started), self.seen_text);
+            let deadline = self.started + after;
             if self.timer.deadline() != deadline {
                 self.timer.as_mut().reset(deadline);
             }
@@ -279,6 +246,47 @@ mod tests {
     use super::*;
 
     const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    #[test]
+    fn the_next_deadline_is_first_token_then_stall_never_past_total() {
+        let d = Deadlines {
+            first_token: MS(1000),
+            stall: MS(300),
+            total: MS(2000),
+        };
+        assert_eq!(
+            d.next_wait(MS(0), false),
+            (MS(1000), FailureKind::FirstTokenTimeout { after: MS(1000) })
+        );
+        assert_eq!(
+            d.next_wait(MS(900), true),
+            (MS(1200), FailureKind::Stall { after: MS(300) })
+        );
+        assert_eq!(
+            d.next_wait(MS(1700), true),
+            (MS(2000), FailureKind::Stall { after: MS(300) }),
+            "a tie: the stall"
+        );
+        assert_eq!(
+            d.next_wait(MS(1800), true),
+            (MS(2000), FailureKind::TotalTimeout { after: MS(2000) })
+        );
+        let late = Deadlines { total: MS(500), ..d };
+        assert_eq!(
+            late.next_wait(MS(0), false),
+            (MS(500), FailureKind::TotalTimeout { after: MS(500) })
+        );
+        for (_, kind) in [
+            d.next_wait(MS(0), false),
+            d.next_wait(MS(0), true),
+            late.next_wait(MS(0), false),
+        ] {
+            assert!(
+                kind.detected_by_engine(),
+                "{kind:?}: a re-drive leaves it to the watchdog"
+            );
+        }
+    }
 
     #[test]
     fn a_batch_reaches_the_route_when_full_or_dropped() {

@@ -881,20 +881,6 @@ enum What {
     RecordingEnds,
 }
 
-/// A failure the splicer detects itself, so the replay must leave it to the
-/// re-drive: a deadline (replayed as silence) or a loop (whose text is replayed).
-fn detected_by_splicer(kind: &FailureKind) -> bool {
-    matches!(
-        kind,
-        FailureKind::FirstTokenTimeout { .. }
-            | FailureKind::Stall { .. }
-            | FailureKind::TotalTimeout { .. }
-            | FailureKind::Loop { .. }
-            // Decided from a finish the replay re-sends.
-            | FailureKind::EmptyAnswer { .. }
-    )
-}
-
 /// The replay of `script` for a route with deadlines `d`.
 fn schedule(script: &AttemptScript, d: Deadlines) -> Vec<Timed> {
     // Shortened silences move everything after them earlier by as much.
@@ -903,8 +889,7 @@ fn schedule(script: &AttemptScript, d: Deadlines) -> Vec<Timed> {
         |t_ms: u64, shift: Duration| Duration::from_millis(t_ms.saturating_sub(script.opened_ms)).saturating_sub(shift);
     // The latest the next item may come without tripping a deadline the recording shows it did not trip.
     let latest = |prev: Duration, seen_text: bool| {
-        let deadline = if seen_text { prev + d.stall } else { d.first_token };
-        let deadline = deadline.min(d.total);
+        let (deadline, _) = d.next_wait(prev, seen_text);
         deadline.checked_sub(MARGIN).unwrap_or(deadline).max(prev)
     };
     let mut out = Vec::new();
@@ -947,7 +932,7 @@ fn schedule(script: &AttemptScript, d: Deadlines) -> Vec<Timed> {
         prev = at;
     }
     let end = match &script.end {
-        AttemptEnd::Failed { cause, .. } if detected_by_splicer(cause) => Timed {
+        AttemptEnd::Failed { cause, .. } if cause.detected_by_engine() => Timed {
             at: prev,
             what: What::Silent,
         },

@@ -818,11 +818,7 @@ fn cached_answer(events: &[crate::event::EngineEvent]) -> Option<(bool, CachedAn
             _ => {}
         }
     }
-    let last_resort = hit?;
-    if !before.is_empty() {
-        deltas.insert(0, before);
-    }
-    Some((last_resort, CachedAnswer { deltas, finish_reason }))
+    Some((hit?, CachedAnswer::as_served(before, deltas, finish_reason)))
 }
 
 // ------------------------------------------------------------ scripted providers

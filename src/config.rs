@@ -16,7 +16,7 @@ use crate::breaker::{BreakerConfig, ProbeMode};
 use crate::budget::BudgetConfig;
 use crate::cache::{CacheLimits, CacheRung, CacheUse, ResponseCache};
 use crate::continuation::{ContinuationMode, DEFAULT_INSTRUCTION};
-use crate::deadline::{Adaptive, AdaptiveStall, GAP_SAMPLES};
+use crate::deadline::{Adaptive, AdaptiveStall, Deadlines, GAP_SAMPLES};
 use crate::health::RouteHealth;
 use crate::hedge::{self, HedgePolicy};
 use crate::ladder::{Ladder, RetryPolicy, Route};
@@ -30,7 +30,6 @@ use crate::provider::openai::OpenAiProvider;
 use crate::provider::Provider;
 use crate::redact::Redactor;
 use crate::safe_reply::{self, SafeReply};
-use crate::watchdog::Deadlines;
 
 /// The default listen address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::continuation::ContinuationMode;
-use crate::deadline::Adaptive;
+use crate::deadline::{Adaptive, Deadlines};
 use crate::hedge::HedgePolicy;
 use crate::ladder::{Ladder, RetryPolicy, Route};
 use crate::loopguard::LoopConfig;
@@ -21,7 +21,6 @@ use crate::provider::Provider;
 use crate::request::{ChatRequest, Message};
 use crate::safe_reply::SafeReply;
 use crate::serde_ms as ms;
-use crate::watchdog::Deadlines;
 
 /// A ladder without its providers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

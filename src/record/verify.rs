@@ -48,6 +48,7 @@ use super::spec::{LadderSpec, RequestSpec};
 use super::FORMAT_VERSION;
 use crate::cache::{CacheLimits, CacheRung, CacheUse, CachedAnswer, ResponseCache, CACHE_ROUTE};
 use crate::continuation::ContinuationMode;
+use crate::deadline::Deadlines;
 use crate::event::{EngineEvent, EventKind, UpstreamItem};
 use crate::failure::{FailureClass, FailureKind};
 use crate::health::{Decisions, ModelHealth};
@@ -55,7 +56,6 @@ use crate::provider::{Chunk, ChunkStream, Provider, UpstreamRequest};
 use crate::request::Usage;
 use crate::splice::{Splicer, EVENT_CAPACITY};
 use crate::usage::Tally;
-use crate::watchdog::Deadlines;
 
 /// The oldest recording format `--verify` can re-drive.
 pub const MIN_VERIFY_VERSION: u32 = 1;

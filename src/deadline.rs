@@ -7,7 +7,7 @@
 //!
 //! * when an attempt opens, it follows the inter-token gaps the route has shown
 //!   recently for its upstream model, shared by every session through its
-//!   [`ModelHealth`]: `clamp(k × p99 gap, floor, stall)` ([`stall`]); the
+//!   [`ModelHealth`](crate::health::ModelHealth): `clamp(k × p99 gap, floor, stall)` ([`stall`]); the
 //!   ceiling until enough gaps were seen.
 //! * once the attempt's own stream has shown its first [`AdaptiveStall::own_gaps`]
 //!   gaps, it follows that stream's own cadence as well ([`own_stall`]):
@@ -25,7 +25,7 @@
 //! recorded in its `attempt_opened` event, so a replay re-drives with them
 //! instead of recomputing from a history it does not have. A stall the
 //! stream's own cadence declared is recorded with the deadline that fired
-//! ([`FailureKind::Stall`](crate::failure::FailureKind::Stall)), which is what a
+//! ([`FailureKind::Stall`]), which is what a
 //! replay re-drives that attempt under (see [`crate::record::verify`]).
 //!
 //! Gaps are measured from the watchdog's point of view: from the moment the

@@ -96,6 +96,36 @@ impl CachedAnswer {
         self.deltas.concat()
     }
 
+    /// What a hit sends a client that already has the answer's first `sent`
+    /// bytes: the stored deltas past them, keeping their live chunking.
+    pub fn deltas_after(&self, sent: usize) -> Vec<String> {
+        let mut skip = sent;
+        let mut out = Vec::new();
+        for delta in &self.deltas {
+            if skip >= delta.len() {
+                skip -= delta.len();
+                continue;
+            }
+            out.push(delta.get(skip..).unwrap_or_default().to_string());
+            skip = 0;
+        }
+        out
+    }
+
+    /// The answer a session's cache held, seen from the session: what its
+    /// client had before the hit (`before`), then the deltas the hit sent
+    /// (`served`, from [`CachedAnswer::deltas_after`]). The same text, so a
+    /// re-drive's cache serves the same deltas again.
+    pub fn as_served(before: String, mut served: Vec<String>, finish_reason: String) -> Self {
+        if !before.is_empty() {
+            served.insert(0, before);
+        }
+        CachedAnswer {
+            deltas: served,
+            finish_reason,
+        }
+    }
+
     fn bytes(&self) -> usize {
         self.deltas.iter().map(String::len).sum::<usize>() + self.finish_reason.len()
     }
@@ -267,6 +297,23 @@ mod tests {
             deltas: text.split_inclusive(' ').map(str::to_string).collect(),
             finish_reason: "stop".into(),
         }
+    }
+
+    #[test]
+    fn a_hit_serves_the_rest_and_a_session_view_of_it_serves_the_same_again() {
+        let stored = answer("one two three");
+        assert_eq!(stored.deltas_after(0), stored.deltas);
+        assert_eq!(stored.deltas_after(6), ["o ", "three"], "mid-delta: the rest of it");
+        assert_eq!(stored.deltas_after(8), ["three"]);
+        assert!(stored.deltas_after(13).is_empty());
+        let served = stored.deltas_after(6);
+        let seen = CachedAnswer::as_served("one tw".into(), served.clone(), "stop".into());
+        assert_eq!(seen.text(), stored.text());
+        assert_eq!(seen.deltas_after(6), served, "a re-drive's client gets the same deltas");
+        assert_eq!(
+            CachedAnswer::as_served(String::new(), stored.deltas.clone(), "stop".into()),
+            stored
+        );
     }
 
     #[test]

@@ -16,26 +16,24 @@ use crate::breaker::{BreakerConfig, ProbeMode};
 use crate::budget::BudgetConfig;
 use crate::cache::{CacheLimits, CacheRung, CacheUse, ResponseCache};
 use crate::continuation::{ContinuationMode, DEFAULT_INSTRUCTION};
-use crate::deadline::{Adaptive, AdaptiveStall, GAP_SAMPLES};
+use crate::deadline::{Adaptive, AdaptiveStall, Deadlines, GAP_SAMPLES};
 use crate::health::RouteHealth;
 use crate::hedge::{self, HedgePolicy};
 use crate::ladder::{Ladder, RetryPolicy, Route};
 use crate::loopguard::{self, LoopConfig};
 use crate::oracle::fault::{FaultPlan, FaultScript};
+use crate::oracle::provider::MockProvider;
 use crate::oracle::Style;
 use crate::overlap::OverlapMode;
 use crate::provider::anthropic::AnthropicProvider;
-use crate::provider::mock::MockProvider;
 use crate::provider::openai::OpenAiProvider;
 use crate::provider::Provider;
 use crate::redact::Redactor;
 use crate::safe_reply::{self, SafeReply};
-use crate::watchdog::Deadlines;
 
 /// The default listen address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
-/// The route model that means "the model the client asked for".
-pub const PASS_THROUGH_MODEL: &str = "{model}";
+pub use crate::ladder::PASS_THROUGH_MODEL;
 
 /// The file as written.
 #[derive(Debug, Deserialize)]

@@ -7,7 +7,7 @@
 //!
 //! * when an attempt opens, it follows the inter-token gaps the route has shown
 //!   recently for its upstream model, shared by every session through its
-//!   [`ModelHealth`]: `clamp(k × p99 gap, floor, stall)` ([`stall`]); the
+//!   [`ModelHealth`](crate::health::ModelHealth): `clamp(k × p99 gap, floor, stall)` ([`stall`]); the
 //!   ceiling until enough gaps were seen.
 //! * once the attempt's own stream has shown its first [`AdaptiveStall::own_gaps`]
 //!   gaps, it follows that stream's own cadence as well ([`own_stall`]):
@@ -18,13 +18,14 @@
 //!   after the full ceiling.
 //! * the first-token deadline grows with the prompt: `first_token + per-1k ×
 //!   prompt tokens / 1000`, with the prompt estimated by
-//!   [`estimate_tokens`] (continuation prefix included).
+//!   [`estimate_tokens`](crate::request::estimate_tokens) (continuation prefix included).
 //!
-//! The deadlines an attempt opens with are decided once ([`decide`]) and
+//! The deadlines an attempt opens with are decided once
+//! ([`Route::deadlines_for`](crate::ladder::Route::deadlines_for)) and
 //! recorded in its `attempt_opened` event, so a replay re-drives with them
 //! instead of recomputing from a history it does not have. A stall the
 //! stream's own cadence declared is recorded with the deadline that fired
-//! ([`FailureKind::Stall`](crate::failure::FailureKind::Stall)), which is what a
+//! ([`FailureKind::Stall`]), which is what a
 //! replay re-drives that attempt under (see [`crate::record::verify`]).
 //!
 //! Gaps are measured from the watchdog's point of view: from the moment the
@@ -32,18 +33,13 @@
 //! waiting. Baton's own backpressure (a slow client) therefore never counts as
 //! an upstream gap; at worst it hides one, which only errs towards the floor.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::health::ModelHealth;
-use crate::ladder::Route;
-use crate::provider::ChunkStream;
-use crate::record::spec::ms;
-use crate::request::{estimate_tokens, Message};
+use crate::failure::FailureKind;
+use crate::serde_ms as ms;
 use crate::stats::percentile;
-use crate::watchdog::{Deadlines, Watchdog};
 
 /// How many recent gaps a route keeps (across all its sessions).
 pub const GAP_SAMPLES: usize = 512;
@@ -256,49 +252,74 @@ pub fn first_token(base: Duration, per_1k: Duration, prompt_tokens: u32) -> Dura
     base.saturating_add(Duration::from_nanos(u64::try_from(extra).unwrap_or(u64::MAX)))
 }
 
-/// The effective deadlines of an attempt on `route` to `health`'s model sending
-/// `messages`: the ones a replay recorded, if the route's health replays a
-/// recording, else computed now.
-pub fn decide(route: &Route, health: &ModelHealth, messages: &[Message]) -> Deadlines {
-    if let Some(recorded) = route.health.recorded_deadlines() {
-        return recorded;
-    }
-    let mut d = route.deadlines;
-    if !route.adaptive.ttft_per_1k_prompt.is_zero() {
-        d.first_token = first_token(
-            d.first_token,
-            route.adaptive.ttft_per_1k_prompt,
-            estimate_tokens(messages),
-        );
-    }
-    d.stall = current_stall(route, health);
-    d
+/// The deadlines of one route, or of one attempt (serialized in milliseconds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deadlines {
+    /// From the request to the first content token.
+    #[serde(rename = "first_token_ms", with = "ms")]
+    pub first_token: Duration,
+    /// Longest silence between tokens.
+    #[serde(rename = "stall_ms", with = "ms")]
+    pub stall: Duration,
+    /// The whole attempt.
+    #[serde(rename = "total_ms", with = "ms")]
+    pub total: Duration,
+    /// The reasoning budget: from the request to the first *answer* token (text
+    /// or tool call) of a stream that reasons first; `None` (the default): thinking may last.
+    #[serde(
+        rename = "reasoning_budget_ms",
+        default,
+        with = "crate::serde_ms::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub reasoning_budget: Option<Duration>,
 }
 
-/// The stall deadline an attempt opening on `route` to `health`'s model now would get.
-pub fn current_stall(route: &Route, health: &ModelHealth) -> Duration {
-    match &route.adaptive.stall {
-        Some(rule) => stall(rule, route.deadlines.stall, health.gap_history(rule.min_samples)),
-        None => route.deadlines.stall,
-    }
-}
-
-/// The watchdog for an attempt on `route` to `health`'s model: when the
-/// route's stall deadline adapts, it reports the gaps it sees to that health
-/// and follows the stream's own cadence. A replay does not re-learn the
-/// cadence: it re-drives under the deadlines the recording shows (see
-/// [`crate::record::verify`]).
-pub fn watchdog(route: &Route, health: &Arc<ModelHealth>, stream: ChunkStream, deadlines: Deadlines) -> Watchdog {
-    let watchdog = Watchdog::new(stream, deadlines);
-    match route.adaptive.stall {
-        Some(rule) if rule.own_gaps > 0 && !route.health.replays() => {
-            let history = health.gap_history(rule.min_samples);
-            watchdog
-                .learning(health.clone())
-                .with_cadence(Cadence::new(rule, route.deadlines.stall, history))
+impl Deadlines {
+    /// The watchdog's choice of deadline for the next item, as an offset from
+    /// the attempt's start, and the failure when it passes: before any token,
+    /// the first-token deadline; after one, the stall deadline from `asked`
+    /// (when the next item was asked for); never past the total deadline
+    /// (on a tie, the first-token or stall failure); and while a stream that
+    /// has reasoned has no answer token yet (`seen_answer` false), never past
+    /// the reasoning budget. A re-drive keeps its replayed items under the same
+    /// choice (see [`crate::record::verify`]).
+    pub fn next_wait(&self, asked: Duration, seen_token: bool, seen_answer: bool) -> (Duration, FailureKind) {
+        let (at, kind) = if seen_token {
+            (
+                asked.saturating_add(self.stall),
+                FailureKind::Stall { after: self.stall },
+            )
+        } else {
+            (
+                self.first_token,
+                FailureKind::FirstTokenTimeout {
+                    after: self.first_token,
+                },
+            )
+        };
+        let (at, kind) = if at <= self.total {
+            (at, kind)
+        } else {
+            (self.total, FailureKind::TotalTimeout { after: self.total })
+        };
+        match self.reasoning_budget {
+            Some(budget) if seen_token && !seen_answer && budget < at => {
+                (budget, FailureKind::ReasoningTimeout { after: budget })
+            }
+            _ => (at, kind),
         }
-        Some(_) => watchdog.learning(health.clone()),
-        None => watchdog,
+    }
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines {
+            first_token: Duration::from_secs(10),
+            stall: Duration::from_secs(3),
+            total: Duration::from_secs(300),
+            reasoning_budget: None,
+        }
     }
 }
 
@@ -396,49 +417,6 @@ impl GapSample {
             sorted.sort_unstable();
             percentile(&sorted, GAP_PERCENTILE).map(|us| Duration::from_micros(u64::from(us)))
         })
-    }
-}
-
-/// Gaps one watchdog saw, handed to the model's health in batches so the
-/// per-token path takes no shared lock.
-#[derive(Debug)]
-pub struct GapBatch {
-    health: Arc<ModelHealth>,
-    gaps: Vec<Duration>,
-}
-
-/// Gaps collected before a batch goes to the route's health.
-const BATCH: usize = 16;
-
-impl GapBatch {
-    /// An empty batch for `health`.
-    pub fn new(health: Arc<ModelHealth>) -> Self {
-        GapBatch {
-            health,
-            gaps: Vec::with_capacity(BATCH),
-        }
-    }
-
-    /// Adds one gap; hands the batch over when full.
-    pub fn push(&mut self, gap: Duration) {
-        self.gaps.push(gap);
-        if self.gaps.len() >= BATCH {
-            self.flush();
-        }
-    }
-
-    /// Hands the gaps collected so far to the route's health.
-    pub fn flush(&mut self) {
-        if !self.gaps.is_empty() {
-            self.health.record_gaps(&self.gaps);
-            self.gaps.clear();
-        }
-    }
-}
-
-impl Drop for GapBatch {
-    fn drop(&mut self) {
-        self.flush();
     }
 }
 
@@ -559,22 +537,6 @@ mod tests {
         }
         assert_eq!(s.longest(100), Some(MS(20)));
         assert_eq!(GapSample::default().longest(1), None);
-    }
-
-    #[test]
-    fn a_batch_reaches_the_route_when_full_or_dropped() {
-        let health = crate::health::RouteHealth::default().model("m");
-        let mut batch = GapBatch::new(health.clone());
-        for _ in 0..BATCH - 1 {
-            batch.push(MS(30));
-        }
-        assert_eq!(health.gap_count(), 0, "held back until the batch is full");
-        batch.push(MS(30));
-        assert_eq!(health.gap_count(), BATCH);
-        batch.push(MS(40));
-        drop(batch);
-        assert_eq!(health.gap_count(), BATCH + 1);
-        assert_eq!(health.gap_p99(1), Some(MS(40)));
     }
 
     #[test]

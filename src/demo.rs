@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use crate::breaker::{BreakerConfig, BreakerState};
 use crate::budget::BudgetConfig;
 use crate::continuation::ContinuationMode;
+use crate::deadline::Deadlines;
 use crate::event::{EngineEvent, EventKind};
 use crate::health::RouteHealth;
 use crate::ladder::{Ladder, Route};
@@ -26,7 +27,6 @@ use crate::record::{RecordOptions, RecordStats, Recorder};
 use crate::request::{ChatRequest, Message, Role};
 use crate::splice::{Splicer, EVENT_CAPACITY};
 use crate::stats::percentile;
-use crate::watchdog::Deadlines;
 
 /// The demo's primary route, the one that goes down.
 pub const PRIMARY: &str = "primary";

@@ -10,12 +10,12 @@ use uuid::Uuid;
 
 use crate::breaker::BreakerState;
 use crate::continuation::ContinuationMode;
+use crate::deadline::Deadlines;
 use crate::failure::{Failure, FailureClass, FailureKind};
 use crate::provider::UpstreamRequest;
-use crate::record::spec::{LadderSpec, RequestSpec};
 use crate::request::Usage;
+use crate::spec::{LadderSpec, RequestSpec};
 use crate::usage::Tally;
-use crate::watchdog::Deadlines;
 
 /// The session id of events baton makes on its own, outside any session
 /// (active probes and the breaker changes they cause); recordings skip them.

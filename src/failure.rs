@@ -304,6 +304,22 @@ impl FailureKind {
         }
     }
 
+    /// Whether baton detects this itself rather than hearing it from the
+    /// upstream: a deadline (the watchdog, [`crate::deadline::Deadlines::next_wait`]),
+    /// a loop (the loop guard) or an answer without text (decided from its
+    /// finish). A re-drive replays the stream and leaves these to the engine.
+    pub fn detected_by_engine(&self) -> bool {
+        matches!(
+            self,
+            FailureKind::FirstTokenTimeout { .. }
+                | FailureKind::ReasoningTimeout { .. }
+                | FailureKind::Stall { .. }
+                | FailureKind::TotalTimeout { .. }
+                | FailureKind::Loop { .. }
+                | FailureKind::EmptyAnswer { .. }
+        )
+    }
+
     /// Whether the splicer decides this from the request and the ladder alone,
     /// before asking the provider (so a re-drive decides it again by itself).
     pub fn decided_before_upstream(&self) -> bool {

@@ -11,6 +11,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -19,10 +20,9 @@ use tokio::sync::Notify;
 use crate::breaker::{Admission, Breaker, BreakerConfig, BreakerState, Outcome, ProbeMode, Transition};
 use crate::budget::{BudgetConfig, RetryBudget};
 use crate::continuation::ContinuationMode;
-use crate::deadline::GapSample;
+use crate::deadline::Deadlines;
+use crate::deadline::{GapHistory, GapSample};
 use crate::failure::{FailureClass, FailureKind};
-use crate::rules::TtftWindow;
-use crate::watchdog::Deadlines;
 
 /// The most upstream models one route keeps health for.
 pub const MAX_MODELS: usize = 64;
@@ -36,8 +36,6 @@ pub struct RouteHealth {
     models: Mutex<Models>,
     /// Woken when one of its models' breakers opens, so an active prober need not poll.
     opened: Arc<Notify>,
-    /// A replay's recorded decisions; `None` for live traffic.
-    script: Option<Script>,
 }
 
 /// The models a route has served, least recently used dropped first.
@@ -48,13 +46,43 @@ struct Models {
     clock: u64,
 }
 
-/// What a replay gives back in order instead of computing it.
-#[derive(Debug)]
-struct Script {
-    /// Retry-budget answers (`true`: allowed); allowed once the recording has no more.
-    budget: Mutex<VecDeque<bool>>,
-    /// Each attempt's effective deadlines (`None`: not recorded, computed as usual).
-    deadlines: Mutex<VecDeque<Option<Deadlines>>>,
+/// The decisions about a route's attempts that live traffic takes from the
+/// route's health and a replay takes from its recording. A route holds one
+/// ([`Live`] unless a re-drive plugs in its script, see
+/// [`crate::record::verify`]), so the live types carry no replay state.
+pub trait Decisions: Send + Sync + std::fmt::Debug {
+    /// Whether a retry on `model` may be spent.
+    fn allow_retry(&self, model: &ModelHealth) -> bool;
+    /// The next attempt's deadlines when they are given rather than computed.
+    fn deadlines(&self) -> Option<Deadlines>;
+    /// Whether an attempt's stall deadline may follow its own cadence (a
+    /// replay re-drives under the deadline its recording shows instead).
+    fn own_cadence(&self) -> bool;
+    /// The delay before attempt number `attempt` is hedged (`None`: it is
+    /// not), where `live` is what the hedging rule says now.
+    fn hedge_delay(&self, attempt: u32, live: &dyn Fn() -> Option<Duration>) -> Option<Duration>;
+}
+
+/// Live traffic: the route's health and the rules decide.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Live;
+
+impl Decisions for Live {
+    fn allow_retry(&self, model: &ModelHealth) -> bool {
+        model.allow_retry()
+    }
+
+    fn deadlines(&self) -> Option<Deadlines> {
+        None
+    }
+
+    fn own_cadence(&self) -> bool {
+        true
+    }
+
+    fn hedge_delay(&self, _attempt: u32, live: &dyn Fn() -> Option<Duration>) -> Option<Duration> {
+        live()
+    }
 }
 
 /// What one route has learned of one upstream model.
@@ -162,42 +190,7 @@ impl RouteHealth {
             budget,
             models: Mutex::new(Models::default()),
             opened: Arc::new(Notify::new()),
-            script: None,
         }
-    }
-
-    /// Health for a replay: the budget gives the recorded answers (`true`: the
-    /// retry was allowed) in order, so budget decisions made under live traffic repeat.
-    pub fn scripted(retries: impl IntoIterator<Item = bool>) -> Self {
-        RouteHealth {
-            script: Some(Script {
-                budget: Mutex::new(retries.into_iter().collect()),
-                deadlines: Mutex::new(VecDeque::new()),
-            }),
-            ..RouteHealth::default()
-        }
-    }
-
-    /// The same replay health, also giving each attempt on the route the effective
-    /// deadlines its recording shows (`None`: recorded by a baton that did not
-    /// record them, so they are computed as usual).
-    pub fn with_recorded_deadlines(mut self, deadlines: impl IntoIterator<Item = Option<Deadlines>>) -> Self {
-        let script = self.script.get_or_insert_with(|| Script {
-            budget: Mutex::new(VecDeque::new()),
-            deadlines: Mutex::new(VecDeque::new()),
-        });
-        *lock(&script.deadlines) = deadlines.into_iter().collect();
-        self
-    }
-
-    /// Whether this health replays a recording (its deadlines are replayed, not learnt).
-    pub fn replays(&self) -> bool {
-        self.script.is_some()
-    }
-
-    /// The next attempt's recorded effective deadlines, when replaying a recording that has them.
-    pub fn recorded_deadlines(&self) -> Option<Deadlines> {
-        lock(&self.script.as_ref()?.deadlines).pop_front().flatten()
     }
 
     /// The health of upstream `model` on this route, created on first use.
@@ -245,17 +238,6 @@ impl RouteHealth {
     /// Resolves when one of its models' breakers opens (or opened since the last call).
     pub async fn breaker_opened(&self) {
         self.opened.notified().await;
-    }
-
-    /// Spends one retry of `model`'s budget, if it allows one (a replay gives
-    /// the recorded answer). A retry on a model whose breaker is not closed
-    /// would only be skipped after its delay (the failure just opened it, or
-    /// another probe is under way): it is refused, so the session hands over at once.
-    pub fn allow_retry(&self, model: &ModelHealth) -> bool {
-        match &self.script {
-            Some(script) => lock(&script.budget).pop_front().unwrap_or(true),
-            None => model.state() == BreakerState::Closed && model.withdraw_retry(),
-        }
     }
 }
 
@@ -347,8 +329,12 @@ impl ModelHealth {
         )
     }
 
-    fn withdraw_retry(&self) -> bool {
-        lock(&self.budget).withdraw(Instant::now())
+    /// Spends one retry of its budget, if it allows one. A retry on a model
+    /// whose breaker is not closed would only be skipped after its delay (the
+    /// failure just opened it, or another probe is under way): it is refused,
+    /// so the session hands over at once.
+    pub fn allow_retry(&self) -> bool {
+        self.state() == BreakerState::Closed && lock(&self.budget).withdraw(Instant::now())
     }
 
     /// The breaker's state now.
@@ -375,7 +361,7 @@ impl ModelHealth {
     }
 
     /// The p99 and the longest of recent inter-token gaps, once at least `min_samples` were seen.
-    pub fn gap_history(&self, min_samples: u32) -> Option<crate::deadline::GapHistory> {
+    pub fn gap_history(&self, min_samples: u32) -> Option<GapHistory> {
         lock(&self.gaps).history(min_samples)
     }
 
@@ -464,6 +450,68 @@ impl ModelHealth {
     }
 }
 
+/// A route's recent times to first token, bounded in count and age.
+#[derive(Debug)]
+pub struct TtftWindow {
+    samples: VecDeque<(Instant, Duration)>,
+    capacity: usize,
+    max_age: Duration,
+    min_samples: usize,
+}
+
+impl Default for TtftWindow {
+    fn default() -> Self {
+        TtftWindow::new(100, Duration::from_secs(60), 5)
+    }
+}
+
+impl TtftWindow {
+    /// A window of at most `capacity` samples no older than `max_age`; no verdict before `min_samples`.
+    pub fn new(capacity: usize, max_age: Duration, min_samples: usize) -> Self {
+        TtftWindow {
+            samples: VecDeque::with_capacity(capacity.min(1024)),
+            capacity: capacity.max(1),
+            max_age,
+            min_samples: min_samples.max(1),
+        }
+    }
+
+    /// Records one first-token time (a first-token timeout counts as its deadline).
+    pub fn record(&mut self, now: Instant, ttft: Duration) {
+        self.expire(now);
+        if self.samples.len() == self.capacity {
+            self.samples.pop_front();
+        }
+        self.samples.push_back((now, ttft));
+    }
+
+    /// The p95 of the recent samples, once there are enough of them.
+    pub fn p95(&mut self, now: Instant) -> Option<Duration> {
+        self.p95_of(now, self.min_samples)
+    }
+
+    /// The p95 of the recent samples, once there are at least `min_samples` of them.
+    pub fn p95_of(&mut self, now: Instant, min_samples: usize) -> Option<Duration> {
+        self.expire(now);
+        if self.samples.len() < min_samples.max(1) {
+            return None;
+        }
+        let mut sorted: Vec<Duration> = self.samples.iter().map(|(_, d)| *d).collect();
+        sorted.sort_unstable();
+        crate::stats::percentile(&sorted, 95.0)
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while self
+            .samples
+            .front()
+            .is_some_and(|(at, _)| now.saturating_duration_since(*at) > self.max_age)
+        {
+            self.samples.pop_front();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -491,12 +539,26 @@ mod tests {
         assert!(!route.model("b").rejects_prefill() && route.model("a").rejects_prefill());
     }
 
-    #[test]
-    fn a_scripted_budget_answers_in_order_for_every_model() {
-        let route = RouteHealth::scripted([false, true]);
-        let m = route.model("x");
-        assert!(!route.allow_retry(&m));
-        assert!(route.allow_retry(&route.model("y")));
-        assert!(route.allow_retry(&m), "past the recording: allowed");
+    #[tokio::test(start_paused = true)]
+    async fn p95_needs_enough_recent_samples_and_forgets_old_ones() {
+        let mut w = TtftWindow::new(10, Duration::from_secs(60), 3);
+        let now = Instant::now();
+        w.record(now, Duration::from_millis(100));
+        w.record(now, Duration::from_millis(200));
+        assert_eq!(w.p95(now), None, "two samples are not a verdict");
+        w.record(now, Duration::from_millis(3000));
+        assert_eq!(w.p95(now), Some(Duration::from_millis(3000)));
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(w.p95(Instant::now()), None, "samples older than the window expire");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_window_keeps_only_the_latest_samples() {
+        let mut w = TtftWindow::new(3, Duration::from_secs(60), 1);
+        let now = Instant::now();
+        for ms in [5000, 10, 10, 10] {
+            w.record(now, Duration::from_millis(ms));
+        }
+        assert_eq!(w.p95(now), Some(Duration::from_millis(10)));
     }
 }

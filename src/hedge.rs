@@ -22,7 +22,6 @@
 //! once; a hedge is never hedged itself. A handover attempt that continues a
 //! prefix may be hedged too: both sides continue the same prefix.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,8 +41,6 @@ pub struct HedgePolicy {
     pub after: Option<Duration>,
     /// Recent first-token times needed before the route's p95 is used.
     pub min_samples: usize,
-    /// A replay's recorded delays by attempt number (attempts absent were not hedged).
-    recorded: Option<Arc<HashMap<u32, Duration>>>,
     counts: Arc<HedgeCounts>,
 }
 
@@ -100,23 +97,14 @@ impl HedgePolicy {
         HedgePolicy {
             after,
             min_samples: min_samples.max(1),
-            recorded: None,
             counts: Arc::default(),
         }
     }
 
-    /// The same policy replaying a recording: attempt `n` is hedged after `delays[n]`, others not at all.
-    pub fn replaying(mut self, delays: HashMap<u32, Duration>) -> Self {
-        self.recorded = Some(Arc::new(delays));
-        self
-    }
-
-    /// When attempt number `attempt` on a route with `health` is hedged, if at all.
-    pub fn delay_for(&self, attempt: u32, health: &ModelHealth) -> Option<Duration> {
-        match &self.recorded {
-            Some(recorded) => recorded.get(&attempt).copied(),
-            None => delay(health.ttft_p95_of(self.min_samples), self.after),
-        }
+    /// When an attempt on a route with `health` is hedged under live traffic,
+    /// if at all (a replay hedges as recorded: see [`crate::health::Decisions`]).
+    pub fn delay(&self, health: &ModelHealth) -> Option<Duration> {
+        delay(health.ttft_p95_of(self.min_samples), self.after)
     }
 
     /// Counts a race's end.
@@ -192,28 +180,15 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_replay_hedges_exactly_the_recorded_attempts() {
-        let health = crate::health::RouteHealth::default().model("m");
-        for _ in 0..10 {
-            health.record_ttft(ms(50));
-        }
-        let live = HedgePolicy::new(None, 5);
-        assert_eq!(live.delay_for(1, &health), Some(ms(50)));
-        let replay = live.replaying(HashMap::from([(3, ms(70))]));
-        assert_eq!(replay.delay_for(1, &health), None);
-        assert_eq!(replay.delay_for(3, &health), Some(ms(70)));
-    }
-
-    #[tokio::test(start_paused = true)]
     async fn too_few_samples_are_no_p95() {
         let health = crate::health::RouteHealth::default().model("m");
         health.record_ttft(ms(50));
         health.record_ttft(ms(60));
         let policy = HedgePolicy::new(None, 3);
-        assert_eq!(policy.delay_for(1, &health), None);
+        assert_eq!(policy.delay(&health), None);
         health.record_ttft(ms(70));
-        assert_eq!(policy.delay_for(1, &health), Some(ms(70)));
-        assert_eq!(HedgePolicy::new(None, 1).delay_for(1, &health), Some(ms(70)));
+        assert_eq!(policy.delay(&health), Some(ms(70)));
+        assert_eq!(HedgePolicy::new(None, 1).delay(&health), Some(ms(70)));
     }
 
     #[test]

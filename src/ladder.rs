@@ -11,16 +11,20 @@ use std::time::Duration;
 
 use crate::cache::CacheRung;
 use crate::continuation::{ContinuationMode, DEFAULT_INSTRUCTION};
-use crate::deadline::Adaptive;
+use crate::deadline::{self, Adaptive, Cadence};
 use crate::failure::{FailureClass, FailureKind};
-use crate::health::{ModelHealth, RouteHealth};
+use crate::health::{Decisions, Live, ModelHealth, RouteHealth};
 use crate::hedge::HedgePolicy;
 use crate::loopguard::LoopConfig;
 use crate::overlap::OverlapMode;
-use crate::provider::Provider;
+use crate::provider::{ChunkStream, Provider};
+use crate::request::{estimate_tokens, Message};
 use crate::rules::Rules;
 use crate::safe_reply::SafeReply;
-use crate::watchdog::Deadlines;
+use crate::watchdog::{Deadlines, Watchdog};
+
+/// The route model that means "the model the client asked for".
+pub const PASS_THROUGH_MODEL: &str = "{model}";
 
 /// One upstream model behind one provider.
 #[derive(Clone)]
@@ -48,6 +52,8 @@ pub struct Route {
     pub price_per_1k: Option<f64>,
     /// When a repeat at the seam is taken for an echo and trimmed.
     pub overlap: OverlapMode,
+    /// Who decides its retries, deadlines and hedges: [`Live`] health, or a replay's script.
+    pub decisions: Arc<dyn Decisions>,
 }
 
 impl Route {
@@ -65,6 +71,7 @@ impl Route {
             health: Arc::new(RouteHealth::default()),
             price_per_1k: None,
             overlap: OverlapMode::Auto,
+            decisions: Arc::new(Live),
         }
     }
 
@@ -92,6 +99,12 @@ impl Route {
         self
     }
 
+    /// The same route deciding its retries, deadlines and hedges as `decisions` says.
+    pub fn with_decisions(mut self, decisions: Arc<dyn Decisions>) -> Self {
+        self.decisions = decisions;
+        self
+    }
+
     /// The same route with a context window of `tokens`.
     pub fn with_context(mut self, tokens: u32) -> Self {
         self.context_tokens = Some(tokens);
@@ -102,7 +115,7 @@ impl Route {
     /// `asked` on a pass-through route (`{model}`).
     pub fn upstream_model(&self, asked: Option<&str>) -> Arc<str> {
         match (&*self.model, asked) {
-            (crate::config::PASS_THROUGH_MODEL, Some(asked)) => asked.into(),
+            (PASS_THROUGH_MODEL, Some(asked)) => asked.into(),
             _ => self.model.clone(),
         }
     }
@@ -110,6 +123,63 @@ impl Route {
     /// The health of the upstream model an attempt for `asked` goes to.
     pub fn health_for(&self, asked: Option<&str>) -> Arc<ModelHealth> {
         self.health.model(&self.upstream_model(asked))
+    }
+
+    /// The effective deadlines of an attempt on this route to `health`'s model
+    /// sending `messages`: the ones its decisions give (a replay's recorded
+    /// ones), else computed now.
+    pub fn deadlines_for(&self, health: &ModelHealth, messages: &[Message]) -> Deadlines {
+        if let Some(recorded) = self.decisions.deadlines() {
+            return recorded;
+        }
+        let mut d = self.deadlines;
+        if !self.adaptive.ttft_per_1k_prompt.is_zero() {
+            d.first_token = deadline::first_token(
+                d.first_token,
+                self.adaptive.ttft_per_1k_prompt,
+                estimate_tokens(messages),
+            );
+        }
+        d.stall = self.current_stall(health);
+        d
+    }
+
+    /// The stall deadline an attempt opening on this route to `health`'s model now would get.
+    pub fn current_stall(&self, health: &ModelHealth) -> Duration {
+        match &self.adaptive.stall {
+            Some(rule) => deadline::stall(rule, self.deadlines.stall, health.gap_history(rule.min_samples)),
+            None => self.deadlines.stall,
+        }
+    }
+
+    /// The watchdog for an attempt on this route to `health`'s model: when the
+    /// route's stall deadline adapts, it reports the gaps it sees to that health
+    /// and follows the stream's own cadence. A replay does not re-learn the
+    /// cadence: it re-drives under the deadlines the recording shows (see
+    /// [`crate::record::verify`]).
+    pub fn watchdog(&self, health: &Arc<ModelHealth>, stream: ChunkStream, deadlines: Deadlines) -> Watchdog {
+        let watchdog = Watchdog::new(stream, deadlines);
+        match self.adaptive.stall {
+            Some(rule) if rule.own_gaps > 0 && self.decisions.own_cadence() => {
+                let history = health.gap_history(rule.min_samples);
+                watchdog
+                    .learning(health.clone())
+                    .with_cadence(Cadence::new(rule, self.deadlines.stall, history))
+            }
+            Some(_) => watchdog.learning(health.clone()),
+            None => watchdog,
+        }
+    }
+
+    /// Spends one retry on `model` (this route's), if its decisions allow one.
+    pub fn allow_retry(&self, model: &ModelHealth) -> bool {
+        self.decisions.allow_retry(model)
+    }
+
+    /// When attempt number `attempt` on this route to `health`'s model is
+    /// hedged under `policy`, if at all.
+    pub fn hedge_delay(&self, policy: &HedgePolicy, attempt: u32, health: &ModelHealth) -> Option<Duration> {
+        self.decisions.hedge_delay(attempt, &|| policy.delay(health))
     }
 
     /// The window an attempt to `health`'s model must fit: the configured one,
@@ -450,11 +520,11 @@ impl Ladder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oracle::provider::MockProvider;
     use crate::oracle::{
         fault::{FaultPlan, FaultScript},
         Style,
     };
-    use crate::provider::mock::MockProvider;
 
     fn ladder(contexts: &[u32]) -> Ladder {
         let provider: Arc<dyn Provider> =

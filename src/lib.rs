@@ -28,12 +28,15 @@
 //! * [`loopguard`]: noticing an answer that repeats itself.
 //! * [`overlap`]: the overlap trim at the seam.
 //! * [`reasoning`]: where reasoning deltas go, and the seam marker of a handover during reasoning.
-//! * [`provider`]: upstream wire formats (`openai`, `anthropic`, `mock`) over a bounded SSE decoder.
-//! * [`oracle`]: the mock oracle, its fault scripts and its HTTP server.
+//! * [`provider`]: upstream wire formats (`openai`, `anthropic`) over a bounded SSE decoder.
+//! * [`oracle`]: the mock oracle, its fault scripts, its HTTP server and its in-process provider.
 //! * [`event`]: [`EngineEvent`], the one schema of what happened.
 //! * [`request`]: the caller's conversation.
 //! * [`usage`]: a session's tokens across its attempts, reported or not.
 //! * [`stats`]: percentiles shared by the demo, dashboard and summaries.
+//! * [`rng`]: the small deterministic generator of the oracle and the splicer's jitter.
+//! * [`serde_ms`]: durations as milliseconds in configs and recordings.
+//! * [`spec`]: a ladder and a request without their providers, as a recording keeps them.
 //! * [`demo`]: the headless demo run (`baton demo --headless`).
 //! * [`config`]: the proxy's TOML config.
 //! * [`proxy`]: `baton serve`, the OpenAI-compatible proxy.
@@ -123,10 +126,13 @@ pub mod redact;
 #[cfg(feature = "cli")]
 pub mod report;
 pub mod request;
+pub mod rng;
 pub mod rules;
 pub mod safe_reply;
+pub mod serde_ms;
 #[cfg(feature = "cli")]
 pub mod soak;
+pub mod spec;
 pub mod splice;
 #[cfg(feature = "cli")]
 pub mod stall_bench;

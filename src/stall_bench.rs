@@ -25,9 +25,9 @@ use crate::event::{EngineEvent, EventKind};
 use crate::failure::FailureKind;
 use crate::ladder::{Ladder, Route};
 use crate::oracle::fault::{FaultPlan, FaultScript};
+use crate::oracle::provider::MockProvider;
 use crate::oracle::script::Pacing;
 use crate::oracle::{answer, SplitMix, Style};
-use crate::provider::mock::MockProvider;
 use crate::provider::{Chunk, ChunkStream, Provider, UpstreamRequest};
 use crate::request::{ChatRequest, Message, Role};
 use crate::splice::Splicer;
@@ -309,7 +309,7 @@ pub async fn run_profile(profile: Profile, options: &StallBenchOptions) -> Profi
     } else {
         result.false_handovers as f64 / result.sessions as f64
     };
-    result.final_stall_ms = crate::deadline::current_stall(&primary, &primary.health_for(None)).as_millis() as u64;
+    result.final_stall_ms = primary.current_stall(&primary.health_for(None)).as_millis() as u64;
     result
 }
 

@@ -17,54 +17,22 @@
 //! ([`Cadence`]): after its first few, the stall deadline for the rest of the
 //! attempt follows them, which a [`Watched::Failed`] stall reports in its `after`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
 use std::pin::Pin;
 
 use tokio::time::{sleep_until, Instant, Sleep};
 
-use crate::deadline::{Cadence, GapBatch};
+use crate::deadline::Cadence;
 use crate::failure::FailureKind;
 use crate::health::ModelHealth;
 use crate::provider::tool_calls::ToolCallBudget;
 use crate::provider::{Chunk, ChunkStream, ReasoningField};
 use crate::request::Usage;
 
-/// The deadlines of one route, or of one attempt (serialized in milliseconds).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Deadlines {
-    /// From the request to the first content token.
-    #[serde(rename = "first_token_ms", with = "crate::record::spec::ms")]
-    pub first_token: Duration,
-    /// Longest silence between tokens.
-    #[serde(rename = "stall_ms", with = "crate::record::spec::ms")]
-    pub stall: Duration,
-    /// The whole attempt.
-    #[serde(rename = "total_ms", with = "crate::record::spec::ms")]
-    pub total: Duration,
-    /// The reasoning budget: from the request to the first *answer* token (text
-    /// or tool call) of a stream that reasons first; `None` (the default): thinking may last.
-    #[serde(
-        rename = "reasoning_budget_ms",
-        default,
-        with = "crate::record::spec::opt_ms",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub reasoning_budget: Option<Duration>,
-}
-
-impl Default for Deadlines {
-    fn default() -> Self {
-        Deadlines {
-            first_token: Duration::from_secs(10),
-            stall: Duration::from_secs(3),
-            total: Duration::from_secs(300),
-            reasoning_budget: None,
-        }
-    }
-}
+pub use crate::deadline::Deadlines;
 
 /// What the watchdog lets through.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -130,7 +98,7 @@ impl Watchdog {
     }
 
     /// The same watchdog, reporting the inter-token gaps it sees to `health`.
-    pub fn learning(mut self, health: std::sync::Arc<ModelHealth>) -> Self {
+    pub fn learning(mut self, health: Arc<ModelHealth>) -> Self {
         self.gaps = Some(GapBatch::new(health));
         self
     }
@@ -158,55 +126,17 @@ impl Watchdog {
     }
 
     async fn next_item(&mut self) -> Watched {
-        let total = self.started + self.deadlines.total;
         loop {
             // When the stall clock started, and whether the stream made us wait:
             // an item that was already there says nothing about the upstream's pace.
-            let mut asked = self.started;
+            let asked = if self.seen_text { Instant::now() } else { self.started };
             let mut waited = false;
-            let (deadline, kind) = if !self.seen_text {
-                let first = self.started + self.deadlines.first_token;
-                if first <= total {
-                    (
-                        first,
-                        FailureKind::FirstTokenTimeout {
-                            after: self.deadlines.first_token,
-                        },
-                    )
-                } else {
-                    (
-                        total,
-                        FailureKind::TotalTimeout {
-                            after: self.deadlines.total,
-                        },
-                    )
-                }
-            } else {
-                asked = Instant::now();
-                let stall = asked + self.deadlines.stall;
-                if stall <= total {
-                    (
-                        stall,
-                        FailureKind::Stall {
-                            after: self.deadlines.stall,
-                        },
-                    )
-                } else {
-                    (
-                        total,
-                        FailureKind::TotalTimeout {
-                            after: self.deadlines.total,
-                        },
-                    )
-                }
-            };
-            // Reasoning without an answer yet: the reasoning budget may come first.
-            let (deadline, kind) = match self.deadlines.reasoning_budget {
-                Some(budget) if self.seen_text && !self.seen_answer && self.started + budget < deadline => {
-                    (self.started + budget, FailureKind::ReasoningTimeout { after: budget })
-                }
-                _ => (deadline, kind),
-            };
+            let (after, kind) = self.deadlines.next_wait(
+                asked.saturating_duration_since(self.started),
+                self.seen_text,
+                self.seen_answer,
+            );
+            let deadline = self.started + after;
             if self.timer.deadline() != deadline {
                 self.timer.as_mut().reset(deadline);
             }
@@ -292,6 +222,49 @@ impl Watchdog {
             let item = watchdog.next().await?;
             Some((item, watchdog))
         }))
+    }
+}
+
+/// Gaps one watchdog saw, handed to the model's health in batches so the
+/// per-token path takes no shared lock.
+#[derive(Debug)]
+pub struct GapBatch {
+    health: Arc<ModelHealth>,
+    gaps: Vec<Duration>,
+}
+
+/// Gaps collected before a batch goes to the route's health.
+const BATCH: usize = 16;
+
+impl GapBatch {
+    /// An empty batch for `health`.
+    pub fn new(health: Arc<ModelHealth>) -> Self {
+        GapBatch {
+            health,
+            gaps: Vec::with_capacity(BATCH),
+        }
+    }
+
+    /// Adds one gap; hands the batch over when full.
+    pub fn push(&mut self, gap: Duration) {
+        self.gaps.push(gap);
+        if self.gaps.len() >= BATCH {
+            self.flush();
+        }
+    }
+
+    /// Hands the gaps collected so far to the route's health.
+    pub fn flush(&mut self) {
+        if !self.gaps.is_empty() {
+            self.health.record_gaps(&self.gaps);
+            self.gaps.clear();
+        }
+    }
+}
+
+impl Drop for GapBatch {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 

@@ -10,13 +10,13 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::sync::broadcast;
 
-use baton::deadline::{self, Adaptive, AdaptiveStall};
+use baton::deadline::{Adaptive, AdaptiveStall};
 use baton::event::EngineEvent;
 use baton::health::RouteHealth;
 use baton::oracle::fault::{FaultPlan, FaultScript};
+use baton::oracle::provider::MockProvider;
 use baton::oracle::script::Pacing;
 use baton::oracle::{answer, Style};
-use baton::provider::mock::MockProvider;
 use baton::provider::{ChunkStream, Provider, UpstreamRequest};
 use baton::record::reader::RecordedSession;
 use baton::record::verify::{self, Outcome};
@@ -142,7 +142,7 @@ async fn a_fast_stream_is_declared_stalled_well_under_a_second_once_its_gaps_are
     assert_eq!(big.gap_p99(50), Some(MS(20)));
     let learnt = primary(mock("none", MS(20), MS(20)));
     assert_eq!(
-        deadline::current_stall(&learnt, &learnt.health_for(None)),
+        learnt.current_stall(&learnt.health_for(None)),
         MS(160),
         "8 × p99 of 20 ms gaps"
     );
@@ -211,7 +211,7 @@ async fn a_slow_but_steady_stream_is_not_cut_and_its_gaps_are_learnt() {
     }
     assert_eq!(health.gap_p99(20), Some(MS(2000)));
     // Learnt, not floored and not pinned at the ceiling: 8 × 2 s.
-    assert_eq!(deadline::current_stall(&route, &route.health_for(None)), MS(16_000));
+    assert_eq!(route.current_stall(&route.health_for(None)), MS(16_000));
     let stalls: Vec<Duration> = opened(&drain(&mut events)).iter().map(|(_, d)| d.stall).collect();
     assert_eq!(stalls, [MS(30_000), MS(16_000), MS(16_000)]);
 }
@@ -247,7 +247,7 @@ async fn a_slow_client_is_neither_a_stall_nor_a_gap() {
         splicer.collect(ChatRequest::new(warm.clone())).await.text,
         answer(&warm)
     );
-    assert_eq!(deadline::current_stall(&route, &route.health_for(None)), MS(160));
+    assert_eq!(route.current_stall(&route.health_for(None)), MS(160));
     let learnt = health.gap_count();
 
     // A client that takes 500 ms over every delta: far beyond the learnt 160 ms.
@@ -274,7 +274,7 @@ async fn a_slow_client_is_neither_a_stall_nor_a_gap() {
         health.gap_count() - learnt
     );
     assert_eq!(
-        deadline::current_stall(&route, &route.health_for(None)),
+        route.current_stall(&route.health_for(None)),
         MS(160),
         "the slow client taught it nothing"
     );
@@ -352,10 +352,7 @@ async fn fixed_deadlines_learn_nothing() {
         [("primary".to_string(), Deadlines::default())]
     );
     assert_eq!(health.gap_count(), 0, "a fixed route keeps no gap sample");
-    assert_eq!(
-        deadline::current_stall(&route, &route.health_for(None)),
-        Deadlines::default().stall
-    );
+    assert_eq!(route.current_stall(&route.health_for(None)), Deadlines::default().stall);
 }
 
 /// `/metrics` shows each route's current stall deadline: the ceiling while cold,
@@ -549,7 +546,7 @@ async fn on_defaults_a_steady_800_ms_stream_is_never_cut() {
     }
     // Its history now says the same as its own cadence: 8 × 800 ms, capped by the ceiling.
     assert_eq!(health.gap_p99(100), Some(MS(800)));
-    assert_eq!(deadline::current_stall(&route, &health), Deadlines::default().stall);
+    assert_eq!(route.current_stall(&health), Deadlines::default().stall);
 }
 
 #[tokio::test(start_paused = true)]

@@ -19,8 +19,8 @@ use tokio::time::Instant;
 
 use baton::deadline::{DEFAULT_FLOOR, DEFAULT_OWN_GAPS};
 use baton::oracle::fault::{FaultPlan, FaultScript};
+use baton::oracle::provider::MockProvider;
 use baton::oracle::{self, Style};
-use baton::provider::mock::MockProvider;
 use baton::provider::{Chunk, ChunkStream, Provider, UpstreamRequest};
 use baton::splice::{Collected, Completion, SpliceError};
 use baton::{

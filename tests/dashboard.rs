@@ -473,8 +473,8 @@ fn replay_keys_pause_change_speed_and_jump_between_handovers() {
 async fn the_cache_and_the_safe_reply_show_as_routes_and_handovers() {
     use baton::cache::{CacheLimits, CacheRung, CacheUse, ResponseCache};
     use baton::oracle::fault::{FaultPlan, FaultScript};
+    use baton::oracle::provider::MockProvider;
     use baton::oracle::Style;
-    use baton::provider::mock::MockProvider;
     use baton::safe_reply::SafeReply;
     use baton::{ChatRequest, Ladder, Message, Role, Route, Splicer};
     use std::sync::Arc;

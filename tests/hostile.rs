@@ -19,9 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton::oracle::fault::{FaultPlan, FaultScript};
+use baton::oracle::provider::MockProvider;
 use baton::oracle::script::{chunk_json, Pacing};
 use baton::oracle::{answer, chunks, conversation_hash, Style};
-use baton::provider::mock::MockProvider;
 use baton::provider::openai::{parse_sse_event, OpenAiProvider};
 use baton::provider::sse::{decode_body, SseLimits};
 use baton::provider::{ChunkStream, Provider, UpstreamRequest};

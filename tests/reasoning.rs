@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton::oracle::fault::{FaultPlan, FaultScript};
+use baton::oracle::provider::MockProvider;
 use baton::oracle::script::Pacing;
 use baton::oracle::{answer, chunks, conversation_hash, thinking, Style};
-use baton::provider::mock::MockProvider;
 use baton::record::verify::Outcome;
 use baton::splice::ClientItem;
 use baton::watchdog::Deadlines;

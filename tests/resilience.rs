@@ -11,8 +11,8 @@ use baton::breaker::{BreakerConfig, BreakerState};
 use baton::budget::BudgetConfig;
 use baton::health::RouteHealth;
 use baton::oracle::fault::{FaultPlan, FaultScript};
+use baton::oracle::provider::MockProvider;
 use baton::oracle::{answer, Style};
-use baton::provider::mock::MockProvider;
 use baton::splice::SpliceError;
 use baton::{ChatRequest, EventKind, FailureClass, FailureKind, Ladder, Message, Role, Route, Splicer};
 

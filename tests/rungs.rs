@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use baton::cache::{CacheLimits, CacheRung, CacheUse, ResponseCache, CACHE_MODEL, CACHE_ROUTE};
 use baton::oracle::fault::{FaultPlan, FaultScript};
+use baton::oracle::provider::MockProvider;
 use baton::oracle::script::Pacing;
 use baton::oracle::{answer, Style};
-use baton::provider::mock::MockProvider;
 use baton::safe_reply::{SafeReply, SAFE_REPLY_MODEL, SAFE_REPLY_ROUTE};
 use baton::splice::ClientItem;
 use baton::{ChatRequest, EventKind, Ladder, Message, Role, Route, Splicer};

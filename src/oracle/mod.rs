@@ -11,11 +11,13 @@
 //! * [`server`]: those steps served as OpenAI-compatible SSE over HTTP.
 
 pub mod fault;
+pub mod provider;
 pub mod script;
 pub mod server;
 
 use crate::overlap::MIN_OVERLAP;
 use crate::request::{Message, Role};
+pub use crate::rng::SplitMix;
 
 /// The visible answer to a continuation whose prefix is not a prefix of the oracle's answer.
 pub const MISMATCH: &str = "[[baton-oracle: prefix mismatch]]";
@@ -86,31 +88,6 @@ const WORDS: &[&str] = &[
     "sextant",
     "trellis",
 ];
-
-/// A small deterministic generator (SplitMix64), so answers never depend on a crate's version.
-#[derive(Clone, Debug)]
-pub struct SplitMix(u64);
-
-impl SplitMix {
-    /// A generator seeded with `seed`.
-    pub fn new(seed: u64) -> Self {
-        SplitMix(seed)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..n` (`n` > 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-}
 
 /// FNV-1a over `text`: stable across runs, versions and platforms.
 pub fn text_hash(text: &str) -> u64 {

@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 use super::fault::FaultPlan;
 use super::script::{Pacing, Step};
 use super::{reply, Style};
-use crate::provider::mock::{plan_steps, RequestCounter};
+use crate::oracle::provider::{plan_steps, RequestCounter};
 use crate::provider::UpstreamRequest;
 use crate::request::Message;
 

@@ -4,7 +4,6 @@
 //! never retries by itself: retries and handovers belong to the ladder.
 
 pub mod anthropic;
-pub mod mock;
 pub mod openai;
 pub mod sse;
 pub mod think_tags;

@@ -384,7 +384,7 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
             route.health_for(None);
         }
         for health in route.health.models() {
-            let stall = crate::deadline::current_stall(route, &health);
+            let stall = route.current_stall(&health);
             state.metrics.model_health(&route.name, &health, stall);
         }
     }

@@ -37,7 +37,7 @@
 pub mod dir;
 pub mod reader;
 pub mod replay;
-pub mod spec;
+pub use crate::spec;
 pub mod summary;
 pub mod verify;
 

@@ -30,6 +30,7 @@
 //! every failure, retry and handover (not the gap: that is wall time), who
 //! wrote each part, and how the session ended.
 
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -47,13 +48,14 @@ use super::spec::{LadderSpec, RequestSpec};
 use super::FORMAT_VERSION;
 use crate::cache::{CacheLimits, CacheRung, CacheUse, CachedAnswer, ResponseCache, CACHE_ROUTE};
 use crate::continuation::ContinuationMode;
+use crate::deadline::Deadlines;
 use crate::event::{EngineEvent, EventKind, UpstreamItem};
 use crate::failure::{FailureClass, FailureKind};
+use crate::health::{Decisions, ModelHealth};
 use crate::provider::{Chunk, ChunkStream, Provider, UpstreamRequest};
 use crate::request::Usage;
 use crate::splice::{Splicer, EVENT_CAPACITY};
 use crate::usage::Tally;
-use crate::watchdog::Deadlines;
 
 /// The oldest recording format `--verify` can re-drive.
 pub const MIN_VERIFY_VERSION: u32 = 1;
@@ -816,11 +818,7 @@ fn cached_answer(events: &[crate::event::EngineEvent]) -> Option<(bool, CachedAn
             _ => {}
         }
     }
-    let last_resort = hit?;
-    if !before.is_empty() {
-        deltas.insert(0, before);
-    }
-    Some((last_resort, CachedAnswer { deltas, finish_reason }))
+    Some((hit?, CachedAnswer::as_served(before, deltas, finish_reason)))
 }
 
 // ------------------------------------------------------------ scripted providers
@@ -879,21 +877,6 @@ enum What {
     RecordingEnds,
 }
 
-/// A failure the splicer detects itself, so the replay must leave it to the
-/// re-drive: a deadline (replayed as silence) or a loop (whose text is replayed).
-fn detected_by_splicer(kind: &FailureKind) -> bool {
-    matches!(
-        kind,
-        FailureKind::FirstTokenTimeout { .. }
-            | FailureKind::ReasoningTimeout { .. }
-            | FailureKind::Stall { .. }
-            | FailureKind::TotalTimeout { .. }
-            | FailureKind::Loop { .. }
-            // Decided from a finish the replay re-sends.
-            | FailureKind::EmptyAnswer { .. }
-    )
-}
-
 /// The replay of `script` for a route with deadlines `d`.
 fn schedule(script: &AttemptScript, d: Deadlines) -> Vec<Timed> {
     // Shortened silences move everything after them earlier by as much.
@@ -902,12 +885,7 @@ fn schedule(script: &AttemptScript, d: Deadlines) -> Vec<Timed> {
         |t_ms: u64, shift: Duration| Duration::from_millis(t_ms.saturating_sub(script.opened_ms)).saturating_sub(shift);
     // The latest the next item may come without tripping a deadline the recording shows it did not trip.
     let latest = |prev: Duration, seen_text: bool, seen_answer: bool| {
-        let deadline = if seen_text { prev + d.stall } else { d.first_token };
-        let deadline = match d.reasoning_budget {
-            Some(budget) if seen_text && !seen_answer => deadline.min(budget),
-            _ => deadline,
-        };
-        let deadline = deadline.min(d.total);
+        let (deadline, _) = d.next_wait(prev, seen_text, seen_answer);
         deadline.checked_sub(MARGIN).unwrap_or(deadline).max(prev)
     };
     let mut out = Vec::new();
@@ -952,7 +930,7 @@ fn schedule(script: &AttemptScript, d: Deadlines) -> Vec<Timed> {
         prev = at;
     }
     let end = match &script.end {
-        AttemptEnd::Failed { cause, .. } if detected_by_splicer(cause) => Timed {
+        AttemptEnd::Failed { cause, .. } if cause.detected_by_engine() => Timed {
             at: prev,
             what: What::Silent,
         },
@@ -1046,6 +1024,61 @@ pub struct Redriven {
     pub lost: u64,
 }
 
+/// A route's decisions in a re-drive: what its recording shows, in order, so
+/// decisions made under live traffic (from a history the re-drive does not
+/// have) repeat.
+#[derive(Debug)]
+pub struct Script {
+    /// Retry-budget answers (`true`: allowed); allowed once the recording has no more.
+    budget: Mutex<VecDeque<bool>>,
+    /// Each attempt's effective deadlines (`None`: not recorded, computed as usual).
+    deadlines: Mutex<VecDeque<Option<Deadlines>>>,
+    /// The session's recorded hedge delays by attempt number (attempts absent were not hedged).
+    hedges: Arc<HashMap<u32, Duration>>,
+}
+
+impl Script {
+    /// The script of retry `budget` answers, attempt `deadlines` (this route's,
+    /// in order) and the session's `hedges`.
+    pub fn new(
+        budget: impl IntoIterator<Item = bool>,
+        deadlines: impl IntoIterator<Item = Option<Deadlines>>,
+        hedges: Arc<HashMap<u32, Duration>>,
+    ) -> Self {
+        Script {
+            budget: Mutex::new(budget.into_iter().collect()),
+            deadlines: Mutex::new(deadlines.into_iter().collect()),
+            hedges,
+        }
+    }
+}
+
+/// A poisoned lock only means another re-drive task panicked; the queue is still usable.
+fn take<T>(queue: &Mutex<VecDeque<T>>) -> Option<T> {
+    queue
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .pop_front()
+}
+
+impl Decisions for Script {
+    fn allow_retry(&self, _model: &ModelHealth) -> bool {
+        take(&self.budget).unwrap_or(true)
+    }
+
+    fn deadlines(&self) -> Option<Deadlines> {
+        take(&self.deadlines).flatten()
+    }
+
+    fn own_cadence(&self) -> bool {
+        false
+    }
+
+    fn hedge_delay(&self, attempt: u32, _live: &dyn Fn() -> Option<Duration>) -> Option<Duration> {
+        self.hedges.get(&attempt).copied()
+    }
+}
+
 /// Re-drives `plan` through the current splicer. Run it on a runtime with a paused clock
 /// (`tokio::time::pause`), or it takes as long as the recorded session did.
 pub async fn redrive(plan: &Plan) -> Redriven {
@@ -1065,6 +1098,8 @@ pub async fn redrive(plan: &Plan) -> Redriven {
     });
     let request = plan.request.build(plan.session);
     let asked = request.model.as_deref();
+    // Hedge when the recording did, after the recorded delay: a re-drive has no first-token history.
+    let hedges = Arc::new(plan.hedges.clone());
     for (route, spec) in ladder.routes.iter_mut().zip(&plan.spec.routes) {
         let answers = plan.budget.get(&*route.name).cloned().unwrap_or_default();
         let deadlines = plan
@@ -1072,7 +1107,7 @@ pub async fn redrive(plan: &Plan) -> Redriven {
             .iter()
             .filter(|a| a.route == *route.name)
             .map(|a| a.deadlines.map(|_| a.deadlines_or(route.deadlines)));
-        route.health = Arc::new(crate::health::RouteHealth::scripted(answers).with_recorded_deadlines(deadlines));
+        route.decisions = Arc::new(Script::new(answers, deadlines, hedges.clone()));
         let health = route.health_for(asked);
         if plan.no_prefill.iter().any(|r| *r == *route.name) {
             health.remember_no_prefill();
@@ -1084,8 +1119,6 @@ pub async fn redrive(plan: &Plan) -> Redriven {
             health.learn_window(window);
         }
     }
-    // Hedge when the recording did, after the recorded delay: a re-drive has no first-token history.
-    ladder.hedge = ladder.hedge.take().map(|h| h.replaying(plan.hedges.clone()));
     if let Some((last_resort, answer)) = &plan.cached {
         let store = Arc::new(ResponseCache::new(CacheLimits::default()));
         store.put(ResponseCache::key(&request), answer.clone());
@@ -1469,6 +1502,38 @@ fn ceil_boundary(s: &str, mut i: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_script_gives_the_recorded_decisions_in_order_whatever_the_health_says() {
+        let health = crate::health::RouteHealth::default().model("m");
+        for _ in 0..10 {
+            health.record_ttft(Duration::from_millis(50));
+        }
+        let recorded = Deadlines {
+            first_token: Duration::from_millis(1234),
+            ..Deadlines::default()
+        };
+        let script = Script::new(
+            [false, true],
+            [Some(recorded), None],
+            Arc::new(HashMap::from([(3, Duration::from_millis(70))])),
+        );
+        let live = || Some(Duration::from_millis(50));
+        assert!(
+            !script.allow_retry(&health),
+            "refused as recorded, though the budget is unspent"
+        );
+        assert!(script.allow_retry(&crate::health::RouteHealth::default().model("other")));
+        assert!(script.allow_retry(&health), "past the recording: allowed");
+        assert_eq!(script.deadlines(), Some(recorded));
+        assert_eq!(script.deadlines(), None, "not recorded: computed");
+        assert_eq!(script.hedge_delay(1, &live), None, "not hedged in the recording");
+        assert_eq!(script.hedge_delay(3, &live), Some(Duration::from_millis(70)));
+        assert!(!script.own_cadence());
+        let live_decisions = crate::health::Live;
+        assert_eq!(live_decisions.hedge_delay(1, &live), live());
+        assert!(live_decisions.allow_retry(&health) && live_decisions.own_cadence());
+    }
 
     fn script(items: Vec<(u64, UpstreamItem)>, end: AttemptEnd) -> AttemptScript {
         AttemptScript {

@@ -478,7 +478,7 @@ mod tests {
     use crate::ladder::{Known, Ladder, Route, RouteSet};
     use crate::oracle::fault::{FaultPlan, FaultScript};
     use crate::oracle::Style;
-    use crate::provider::mock::MockProvider;
+    use crate::oracle::provider::MockProvider;
     use crate::provider::Provider;
 
     fn at(route: usize) -> AttemptState {

@@ -37,7 +37,7 @@ impl Race {
         let Some(to) = ladder.hedge_route(state.route, lost) else {
             return Race::Off;
         };
-        match policy.delay_for(attempt.number, &attempt.health) {
+        match ladder.routes[state.route].hedge_delay(policy, attempt.number, &attempt.health) {
             Some(after) => Race::Armed {
                 at: attempt.opened + after,
                 after,

@@ -27,17 +27,7 @@ impl<'r> Session<'r> {
         });
         let (route, model): (Arc<str>, Arc<str>) = (CACHE_ROUTE.into(), CACHE_MODEL.into());
         let mut items = Vec::new();
-        // The stored deltas, minus what the client already has, keep their live chunking.
-        let mut skip = sent;
-        for delta in &hit.answer.deltas {
-            let text = if skip >= delta.len() {
-                skip -= delta.len();
-                continue;
-            } else {
-                let text = delta.get(skip..).unwrap_or_default().to_string();
-                skip = 0;
-                text
-            };
+        for text in hit.answer.deltas_after(sent) {
             let seam = !text.is_empty() && std::mem::take(&mut seam);
             items.extend(self.deliver_as(&route, &model, text, seam));
         }

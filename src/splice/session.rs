@@ -44,7 +44,7 @@ impl<'r> Session<'r> {
                 && !self.emitted.is_empty(),
         };
         // Decided once, here, and recorded: a replay re-drives with these, not with a history it lacks.
-        let deadlines = crate::deadline::decide(route, &health, &upstream.messages);
+        let deadlines = route.deadlines_for(&health, &upstream.messages);
         let evidence = Evidence {
             setting: route.overlap,
             seen_echoing: health.seen_echoing(state.mode),
@@ -63,22 +63,23 @@ impl<'r> Session<'r> {
                 stripped: evidence.stripped,
             });
         }
-        let (permit, stream) = if let Some(broken) = too_small.or_else(|| rules.check(route, &health, &upstream)) {
-            (None, fails_at_once(broken))
-        } else {
-            match health.admit(state.retries == 0) {
-                Some((permit, transition)) => {
-                    self.breaker_changed(&route.name, &model, transition);
-                    (Some(permit), route.provider.stream(upstream))
+        let (permit, stream) =
+            if let Some(broken) = too_small.or_else(|| rules.check(route.price_per_1k, &health, &upstream)) {
+                (None, fails_at_once(broken))
+            } else {
+                match health.admit(state.retries == 0) {
+                    Some((permit, transition)) => {
+                        self.breaker_changed(&route.name, &model, transition);
+                        (Some(permit), route.provider.stream(upstream))
+                    }
+                    None => (None, fails_at_once(FailureKind::CircuitOpen)),
                 }
-                None => (None, fails_at_once(FailureKind::CircuitOpen)),
-            }
-        };
+            };
         Attempt {
             number: self.attempts,
             thought: None,
             permit,
-            watchdog: crate::deadline::watchdog(route, &health, stream, deadlines).into_stream(),
+            watchdog: route.watchdog(&health, stream, deadlines).into_stream(),
             trim: OverlapTrim::new(&self.emitted, evidence),
             mode: state.mode,
             learned: false,
@@ -145,7 +146,7 @@ impl<'r> Session<'r> {
             let (Some(route), Some(health)) = (ladder.routes.get(index), self.healths.get(index)) else {
                 return false;
             };
-            let allowed = route.health.allow_retry(health);
+            let allowed = route.allow_retry(health);
             if !allowed {
                 self.log.emit(EventKind::RetryDenied {
                     route: route.name.to_string(),

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::continuation::ContinuationMode;
-use crate::deadline::Adaptive;
+use crate::deadline::{Adaptive, Deadlines};
 use crate::hedge::HedgePolicy;
 use crate::ladder::{Ladder, RetryPolicy, Route};
 use crate::loopguard::LoopConfig;
@@ -20,7 +20,7 @@ use crate::overlap::OverlapMode;
 use crate::provider::Provider;
 use crate::request::{ChatRequest, Message};
 use crate::safe_reply::SafeReply;
-use crate::watchdog::Deadlines;
+use crate::serde_ms as ms;
 
 /// A ladder without its providers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -82,7 +82,7 @@ pub struct RouteSpec {
     #[serde(
         rename = "reasoning_budget_ms",
         default,
-        with = "opt_ms",
+        with = "crate::serde_ms::opt",
         skip_serializing_if = "Option::is_none"
     )]
     pub reasoning_budget: Option<Duration>,
@@ -254,63 +254,13 @@ impl RequestSpec {
     }
 }
 
-/// A `Duration` as milliseconds: an integer when whole, else a decimal (exact to the nanosecond).
-pub mod ms {
-    use std::time::Duration;
-
-    use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
-
-    /// Writes `d` in milliseconds.
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        if d.subsec_nanos() % 1_000_000 == 0 {
-            s.serialize_u64(d.as_millis() as u64)
-        } else {
-            s.serialize_f64(d.as_nanos() as f64 / 1e6)
-        }
-    }
-
-    /// Reads milliseconds, integer or decimal.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let v = serde_json::Number::deserialize(d)?;
-        if let Some(ms) = v.as_u64() {
-            return Ok(Duration::from_millis(ms));
-        }
-        match v.as_f64() {
-            Some(ms) if ms.is_finite() && ms >= 0.0 => Ok(Duration::from_nanos((ms * 1e6).round() as u64)),
-            _ => Err(D::Error::custom(format!("{v} is not a duration in milliseconds"))),
-        }
-    }
-}
-
-/// Serde for an optional [`Duration`] as milliseconds (`null` or absent: none).
-pub mod opt_ms {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    /// Writes `d` in milliseconds, or `null`.
-    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => super::ms::serialize(d, s),
-            None => s.serialize_none(),
-        }
-    }
-
-    /// Reads milliseconds, integer or decimal, or `null`.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        #[derive(Deserialize)]
-        struct Ms(#[serde(with = "super::ms")] Duration);
-        Ok(Option::<Ms>::deserialize(d)?.map(|Ms(d)| d))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::deadline::AdaptiveStall;
     use crate::oracle::fault::{FaultPlan, FaultScript};
+    use crate::oracle::provider::MockProvider;
     use crate::oracle::Style;
-    use crate::provider::mock::MockProvider;
 
     #[test]
     fn a_ladder_round_trips_through_its_spec() {

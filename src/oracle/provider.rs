@@ -8,13 +8,13 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
-use super::openai::{classify_http, parse_data};
-use super::{Chunk, ChunkStream, Provider, UpstreamRequest};
+use super::fault::{Fault, FaultPlan};
+use super::script::{steps, Pacing, Step};
+use super::{chunks, conversation_hash, reply, Style};
 use crate::failure::FailureKind;
 use crate::live::LiveGuard;
-use crate::oracle::fault::{Fault, FaultPlan};
-use crate::oracle::script::{steps, Pacing, Step};
-use crate::oracle::{chunks, conversation_hash, reply, Style};
+use crate::provider::openai::{classify_http, parse_data};
+use crate::provider::{Chunk, ChunkStream, Provider, UpstreamRequest};
 
 /// An in-process oracle upstream with a fault plan.
 #[derive(Debug)]

@@ -1291,11 +1291,14 @@ async fn thinking_case(
     let events: Vec<_> = std::iter::from_fn(|| events.try_recv().ok()).collect();
     let c = completion(&done, &case);
     assert_eq!(c.finish_reason, "stop", "[{case}]");
-    assert_eq!(
-        replays(&events),
-        baton::record::verify::Outcome::Ok { partial: false },
-        "[{case}] the recording re-drives the same"
-    );
+    // Re-driving costs as much as the case: one echo style of three covers every fault, position and mode.
+    if style == STYLES[1] {
+        assert_eq!(
+            replays(&events),
+            baton::record::verify::Outcome::Ok { partial: false },
+            "[{case}] the recording re-drives the same"
+        );
+    }
 
     if fault == "slow" {
         assert!(

@@ -77,9 +77,20 @@ fn the_recordings_in_demos_verify() {
     assert_all_ok(&verdicts);
     assert!(verdicts.iter().all(|v| v.outcome == Outcome::Ok { partial: false }));
     let kinds = failure_kinds(&recording.sessions);
-    for kind in ["stall", "truncated", "malformed", "prefill_rejected"] {
+    for kind in ["stall", "truncated", "malformed", "prefill_rejected", "empty_answer"] {
         assert!(kinds.iter().any(|k| k == kind), "no {kind} among {kinds:?}");
     }
+    // The reasoning recordings re-drive their reasoning too, seam marker included.
+    let seams = recording
+        .sessions
+        .iter()
+        .filter(|s| {
+            s.events
+                .iter()
+                .any(|e| matches!(&e.kind, EventKind::Reasoning { text, .. } if text == baton::reasoning::SEAM_MARKER))
+        })
+        .count();
+    assert_eq!(seams, 2, "the thinking stall and the think-only answer");
 }
 
 #[test]

@@ -1255,7 +1255,8 @@ fn after_loop<'t>(text: &'t str, prefix: &str) -> Option<(usize, &'t str)> {
 
 /// One reasoning case: the thinking primary fails at `k` chunks counted over
 /// its thinking then its answer (`thinkonly`: after all its thinking; `slow`:
-/// not at all, thinking past the first-token deadline), the fallback goes on.
+/// not at all, thinking past the first-token deadline; `slow+F`: as slowly,
+/// with fault `F` at `k`), the fallback goes on.
 async fn thinking_case(
     conv: usize,
     messages: &[Message],
@@ -1268,20 +1269,24 @@ async fn thinking_case(
     let (answer, ends) = primary_chunks(messages);
     let thoughts = thinking_chunks(messages);
     let (t, a) = (thoughts.len(), ends.len());
-    let (script, pacing) = match fault {
-        "thinkonly" => ("thinkonly".to_string(), Pacing::default()),
-        // A thought every 400 ms: the thinking alone outlasts the 10 s first-token deadline.
-        "slow" => (
-            "none".to_string(),
-            Pacing {
-                first_token: Duration::from_millis(400),
-                interval: Duration::from_millis(400),
-            },
-        ),
-        _ => (format!("{fault}@{k}"), Pacing::default()),
+    // A thought every 400 ms: the thinking alone outlasts the 10 s first-token deadline.
+    let slow = Pacing {
+        first_token: Duration::from_millis(400),
+        interval: Duration::from_millis(400),
+    };
+    let (fault, pacing) = match fault.strip_prefix("slow+") {
+        Some(inner) => (inner, slow),
+        None if fault == "slow" => (fault, slow),
+        None => (fault, Pacing::default()),
+    };
+    let script = match fault {
+        "thinkonly" => "thinkonly".to_string(),
+        "slow" => "none".to_string(),
+        _ => format!("{fault}@{k}"),
     };
     let case = format!(
-        "conv={conv} fault={script} thoughts={t} chunks={a} mode={mode:?} style={style:?} forward_late={forward_late}"
+        "conv={conv} fault={script} thoughts={t} chunks={a} pacing={:?} mode={mode:?} style={style:?} forward_late={forward_late}",
+        pacing.interval
     );
     let w = thinking_world(&script, mode, style, forward_late, pacing);
     let mut events = w.splicer.subscribe();
@@ -1326,6 +1331,12 @@ async fn thinking_case(
     let k = if fault == "thinkonly" { t } else { k.min(t + a) };
     let in_thinking = k < t || (k == t && fault != "loop");
     let label = thinking_label(fault, k);
+    if pacing == slow && !in_thinking {
+        assert!(
+            elapsed > Duration::from_secs(10),
+            "[{case}] the thinking outlasted the first-token deadline: {elapsed:?}"
+        );
+    }
     assert_eq!(
         labels(c),
         vec![("primary", label)],
@@ -1446,6 +1457,8 @@ async fn thinking_matrix(fault: &str) -> usize {
         let a = primary_chunks(messages).1.len();
         let positions = match fault {
             "thinkonly" | "slow" => vec![t],
+            // Slow thinking, then a stall in the middle of it or of the answer.
+            "slow+stall" => vec![t / 2, t + a / 2],
             // Inside the thinking: at its first, second, middle and last chunk, and
             // after all of it; inside the answer: at its second, middle and last chunk, and after it.
             _ => vec![0, 1, t / 2, t - 1, t, t + 1, t + a / 2, t + a - 1, t + a],
@@ -1497,4 +1510,9 @@ async fn a_think_only_finish_hands_over_in_every_mode() {
 #[tokio::test(start_paused = true)]
 async fn thinking_past_the_first_token_deadline_never_hands_over() {
     assert_eq!(thinking_matrix("slow").await, 60);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stall_after_long_thinking_is_a_stall_not_a_first_token_timeout() {
+    assert_eq!(thinking_matrix("slow+stall").await, 120);
 }

@@ -1,8 +1,9 @@
 //! The headless demo: oracle upstreams on loopback, a faulty primary, healthy
-//! fallbacks, N concurrent sessions over real HTTP/SSE, and a byte-exact check
-//! of every answer against the oracle.
+//! fallbacks, a reasoning model whose faults land inside its thinking, N
+//! concurrent sessions over real HTTP/SSE, and a byte-exact check of every
+//! answer against the oracle.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ use crate::oracle::server::{spawn, MockConfig};
 use crate::oracle::{answer, Style};
 use crate::overlap::OverlapMode;
 use crate::provider::openai::OpenAiProvider;
+use crate::reasoning::Phase;
 use crate::record::{RecordOptions, RecordStats, Recorder};
 use crate::request::{ChatRequest, Message, Role};
 use crate::splice::{Splicer, EVENT_CAPACITY};
@@ -30,6 +32,29 @@ use crate::stats::percentile;
 
 /// The demo's primary route, the one that goes down.
 pub const PRIMARY: &str = "primary";
+
+/// The reasoning route's fault scripts, one per session in turn (the mock
+/// reads the script from the model name): `K` counts the thinking's chunks
+/// first, and the thinking is some 40 to 70 chunks, so most land inside it;
+/// `drop@120` cuts the answer, and the sessions without a fault think for
+/// longer than the route's first-token deadline without a handover.
+pub const THINKING_SCENARIOS: &[&str] = &[
+    "stall@4",
+    "none",
+    "drop@11",
+    "malformed@7",
+    "error@16",
+    "loop@5",
+    "thinkonly",
+    "none",
+    "stall@30",
+    "drop@120",
+];
+
+/// The reasoning model the demo's `thinking` ladder asks for, with `script` as its fault.
+pub fn thinking_model(script: &str) -> String {
+    format!("oracle-think+{script}")
+}
 
 /// What the demo runs.
 #[derive(Clone, Copy, Debug)]
@@ -59,6 +84,8 @@ pub struct DemoReport {
     pub handovers_by_class: BTreeMap<String, usize>,
     /// Handovers by failure kind.
     pub handovers_by_reason: BTreeMap<String, usize>,
+    /// Handovers while the client had reasoning and no answer text yet.
+    pub handovers_during_reasoning: usize,
     /// Same-route retries and mode switches are not handovers; failures of every kind are counted here.
     pub failures_by_reason: BTreeMap<String, usize>,
     /// Bytes of the oracle's answers missing from what clients received.
@@ -129,7 +156,7 @@ pub fn byte_damage(expected: &str, got: &str) -> (usize, usize) {
 
 /// The demo's upstreams and the splicers over them.
 pub struct DemoWorld {
-    /// Splicers over two ladder orders, so both fallbacks take part.
+    /// Splicers over two ladder orders, so both fallbacks take part, then the reasoning ladder's.
     pub splicers: Vec<Splicer>,
     /// The one event feed of every splicer.
     pub events: broadcast::Sender<EngineEvent>,
@@ -204,6 +231,17 @@ impl DemoWorld {
             },
         ))
         .await?;
+        let steady_addr = steady;
+        // The reasoning model thinks slower than the others answer, so its thinking outlasts its first-token deadline.
+        let (thinker, stop_t) = spawn(MockConfig {
+            plan: FaultPlan::ByModel,
+            style: Style::default(),
+            pacing: Pacing {
+                first_token: pacing.first_token,
+                interval: Duration::from_millis(10),
+            },
+        })
+        .await?;
 
         let client = OpenAiProvider::default_client();
         let provider = |addr: std::net::SocketAddr| {
@@ -246,6 +284,26 @@ impl DemoWorld {
             .with_deadlines(patient)
             .with_continuation(ContinuationMode::Instruct)
             .with_overlap(OverlapMode::Always);
+        // Thinking is tokens: 40 to 70 thoughts at 10 ms outlast the 300 ms first-token deadline.
+        let thinking = Deadlines {
+            first_token: Duration::from_millis(300),
+            stall: Duration::from_millis(400),
+            total: Duration::from_secs(60),
+            reasoning_budget: None,
+        };
+        let mut thinker = Route::new("thinker", "{model}", provider(thinker)).with_deadlines(thinking);
+        // Each scenario is a model of its own, with health of its own: a breaker
+        // opening on a scenario that always fails would hide its handovers.
+        let never_opens = BreakerConfig {
+            consecutive_failures: u32::MAX,
+            failure_rate: 1.0,
+            ..BreakerConfig::default()
+        };
+        thinker.health = Arc::new(RouteHealth::new(never_opens, BudgetConfig::default()));
+        let steady_thinker = Route::new("steady-think", "oracle-think-small", provider(steady_addr))
+            .with_deadlines(patient)
+            .with_continuation(ContinuationMode::Instruct)
+            .with_overlap(OverlapMode::Always);
         let events = broadcast::channel(EVENT_CAPACITY).0;
         let splicers = vec![
             Splicer::with_events(
@@ -253,7 +311,11 @@ impl DemoWorld {
                 events.clone(),
             ),
             Splicer::with_events(
-                Ladder::new(vec![primary, steady, echo]).named("steady-first"),
+                Ladder::new(vec![primary, steady.clone(), echo]).named("steady-first"),
+                events.clone(),
+            ),
+            Splicer::with_events(
+                Ladder::new(vec![thinker, steady_thinker, steady]).named("thinking"),
                 events.clone(),
             ),
         ];
@@ -261,8 +323,21 @@ impl DemoWorld {
             splicers,
             events,
             recovered: epoch + outages.offset + outages.down,
-            _stops: vec![stop_p, stop_e, stop_s],
+            _stops: vec![stop_p, stop_e, stop_s, stop_t],
         })
+    }
+
+    /// Session number `i`: its splicer (the ladders in turn) and its request;
+    /// the reasoning ladder's sessions ask for [`THINKING_SCENARIOS`] in turn.
+    pub fn session(&self, i: usize, seed: u64) -> (Splicer, ChatRequest) {
+        let n = self.splicers.len().max(1);
+        let splicer = self.splicers[i % n].clone();
+        let mut request = ChatRequest::new(conversation(i, seed));
+        if splicer.ladder().name == "thinking" {
+            let turn = (i / n + seed as usize) % THINKING_SCENARIOS.len();
+            request.model = Some(thinking_model(THINKING_SCENARIOS[turn]));
+        }
+        (splicer, request)
     }
 }
 
@@ -291,13 +366,12 @@ pub async fn run_headless_recorded(
     // Sessions start over the first 2 s, so some meet the primary's outage and some its recovery.
     let spread = Duration::from_millis(2000) / options.sessions.max(1) as u32;
     for i in 0..options.sessions {
-        let splicer = world.splicers[i % world.splicers.len()].clone();
-        let messages = conversation(i, options.seed);
+        let (splicer, request) = world.session(i, options.seed);
         let start = started + spread * i as u32;
         tasks.spawn(async move {
             tokio::time::sleep_until(start).await;
-            let expected = answer(&messages);
-            let collected = splicer.collect(ChatRequest::new(messages)).await;
+            let expected = answer(&request.messages);
+            let collected = splicer.collect(request).await;
             (expected, collected)
         });
     }
@@ -346,6 +420,7 @@ pub async fn run_headless_recorded(
     drop(world);
     let recovery = breakers.await.unwrap_or_default();
     (report.breaker_opened, report.breaker_closed) = (recovery.opened, recovery.closed);
+    report.handovers_during_reasoning = recovery.during_reasoning;
     let ms = |d: Duration| (d.as_secs_f64() * 100_000.0).round() / 100.0;
     report.back_on_primary_ms = recovery.back_on_primary.map(ms);
     report.primary_closed_ms = recovery.primary_closed.map(ms);
@@ -365,16 +440,41 @@ struct Recovery {
     back_on_primary: Option<Duration>,
     /// From the outage's end to the primary's breaker's first closing after it.
     primary_closed: Option<Duration>,
+    /// Handovers while the session's client had reasoning and no answer text yet.
+    during_reasoning: usize,
 }
 
 /// Counts breaker openings and closings on `events` until the feed closes,
-/// and times the primary's return after its outage ends at `recovered`.
+/// times the primary's return after its outage ends at `recovered`, and
+/// counts the handovers that came while a session was thinking.
 async fn count_breaker_changes(mut events: broadcast::Receiver<EngineEvent>, recovered: Instant) -> Recovery {
     let mut r = Recovery::default();
+    // Only live sessions: an entry goes when its session ends.
+    let mut phases: HashMap<uuid::Uuid, Phase> = HashMap::new();
     loop {
         // Events are published as they happen: the time one is received is its time.
         let since = || Instant::now().checked_duration_since(recovered);
-        match events.recv().await {
+        let event = events.recv().await;
+        if let Ok(e) = &event {
+            match &e.kind {
+                EventKind::Reasoning { .. } => {
+                    let phase = phases.entry(e.session).or_default();
+                    *phase = phase.reasoning();
+                }
+                EventKind::Delta { .. } => {
+                    let phase = phases.entry(e.session).or_default();
+                    *phase = phase.text();
+                }
+                EventKind::Handover { .. } if phases.get(&e.session) == Some(&Phase::Thinking) => {
+                    r.during_reasoning += 1;
+                }
+                EventKind::Finished { .. } | EventKind::Failed { .. } => {
+                    phases.remove(&e.session);
+                }
+                _ => {}
+            }
+        }
+        match event {
             Ok(EngineEvent {
                 kind: EventKind::Breaker { to, route, .. },
                 ..
@@ -405,8 +505,8 @@ pub async fn run_continuous(world: DemoWorld, per_second: f64, seed: u64) {
     for i in 0usize.. {
         tick.tick().await;
         while running.try_join_next().is_some() {}
-        let splicer = world.splicers[i % world.splicers.len()].clone();
-        running.spawn(async move { splicer.collect(ChatRequest::new(conversation(i, seed))).await });
+        let (splicer, request) = world.session(i, seed);
+        running.spawn(async move { splicer.collect(request).await });
     }
 }
 
@@ -427,9 +527,10 @@ impl std::fmt::Display for DemoReport {
         writeln!(f, "failed          {}", self.failed)?;
         writeln!(
             f,
-            "handovers       {} ({})",
+            "handovers       {} ({}; {} during reasoning)",
             self.handovers,
-            list(&self.handovers_by_class)
+            list(&self.handovers_by_class),
+            self.handovers_during_reasoning
         )?;
         writeln!(f, "  by reason     {}", list(&self.handovers_by_reason))?;
         writeln!(f, "failures seen   {}", list(&self.failures_by_reason))?;

@@ -419,7 +419,7 @@ async fn demo(headless: bool, sessions: usize, seed: u64, json: bool, record: Op
             }
         }
     } else {
-        println!("baton demo (seed {seed}): a faulty primary, two fallbacks, every answer checked against the oracle\n{report}");
+        println!("baton demo (seed {seed}): a faulty primary, two fallbacks, a reasoning model faulty in its thinking, every answer checked against the oracle\n{report}");
     }
     if report.intact == report.sessions {
         ExitCode::SUCCESS
@@ -584,7 +584,7 @@ async fn demo_dashboard(seed: u64, record: Option<PathBuf>) -> ExitCode {
     };
     let feed = baton::dashboard::from_broadcast(world.events.subscribe());
     let sessions = tokio::spawn(baton::demo::run_continuous(world, 4.0, seed));
-    let code = dashboard(feed, "in-process demo: faulty primary, 2 fallbacks").await;
+    let code = dashboard(feed, "in-process demo: faulty primary, 2 fallbacks, faulty thinker").await;
     sessions.abort();
     if let Some(recorder) = recorder {
         eprintln!("baton demo: recorded {}", recorder.finish().await);

@@ -54,6 +54,43 @@ pub fn place(late: bool, forward_late: bool, seam_due: bool) -> Placement {
     }
 }
 
+/// Where a session's client stream stands, as its deltas show it: a handover
+/// while it is [`Phase::Thinking`] is a handover during reasoning.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Phase {
+    /// Nothing sent to the client yet.
+    #[default]
+    Waiting,
+    /// Reasoning sent, no answer text yet.
+    Thinking,
+    /// Answer text sent: reasoning after it (forwarded late) does not change that.
+    Answering,
+}
+
+impl Phase {
+    /// The phase after a reasoning delta reached the client.
+    pub fn reasoning(self) -> Phase {
+        match self {
+            Phase::Answering => Phase::Answering,
+            Phase::Waiting | Phase::Thinking => Phase::Thinking,
+        }
+    }
+
+    /// The phase after answer text reached the client.
+    pub fn text(self) -> Phase {
+        Phase::Answering
+    }
+
+    /// Its name, for people: `waiting`, `thinking`, `answering`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Waiting => "waiting",
+            Phase::Thinking => "thinking",
+            Phase::Answering => "answering",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,6 +103,17 @@ mod tests {
             assert_eq!(OutgoingField::ReasoningContent.apply(field), ReasoningContent);
             assert_eq!(OutgoingField::Reasoning.apply(field), Reasoning);
         }
+    }
+
+    #[test]
+    fn reasoning_is_a_phase_until_the_answer_begins() {
+        let p = Phase::default();
+        assert_eq!(p, Phase::Waiting);
+        assert_eq!(p.reasoning(), Phase::Thinking);
+        assert_eq!(p.reasoning().reasoning(), Phase::Thinking);
+        assert_eq!(p.reasoning().text(), Phase::Answering);
+        assert_eq!(p.text().reasoning(), Phase::Answering, "late reasoning is not thinking");
+        assert_eq!(p.text(), Phase::Answering);
     }
 
     #[test]

@@ -18,13 +18,17 @@ use futures::{Stream, StreamExt};
 use tokio::time::Instant;
 
 use baton::deadline::{DEFAULT_FLOOR, DEFAULT_OWN_GAPS};
+use baton::loopguard::DEFAULT_MARKER as LOOP_MARKER;
 use baton::oracle::fault::{FaultPlan, FaultScript};
 use baton::oracle::provider::MockProvider;
+use baton::oracle::script::{Pacing, LOOP_PHRASE};
 use baton::oracle::{self, Style};
 use baton::provider::{Chunk, ChunkStream, Provider, UpstreamRequest};
+use baton::reasoning::SEAM_MARKER;
 use baton::splice::{Collected, Completion, SpliceError};
 use baton::{
-    ChatRequest, ClientItem, ContinuationMode, FailureClass, FailureKind, Ladder, Message, Role, Route, Splicer,
+    ChatRequest, ClientItem, ContinuationMode, EventKind, FailureClass, FailureKind, Ladder, Message, Role, Route,
+    Splicer,
 };
 
 // ---------------------------------------------------------------- fixtures
@@ -1166,4 +1170,349 @@ async fn a_client_disconnect_while_waiting_makes_no_further_request() {
             assert_eq!(requests, (1, 1), "[{script}] one request each, the retry not yet due");
         }
     }
+}
+
+// ------------------------------------------------------ reasoning matrix
+
+/// The thinking model of the primary (thinks in `reasoning_content`) and of
+/// the fallback (thinks in `reasoning`, so a seam crosses both field names).
+const THINKER: &str = "oracle-think-big";
+const REASONER: &str = "oracle-reason-small";
+
+/// A thinking primary with a fault, a thinking fallback continuing in
+/// `mode`/`style`, and a healthy spare; `forward_late` is the ladder's flag.
+fn thinking_world(primary: &str, mode: ContinuationMode, style: Style, forward_late: bool, pacing: Pacing) -> World {
+    let script: FaultScript = primary.parse().unwrap_or_else(|e| panic!("{e}"));
+    let p = Arc::new(MockProvider::new(FaultPlan::Fixed(script), Style::default()).with_pacing(pacing));
+    let f = mock("none", style);
+    let s = mock("none", Style::default());
+    let fallback = Route::new("fallback", REASONER, f.clone()).with_continuation(mode);
+    if style.repeat_words > 0 {
+        for mode in MODES {
+            fallback.health.model(REASONER).remember_echo(mode);
+        }
+    }
+    let mut ladder = Ladder::new(vec![
+        Route::new("primary", THINKER, p.clone()),
+        fallback,
+        Route::new("spare", "oracle-think-spare", s.clone()),
+    ]);
+    ladder.forward_late_reasoning = forward_late;
+    World {
+        primary: p,
+        fallback: f,
+        spare: s,
+        splicer: Splicer::new(ladder),
+    }
+}
+
+/// The oracle's thinking for `messages`, cut into the chunks the mock sends.
+fn thinking_chunks(messages: &[Message]) -> Vec<String> {
+    let thought = oracle::thinking(messages);
+    oracle::chunks(&thought, oracle::conversation_hash(messages))
+        .into_iter()
+        .map(str::to_string)
+        .collect()
+}
+
+/// `--verify`'s verdict on one session, each event through its JSON line and back.
+fn replays(events: &[baton::EngineEvent]) -> baton::record::verify::Outcome {
+    let events: Vec<baton::EngineEvent> = events
+        .iter()
+        .map(|e| serde_json::from_str(&serde_json::to_string(e).unwrap()).unwrap())
+        .collect();
+    let session = baton::record::reader::RecordedSession {
+        id: events.first().map(|e| e.session).unwrap_or_default(),
+        path: std::path::PathBuf::from("in-memory.jsonl"),
+        events,
+        gaps: Vec::new(),
+        version: baton::record::FORMAT_VERSION,
+        corrupt: false,
+    };
+    let verdicts = baton::record::verify::verify(std::slice::from_ref(&session));
+    verdicts.into_iter().next().map(|v| v.outcome).unwrap()
+}
+
+/// The label of a reasoning-matrix fault at `k`.
+fn thinking_label(fault: &str, k: usize) -> &'static str {
+    match fault {
+        "loop" => "loop",
+        "thinkonly" => "empty_answer",
+        other => mid_stream_label(other, k),
+    }
+}
+
+/// `text` with `prefix` then copies of the loop phrase stripped, or `None` if it is not shaped so.
+fn after_loop<'t>(text: &'t str, prefix: &str) -> Option<(usize, &'t str)> {
+    let mut rest = text.strip_prefix(prefix)?;
+    let mut copies = 0;
+    while let Some(r) = rest.strip_prefix(LOOP_PHRASE) {
+        rest = r;
+        copies += 1;
+    }
+    Some((copies, rest))
+}
+
+/// One reasoning case: the thinking primary fails at `k` chunks counted over
+/// its thinking then its answer (`thinkonly`: after all its thinking; `slow`:
+/// not at all, thinking past the first-token deadline; `slow+F`: as slowly,
+/// with fault `F` at `k`), the fallback goes on.
+async fn thinking_case(
+    conv: usize,
+    messages: &[Message],
+    fault: &str,
+    k: usize,
+    mode: ContinuationMode,
+    style: Style,
+    forward_late: bool,
+) {
+    let (answer, ends) = primary_chunks(messages);
+    let thoughts = thinking_chunks(messages);
+    let (t, a) = (thoughts.len(), ends.len());
+    // A thought every 400 ms: the thinking alone outlasts the 10 s first-token deadline.
+    let slow = Pacing {
+        first_token: Duration::from_millis(400),
+        interval: Duration::from_millis(400),
+    };
+    let (fault, pacing) = match fault.strip_prefix("slow+") {
+        Some(inner) => (inner, slow),
+        None if fault == "slow" => (fault, slow),
+        None => (fault, Pacing::default()),
+    };
+    let script = match fault {
+        "thinkonly" => "thinkonly".to_string(),
+        "slow" => "none".to_string(),
+        _ => format!("{fault}@{k}"),
+    };
+    let case = format!(
+        "conv={conv} fault={script} thoughts={t} chunks={a} pacing={:?} mode={mode:?} style={style:?} forward_late={forward_late}",
+        pacing.interval
+    );
+    let w = thinking_world(&script, mode, style, forward_late, pacing);
+    let mut events = w.splicer.subscribe();
+    let started = Instant::now();
+    let done = w.splicer.collect(request(messages)).await;
+    let elapsed = started.elapsed();
+    let events: Vec<_> = std::iter::from_fn(|| events.try_recv().ok()).collect();
+    let c = completion(&done, &case);
+    assert_eq!(c.finish_reason, "stop", "[{case}]");
+    // Re-driving costs as much as the case: one echo style of three covers every fault, position and mode.
+    if style == STYLES[1] {
+        assert_eq!(
+            replays(&events),
+            baton::record::verify::Outcome::Ok { partial: false },
+            "[{case}] the recording re-drives the same"
+        );
+    }
+
+    if fault == "slow" {
+        assert!(
+            elapsed > Duration::from_secs(10),
+            "[{case}] thought for only {elapsed:?}"
+        );
+        assert_eq!(done.text, answer, "[{case}]");
+        assert_eq!(
+            done.reasoning,
+            oracle::thinking(messages),
+            "[{case}] all of it, no seam"
+        );
+        assert!(
+            c.failures.is_empty(),
+            "[{case}] long thinking is no timeout: {:?}",
+            c.failures
+        );
+        assert!(done.handovers.is_empty(), "[{case}]");
+        assert_eq!(c.route_chain, vec!["primary"], "[{case}]");
+        assert_eq!((w.fallback.requests(), w.spare.requests()), (0, 0), "[{case}]");
+        return;
+    }
+
+    // Where the primary stopped: inside its thinking (no answer text yet), or inside its answer.
+    let k = if fault == "thinkonly" { t } else { k.min(t + a) };
+    let in_thinking = k < t || (k == t && fault != "loop");
+    let label = thinking_label(fault, k);
+    if pacing == slow && !in_thinking {
+        assert!(
+            elapsed > Duration::from_secs(10),
+            "[{case}] the thinking outlasted the first-token deadline: {elapsed:?}"
+        );
+    }
+    assert_eq!(
+        labels(c),
+        vec![("primary", label)],
+        "[{case}] failures: {:?}",
+        c.failures
+    );
+    let expected_class = match label {
+        "loop" | "empty_answer" => FailureClass::Quality,
+        _ => FailureClass::Technical,
+    };
+    assert_eq!(c.failures[0].class, expected_class, "[{case}]");
+    assert_eq!(done.handovers.len(), 1, "[{case}] handovers: {:?}", done.handovers);
+    let h = &done.handovers[0];
+    assert_eq!((&*h.from, &*h.to, h.reason), ("primary", "fallback", label), "[{case}]");
+    assert_eq!((w.primary.requests(), w.fallback.requests()), (1, 1), "[{case}]");
+    assert_eq!(w.spare.requests(), 0, "[{case}] the spare must not be needed");
+
+    // What the fallback was asked, from the recording's attempt.
+    let asked: Vec<Vec<Message>> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::AttemptOpened { route, request, .. } if route == "fallback" => Some(request.messages.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked.len(), 1, "[{case}]");
+    let fallback_thinking = oracle::thinking(&asked[0]);
+
+    if in_thinking {
+        // No answer text yet: the fallback answers afresh, byte for byte.
+        assert_eq!(h.prefix_bytes, 0, "[{case}]");
+        assert_eq!(
+            asked[0], messages,
+            "[{case}] a fresh start, no reasoning in the request"
+        );
+        assert_eq!(done.text, answer, "[{case}] the client text is not the oracle's answer");
+        // The primary's thinking as far as it went, the marker, the fallback's thinking.
+        let sent = thoughts[..k].concat();
+        let (before, after) = match fault {
+            "loop" => {
+                let (copies, rest) = after_loop(&done.reasoning, &sent)
+                    .unwrap_or_else(|| panic!("[{case}] not the thinking up to the loop: {:?}", done.reasoning));
+                assert!(copies > 0, "[{case}] the loop reached the client");
+                (sent.clone() + &LOOP_PHRASE.repeat(copies), rest.to_string())
+            }
+            _ => {
+                let rest = done
+                    .reasoning
+                    .strip_prefix(&sent)
+                    .unwrap_or_else(|| panic!("[{case}] not the thinking sent: {:?}", done.reasoning));
+                (sent.clone(), rest.to_string())
+            }
+        };
+        let seam = if before.is_empty() { "" } else { SEAM_MARKER };
+        assert_eq!(
+            after,
+            format!("{seam}{fallback_thinking}"),
+            "[{case}] after the primary's {} bytes of thinking",
+            before.len()
+        );
+    } else {
+        // The answer had begun: it is continued, the fallback's thinking is counted, not sent.
+        let cut = prefix_len(&ends, k - t);
+        let opened: Vec<u64> = events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::AttemptOpened {
+                    route, prefix_bytes, ..
+                } if route == "fallback" => Some(*prefix_bytes),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            opened,
+            [cut as u64],
+            "[{case}] the fallback continues the answer's first {cut} bytes"
+        );
+        if cut > 0 {
+            assert_ne!(asked[0], messages, "[{case}] a continuation");
+        }
+        if fault == "loop" {
+            // The client saw the loop closed by the loop guard's marker; the fallback goes on from the cut.
+            let looped = done
+                .text
+                .strip_prefix(&answer[..cut])
+                .and_then(|rest| rest.strip_suffix(&answer[cut..]))
+                .and_then(|rest| rest.strip_suffix(LOOP_MARKER))
+                .unwrap_or_else(|| panic!("[{case}] not answer[..{cut}] + loop + marker + rest: {:?}", done.text));
+            assert!(!looped.is_empty(), "[{case}]");
+            assert_eq!(looped, LOOP_PHRASE.repeat(looped.len() / LOOP_PHRASE.len()), "[{case}]");
+            assert_eq!(
+                h.prefix_bytes as usize,
+                cut + looped.len() + LOOP_MARKER.len(),
+                "[{case}] what the client had"
+            );
+        } else {
+            assert_eq!(h.prefix_bytes, cut as u64, "[{case}]");
+            assert_eq!(done.text, answer, "[{case}] the client text is not the oracle's answer");
+        }
+        let late = if forward_late {
+            format!("{SEAM_MARKER}{fallback_thinking}")
+        } else {
+            String::new()
+        };
+        assert_eq!(
+            done.reasoning,
+            format!("{}{late}", oracle::thinking(messages)),
+            "[{case}] no seam after the text began unless late reasoning is forwarded"
+        );
+    }
+}
+
+/// The reasoning matrix for one fault kind: 5 conversations × positions × 2 modes × 3 styles × 2 late-reasoning flags.
+async fn thinking_matrix(fault: &str) -> usize {
+    let mut cases = 0;
+    for (conv, messages) in conversations().iter().enumerate() {
+        let t = thinking_chunks(messages).len();
+        let a = primary_chunks(messages).1.len();
+        let positions = match fault {
+            "thinkonly" | "slow" => vec![t],
+            // Slow thinking, then a stall in the middle of it or of the answer.
+            "slow+stall" => vec![t / 2, t + a / 2],
+            // Inside the thinking: at its first, second, middle and last chunk, and
+            // after all of it; inside the answer: at its second, middle and last chunk, and after it.
+            _ => vec![0, 1, t / 2, t - 1, t, t + 1, t + a / 2, t + a - 1, t + a],
+        };
+        for k in positions {
+            for mode in MODES {
+                for style in STYLES {
+                    for forward_late in [false, true] {
+                        thinking_case(conv, messages, fault, k, mode, style, forward_late).await;
+                        cases += 1;
+                    }
+                }
+            }
+        }
+    }
+    cases
+}
+
+#[tokio::test(start_paused = true)]
+async fn reasoning_stall_at_every_position() {
+    assert_eq!(thinking_matrix("stall").await, 540);
+}
+
+#[tokio::test(start_paused = true)]
+async fn reasoning_drop_at_every_position() {
+    assert_eq!(thinking_matrix("drop").await, 540);
+}
+
+#[tokio::test(start_paused = true)]
+async fn reasoning_malformed_at_every_position() {
+    assert_eq!(thinking_matrix("malformed").await, 540);
+}
+
+#[tokio::test(start_paused = true)]
+async fn reasoning_error_event_at_every_position() {
+    assert_eq!(thinking_matrix("error").await, 540);
+}
+
+#[tokio::test(start_paused = true)]
+async fn reasoning_loop_at_every_position() {
+    assert_eq!(thinking_matrix("loop").await, 540);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_think_only_finish_hands_over_in_every_mode() {
+    assert_eq!(thinking_matrix("thinkonly").await, 60);
+}
+
+#[tokio::test(start_paused = true)]
+async fn thinking_past_the_first_token_deadline_never_hands_over() {
+    assert_eq!(thinking_matrix("slow").await, 60);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stall_after_long_thinking_is_a_stall_not_a_first_token_timeout() {
+    assert_eq!(thinking_matrix("slow+stall").await, 120);
 }

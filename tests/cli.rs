@@ -33,6 +33,12 @@ fn headless_demo_reports_every_session_intact_as_json() {
         report["handovers"].as_u64().unwrap_or(0) > 0,
         "the fault mix caused no handover: {report}"
     );
+    // The reasoning route's faults inside its thinking hand over while the client has only reasoning.
+    let thinking = report["handovers_during_reasoning"]
+        .as_u64()
+        .expect("handovers during reasoning");
+    assert!(thinking > 0, "{report}");
+    assert!(thinking < report["handovers"].as_u64().unwrap_or(0), "{report}");
     // The primary's outage opened its breaker, and traffic came back to it after.
     assert!(report["breaker_opened"].as_u64().unwrap_or(0) > 0, "{report}");
     assert!(report["breaker_closed"].as_u64().unwrap_or(0) > 0, "{report}");

@@ -738,3 +738,177 @@ fn models_per_route_are_bounded_and_old_breaker_events_still_count() {
     assert_eq!(model.routes[0].1.breaker, Some(baton::breaker::BreakerState::Open));
     assert_eq!(model.routes[0].1.health(Duration::from_secs(1)), "open");
 }
+
+// ------------------------------------------------------------ reasoning
+
+fn reasoning(route: &str, text: &str) -> EventKind {
+    EventKind::Reasoning {
+        route: route.into(),
+        text: text.into(),
+    }
+}
+
+fn handover(from: &str, to: &str, reason: &str, prefix_bytes: u64) -> EventKind {
+    EventKind::Handover {
+        from: from.into(),
+        to: to.into(),
+        class: baton::FailureClass::Technical,
+        reason: reason.into(),
+        prefix_bytes,
+        gap_ms: 40,
+    }
+}
+
+const THINKER: u128 = 0x7417_u128 << 112;
+const ANSWERER: u128 = 0xa45_u128 << 116;
+
+/// A reasoning session stalled in its thinking and handed over, the fallback
+/// thinking afresh after the seam marker (answering once `answer` is given),
+/// and an older session cut after its text had begun.
+fn thinking_app(answer: Option<&str>) -> App {
+    let stall = FailureKind::Stall {
+        after: Duration::from_millis(400),
+    };
+    let failure = |route: &str, tokens: u64, bytes: u64| EventKind::Failure {
+        failure: Failure::new(&stall, route, tokens, bytes, 900),
+        cause: stall.clone(),
+    };
+    let (a, b) = (ANSWERER, THINKER);
+    let mut events = vec![
+        ev(a, 0, started("chat", 1)),
+        ev(a, 5, opened_as("primary", "oracle-big", 1, 0)),
+        ev(a, 30, reasoning("primary", "Weighing it.")),
+        ev(a, 40, delta("primary", "Blue ")),
+        ev(a, 500, failure("primary", 2, 5)),
+        ev(a, 505, opened_as("fallback", "oracle-small", 2, 5)),
+        ev(a, 540, handover("primary", "fallback", "stall", 5)),
+        ev(a, 540, delta("fallback", "sky.")),
+        ev(a, 560, finished(&["primary", "fallback"])),
+        ev(b, 0, started("thinking", 1)),
+        ev(b, 5, opened_as("primary", "oracle-think", 1, 0)),
+        ev(b, 35, reasoning("primary", "Let me think ")),
+        ev(b, 45, reasoning("primary", "about the sky.")),
+        ev(b, 900, failure("primary", 2, 0)),
+        ev(b, 905, opened_as("fallback", "oracle-think-small", 2, 0)),
+        ev(b, 940, handover("primary", "fallback", "stall", 0)),
+        ev(b, 940, reasoning("fallback", baton::reasoning::SEAM_MARKER)),
+        ev(b, 950, reasoning("fallback", "Fresh look: scattering.")),
+    ];
+    if let Some(text) = answer {
+        events.push(ev(b, 990, delta("fallback", text)));
+    }
+    let mut app = App::new("test feed");
+    for e in &events {
+        // Session a runs first, b a second later: the dashboard sees each at its own time.
+        let base = if e.session == Uuid::from_u128(THINKER) { 1000 } else { 0 };
+        app.on_event(e, Duration::from_millis(base + e.t_ms));
+    }
+    app.tick(Duration::from_millis(2500));
+    app
+}
+
+/// The row of `screen` holding `needle` (panics if none does).
+fn row_with<'s>(screen: &'s str, needle: &str) -> &'s str {
+    screen
+        .lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no row with {needle:?}:\n{screen}"))
+}
+
+/// Where `text` starts on the drawn screen, as (x, y) of its first cell.
+fn find(buffer: &ratatui::buffer::Buffer, text: &str) -> Option<(u16, u16)> {
+    let area = buffer.area;
+    let wanted: Vec<String> = text.chars().map(String::from).collect();
+    (0..area.height).find_map(|y| {
+        let cells: Vec<&str> = (0..area.width).map(|x| buffer[(x, y)].symbol()).collect();
+        cells
+            .windows(wanted.len())
+            .position(|w| w.iter().zip(&wanted).all(|(a, b)| *a == b))
+            .map(|x| (x as u16, y))
+    })
+}
+
+/// The modifiers of the cells `text` is drawn in.
+fn modifiers_of(app: &App, text: &str) -> Vec<ratatui::style::Modifier> {
+    let mut terminal = Terminal::new(TestBackend::new(120, 40)).expect("test terminal");
+    terminal.draw(|f| draw(f, app)).expect("draw");
+    let buffer = terminal.backend().buffer().clone();
+    let (x, y) = find(&buffer, text).unwrap_or_else(|| panic!("{text:?} is not drawn:\n{}", render(app, 120, 40)));
+    (0..text.chars().count() as u16)
+        .map(|i| buffer[(x + i, y)].modifier)
+        .collect()
+}
+
+#[test]
+fn a_thinking_session_shows_its_phase_its_reasoning_dimmed_and_its_handover_during_reasoning() {
+    use ratatui::style::Modifier;
+    let app = thinking_app(None);
+    let screen = render(&app, 120, 40);
+    insta::assert_snapshot!(screen);
+
+    // The live session's phase, in its row and in the transcript's title.
+    let thinker = &Uuid::from_u128(THINKER).simple().to_string()[..8];
+    let answerer = &Uuid::from_u128(ANSWERER).simple().to_string()[..8];
+    let row = row_with(&screen, &format!("│{thinker} "));
+    assert!(row.contains(" thinking "), "{row}");
+    assert!(
+        row_with(&screen, &format!("│{answerer} ")).contains(" done "),
+        "an ended session shows its status"
+    );
+    assert!(row_with(&screen, "Transcript").contains("· thinking"), "{screen}");
+
+    // Reasoning, the seam marker included, is dimmed; the splice marker is not reasoning.
+    for text in ["Let me think", "Fresh look", "[baton: the reasoning above"] {
+        let modifiers = modifiers_of(&app, text);
+        assert!(
+            modifiers.iter().all(|m| m.contains(Modifier::DIM | Modifier::ITALIC)),
+            "{text:?}: {modifiers:?}"
+        );
+    }
+    assert!(
+        modifiers_of(&app, "during reasoning → fallback")
+            .iter()
+            .all(|m| !m.contains(Modifier::DIM)),
+        "{screen}"
+    );
+
+    // The log says which handover came during reasoning, and which did not.
+    let log: Vec<&str> = screen.lines().skip_while(|l| !l.contains("Handover log")).collect();
+    let of = |id: &str| {
+        *log.iter()
+            .find(|l| l.contains(id))
+            .unwrap_or_else(|| panic!("no log row for {id}:\n{screen}"))
+    };
+    assert!(of(thinker).contains("stall (technical) · during reasoning"), "{screen}");
+    assert!(of(answerer).contains("stall (technical)"), "{screen}");
+    assert!(!of(answerer).contains("during reasoning"), "{screen}");
+    let rows = &app.model().handovers;
+    assert_eq!(
+        rows.iter().map(|h| h.during_reasoning).collect::<Vec<_>>(),
+        [false, true]
+    );
+}
+
+#[test]
+fn once_the_answer_begins_the_phase_is_answering_and_the_answer_is_not_dimmed() {
+    use ratatui::style::Modifier;
+    let app = thinking_app(Some("Rayleigh scattering."));
+    let screen = render(&app, 120, 40);
+    let thinker = &Uuid::from_u128(THINKER).simple().to_string()[..8];
+    assert!(
+        row_with(&screen, &format!("│{thinker} ")).contains(" answering "),
+        "{screen}"
+    );
+    assert!(row_with(&screen, "Transcript").contains("· answering"), "{screen}");
+    let answer = modifiers_of(&app, "Rayleigh");
+    assert!(answer.iter().all(|m| !m.contains(Modifier::DIM)), "{answer:?}");
+    assert!(modifiers_of(&app, "Fresh look")
+        .iter()
+        .all(|m| m.contains(Modifier::DIM)));
+    // Narrow, the phase still shows.
+    let narrow = render(&app, 80, 24);
+    assert!(
+        row_with(&narrow, &format!("│{thinker} ")).contains(" answering "),
+        "{narrow}"
+    );
+}

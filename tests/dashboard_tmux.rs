@@ -81,6 +81,14 @@ fn the_demo_dashboard_runs_in_a_real_terminal_and_quits_cleanly() {
         .unwrap_or_else(|s| panic!("no handover in the log:\n{s}"));
     assert!(screen.contains("handovers "), "{screen}");
 
+    // The demo's reasoning route is cut inside its thinking: the log says so.
+    tmux.wait_for(Duration::from_secs(90), |s| {
+        s.lines()
+            .skip_while(|l| !l.contains("Handover log"))
+            .any(|l| l.contains("thinker → ") && l.contains("· during reasoning"))
+    })
+    .unwrap_or_else(|s| panic!("no handover during reasoning in the log:\n{s}"));
+
     tmux.run(&["send-keys", "-t", "baton", "?"]).expect("send ?");
     tmux.wait_for(Duration::from_secs(20), |s| s.contains("Help · any key closes"))
         .unwrap_or_else(|s| panic!("no help overlay:\n{s}"));

@@ -26,7 +26,9 @@ use baton::record::verify::{self, Outcome, Verdict};
 use baton::record::{RecordOptions, Recorder};
 use support::TempDir;
 
-use baton::{ChatRequest, ClientItem, ContinuationMode, FailureKind, Ladder, Message, Role, Route, Splicer, Usage};
+use baton::{
+    ChatRequest, ClientItem, ContinuationMode, EventKind, FailureKind, Ladder, Message, Role, Route, Splicer, Usage,
+};
 
 const BATON: &str = env!("CARGO_BIN_EXE_baton");
 
@@ -75,9 +77,20 @@ fn the_recordings_in_demos_verify() {
     assert_all_ok(&verdicts);
     assert!(verdicts.iter().all(|v| v.outcome == Outcome::Ok { partial: false }));
     let kinds = failure_kinds(&recording.sessions);
-    for kind in ["stall", "truncated", "malformed", "prefill_rejected"] {
+    for kind in ["stall", "truncated", "malformed", "prefill_rejected", "empty_answer"] {
         assert!(kinds.iter().any(|k| k == kind), "no {kind} among {kinds:?}");
     }
+    // The reasoning recordings re-drive their reasoning too, seam marker included.
+    let seams = recording
+        .sessions
+        .iter()
+        .filter(|s| {
+            s.events
+                .iter()
+                .any(|e| matches!(&e.kind, EventKind::Reasoning { text, .. } if text == baton::reasoning::SEAM_MARKER))
+        })
+        .count();
+    assert_eq!(seams, 2, "the thinking stall and the think-only answer");
 }
 
 #[test]
@@ -304,6 +317,28 @@ async fn sessions_recorded_through_the_library_verify() {
                 ],
             ),
         ),
+        (
+            "a stall inside the thinking",
+            ladder(
+                "j",
+                vec![
+                    Route::new("primary", "big-think", mock("stall@3", Style::default())),
+                    Route::new("fallback", "small-reason", mock("none", repeat)),
+                ],
+            ),
+        ),
+        (
+            "a think-only finish, then a cut in the answer",
+            ladder(
+                "k",
+                vec![
+                    Route::new("primary", "big-think", mock("thinkonly", Style::default())),
+                    Route::new("fallback", "small-think", mock("drop@60", repeat)),
+                    Route::new("spare", "spare-think", mock("none", repeat))
+                        .with_continuation(ContinuationMode::Instruct),
+                ],
+            ),
+        ),
     ];
     for (tag, splicer) in &cases {
         let mut request = ChatRequest::new(conversation(tag));
@@ -328,13 +363,13 @@ async fn sessions_recorded_through_the_library_verify() {
     let stats = recorder.finish().await;
     assert_eq!(
         (stats.sessions, stats.dropped, stats.write_errors),
-        (9, 0, 0),
+        (11, 0, 0),
         "{stats}"
     );
     assert_eq!(stats.incomplete, 1, "the session whose client left");
     let (recording, verdicts) = verify_paths(&[dir.path().to_path_buf()]);
     assert!(recording.errors.is_empty(), "{:?}", recording.errors);
-    assert_eq!(verdicts.len(), 9);
+    assert_eq!(verdicts.len(), 11);
     assert_all_ok(&verdicts);
     let partial: Vec<_> = verdicts
         .iter()
@@ -345,6 +380,7 @@ async fn sessions_recorded_through_the_library_verify() {
     let kinds = failure_kinds(&recording.sessions);
     for kind in [
         "content_policy",
+        "empty_answer",
         "error_event",
         "first_token_timeout",
         "malformed",
@@ -354,6 +390,29 @@ async fn sessions_recorded_through_the_library_verify() {
         "truncated",
     ] {
         assert!(kinds.iter().any(|k| k == kind), "no {kind} among {kinds:?}");
+    }
+    // The reasoning sessions' recordings carry the reasoning, seam marker included.
+    for ladder in ["j", "k"] {
+        let session = recording
+            .sessions
+            .iter()
+            .find(|s| s.ladder() == ladder)
+            .expect("reasoning session");
+        let reasoning: String = session
+            .events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::Reasoning { text, .. } => Some(text.as_str()),
+                _ => None,
+            })
+            .collect();
+        let (before, after) = reasoning
+            .split_once(baton::reasoning::SEAM_MARKER)
+            .unwrap_or_else(|| panic!("[{ladder}] no seam in {reasoning:?}"));
+        assert!(
+            before.starts_with("Thinking:") && after.starts_with("Thinking:"),
+            "[{ladder}] {reasoning:?}"
+        );
     }
     let tool_session = recording
         .sessions

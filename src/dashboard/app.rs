@@ -120,6 +120,7 @@ impl App {
                     || s.short_id().contains(&needle)
                     || s.ladder.to_lowercase().contains(&needle)
                     || s.status.as_str().contains(&needle)
+                    || s.state_text().contains(&needle)
                     || s.chain_text().to_lowercase().contains(&needle)
             })
             .collect()

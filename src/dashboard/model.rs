@@ -14,6 +14,7 @@ use crate::breaker::BreakerState;
 use crate::event::{EngineEvent, EventKind};
 use crate::failure::{FailureClass, FailureKind};
 use crate::health::MAX_MODELS;
+use crate::reasoning::Phase;
 
 /// Sessions kept in detail.
 pub const DETAILED_SESSIONS: usize = 500;
@@ -60,11 +61,13 @@ pub struct Part {
     pub text: String,
 }
 
-/// One piece of a transcript: text, or a splice marker.
+/// One piece of a transcript: text, reasoning, or a splice marker.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Piece {
     /// Text from a route.
     Text(Part),
+    /// Reasoning from a route (a seam marker included): not the answer, drawn apart from it.
+    Reasoning(Part),
     /// A splice point and what caused it (`⟫ stall 3.0 s after 143 tokens`).
     Splice(String),
 }
@@ -78,6 +81,8 @@ pub struct SessionView {
     pub ladder: String,
     /// Where it stands.
     pub status: Status,
+    /// Thinking or answering, as its client's deltas show.
+    pub phase: Phase,
     /// Routes that wrote text, in order.
     pub chain: Vec<String>,
     /// Text deltas received by the client.
@@ -105,6 +110,7 @@ impl SessionView {
             id,
             ladder,
             status: Status::Streaming,
+            phase: Phase::Waiting,
             chain: Vec::new(),
             tokens: 0,
             handovers: 0,
@@ -131,7 +137,21 @@ impl SessionView {
         }
     }
 
-    fn push_text(&mut self, route: &str, text: &str) {
+    /// Whether it is still going.
+    pub fn is_live(&self) -> bool {
+        matches!(self.status, Status::Streaming | Status::HandedOver)
+    }
+
+    /// What its status cell says: a live session's phase, an ended one's status.
+    pub fn state_text(&self) -> &'static str {
+        if self.is_live() {
+            self.phase.as_str()
+        } else {
+            self.status.as_str()
+        }
+    }
+
+    fn push_text(&mut self, route: &str, text: &str, reasoning: bool) {
         if self.bytes >= TRANSCRIPT_CAP {
             return;
         }
@@ -140,12 +160,22 @@ impl SessionView {
             take -= 1;
         }
         self.bytes += take;
-        match self.pieces.last_mut() {
-            Some(Piece::Text(part)) if part.route == route => part.text.push_str(&text[..take]),
-            _ => self.pieces.push(Piece::Text(Part {
-                route: route.to_string(),
-                text: text[..take].to_string(),
-            })),
+        let text = &text[..take];
+        match (self.pieces.last_mut(), reasoning) {
+            (Some(Piece::Text(part)), false) | (Some(Piece::Reasoning(part)), true) if part.route == route => {
+                part.text.push_str(text);
+            }
+            _ => {
+                let part = Part {
+                    route: route.to_string(),
+                    text: text.to_string(),
+                };
+                self.pieces.push(if reasoning {
+                    Piece::Reasoning(part)
+                } else {
+                    Piece::Text(part)
+                });
+            }
         }
     }
 }
@@ -169,6 +199,8 @@ pub struct HandoverRow {
     pub prefix_bytes: u64,
     /// Gap in ms.
     pub gap_ms: u64,
+    /// The client had reasoning and no answer text yet: the fallback started the answer afresh.
+    pub during_reasoning: bool,
 }
 
 /// Health and latency of one route.
@@ -484,6 +516,7 @@ impl Model {
             reason,
             prefix_bytes,
             gap_ms: 0,
+            during_reasoning: false,
         });
         if self.handovers.len() > HANDOVER_LOG {
             self.handovers.pop_front();
@@ -530,9 +563,13 @@ impl Model {
                     m.push_ttft(*ttft_ms);
                 }
             }
+            EventKind::Reasoning { route, text } => {
+                if let Some(s) = self.session_mut(&id) {
+                    s.phase = s.phase.reasoning();
+                    s.push_text(route, text, true);
+                }
+            }
             EventKind::Upstream { .. }
-            // The transcript shows the answer; reasoning is not shown yet.
-            | EventKind::Reasoning { .. }
             | EventKind::Retry { .. }
             | EventKind::RetryDenied { .. }
             // A probe's verdict shows as the breaker change it causes.
@@ -559,10 +596,11 @@ impl Model {
                     // Text flowed again without a handover (a retry worked): nothing pending.
                     s.last_failure = None;
                     s.tokens += 1;
+                    s.phase = s.phase.text();
                     if s.chain.last() != Some(route) {
                         s.chain.push(route.clone());
                     }
-                    s.push_text(route, text);
+                    s.push_text(route, text, false);
                 }
             }
             EventKind::Failure { failure, cause } => {
@@ -588,11 +626,14 @@ impl Model {
                 self.rates.bump(now, 0, 1, 0);
                 let mut short = id.simple().to_string();
                 short.truncate(8);
+                // The notice comes before the fallback's first delta: the phase is still the cut attempt's.
+                let during_reasoning = self.session(&id).is_some_and(|s| s.phase == Phase::Thinking);
                 if let Some(s) = self.session_mut(&id) {
                     s.handovers += 1;
                     s.status = Status::HandedOver;
                     let marker = s.last_failure.take().unwrap_or_else(|| format!("⟫ {reason}"));
-                    s.pieces.push(Piece::Splice(format!("{marker} → {to}")));
+                    let during = if during_reasoning { " during reasoning" } else { "" };
+                    s.pieces.push(Piece::Splice(format!("{marker}{during} → {to}")));
                 }
                 self.handovers.push_back(HandoverRow {
                     at: now,
@@ -603,6 +644,7 @@ impl Model {
                     reason: reason.clone(),
                     prefix_bytes: *prefix_bytes,
                     gap_ms: *gap_ms,
+                    during_reasoning,
                 });
                 if self.handovers.len() > HANDOVER_LOG {
                     self.handovers.pop_front();

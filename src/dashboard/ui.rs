@@ -307,7 +307,7 @@ fn draw_sessions(frame: &mut Frame, area: Rect, app: &App) {
         };
         let mut cells = vec![
             Cell::from(s.short_id()),
-            Cell::from(s.status.as_str()).style(status_style),
+            Cell::from(s.state_text()).style(status_style),
             Cell::from(s.chain_text()),
             Cell::from(s.tokens.to_string()),
             Cell::from(s.handovers.to_string()),
@@ -358,6 +358,12 @@ fn draw_sessions(frame: &mut Frame, area: Rect, app: &App) {
     );
 }
 
+/// How reasoning reads in the transcript: its route's colour, dimmed and in
+/// italics, so it never passes for the answer.
+pub fn reasoning_style(colour: Color) -> Style {
+    Style::new().fg(colour).add_modifier(Modifier::DIM | Modifier::ITALIC)
+}
+
 fn draw_transcript(frame: &mut Frame, area: Rect, app: &App, focused: bool) {
     let m = app.model();
     let Some(session) = app.selected_session() else {
@@ -372,6 +378,17 @@ fn draw_transcript(frame: &mut Frame, area: Rect, app: &App, focused: bool) {
         match piece {
             Piece::Text(part) => {
                 let style = Style::new().fg(route_colour(m.route_slot(&part.route)));
+                for (i, chunk) in part.text.split('\n').enumerate() {
+                    if i > 0 {
+                        lines.push(Line::default());
+                    }
+                    if let Some(line) = lines.last_mut() {
+                        line.spans.push(Span::styled(chunk.to_string(), style));
+                    }
+                }
+            }
+            Piece::Reasoning(part) => {
+                let style = reasoning_style(route_colour(m.route_slot(&part.route)));
                 for (i, chunk) in part.text.split('\n').enumerate() {
                     if i > 0 {
                         lines.push(Line::default());
@@ -396,7 +413,7 @@ fn draw_transcript(frame: &mut Frame, area: Rect, app: &App, focused: bool) {
         "Transcript {} · {} · {}{}",
         session.short_id(),
         session.chain_text(),
-        session.status.as_str(),
+        session.state_text(),
         if app.fullscreen { " · Enter/Esc to close" } else { "" }
     );
     frame.render_widget(
@@ -426,7 +443,11 @@ fn draw_handovers(frame: &mut Frame, area: Rect, app: &App) {
                     Span::raw(" → "),
                     Span::styled(h.to.clone(), Style::new().fg(route_colour(m.route_slot(&h.to)))),
                 ])),
-                Cell::from(format!("{} ({})", h.reason, class_name(h.class))),
+                Cell::from(if h.during_reasoning {
+                    format!("{} ({}) · during reasoning", h.reason, class_name(h.class))
+                } else {
+                    format!("{} ({})", h.reason, class_name(h.class))
+                }),
                 Cell::from(h.prefix_bytes.to_string()),
                 Cell::from(format!("{} ms", h.gap_ms)),
             ])
@@ -459,7 +480,8 @@ fn draw_help(frame: &mut Frame, area: Rect) {
         Line::from("?          this help"),
         Line::from("q  Ctrl-C  quit"),
         Line::from(""),
-        Line::from("Transcript colours: one per route. ⟫ marks a splice point and its cause."),
+        Line::from("Transcript colours: one per route, reasoning dimmed. ⟫ marks a splice."),
+        Line::from("Live sessions: waiting, thinking or answering (yellow once handed over)."),
     ];
     let width = 76.min(area.width);
     let height = (text.len() as u16 + 2).min(area.height);

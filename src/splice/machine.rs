@@ -477,8 +477,8 @@ mod tests {
     use super::*;
     use crate::ladder::{Known, Ladder, Route, RouteSet};
     use crate::oracle::fault::{FaultPlan, FaultScript};
-    use crate::oracle::Style;
     use crate::oracle::provider::MockProvider;
+    use crate::oracle::Style;
     use crate::provider::Provider;
 
     fn at(route: usize) -> AttemptState {

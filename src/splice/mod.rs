@@ -41,11 +41,11 @@ use crate::loopguard::{Loop, LoopGuard};
 use crate::overlap::{Evidence, OverlapTrim, Proof};
 use crate::provider::{ReasoningField, UpstreamRequest};
 use crate::reasoning::Placement;
-use crate::spec::{LadderSpec, RequestSpec};
 use crate::request::{ChatRequest, Message, Usage};
 use crate::rng::SplitMix;
 use crate::rules::Rules;
 use crate::safe_reply::{self, SAFE_REPLY_MODEL, SAFE_REPLY_ROUTE};
+use crate::spec::{LadderSpec, RequestSpec};
 use crate::usage::{self, AttemptTokens, Tally};
 use crate::watchdog::{Watched, WatchedStream};
 

@@ -12,28 +12,28 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::breaker::{BreakerConfig, ProbeMode};
-use crate::budget::BudgetConfig;
-use crate::cache::{CacheLimits, CacheRung, CacheUse, ResponseCache};
 use crate::continuation::{ContinuationMode, DEFAULT_INSTRUCTION};
-use crate::deadline::{Adaptive, AdaptiveStall, Deadlines, GAP_SAMPLES};
-use crate::health::RouteHealth;
-use crate::hedge::{self, HedgePolicy};
-use crate::ladder::{Ladder, RetryPolicy, Route};
-use crate::loopguard::{self, LoopConfig};
 use crate::oracle::fault::{FaultPlan, FaultScript};
 use crate::oracle::provider::MockProvider;
 use crate::oracle::Style;
-use crate::overlap::OverlapMode;
+use crate::policy::breaker::{BreakerConfig, ProbeMode};
+use crate::policy::budget::BudgetConfig;
+use crate::policy::deadline::{Adaptive, AdaptiveStall, Deadlines, GAP_SAMPLES};
+use crate::policy::health::RouteHealth;
+use crate::policy::hedge::{self, HedgePolicy};
+use crate::policy::ladder::{Ladder, RetryPolicy, Route};
+use crate::policy::loopguard::{self, LoopConfig};
+use crate::policy::overlap::OverlapMode;
 use crate::provider::anthropic::AnthropicProvider;
 use crate::provider::openai::OpenAiProvider;
 use crate::provider::Provider;
 use crate::redact::Redactor;
-use crate::safe_reply::{self, SafeReply};
+use crate::rungs::cache::{CacheLimits, CacheRung, CacheUse, ResponseCache};
+use crate::rungs::safe_reply::{self, SafeReply};
 
 /// The default listen address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
-pub use crate::ladder::PASS_THROUGH_MODEL;
+pub use crate::policy::ladder::PASS_THROUGH_MODEL;
 
 /// The file as written.
 #[derive(Debug, Deserialize)]
@@ -82,7 +82,7 @@ pub struct ServerSection {
     /// The listening socket's backlog of connections not yet accepted; default 1024.
     pub listen_backlog: Option<u32>,
     /// The chat-completions field reasoning goes out in, for every ladder that names none; default `as_upstream`.
-    pub reasoning_field: Option<crate::reasoning::OutgoingField>,
+    pub reasoning_field: Option<crate::policy::reasoning::OutgoingField>,
 }
 
 /// Connection and session limits of the proxy (`[server]`).
@@ -272,7 +272,7 @@ pub struct LadderSection {
     /// Forward the reasoning of a fallback that starts after the answer text began (default false).
     pub forward_late_reasoning: Option<bool>,
     /// The chat-completions field its reasoning goes out in: `as_upstream`, `reasoning_content` or `reasoning` (default: the server's).
-    pub reasoning_field: Option<crate::reasoning::OutgoingField>,
+    pub reasoning_field: Option<crate::policy::reasoning::OutgoingField>,
     /// Start the next route in parallel when a first token is late (default false).
     pub hedge: Option<bool>,
     /// Hedge no earlier than this (ms), and after this while the route's p95 is unknown (default: not until known).
@@ -322,7 +322,7 @@ pub struct ResolvedLadder {
     /// The ladder.
     pub ladder: Ladder,
     /// The chat-completions field its reasoning goes out in (a wire matter: the engine keeps the upstream's).
-    pub reasoning_field: crate::reasoning::OutgoingField,
+    pub reasoning_field: crate::policy::reasoning::OutgoingField,
 }
 
 /// The whole config, validated, with secrets read.
@@ -445,7 +445,7 @@ impl Config {
             if r.name.trim().is_empty() {
                 return Err(invalid(key("name"), "must not be empty".into()));
             }
-            if [crate::cache::CACHE_ROUTE, safe_reply::SAFE_REPLY_ROUTE].contains(&r.name.as_str()) {
+            if [crate::rungs::cache::CACHE_ROUTE, safe_reply::SAFE_REPLY_ROUTE].contains(&r.name.as_str()) {
                 return Err(invalid(
                     key("name"),
                     format!("{:?} is reserved for baton's own rung", r.name),
@@ -727,7 +727,7 @@ impl Config {
         ));
         out.push_str(&format!(
             "health: per (route, upstream model) — breaker, retry budget, first-token times, gaps, learned facts; up to {} models per route\n",
-            crate::health::MAX_MODELS
+            crate::policy::health::MAX_MODELS
         ));
         for l in &self.ladders {
             let pattern = l
@@ -1477,7 +1477,7 @@ mod tests {
     fn reasoning_keys_set_the_seam_marker_and_late_forwarding() {
         let config = Config::parse("baton.toml", GOOD, &env).expect("valid");
         let ladder = &config.ladders[0].ladder;
-        assert_eq!(ladder.reasoning_marker, crate::reasoning::SEAM_MARKER);
+        assert_eq!(ladder.reasoning_marker, crate::policy::reasoning::SEAM_MARKER);
         assert!(!ladder.forward_late_reasoning);
         let custom = GOOD.replace(
             "routes = [\"primary\", \"fallback\"]",
@@ -1491,7 +1491,7 @@ mod tests {
 
     #[test]
     fn the_outgoing_reasoning_field_is_the_ladders_else_the_servers() {
-        use crate::reasoning::OutgoingField;
+        use crate::policy::reasoning::OutgoingField;
         let ladder = |extra: &str| {
             GOOD.replace(
                 "routes = [\"primary\", \"fallback\"]",

@@ -1,6 +1,6 @@
 //! What went wrong with one upstream attempt, and which class of failure it is.
 //!
-//! The class decides what the ladder does next (see [`crate::ladder`]):
+//! The class decides what the ladder does next (see [`crate::policy::ladder`]):
 //! technical failures are retried or handed over, policy failures are never
 //! retried on the same route, business failures move to a route that fits,
 //! quality failures hand over with the prefix cut back, and local failures
@@ -305,7 +305,7 @@ impl FailureKind {
     }
 
     /// Whether baton detects this itself rather than hearing it from the
-    /// upstream: a deadline (the watchdog, [`crate::deadline::Deadlines::next_wait`]),
+    /// upstream: a deadline (the watchdog, [`crate::policy::deadline::Deadlines::next_wait`]),
     /// a loop (the loop guard) or an answer without text (decided from its
     /// finish). A re-drive replays the stream and leaves these to the engine.
     pub fn detected_by_engine(&self) -> bool {

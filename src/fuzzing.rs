@@ -25,7 +25,7 @@
 use std::path::Path;
 
 use crate::config::Config;
-use crate::overlap::{Evidence, OverlapMode, OverlapTrim, ECHO_WORDS, MAX_OVERLAP, MIN_OVERLAP};
+use crate::policy::overlap::{Evidence, OverlapMode, OverlapTrim, ECHO_WORDS, MAX_OVERLAP, MIN_OVERLAP};
 use crate::provider::sse::{SseDecoder, SseError, SseEvent, SseLimits};
 use crate::provider::tool_calls::{self as calls, ToolCallBudget, MAX_TOOL_CALLS, MAX_TOOL_CALL_BYTES};
 use crate::provider::{anthropic, openai, Chunk};
@@ -93,7 +93,7 @@ fn overlap_input(data: &[u8]) -> (String, Vec<String>) {
     (prefix, parts.collect())
 }
 
-/// The overlap rule of [`crate::overlap`], applied to the whole continuation at once,
+/// The overlap rule of [`crate::policy::overlap`], applied to the whole continuation at once,
 /// written from the module docs independently of the streaming code.
 pub fn overlap_reference(prefix: &str, continuation: &str, evidence: Evidence) -> String {
     if prefix.is_empty() {
@@ -199,7 +199,7 @@ pub fn overlap(data: &[u8]) {
             continuation.ends_with(&out),
             "the output {out:?} is not what is left of the continuation {continuation:?}"
         );
-        let whole = crate::overlap::trim(&prefix, &continuation, evidence);
+        let whole = crate::policy::overlap::trim(&prefix, &continuation, evidence);
         assert_eq!(
             out, whole,
             "streamed and whole trims differ for {prefix:?} + {continuation:?} ({evidence:?})"

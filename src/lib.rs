@@ -7,46 +7,41 @@
 //!
 //! # Layout
 //!
-//! * [`splice`]: the [`Splicer`], which runs one request along a ladder and
-//!   yields one client stream.
-//! * [`watchdog`]: deadlines and shape checks around one upstream stream.
-//! * [`deadline`]: adaptive deadlines (stall from recent gaps, first token from prompt size).
-//! * [`ladder`]: routes, retry policy, and the pure decision after a failure.
-//! * [`live`]: process-wide gauges of live sessions and open upstream responses.
-//! * [`failure`]: failure kinds and their classes.
-//! * [`breaker`]: circuit breaker per (route, model), its cost-aware cool-down and probe rule.
-//! * [`probe`]: active probes of open breakers (`probe = "active"`).
-//! * [`budget`]: retry budget per (route, model).
-//! * [`health`]: health per (route, upstream model): breaker, budget, recent gaps,
-//!   first-token times and learned facts (rejects prefill, echoes, context window).
-//! * [`hedge`]: hedged requests (a late first token starts the next route in parallel).
-//! * [`rules`]: a ladder's latency and cost ceilings, which skip routes.
-//! * [`cache`]: the response cache rung (first rung and last resort).
-//! * [`safe_reply`]: the labelled degraded answer when nothing else can answer.
-//! * [`continuation`]: how a route is asked to continue a prefix.
-//! * [`fit`]: dropping the oldest turns so a request fits a route's context window.
-//! * [`loopguard`]: noticing an answer that repeats itself.
-//! * [`overlap`]: the overlap trim at the seam.
-//! * [`reasoning`]: where reasoning deltas go, and the seam marker of a handover during reasoning.
-//! * [`provider`]: upstream wire formats (`openai`, `anthropic`) over a bounded SSE decoder.
-//! * [`oracle`]: the mock oracle, its fault scripts, its HTTP server and its in-process provider.
-//! * [`event`]: [`EngineEvent`], the one schema of what happened.
-//! * [`request`]: the caller's conversation.
-//! * [`usage`]: a session's tokens across its attempts, reported or not.
-//! * [`stats`]: percentiles shared by the demo, dashboard and summaries.
-//! * [`rng`]: the small deterministic generator of the oracle and the splicer's jitter.
-//! * [`serde_ms`]: durations as milliseconds in configs and recordings.
+//! The folders are the architecture, bottom to top; a module uses only what
+//! is below it (`tests/layering.rs` fails on any cycle between modules).
+//!
+//! * Vocabulary, at the root: [`failure`] (failure kinds and their classes),
+//!   [`request`] (the caller's conversation), [`usage`] (a session's tokens
+//!   across its attempts), [`stats`] (percentiles), [`rng`] (the small
+//!   deterministic generator), [`serde_ms`] (durations as milliseconds),
+//!   [`redact`] (secrets out of upstream error text before any sink sees it).
+//! * [`provider`]: upstream wire formats (`openai`, `anthropic`) over a bounded
+//!   SSE decoder, with the typed channels (text, reasoning, tool calls).
+//! * [`policy`]: what the engine decides with, no IO:
+//!   [`ladder`](policy::ladder) (routes, retry policy, the pure decision after a failure),
+//!   [`health`](policy::health) (per (route, upstream model): breaker, budget, gaps,
+//!   first-token times, learned facts), [`breaker`](policy::breaker),
+//!   [`budget`](policy::budget), [`deadline`](policy::deadline) (adaptive deadlines),
+//!   [`hedge`](policy::hedge), [`rules`](policy::rules) (latency and cost ceilings),
+//!   and the seam rules: [`continuation`](policy::continuation),
+//!   [`overlap`](policy::overlap), [`loopguard`](policy::loopguard),
+//!   [`reasoning`](policy::reasoning) (where reasoning goes, the seam marker),
+//!   [`fit`](policy::fit) (context windows).
+//! * [`rungs`]: the non-model rungs, the response [`cache`](rungs::cache) and the
+//!   labelled [`safe_reply`](rungs::safe_reply).
+//! * [`engine`]: the [`Splicer`] ([`splice`](engine::splice): a pure state machine,
+//!   `splice::machine`, driven by a thin async loop), the [`watchdog`](engine::watchdog)
+//!   around each upstream stream, [`event`](engine::event) ([`EngineEvent`], the one
+//!   schema of what happened), [`probe`](engine::probe) (active probes of open
+//!   breakers) and [`live`](engine::live) (process-wide gauges).
 //! * [`spec`]: a ladder and a request without their providers, as a recording keeps them.
-//! * [`demo`]: the headless demo run (`baton demo --headless`).
+//! * [`oracle`]: the mock oracle, its fault scripts, its HTTP server and its in-process provider.
 //! * [`config`]: the proxy's TOML config.
-//! * [`proxy`]: `baton serve`, the OpenAI-compatible proxy.
-//! * [`redact`]: secrets out of upstream error text before any sink sees it.
 //! * [`record`]: session recordings on disk (JSONL) and `baton replay` (`--verify`, `--summary`).
+//! * [`proxy`]: `baton serve`, the OpenAI-compatible proxy.
 //! * [`dashboard`]: the terminal dashboard (`baton demo`, `baton watch`).
-//! * [`bench`](mod@bench): `baton bench`, streaming throughput, latency and memory, direct vs proxied.
-//! * [`stall_bench`]: `baton bench stall`, the default stall policy's false handovers and detection times.
-//! * [`report`]: ending a tool: its report as text or one JSON line, and its exit code.
-//! * [`soak`]: `baton soak`, many sessions through `baton serve` against `baton mock` with faults; RSS and descriptors.
+//! * [`tools`]: the demo (`baton demo --headless`) and, with `cli`, `baton bench`,
+//!   `baton bench stall`, `baton soak` and their shared report ending.
 //!
 //! # Features
 //!
@@ -56,8 +51,8 @@
 //!
 //! * `proxy`: [`proxy`] (axum, hyper, prometheus-client).
 //! * `dashboard`: [`dashboard`] (ratatui, crossterm).
-//! * `cli`: the `baton` binary (clap, tracing-subscriber), [`bench`](mod@bench),
-//!   [`stall_bench`] and [`soak`]; turns on `proxy` and `dashboard`.
+//! * `cli`: the `baton` binary (clap, tracing-subscriber), [`tools::bench`](mod@tools::bench),
+//!   [`tools::stall_bench`] and [`tools::soak`]; turns on `proxy` and `dashboard`.
 //! * `fuzzing` (off by default): the checks the fuzz targets and
 //!   `tests/fuzz_corpus.rs` run.
 //!
@@ -92,58 +87,36 @@
     allow(rustdoc::broken_intra_doc_links)
 )]
 
-#[cfg(feature = "cli")]
-pub mod bench;
-pub mod breaker;
-pub mod budget;
-pub mod cache;
 pub mod config;
 pub mod continuation;
 #[cfg(feature = "dashboard")]
 pub mod dashboard;
-pub mod deadline;
-pub mod demo;
-pub mod event;
+pub mod engine;
 pub mod failure;
-pub mod fit;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod health;
-pub mod hedge;
-pub mod ladder;
 pub mod live;
-pub mod loopguard;
 pub mod oracle;
-pub mod overlap;
-pub mod probe;
+pub mod policy;
 pub mod provider;
 #[cfg(feature = "proxy")]
 pub mod proxy;
-pub mod reasoning;
 pub mod record;
 pub mod redact;
-#[cfg(feature = "cli")]
-pub mod report;
 pub mod request;
 pub mod rng;
-pub mod rules;
-pub mod safe_reply;
+pub mod rungs;
 pub mod serde_ms;
-#[cfg(feature = "cli")]
-pub mod soak;
 pub mod spec;
-pub mod splice;
-#[cfg(feature = "cli")]
-pub mod stall_bench;
 pub mod stats;
+pub mod tools;
 pub mod usage;
-pub mod watchdog;
 
 pub use continuation::ContinuationMode;
-pub use event::{EngineEvent, EventKind};
+pub use engine::event::{EngineEvent, EventKind};
+pub use engine::splice::{ClientItem, Splicer};
+pub use engine::watchdog::Deadlines;
 pub use failure::{Failure, FailureClass, FailureKind};
-pub use ladder::{Ladder, Route};
+pub use policy::ladder::{Ladder, Route};
 pub use request::{ChatRequest, Message, Role, Usage};
-pub use splice::{ClientItem, Splicer};
-pub use watchdog::Deadlines;

@@ -8,11 +8,11 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use baton::config::Config;
-use baton::demo::{run_headless_recorded, DemoOptions};
 use baton::oracle::fault::{FaultPlan, FaultScript};
 use baton::oracle::script::Pacing;
 use baton::oracle::server::{run, MockConfig};
 use baton::oracle::Style;
+use baton::tools::demo::{run_headless_recorded, DemoOptions};
 
 /// The variable `baton watch` reads the operator key from unless told another.
 const DEFAULT_OPERATOR_KEY_ENV: &str = "BATON_OPERATOR_KEY";
@@ -154,7 +154,7 @@ enum Command {
         sizes: Vec<usize>,
         /// Which runs to do for each size, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "direct,proxied")]
-        modes: Vec<baton::bench::Mode>,
+        modes: Vec<baton::tools::bench::Mode>,
         /// Content chunks per stream.
         #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
         chunks: u32,
@@ -325,7 +325,7 @@ async fn main() -> ExitCode {
                 }),
             ..
         } => {
-            use baton::stall_bench::{Profile, StallBenchOptions};
+            use baton::tools::stall_bench::{Profile, StallBenchOptions};
             let mut chosen = Vec::new();
             for name in &profiles {
                 match Profile::ALL.iter().find(|p| p.name() == name) {
@@ -342,7 +342,7 @@ async fn main() -> ExitCode {
                 seed,
                 profiles: chosen,
             };
-            baton::stall_bench::main(options, json)
+            baton::tools::stall_bench::main(options, json)
         }
         Command::Bench {
             what: None,
@@ -354,7 +354,7 @@ async fn main() -> ExitCode {
             proxy_nodelay,
             json,
         } => {
-            let options = baton::bench::BenchOptions {
+            let options = baton::tools::bench::BenchOptions {
                 sizes,
                 modes,
                 chunks,
@@ -363,7 +363,7 @@ async fn main() -> ExitCode {
                 proxy_nodelay,
                 ..Default::default()
             };
-            baton::bench::main(options, json).await
+            baton::tools::bench::main(options, json).await
         }
         Command::Soak {
             sessions,
@@ -372,14 +372,14 @@ async fn main() -> ExitCode {
             interval_ms,
             json,
         } => {
-            let options = baton::soak::SoakOptions {
+            let options = baton::tools::soak::SoakOptions {
                 sessions: sessions as usize,
                 concurrency: concurrency as usize,
                 seed,
                 interval_ms,
                 ..Default::default()
             };
-            baton::soak::main(options, json).await
+            baton::tools::soak::main(options, json).await
         }
     }
 }
@@ -565,7 +565,7 @@ impl Signals {
 
 /// The demo scenario, continuously, under the live dashboard.
 async fn demo_dashboard(seed: u64, record: Option<PathBuf>) -> ExitCode {
-    let world = match baton::demo::DemoWorld::start(seed, baton::demo::Outages::LIVE).await {
+    let world = match baton::tools::demo::DemoWorld::start(seed, baton::tools::demo::Outages::LIVE).await {
         Ok(world) => world,
         Err(e) => {
             eprintln!("baton demo: {e}");
@@ -583,7 +583,7 @@ async fn demo_dashboard(seed: u64, record: Option<PathBuf>) -> ExitCode {
         None => None,
     };
     let feed = baton::dashboard::from_broadcast(world.events.subscribe());
-    let sessions = tokio::spawn(baton::demo::run_continuous(world, 4.0, seed));
+    let sessions = tokio::spawn(baton::tools::demo::run_continuous(world, 4.0, seed));
     let code = dashboard(feed, "in-process demo: faulty primary, 2 fallbacks, faulty thinker").await;
     sessions.abort();
     if let Some(recorder) = recorder {

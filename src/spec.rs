@@ -1,7 +1,7 @@
 //! What a recording needs to rebuild a session: the ladder's routes and rules,
 //! and the caller's request before any continuation.
 //!
-//! Both travel in [`EventKind::SessionStarted`](crate::event::EventKind::SessionStarted).
+//! Both travel in [`EventKind::SessionStarted`](crate::engine::event::EventKind::SessionStarted).
 //! Providers (URLs, API keys) are never part of them: a re-drive plugs in
 //! scripted providers instead.
 
@@ -12,14 +12,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::continuation::ContinuationMode;
-use crate::deadline::{Adaptive, Deadlines};
-use crate::hedge::HedgePolicy;
-use crate::ladder::{Ladder, RetryPolicy, Route};
-use crate::loopguard::LoopConfig;
-use crate::overlap::OverlapMode;
+use crate::policy::deadline::{Adaptive, Deadlines};
+use crate::policy::hedge::HedgePolicy;
+use crate::policy::ladder::{Ladder, RetryPolicy, Route};
+use crate::policy::loopguard::LoopConfig;
+use crate::policy::overlap::OverlapMode;
 use crate::provider::Provider;
 use crate::request::{ChatRequest, Message};
-use crate::safe_reply::SafeReply;
+use crate::rungs::safe_reply::SafeReply;
 use crate::serde_ms as ms;
 
 /// A ladder without its providers.
@@ -154,7 +154,7 @@ impl LadderSpec {
                 after_ms: h.after.map(|d| d.as_millis() as u64),
                 min_samples: h.min_samples,
             }),
-            reasoning_marker: (ladder.reasoning_marker != crate::reasoning::SEAM_MARKER)
+            reasoning_marker: (ladder.reasoning_marker != crate::policy::reasoning::SEAM_MARKER)
                 .then(|| ladder.reasoning_marker.clone()),
             forward_late_reasoning: ladder.forward_late_reasoning,
         }
@@ -257,10 +257,10 @@ impl RequestSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deadline::AdaptiveStall;
     use crate::oracle::fault::{FaultPlan, FaultScript};
     use crate::oracle::provider::MockProvider;
     use crate::oracle::Style;
+    use crate::policy::deadline::AdaptiveStall;
 
     #[test]
     fn a_ladder_round_trips_through_its_spec() {

@@ -10,13 +10,13 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::sync::broadcast;
 
-use baton::deadline::{Adaptive, AdaptiveStall};
-use baton::event::EngineEvent;
-use baton::health::RouteHealth;
+use baton::engine::event::EngineEvent;
 use baton::oracle::fault::{FaultPlan, FaultScript};
 use baton::oracle::provider::MockProvider;
 use baton::oracle::script::Pacing;
 use baton::oracle::{answer, Style};
+use baton::policy::deadline::{Adaptive, AdaptiveStall};
+use baton::policy::health::RouteHealth;
 use baton::provider::{ChunkStream, Provider, UpstreamRequest};
 use baton::record::reader::RecordedSession;
 use baton::record::verify::{self, Outcome};

@@ -174,7 +174,7 @@ async fn an_anthropic_route_that_rejects_prefill_continues_by_instruction_and_re
         baton::Route::new("gpt", "gpt-oracle", std::sync::Arc::new(primary)),
         anthropic_route("claude", &claude),
     ]));
-    let kinds = |c: &baton::splice::Completion| c.failures.iter().map(|f| f.kind.clone()).collect::<Vec<_>>();
+    let kinds = |c: &baton::engine::splice::Completion| c.failures.iter().map(|f| f.kind.clone()).collect::<Vec<_>>();
     let first = splicer
         .collect(baton::ChatRequest::new(conversation("no prefill 1")))
         .await;

@@ -17,15 +17,15 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use tokio::time::Instant;
 
-use baton::deadline::{DEFAULT_FLOOR, DEFAULT_OWN_GAPS};
-use baton::loopguard::DEFAULT_MARKER as LOOP_MARKER;
+use baton::engine::splice::{Collected, Completion, SpliceError};
 use baton::oracle::fault::{FaultPlan, FaultScript};
 use baton::oracle::provider::MockProvider;
 use baton::oracle::script::{Pacing, LOOP_PHRASE};
 use baton::oracle::{self, Style};
+use baton::policy::deadline::{DEFAULT_FLOOR, DEFAULT_OWN_GAPS};
+use baton::policy::loopguard::DEFAULT_MARKER as LOOP_MARKER;
+use baton::policy::reasoning::SEAM_MARKER;
 use baton::provider::{Chunk, ChunkStream, Provider, UpstreamRequest};
-use baton::reasoning::SEAM_MARKER;
-use baton::splice::{Collected, Completion, SpliceError};
 use baton::{
     ChatRequest, ClientItem, ContinuationMode, EventKind, FailureClass, FailureKind, Ladder, Message, Role, Route,
     Splicer,
@@ -425,7 +425,7 @@ const SEAM_STYLES: [Style; 4] = [
 
 /// One route learning by itself: a fallback in `mode`/`style`, whole or streamed.
 struct Seam {
-    health: Arc<baton::health::RouteHealth>,
+    health: Arc<baton::policy::health::RouteHealth>,
     fallback: Arc<MockProvider>,
     mode: ContinuationMode,
     style: Style,

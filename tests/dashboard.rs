@@ -8,7 +8,7 @@ use baton::continuation::ContinuationMode;
 use baton::dashboard::app::{App, Control};
 use baton::dashboard::model::{Model, DETAILED_SESSIONS, HANDOVER_LOG};
 use baton::dashboard::ui::draw;
-use baton::event::{EngineEvent, EventKind};
+use baton::engine::event::{EngineEvent, EventKind};
 use baton::failure::{Failure, FailureKind};
 use baton::provider::UpstreamRequest;
 use baton::Usage;
@@ -471,11 +471,11 @@ fn replay_keys_pause_change_speed_and_jump_between_handovers() {
 /// the cache finished and one the safe reply closed, from real sessions.
 #[tokio::test(start_paused = true)]
 async fn the_cache_and_the_safe_reply_show_as_routes_and_handovers() {
-    use baton::cache::{CacheLimits, CacheRung, CacheUse, ResponseCache};
     use baton::oracle::fault::{FaultPlan, FaultScript};
     use baton::oracle::provider::MockProvider;
     use baton::oracle::Style;
-    use baton::safe_reply::SafeReply;
+    use baton::rungs::cache::{CacheLimits, CacheRung, CacheUse, ResponseCache};
+    use baton::rungs::safe_reply::SafeReply;
     use baton::{ChatRequest, Ladder, Message, Role, Route, Splicer};
     use std::sync::Arc;
 
@@ -549,11 +549,11 @@ fn opened_as(route: &str, model: &str, attempt: u32, prefix_bytes: u64) -> Event
     }
 }
 
-fn breaker(route: &str, model: Option<&str>, to: baton::breaker::BreakerState) -> EventKind {
+fn breaker(route: &str, model: Option<&str>, to: baton::policy::breaker::BreakerState) -> EventKind {
     EventKind::Breaker {
         route: route.into(),
         model: model.map(str::to_string),
-        from: baton::breaker::BreakerState::Closed,
+        from: baton::policy::breaker::BreakerState::Closed,
         to,
     }
 }
@@ -611,7 +611,7 @@ fn two_models() -> App {
             at(
                 &mut app,
                 s,
-                breaker("primary", Some("bad"), baton::breaker::BreakerState::Open),
+                breaker("primary", Some("bad"), baton::policy::breaker::BreakerState::Open),
             );
         }
         at(&mut app, s, opened_as("fallback", "oracle", 2, 0));
@@ -644,7 +644,7 @@ fn two_models() -> App {
 
 #[test]
 fn a_route_serving_several_models_shows_each_models_health() {
-    use baton::breaker::BreakerState;
+    use baton::policy::breaker::BreakerState;
     let app = two_models();
     let routes = &app.live.routes;
     let (name, primary) = &routes[0];
@@ -716,14 +716,14 @@ fn model_rows_that_do_not_fit_are_counted_and_every_route_keeps_its_row() {
 #[test]
 fn models_per_route_are_bounded_and_old_breaker_events_still_count() {
     let mut model = Model::default();
-    let n = baton::health::MAX_MODELS + 10;
+    let n = baton::policy::health::MAX_MODELS + 10;
     for i in 0..n {
         let now = Duration::from_millis(i as u64);
         model.apply(&ev(i as u128, 0, started("any", 1)), now);
         model.apply(&ev(i as u128, 1, opened_as("open", &format!("m{i}"), 1, 0)), now);
     }
     let (_, open) = &model.routes[0];
-    assert_eq!(open.models.len(), baton::health::MAX_MODELS);
+    assert_eq!(open.models.len(), baton::policy::health::MAX_MODELS);
     assert_eq!(open.attempts, n as u64, "the route counts every attempt");
     assert!(
         open.models.iter().all(|(name, _)| name != "m0"),
@@ -732,10 +732,13 @@ fn models_per_route_are_bounded_and_old_breaker_events_still_count() {
     assert!(open.models.iter().any(|(name, _)| *name == format!("m{}", n - 1)));
     // A recording made when breakers were per route: the route's state is the event's.
     model.apply(
-        &ev(1, 5, breaker("open", None, baton::breaker::BreakerState::Open)),
+        &ev(1, 5, breaker("open", None, baton::policy::breaker::BreakerState::Open)),
         Duration::from_secs(1),
     );
-    assert_eq!(model.routes[0].1.breaker, Some(baton::breaker::BreakerState::Open));
+    assert_eq!(
+        model.routes[0].1.breaker,
+        Some(baton::policy::breaker::BreakerState::Open)
+    );
     assert_eq!(model.routes[0].1.health(Duration::from_secs(1)), "open");
 }
 
@@ -791,7 +794,7 @@ fn thinking_app(answer: Option<&str>) -> App {
         ev(b, 900, failure("primary", 2, 0)),
         ev(b, 905, opened_as("fallback", "oracle-think-small", 2, 0)),
         ev(b, 940, handover("primary", "fallback", "stall", 0)),
-        ev(b, 940, reasoning("fallback", baton::reasoning::SEAM_MARKER)),
+        ev(b, 940, reasoning("fallback", baton::policy::reasoning::SEAM_MARKER)),
         ev(b, 950, reasoning("fallback", "Fresh look: scattering.")),
     ];
     if let Some(text) = answer {

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use baton::continuation::ContinuationMode;
+use baton::engine::splice::Collected;
 use baton::oracle::{answer, Style};
 use baton::provider::openai::OpenAiProvider;
-use baton::splice::Collected;
 use baton::{ChatRequest, Deadlines, FailureClass, Ladder, Message, Role, Route, Splicer};
 
 const DEADLINES: Deadlines = Deadlines {

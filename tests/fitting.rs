@@ -11,12 +11,12 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::json;
 
-use baton::breaker::BreakerState;
-use baton::event::EngineEvent;
-use baton::fit::DEFAULT_RESERVE;
+use baton::engine::event::EngineEvent;
 use baton::oracle::fault::{FaultPlan, FaultScript};
 use baton::oracle::provider::MockProvider;
 use baton::oracle::{answer, Style};
+use baton::policy::breaker::BreakerState;
+use baton::policy::fit::DEFAULT_RESERVE;
 use baton::provider::{ChunkStream, Provider, UpstreamRequest};
 use baton::record::verify::Outcome;
 use baton::request::estimate_tokens;
@@ -100,7 +100,7 @@ impl Provider for Recall {
     }
 }
 
-fn failures(done: &baton::splice::Collected) -> Vec<(String, String, FailureClass)> {
+fn failures(done: &baton::engine::splice::Collected) -> Vec<(String, String, FailureClass)> {
     let completion = done
         .outcome
         .as_ref()

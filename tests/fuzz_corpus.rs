@@ -87,7 +87,7 @@ fn tool_calls_corpus() {
 #[test]
 fn the_overlap_reference_follows_the_documented_rule() {
     use baton::fuzzing::overlap_reference;
-    use baton::overlap::{Evidence, OverlapMode};
+    use baton::policy::overlap::{Evidence, OverlapMode};
     let auto = Evidence::default();
     let seen = Evidence {
         seen_echoing: true,

@@ -16,16 +16,16 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
-use baton::breaker::{BreakerConfig, BreakerState};
-use baton::budget::BudgetConfig;
-use baton::health::{RouteHealth, MAX_MODELS};
-use baton::hedge::HedgePolicy;
+use baton::engine::watchdog::Deadlines;
 use baton::oracle::fault::{FaultPlan, FaultScript};
 use baton::oracle::provider::MockProvider;
 use baton::oracle::script::Pacing;
 use baton::oracle::{answer, Style};
+use baton::policy::breaker::{BreakerConfig, BreakerState};
+use baton::policy::budget::BudgetConfig;
+use baton::policy::health::{RouteHealth, MAX_MODELS};
+use baton::policy::hedge::HedgePolicy;
 use baton::provider::{ChunkStream, Provider, UpstreamRequest};
-use baton::watchdog::Deadlines;
 use baton::{ChatRequest, EventKind, Ladder, Message, Role, Route, Splicer};
 
 use support::{drain, raw_upstream, Serve, Served, Sse};
@@ -493,7 +493,7 @@ async fn a_429_hands_over_at_once_while_a_rung_remains() {
 
 #[tokio::test(start_paused = true)]
 async fn on_the_last_rung_a_429_is_retried_after_at_least_the_floor() {
-    let floor = baton::ladder::RetryPolicy::default().rate_limit_floor;
+    let floor = baton::policy::ladder::RetryPolicy::default().rate_limit_floor;
     assert!(
         floor >= Duration::from_millis(100),
         "a floor of hundreds of milliseconds"
@@ -559,7 +559,7 @@ async fn a_rate_limited_primary_is_the_last_rung_when_the_fallback_is_open() {
     let retried = retries(&drain(&mut events));
     assert_eq!(retried.len(), 1, "{retried:?}");
     assert_eq!(retried[0].0, "primary");
-    assert!(started.elapsed() >= baton::ladder::RetryPolicy::default().rate_limit_floor);
+    assert!(started.elapsed() >= baton::policy::ladder::RetryPolicy::default().rate_limit_floor);
 }
 
 // ---- d. hedge after a failed hedge ----------------------------------------

@@ -18,6 +18,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use baton::engine::splice::Collected;
 use baton::oracle::fault::{FaultPlan, FaultScript};
 use baton::oracle::provider::MockProvider;
 use baton::oracle::script::{chunk_json, Pacing};
@@ -25,7 +26,6 @@ use baton::oracle::{answer, chunks, conversation_hash, Style};
 use baton::provider::openai::{parse_sse_event, OpenAiProvider};
 use baton::provider::sse::{decode_body, SseLimits};
 use baton::provider::{ChunkStream, Provider, UpstreamRequest};
-use baton::splice::Collected;
 use baton::{ChatRequest, Deadlines, Ladder, Message, Role, Route, Splicer};
 use serde_json::Value;
 use support::{http_chunk, oracle_upstream, raw_upstream, serve, Served, Sse};
@@ -196,7 +196,7 @@ async fn splice(base_url: &str, conversation: &[Message], deadlines: Deadlines) 
 
 /// Asserts that the client got the oracle's whole answer from the hostile
 /// route alone, without a failure; the completion.
-fn assert_untouched(done: Collected, conversation: &[Message]) -> baton::splice::Completion {
+fn assert_untouched(done: Collected, conversation: &[Message]) -> baton::engine::splice::Completion {
     assert_eq!(done.text, answer(conversation));
     let completion = done.outcome.expect("complete");
     assert!(completion.failures.is_empty(), "{:?}", completion.failures);

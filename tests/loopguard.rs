@@ -14,15 +14,15 @@ use std::sync::Arc;
 
 use futures::stream;
 
-use baton::event::EngineEvent;
-use baton::loopguard::{LoopConfig, CHECK_EVERY, DEFAULT_MARKER};
+use baton::engine::event::EngineEvent;
+use baton::engine::splice::Collected;
 use baton::oracle::fault::{FaultPlan, FaultScript};
 use baton::oracle::provider::MockProvider;
 use baton::oracle::script::{LOOP_PHRASE, LOOP_REPEATS};
 use baton::oracle::{answer, Style};
+use baton::policy::loopguard::{LoopConfig, CHECK_EVERY, DEFAULT_MARKER};
 use baton::provider::{Chunk, ChunkStream, Provider, UpstreamRequest};
 use baton::record::verify::Outcome;
-use baton::splice::Collected;
 use baton::{
     ChatRequest, ContinuationMode, EventKind, FailureClass, FailureKind, Ladder, Message, Role, Route, Splicer,
 };
@@ -92,7 +92,7 @@ fn attempts(events: &[EngineEvent]) -> Vec<(String, u64, Vec<Message>)> {
         .collect()
 }
 
-fn completed<'a>(done: &'a Collected, case: &str) -> &'a baton::splice::Completion {
+fn completed<'a>(done: &'a Collected, case: &str) -> &'a baton::engine::splice::Completion {
     done.outcome
         .as_ref()
         .unwrap_or_else(|e| panic!("[{case}] expected a completion, got {e:?}"))

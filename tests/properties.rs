@@ -11,7 +11,7 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 
 use baton::oracle::{self, script::chunk_json};
-use baton::overlap::{self, Evidence, OverlapTrim};
+use baton::policy::overlap::{self, Evidence, OverlapTrim};
 use baton::provider::openai::parse_data;
 use baton::provider::sse::{SseDecoder, SseError, SseEvent, SseLimits};
 use baton::provider::Chunk;

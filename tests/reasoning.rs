@@ -10,13 +10,13 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use baton::engine::splice::ClientItem;
+use baton::engine::watchdog::Deadlines;
 use baton::oracle::fault::{FaultPlan, FaultScript};
 use baton::oracle::provider::MockProvider;
 use baton::oracle::script::Pacing;
 use baton::oracle::{answer, chunks, conversation_hash, thinking, Style};
 use baton::record::verify::Outcome;
-use baton::splice::ClientItem;
-use baton::watchdog::Deadlines;
 use baton::{ChatRequest, Ladder, Message, Role, Route, Splicer};
 use futures::StreamExt;
 
@@ -246,7 +246,7 @@ async fn an_anthropic_routes_thinking_reaches_an_openai_client_as_reasoning() {
         .iter()
         .all(|c| c.pointer("/choices/0/delta/reasoning").is_none()));
     let reasoning = sse.reasoning();
-    let marker = baton::reasoning::SEAM_MARKER;
+    let marker = baton::policy::reasoning::SEAM_MARKER;
     let expected = format!("{}{marker}{}", thinking_until(&messages, 4), thinking(&messages));
     assert_eq!(
         reasoning, expected,
@@ -588,7 +588,7 @@ async fn the_operator_chooses_the_field_reasoning_goes_out_in() {
     let expected = format!(
         "{}{}{}",
         thinking_until(&messages, 4),
-        baton::reasoning::SEAM_MARKER,
+        baton::policy::reasoning::SEAM_MARKER,
         thinking(&messages)
     );
     let fields = |sse: &support::Sse| {

@@ -12,11 +12,11 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
+use baton::engine::splice::{ClientItem, Collected};
+use baton::engine::watchdog::Deadlines;
+use baton::policy::reasoning::SEAM_MARKER;
 use baton::provider::{Chunk, ChunkStream, Provider, ReasoningField, UpstreamRequest};
-use baton::reasoning::SEAM_MARKER;
 use baton::record::verify::Outcome;
-use baton::splice::{ClientItem, Collected};
-use baton::watchdog::Deadlines;
 use baton::{ChatRequest, EventKind, FailureClass, Ladder, Message, Role, Route, Splicer};
 use support::{drain, scripted, verify_events, End, Reply, Serve, Sse};
 
@@ -355,7 +355,10 @@ async fn a_thought_ends_a_hedge_race_like_a_token() {
     ]);
     let fallback = Steps::new(vec![[vec![say(5_000, "late")], end("stop")].concat()]);
     let mut ladder = ladder(primary, fallback.clone());
-    ladder.hedge = Some(baton::hedge::HedgePolicy::new(Some(Duration::from_secs(1)), 1_000));
+    ladder.hedge = Some(baton::policy::hedge::HedgePolicy::new(
+        Some(Duration::from_secs(1)),
+        1_000,
+    ));
     let done = Splicer::new(ladder).collect(question()).await;
     assert_eq!(done.text, "Blue.");
     assert_eq!(done.reasoning, "hmm");

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use tokio::sync::{broadcast, oneshot};
 
 use baton::config::Config;
-use baton::event::EngineEvent;
+use baton::engine::event::EngineEvent;
 use baton::oracle::fault::{FaultPlan, FaultScript};
 use baton::oracle::provider::MockProvider;
 use baton::oracle::Style;
@@ -87,7 +87,7 @@ fn the_recordings_in_demos_verify() {
         .filter(|s| {
             s.events
                 .iter()
-                .any(|e| matches!(&e.kind, EventKind::Reasoning { text, .. } if text == baton::reasoning::SEAM_MARKER))
+                .any(|e| matches!(&e.kind, EventKind::Reasoning { text, .. } if text == baton::policy::reasoning::SEAM_MARKER))
         })
         .count();
     assert_eq!(seams, 2, "the thinking stall and the think-only answer");
@@ -407,7 +407,7 @@ async fn sessions_recorded_through_the_library_verify() {
             })
             .collect();
         let (before, after) = reasoning
-            .split_once(baton::reasoning::SEAM_MARKER)
+            .split_once(baton::policy::reasoning::SEAM_MARKER)
             .unwrap_or_else(|| panic!("[{ladder}] no seam in {reasoning:?}"));
         assert!(
             before.starts_with("Thinking:") && after.starts_with("Thinking:"),
@@ -802,8 +802,8 @@ async fn secrets_never_reach_a_recording() {
 /// resort, the safe reply, a route skipped by a business rule — replay too.
 #[tokio::test(start_paused = true)]
 async fn sessions_answered_by_the_cache_the_safe_reply_or_a_business_rule_verify() {
-    use baton::cache::{CacheLimits, CacheRung, CacheUse, ResponseCache};
-    use baton::safe_reply::SafeReply;
+    use baton::rungs::cache::{CacheLimits, CacheRung, CacheUse, ResponseCache};
+    use baton::rungs::safe_reply::SafeReply;
 
     let dir = TempDir::new("rungs");
     let events = broadcast::channel::<EngineEvent>(1 << 16).0;
@@ -829,7 +829,7 @@ async fn sessions_answered_by_the_cache_the_safe_reply_or_a_business_rule_verify
         .await;
     assert_eq!(
         finished.outcome.expect("complete").route_chain,
-        ["primary", baton::cache::CACHE_ROUTE]
+        ["primary", baton::rungs::cache::CACHE_ROUTE]
     );
     // The safe reply, whole and as a closing note.
     for (name, fault) in [("safe", "500"), ("note", "drop@5")] {

@@ -9,15 +9,15 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use baton::breaker::{BreakerConfig, BreakerState, ProbeMode};
-use baton::budget::BudgetConfig;
-use baton::health::RouteHealth;
+use baton::engine::splice::Collected;
+use baton::engine::watchdog::Deadlines;
 use baton::oracle::fault::{FaultPlan, FaultScript};
 use baton::oracle::provider::MockProvider;
 use baton::oracle::{answer, Style};
+use baton::policy::breaker::{BreakerConfig, BreakerState, ProbeMode};
+use baton::policy::budget::BudgetConfig;
+use baton::policy::health::RouteHealth;
 use baton::provider::{ChunkStream, Provider, UpstreamRequest};
-use baton::splice::Collected;
-use baton::watchdog::Deadlines;
 use baton::{ChatRequest, EngineEvent, EventKind, FailureKind, Ladder, Message, Role, Route, Splicer};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
@@ -63,7 +63,7 @@ impl Provider for Outage {
         self.requests
             .lock()
             .unwrap()
-            .push((at, baton::probe::is_probe(&request)));
+            .push((at, baton::engine::probe::is_probe(&request)));
         if at >= self.down {
             return self.healthy.stream(request);
         }

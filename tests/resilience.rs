@@ -7,13 +7,13 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton::breaker::{BreakerConfig, BreakerState};
-use baton::budget::BudgetConfig;
-use baton::health::RouteHealth;
+use baton::engine::splice::SpliceError;
 use baton::oracle::fault::{FaultPlan, FaultScript};
 use baton::oracle::provider::MockProvider;
 use baton::oracle::{answer, Style};
-use baton::splice::SpliceError;
+use baton::policy::breaker::{BreakerConfig, BreakerState};
+use baton::policy::budget::BudgetConfig;
+use baton::policy::health::RouteHealth;
 use baton::{ChatRequest, EventKind, FailureClass, FailureKind, Ladder, Message, Role, Route, Splicer};
 
 fn mock(fault: &str) -> Arc<MockProvider> {

@@ -5,13 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton::cache::{CacheLimits, CacheRung, CacheUse, ResponseCache, CACHE_MODEL, CACHE_ROUTE};
+use baton::engine::splice::ClientItem;
 use baton::oracle::fault::{FaultPlan, FaultScript};
 use baton::oracle::provider::MockProvider;
 use baton::oracle::script::Pacing;
 use baton::oracle::{answer, Style};
-use baton::safe_reply::{SafeReply, SAFE_REPLY_MODEL, SAFE_REPLY_ROUTE};
-use baton::splice::ClientItem;
+use baton::rungs::cache::{CacheLimits, CacheRung, CacheUse, ResponseCache, CACHE_MODEL, CACHE_ROUTE};
+use baton::rungs::safe_reply::{SafeReply, SAFE_REPLY_MODEL, SAFE_REPLY_ROUTE};
 use baton::{ChatRequest, EventKind, Ladder, Message, Role, Route, Splicer};
 use futures::StreamExt;
 
@@ -169,7 +169,7 @@ async fn without_a_safe_reply_an_exhausted_ladder_still_fails() {
     let done = Splicer::new(ladder).collect(ChatRequest::new(conversation(6))).await;
     assert!(matches!(
         done.outcome,
-        Err(baton::splice::SpliceError::Exhausted { .. })
+        Err(baton::engine::splice::SpliceError::Exhausted { .. })
     ));
 }
 

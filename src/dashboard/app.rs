@@ -7,7 +7,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use uuid::Uuid;
 
 use super::model::{Model, SessionView};
-use crate::event::EngineEvent;
+use crate::engine::event::EngineEvent;
 
 /// The panels that take the focus, in Tab order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::BroadcastStream;
 
-use crate::event::EngineEvent;
+use crate::engine::event::EngineEvent;
 use app::{App, Control};
 
 /// How often the screen is redrawn.

@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use crate::breaker::BreakerState;
-use crate::event::{EngineEvent, EventKind};
+use crate::engine::event::{EngineEvent, EventKind};
 use crate::failure::{FailureClass, FailureKind};
-use crate::health::MAX_MODELS;
-use crate::reasoning::Phase;
+use crate::policy::breaker::BreakerState;
+use crate::policy::health::MAX_MODELS;
+use crate::policy::reasoning::Phase;
 
 /// Sessions kept in detail.
 pub const DETAILED_SESSIONS: usize = 500;
@@ -555,8 +555,8 @@ impl Model {
                 }
             }
             // The cache and the safe reply show as routes of their own.
-            EventKind::CacheHit { .. } => self.route(crate::cache::CACHE_ROUTE).attempts += 1,
-            EventKind::SafeReply { .. } => self.route(crate::safe_reply::SAFE_REPLY_ROUTE).attempts += 1,
+            EventKind::CacheHit { .. } => self.route(crate::rungs::cache::CACHE_ROUTE).attempts += 1,
+            EventKind::SafeReply { .. } => self.route(crate::rungs::safe_reply::SAFE_REPLY_ROUTE).attempts += 1,
             EventKind::FirstToken { route, ttft_ms } => {
                 self.route(route).push_ttft(*ttft_ms);
                 if let Some(m) = self.session_model(&id, route, now) {

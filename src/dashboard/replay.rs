@@ -11,7 +11,7 @@ use crossterm::event::{KeyCode, KeyEvent};
 
 use super::app::App;
 use super::model::Model;
-use crate::event::{EngineEvent, EventKind};
+use crate::engine::event::{EngineEvent, EventKind};
 use crate::record::reader::Recording;
 
 /// Slowest replay speed.

@@ -15,7 +15,7 @@ pub mod provider;
 pub mod script;
 pub mod server;
 
-use crate::overlap::MIN_OVERLAP;
+use crate::policy::overlap::MIN_OVERLAP;
 use crate::request::{Message, Role};
 pub use crate::rng::SplitMix;
 

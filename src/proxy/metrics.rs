@@ -7,8 +7,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::engine::splice::Handover;
 use crate::failure::Failure;
-use crate::splice::Handover;
 use crate::usage::Tally;
 
 /// Labels of a session outcome.
@@ -357,9 +357,9 @@ impl Metrics {
     }
 
     /// Brings `baton_hedges_total{ladder}` up to `policy`'s counts.
-    pub fn hedges(&self, ladder: &str, policy: &crate::hedge::HedgePolicy) {
+    pub fn hedges(&self, ladder: &str, policy: &crate::policy::hedge::HedgePolicy) {
         let _one = self.hedges_sync.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        for outcome in crate::hedge::Outcome::ALL {
+        for outcome in crate::policy::hedge::Outcome::ALL {
             let counter = self.hedges.get_or_create(&HedgeLabels {
                 ladder: ladder.to_string(),
                 outcome: outcome.as_str().to_string(),
@@ -384,15 +384,15 @@ impl Metrics {
 
     /// Sets what `route` knows of `health`'s model: breaker state, the stall
     /// deadline an attempt opening now would get, a learned window, attempts.
-    pub fn model_health(&self, route: &str, health: &crate::health::ModelHealth, stall: std::time::Duration) {
+    pub fn model_health(&self, route: &str, health: &crate::policy::health::ModelHealth, stall: std::time::Duration) {
         let labels = ModelLabels {
             route: route.to_string(),
             model: health.name().to_string(),
         };
         let state = match health.state() {
-            crate::breaker::BreakerState::Closed => 0,
-            crate::breaker::BreakerState::HalfOpen => 1,
-            crate::breaker::BreakerState::Open => 2,
+            crate::policy::breaker::BreakerState::Closed => 0,
+            crate::policy::breaker::BreakerState::HalfOpen => 1,
+            crate::policy::breaker::BreakerState::Open => 2,
         };
         self.breaker_state.get_or_create(&labels).set(state);
         self.stall_deadline

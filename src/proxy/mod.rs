@@ -48,10 +48,10 @@ use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::BroadcastStream;
 
 use crate::config::{glob_match, Config, Secret, ServerLimits};
-use crate::event::EngineEvent;
+use crate::engine::event::EngineEvent;
+use crate::engine::splice::{Splicer, EVENT_CAPACITY};
 use crate::record::{RecordOptions, Recorder};
 use crate::request::ChatRequest;
-use crate::splice::{Splicer, EVENT_CAPACITY};
 use metrics::Metrics;
 use session::{Guarded, Session};
 use wire::ApiError;
@@ -78,7 +78,7 @@ struct Entry {
     routes: Vec<String>,
     splicer: Splicer,
     /// The field its reasoning goes out in.
-    reasoning_field: crate::reasoning::OutgoingField,
+    reasoning_field: crate::policy::reasoning::OutgoingField,
 }
 
 /// Everything a request handler needs.
@@ -196,7 +196,8 @@ pub async fn serve(
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let (router, state) = router(config, phase_rx);
     // Routes with `probe = "active"`: baton probes their open breakers itself, until it stops.
-    let prober = crate::probe::Prober::for_ladders(config.ladders.iter().map(|l| &l.ladder), state.events.clone());
+    let prober =
+        crate::engine::probe::Prober::for_ladders(config.ladders.iter().map(|l| &l.ladder), state.events.clone());
     // Recording: subscribed before the first request, written off the hot path.
     let recorder = match &config.record_dir {
         Some(dir) => {

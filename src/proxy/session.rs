@@ -35,12 +35,12 @@ use uuid::Uuid;
 use super::metrics::LadderLabels;
 use super::wire::{self, ApiError, ChunkWriter};
 use super::{reached, AppState, Phase};
-use crate::cache::CACHE_ROUTE;
+use crate::engine::splice::{ClientItem, SpliceError, SpliceStream};
 use crate::live::LiveGuard;
+use crate::policy::reasoning::OutgoingField;
 use crate::provider::ReasoningField;
-use crate::reasoning::OutgoingField;
-use crate::safe_reply::SAFE_REPLY_ROUTE;
-use crate::splice::{ClientItem, SpliceError, SpliceStream};
+use crate::rungs::cache::CACHE_ROUTE;
+use crate::rungs::safe_reply::SAFE_REPLY_ROUTE;
 
 /// Chunks a streamed answer may hold between its pump and its client.
 pub const STREAM_BUFFER_CHUNKS: usize = 32;

@@ -5,9 +5,9 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
+use crate::engine::splice::{Handover, SpliceError};
 use crate::provider::ReasoningField;
 use crate::request::{Message, Role};
-use crate::splice::{Handover, SpliceError};
 use crate::usage::Tally;
 
 /// An OpenAI-style error response: `{"error": {"message", "type", "code"}}`.

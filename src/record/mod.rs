@@ -58,7 +58,7 @@ use tokio::sync::broadcast::{
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::event::{EngineEvent, EventKind};
+use crate::engine::event::{EngineEvent, EventKind};
 use crate::request::Message;
 
 /// The recording format version this baton writes and reads.
@@ -566,7 +566,7 @@ impl Writer {
     fn event(&mut self, mut event: EngineEvent) {
         let id = event.session;
         // baton's own events (active probes) belong to no session: nothing to record.
-        if id == crate::event::BATON_SESSION {
+        if id == crate::engine::event::BATON_SESSION {
             return;
         }
         let terminal = matches!(event.kind, EventKind::Finished { .. } | EventKind::Failed { .. });

@@ -13,7 +13,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{FORMAT_VERSION, GAP_EVENT};
-use crate::event::{EngineEvent, EventKind};
+use crate::engine::event::{EngineEvent, EventKind};
 
 /// A `recording_gap` line: events of the session may be missing after `t_ms`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::human_bytes;
 use super::reader::{RecordedSession, Recording};
-use crate::event::{EngineEvent, EventKind, UpstreamItem};
+use crate::engine::event::{EngineEvent, EventKind, UpstreamItem};
 use crate::usage::{self, AttemptTokens, Tally};
 
 /// One session, summarized.

@@ -13,7 +13,7 @@
 //! have); a recording made before those were recorded uses the route's own.
 //! The stall deadline is the exception: a live attempt's watchdog may have
 //! lowered or raised it mid-stream from the stream's own cadence (see
-//! [`crate::deadline::own_stall`]), from gaps a recording keeps only to the
+//! [`crate::policy::deadline::own_stall`]), from gaps a recording keeps only to the
 //! millisecond and stretched by a slow client. So the re-drive does not
 //! re-learn the cadence; it replays each decision: an attempt that stalled
 //! runs under the stall deadline that fired (recorded in its failure), any
@@ -46,15 +46,15 @@ use uuid::Uuid;
 use super::reader::RecordedSession;
 use super::spec::{LadderSpec, RequestSpec};
 use super::FORMAT_VERSION;
-use crate::cache::{CacheLimits, CacheRung, CacheUse, CachedAnswer, ResponseCache, CACHE_ROUTE};
 use crate::continuation::ContinuationMode;
-use crate::deadline::Deadlines;
-use crate::event::{EngineEvent, EventKind, UpstreamItem};
+use crate::engine::event::{EngineEvent, EventKind, UpstreamItem};
+use crate::engine::splice::{Splicer, EVENT_CAPACITY};
 use crate::failure::{FailureClass, FailureKind};
-use crate::health::{Decisions, ModelHealth};
+use crate::policy::deadline::Deadlines;
+use crate::policy::health::{Decisions, ModelHealth};
 use crate::provider::{Chunk, ChunkStream, Provider, UpstreamRequest};
 use crate::request::Usage;
-use crate::splice::{Splicer, EVENT_CAPACITY};
+use crate::rungs::cache::{CacheLimits, CacheRung, CacheUse, CachedAnswer, ResponseCache, CACHE_ROUTE};
 use crate::usage::Tally;
 
 /// The oldest recording format `--verify` can re-drive.
@@ -804,7 +804,7 @@ fn known_echoes(events: &[EngineEvent]) -> Vec<(String, String, ContinuationMode
 
 /// The cache's answer in a recorded session: the text the client had when it
 /// answered, then the deltas it sent, so a re-drive's cache holds the same answer.
-fn cached_answer(events: &[crate::event::EngineEvent]) -> Option<(bool, CachedAnswer)> {
+fn cached_answer(events: &[crate::engine::event::EngineEvent]) -> Option<(bool, CachedAnswer)> {
     let mut before = String::new();
     let mut hit = None;
     let mut deltas = Vec::new();
@@ -1505,7 +1505,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_script_gives_the_recorded_decisions_in_order_whatever_the_health_says() {
-        let health = crate::health::RouteHealth::default().model("m");
+        let health = crate::policy::health::RouteHealth::default().model("m");
         for _ in 0..10 {
             health.record_ttft(Duration::from_millis(50));
         }
@@ -1523,14 +1523,14 @@ mod tests {
             !script.allow_retry(&health),
             "refused as recorded, though the budget is unspent"
         );
-        assert!(script.allow_retry(&crate::health::RouteHealth::default().model("other")));
+        assert!(script.allow_retry(&crate::policy::health::RouteHealth::default().model("other")));
         assert!(script.allow_retry(&health), "past the recording: allowed");
         assert_eq!(script.deadlines(), Some(recorded));
         assert_eq!(script.deadlines(), None, "not recorded: computed");
         assert_eq!(script.hedge_delay(1, &live), None, "not hedged in the recording");
         assert_eq!(script.hedge_delay(3, &live), Some(Duration::from_millis(70)));
         assert!(!script.own_cadence());
-        let live_decisions = crate::health::Live;
+        let live_decisions = crate::policy::health::Live;
         assert_eq!(live_decisions.hedge_delay(1, &live), live());
         assert!(live_decisions.allow_retry(&health) && live_decisions.own_cadence());
     }

@@ -30,9 +30,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, ChildStdout, Command};
 
-use crate::bench::{connect, read_head, read_idle, status_kib_of, SseDecoder};
-use crate::demo::{byte_damage, conversation};
 use crate::oracle::answer;
+use crate::tools::bench::{connect, read_head, read_idle, status_kib_of, SseDecoder};
+use crate::tools::demo::{byte_damage, conversation};
 
 /// How long a child may take to print its listening address.
 const STARTUP: Duration = Duration::from_secs(20);
@@ -786,7 +786,7 @@ pub async fn main(options: SoakOptions, json: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    crate::report::finish("baton soak", &report, json, report.all_intact && report.no_fd_leak)
+    crate::tools::report::finish("baton soak", &report, json, report.all_intact && report.no_fd_leak)
 }
 
 #[cfg(test)]

@@ -26,10 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::health::ModelHealth;
-use futures::StreamExt;
-
-use crate::watchdog::Watched;
+use crate::policy::health::ModelHealth;
 
 /// Default `hedge_min_samples`: recent first-token times needed before a route's p95 counts.
 pub const DEFAULT_MIN_SAMPLES: usize = 5;
@@ -102,7 +99,7 @@ impl HedgePolicy {
     }
 
     /// When an attempt on a route with `health` is hedged under live traffic,
-    /// if at all (a replay hedges as recorded: see [`crate::health::Decisions`]).
+    /// if at all (a replay hedges as recorded: see [`crate::policy::health::Decisions`]).
     pub fn delay(&self, health: &ModelHealth) -> Option<Duration> {
         delay(health.ttft_p95_of(self.min_samples), self.after)
     }
@@ -128,28 +125,6 @@ pub fn delay(p95: Option<Duration>, after: Option<Duration>) -> Option<Duration>
     };
     // Whole milliseconds: the recorded `after_ms` must be exactly what was used.
     Some(Duration::from_millis((d.as_millis() as u64).max(1)))
-}
-
-/// Which attempt of a race produced an item.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Side {
-    /// The attempt the ladder opened.
-    Primary,
-    /// The hedge started for it.
-    Hedge,
-}
-
-/// The next item of either watched stream; on a tie, the primary's.
-pub async fn race<S>(primary: &mut S, hedge: &mut S) -> (Side, Option<Watched>)
-where
-    S: futures::Stream<Item = Watched> + Unpin,
-{
-    // Both `next` futures are cancel-safe: an item is only taken in the poll that returns it.
-    tokio::select! {
-        biased;
-        item = primary.next() => (Side::Primary, item),
-        item = hedge.next() => (Side::Hedge, item),
-    }
 }
 
 #[cfg(test)]
@@ -181,7 +156,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn too_few_samples_are_no_p95() {
-        let health = crate::health::RouteHealth::default().model("m");
+        let health = crate::policy::health::RouteHealth::default().model("m");
         health.record_ttft(ms(50));
         health.record_ttft(ms(60));
         let policy = HedgePolicy::new(None, 3);

@@ -1,7 +1,7 @@
 //! Active probes: baton asks an open (route, model) itself whether it is back.
 //!
 //! With `probe = "active"` on a route, users never get an open breaker's
-//! probe slot (see [`crate::breaker`]); instead a [`Prober`] sends one tiny
+//! probe slot (see [`crate::policy::breaker`]); instead a [`Prober`] sends one tiny
 //! request of its own (one short user message, `max_tokens: 1`) when the
 //! breaker's cool-down ends, and judges it at its first token. So no user
 //! waits on a probe of a slow failure mode, such as an upstream that accepts
@@ -15,13 +15,13 @@ use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::event::{EngineEvent, EventKind, SessionLog, BATON_SESSION};
+use crate::engine::event::{EngineEvent, EventKind, SessionLog, BATON_SESSION};
+use crate::engine::watchdog::{Watchdog, Watched};
 use crate::failure::FailureKind;
-use crate::health::{ModelHealth, Permit};
-use crate::ladder::{Ladder, Route};
+use crate::policy::health::{ModelHealth, Permit};
+use crate::policy::ladder::{Ladder, Route};
 use crate::provider::UpstreamRequest;
 use crate::request::{Message, Role};
-use crate::watchdog::{Watchdog, Watched};
 
 /// The user message of an active probe: any answer at all will do.
 pub const PROBE_MESSAGE: &str = "ping";
@@ -161,7 +161,7 @@ fn breaker_changed(
     log: &SessionLog,
     route: &Route,
     model: &ModelHealth,
-    transition: Option<crate::breaker::Transition>,
+    transition: Option<crate::policy::breaker::Transition>,
 ) {
     if let Some(t) = transition {
         tracing::info!(route = %route.name, model = %model.name(), from = t.from.as_str(), to = t.to.as_str(), "circuit breaker");

@@ -7,14 +7,14 @@
 //! and a recording replays the skip as it happened.
 //!
 //! The latency ceiling looks at the (route, model)'s *recent* first-token times
-//! ([`TtftWindow`](crate::health::TtftWindow), shared by every session): samples older than the window
+//! ([`TtftWindow`](crate::policy::health::TtftWindow), shared by every session): samples older than the window
 //! expire, so a route skipped for being slow is tried again once its bad
 //! samples have aged out, and its next first tokens decide again.
 
 use std::time::Duration;
 
 use crate::failure::FailureKind;
-use crate::health::ModelHealth;
+use crate::policy::health::ModelHealth;
 use crate::provider::UpstreamRequest;
 use crate::request::estimate_tokens;
 
@@ -38,7 +38,7 @@ impl Rules {
     ) -> Option<FailureKind> {
         if let (Some(ceiling), Some(price)) = (self.max_cost_per_request, price_per_1k) {
             // The completion side is the answer reserve context fitting uses.
-            let completion = crate::fit::reserve(&request.params);
+            let completion = crate::policy::fit::reserve(&request.params);
             let tokens = f64::from(estimate_tokens(&request.messages).saturating_add(completion));
             let cost = tokens / 1000.0 * price;
             if cost > ceiling {

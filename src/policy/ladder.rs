@@ -9,19 +9,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cache::CacheRung;
 use crate::continuation::{ContinuationMode, DEFAULT_INSTRUCTION};
-use crate::deadline::{self, Adaptive, Cadence};
 use crate::failure::{FailureClass, FailureKind};
-use crate::health::{Decisions, Live, ModelHealth, RouteHealth};
-use crate::hedge::HedgePolicy;
-use crate::loopguard::LoopConfig;
-use crate::overlap::OverlapMode;
-use crate::provider::{ChunkStream, Provider};
+use crate::policy::deadline::{self, Adaptive, Deadlines};
+use crate::policy::health::{Decisions, Live, ModelHealth, RouteHealth};
+use crate::policy::hedge::HedgePolicy;
+use crate::policy::loopguard::LoopConfig;
+use crate::policy::overlap::OverlapMode;
+use crate::policy::rules::Rules;
+use crate::provider::Provider;
 use crate::request::{estimate_tokens, Message};
-use crate::rules::Rules;
-use crate::safe_reply::SafeReply;
-use crate::watchdog::{Deadlines, Watchdog};
+use crate::rungs::cache::CacheRung;
+use crate::rungs::safe_reply::SafeReply;
 
 /// The route model that means "the model the client asked for".
 pub const PASS_THROUGH_MODEL: &str = "{model}";
@@ -152,25 +151,6 @@ impl Route {
         }
     }
 
-    /// The watchdog for an attempt on this route to `health`'s model: when the
-    /// route's stall deadline adapts, it reports the gaps it sees to that health
-    /// and follows the stream's own cadence. A replay does not re-learn the
-    /// cadence: it re-drives under the deadlines the recording shows (see
-    /// [`crate::record::verify`]).
-    pub fn watchdog(&self, health: &Arc<ModelHealth>, stream: ChunkStream, deadlines: Deadlines) -> Watchdog {
-        let watchdog = Watchdog::new(stream, deadlines);
-        match self.adaptive.stall {
-            Some(rule) if rule.own_gaps > 0 && self.decisions.own_cadence() => {
-                let history = health.gap_history(rule.min_samples);
-                watchdog
-                    .learning(health.clone())
-                    .with_cadence(Cadence::new(rule, self.deadlines.stall, history))
-            }
-            Some(_) => watchdog.learning(health.clone()),
-            None => watchdog,
-        }
-    }
-
     /// Spends one retry on `model` (this route's), if its decisions allow one.
     pub fn allow_retry(&self, model: &ModelHealth) -> bool {
         self.decisions.allow_retry(model)
@@ -274,7 +254,7 @@ impl Ladder {
             safe_reply: None,
             loop_guard: Some(LoopConfig::default()),
             hedge: None,
-            reasoning_marker: crate::reasoning::SEAM_MARKER.to_string(),
+            reasoning_marker: crate::policy::reasoning::SEAM_MARKER.to_string(),
             forward_late_reasoning: false,
         }
     }

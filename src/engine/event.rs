@@ -8,10 +8,10 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::breaker::BreakerState;
 use crate::continuation::ContinuationMode;
-use crate::deadline::Deadlines;
 use crate::failure::{Failure, FailureClass, FailureKind};
+use crate::policy::breaker::BreakerState;
+use crate::policy::deadline::Deadlines;
 use crate::provider::UpstreamRequest;
 use crate::request::Usage;
 use crate::spec::{LadderSpec, RequestSpec};

@@ -35,7 +35,7 @@
 //! With [`ProbeMode::Passive`] (the default) the probe is the next user
 //! request. With [`ProbeMode::Active`] users never get the probe slot: baton
 //! sends its own tiny request when [`Breaker::next_probe`] is due (see
-//! [`crate::probe`]), so no user waits on a slow failure mode. Either way a
+//! [`crate::engine::probe`]), so no user waits on a slow failure mode. Either way a
 //! probe is judged at its first token, not at the attempt's end.
 
 use std::collections::VecDeque;
@@ -58,7 +58,7 @@ pub enum ProbeMode {
     #[default]
     Passive,
     /// baton sends its own tiny probe request; users skip the route until it
-    /// closes. It needs a running [`crate::probe::Prober`] (`baton serve`
+    /// closes. It needs a running [`crate::engine::probe::Prober`] (`baton serve`
     /// starts one; a library calls `Splicer::start_prober`), or an open breaker stays open.
     Active,
 }

@@ -21,16 +21,16 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::event::{EngineEvent, EventKind};
+use crate::engine::event::{EngineEvent, EventKind};
+use crate::engine::splice::Splicer;
 use crate::failure::FailureKind;
-use crate::ladder::{Ladder, Route};
 use crate::oracle::fault::{FaultPlan, FaultScript};
 use crate::oracle::provider::MockProvider;
 use crate::oracle::script::Pacing;
 use crate::oracle::{answer, SplitMix, Style};
+use crate::policy::ladder::{Ladder, Route};
 use crate::provider::{Chunk, ChunkStream, Provider, UpstreamRequest};
 use crate::request::{ChatRequest, Message, Role};
-use crate::splice::Splicer;
 
 /// A jitter profile of a healthy stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -338,8 +338,8 @@ impl fmt::Display for StallReport {
         writeln!(
             f,
             "baton bench stall: default stall policy (adaptive, floor {} ms, ceiling {} ms), seed {}, virtual time",
-            crate::deadline::DEFAULT_FLOOR.as_millis(),
-            crate::watchdog::Deadlines::default().stall.as_millis(),
+            crate::policy::deadline::DEFAULT_FLOOR.as_millis(),
+            crate::engine::watchdog::Deadlines::default().stall.as_millis(),
             o.seed
         )?;
         match o.stall_every {
@@ -393,7 +393,7 @@ pub fn main(options: StallBenchOptions, json: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    crate::report::finish("baton bench stall", &report, json, report.intact())
+    crate::tools::report::finish("baton bench stall", &report, json, report.intact())
 }
 
 #[cfg(test)]

@@ -17,12 +17,12 @@ use tokio::time::Instant;
 
 use tokio::sync::Notify;
 
-use crate::breaker::{Admission, Breaker, BreakerConfig, BreakerState, Outcome, ProbeMode, Transition};
-use crate::budget::{BudgetConfig, RetryBudget};
 use crate::continuation::ContinuationMode;
-use crate::deadline::Deadlines;
-use crate::deadline::{GapHistory, GapSample};
 use crate::failure::{FailureClass, FailureKind};
+use crate::policy::breaker::{Admission, Breaker, BreakerConfig, BreakerState, Outcome, ProbeMode, Transition};
+use crate::policy::budget::{BudgetConfig, RetryBudget};
+use crate::policy::deadline::Deadlines;
+use crate::policy::deadline::{GapHistory, GapSample};
 
 /// The most upstream models one route keeps health for.
 pub const MAX_MODELS: usize = 64;
@@ -441,7 +441,7 @@ impl ModelHealth {
         match failure {
             FailureKind::FirstTokenTimeout { after } => self.record_ttft(*after),
             FailureKind::ContextLength { message } => {
-                if let Some(window) = crate::fit::stated_window(message) {
+                if let Some(window) = crate::policy::fit::stated_window(message) {
                     self.learn_window(window);
                 }
             }

@@ -1,12 +1,12 @@
 //! Hedging inside a session: racing an attempt against a hedge on the next
-//! route, and settling the race (see [`crate::hedge`] for the timing rule).
+//! route, and settling the race (see [`crate::policy::hedge`] for the timing rule).
 
 use super::*;
 
 /// The deltas of a race's loser: the first content of either side ends the race.
 const RACE_LOSER_DELTAS: u64 = 0;
 
-/// Hedging of the attempt the ladder opened (see [`crate::hedge`]).
+/// Hedging of the attempt the ladder opened (see [`crate::policy::hedge`]).
 pub(super) enum Race {
     /// Not hedged (hedging off, no next route, no delay known, or the race is over).
     Off,
@@ -83,7 +83,7 @@ impl<'r> Session<'r> {
                     mut hedge,
                     state: hedge_state,
                 } => {
-                    let (side, next) = crate::hedge::race(&mut attempt.watchdog, &mut hedge.watchdog).await;
+                    let (side, next) = next_of_either(&mut attempt.watchdog, &mut hedge.watchdog).await;
                     match (side, next) {
                         (Side::Primary, Some(Watched::Usage(usage))) => {
                             *race = Race::Running {
@@ -162,7 +162,7 @@ impl<'r> Session<'r> {
             after_ms: after.as_millis() as u64,
         });
         let mut hedge = self.open(next, &state, &ladder.instruction, &ladder.rules);
-        hedge.thought = ladder.loop_guard.as_ref().map(crate::loopguard::TailGuard::new);
+        hedge.thought = ladder.loop_guard.as_ref().map(crate::policy::loopguard::TailGuard::new);
         Race::Running {
             hedge: Box::new(hedge),
             state,
@@ -180,7 +180,7 @@ impl<'r> Session<'r> {
     /// A race ended: `winner` goes on; `cancelled` was still running.
     pub(super) fn hedge_won(&self, ladder: &Ladder, winner: &Attempt, by_hedge: bool, cancelled: Option<&Attempt>) {
         if let Some(policy) = &ladder.hedge {
-            policy.count(crate::hedge::Outcome::of(by_hedge, cancelled.is_some()));
+            policy.count(crate::policy::hedge::Outcome::of(by_hedge, cancelled.is_some()));
         }
         self.log.emit(EventKind::HedgeWon {
             route: winner.route.to_string(),
@@ -189,5 +189,27 @@ impl<'r> Session<'r> {
             cancelled: cancelled.map(|c| c.route.to_string()),
             cancelled_attempt: cancelled.map(|c| c.number),
         });
+    }
+}
+
+/// Which attempt of a race produced an item.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Side {
+    /// The attempt the ladder opened.
+    Primary,
+    /// The hedge started for it.
+    Hedge,
+}
+
+/// The next item of either watched stream; on a tie, the primary's.
+pub(super) async fn next_of_either<S>(primary: &mut S, hedge: &mut S) -> (Side, Option<Watched>)
+where
+    S: futures::Stream<Item = Watched> + Unpin,
+{
+    // Both `next` futures are cancel-safe: an item is only taken in the poll that returns it.
+    tokio::select! {
+        biased;
+        item = primary.next() => (Side::Primary, item),
+        item = hedge.next() => (Side::Hedge, item),
     }
 }

@@ -79,7 +79,7 @@ impl<'r> Session<'r> {
             number: self.attempts,
             thought: None,
             permit,
-            watchdog: route.watchdog(&health, stream, deadlines).into_stream(),
+            watchdog: crate::engine::watchdog::for_route(route, &health, stream, deadlines).into_stream(),
             trim: OverlapTrim::new(&self.emitted, evidence),
             mode: state.mode,
             learned: false,
@@ -101,7 +101,7 @@ impl<'r> Session<'r> {
         state: &AttemptState,
     ) -> (Attempt, Race, Option<LoopGuard>) {
         let mut attempt = self.open(route, state, &ladder.instruction, &ladder.rules);
-        attempt.thought = ladder.loop_guard.as_ref().map(crate::loopguard::TailGuard::new);
+        attempt.thought = ladder.loop_guard.as_ref().map(crate::policy::loopguard::TailGuard::new);
         let race = Race::arm(ladder, state, &attempt, self.lost);
         let guard = ladder
             .loop_guard

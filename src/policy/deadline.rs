@@ -7,7 +7,7 @@
 //!
 //! * when an attempt opens, it follows the inter-token gaps the route has shown
 //!   recently for its upstream model, shared by every session through its
-//!   [`ModelHealth`](crate::health::ModelHealth): `clamp(k × p99 gap, floor, stall)` ([`stall`]); the
+//!   [`ModelHealth`](crate::policy::health::ModelHealth): `clamp(k × p99 gap, floor, stall)` ([`stall`]); the
 //!   ceiling until enough gaps were seen.
 //! * once the attempt's own stream has shown its first [`AdaptiveStall::own_gaps`]
 //!   gaps, it follows that stream's own cadence as well ([`own_stall`]):
@@ -21,7 +21,7 @@
 //!   [`estimate_tokens`](crate::request::estimate_tokens) (continuation prefix included).
 //!
 //! The deadlines an attempt opens with are decided once
-//! ([`Route::deadlines_for`](crate::ladder::Route::deadlines_for)) and
+//! ([`Route::deadlines_for`](crate::policy::ladder::Route::deadlines_for)) and
 //! recorded in its `attempt_opened` event, so a replay re-drives with them
 //! instead of recomputing from a history it does not have. A stall the
 //! stream's own cadence declared is recorded with the deadline that fired

@@ -11,7 +11,7 @@
 //! The stall clock starts when the consumer asks for the next item, not when
 //! the previous one arrived: a slow client reading the spliced stream is
 //! baton's own backpressure, never the upstream's stall. The gaps a learning
-//! watchdog reports (for an adaptive stall deadline, see [`crate::deadline`])
+//! watchdog reports (for an adaptive stall deadline, see [`crate::policy::deadline`])
 //! are measured on the same clock, and only for items that were not already
 //! waiting when asked for. The same gaps drive the stream's own cadence
 //! ([`Cadence`]): after its first few, the stall deadline for the rest of the
@@ -25,14 +25,15 @@ use std::pin::Pin;
 
 use tokio::time::{sleep_until, Instant, Sleep};
 
-use crate::deadline::Cadence;
 use crate::failure::FailureKind;
-use crate::health::ModelHealth;
+use crate::policy::deadline::Cadence;
+use crate::policy::health::ModelHealth;
+use crate::policy::ladder::Route;
 use crate::provider::tool_calls::ToolCallBudget;
 use crate::provider::{Chunk, ChunkStream, ReasoningField};
 use crate::request::Usage;
 
-pub use crate::deadline::Deadlines;
+pub use crate::policy::deadline::Deadlines;
 
 /// What the watchdog lets through.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -265,6 +266,25 @@ impl GapBatch {
 impl Drop for GapBatch {
     fn drop(&mut self) {
         self.flush();
+    }
+}
+
+/// The watchdog for an attempt on `route` to `health`'s model: when the
+/// route's stall deadline adapts, it reports the gaps it sees to that health
+/// and follows the stream's own cadence. A replay does not re-learn the
+/// cadence: it re-drives under the deadlines the recording shows (see
+/// [`crate::record::verify`]).
+pub fn for_route(route: &Route, health: &Arc<ModelHealth>, stream: ChunkStream, deadlines: Deadlines) -> Watchdog {
+    let watchdog = Watchdog::new(stream, deadlines);
+    match route.adaptive.stall {
+        Some(rule) if rule.own_gaps > 0 && route.decisions.own_cadence() => {
+            let history = health.gap_history(rule.min_samples);
+            watchdog
+                .learning(health.clone())
+                .with_cadence(Cadence::new(rule, route.deadlines.stall, history))
+        }
+        Some(_) => watchdog.learning(health.clone()),
+        None => watchdog,
     }
 }
 

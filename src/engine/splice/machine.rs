@@ -8,7 +8,7 @@
 //! counters and held tool calls, whether a reasoning seam is due, the deferred
 //! rate-limited route. No clock, no IO, no provider: the driver owns those
 //! (streams, the hedge race, the overlap trim, the loop guards, sleeps,
-//! events, client items), and it calls [`crate::ladder::Ladder::decide_within`]
+//! events, client items), and it calls [`crate::policy::ladder::Ladder::decide_within`]
 //! when told to [`Action::Decide`], feeding the outcome back.
 //!
 //! ```text
@@ -28,12 +28,12 @@
 use std::time::Duration;
 
 use crate::continuation::ContinuationMode;
+use crate::engine::watchdog::Watched;
 use crate::failure::{FailureClass, FailureKind};
-use crate::ladder::{AttemptState, Decision, Deferred};
+use crate::policy::ladder::{AttemptState, Decision, Deferred};
+use crate::policy::reasoning::{self, Placement};
 use crate::provider::ReasoningField;
-use crate::reasoning::{self, Placement};
 use crate::request::Usage;
-use crate::watchdog::Watched;
 
 /// Where the client's answer stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,7 +93,7 @@ pub(crate) enum Event {
     Decided {
         /// The decision.
         decision: Decision,
-        /// What [`crate::ladder::Ladder::deferral`] says for the failure.
+        /// What [`crate::policy::ladder::Ladder::deferral`] says for the failure.
         deferral: Option<Deferred>,
     },
 }
@@ -153,7 +153,7 @@ pub(crate) enum Action {
         failure: FailureKind,
         /// Where the attempt stood.
         state: AttemptState,
-        /// The deferred route, for [`crate::ladder::Known::deferred`].
+        /// The deferred route, for [`crate::policy::ladder::Known::deferred`].
         deferred: Option<Deferred>,
         /// The attempt's deltas.
         deltas: u64,
@@ -475,10 +475,10 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::ladder::{Known, Ladder, Route, RouteSet};
     use crate::oracle::fault::{FaultPlan, FaultScript};
     use crate::oracle::provider::MockProvider;
     use crate::oracle::Style;
+    use crate::policy::ladder::{Known, Ladder, Route, RouteSet};
     use crate::provider::Provider;
 
     fn at(route: usize) -> AttemptState {

@@ -11,7 +11,7 @@
 //! `Answering` after (a handover continues the text).
 //!
 //! The thin async driver here executes the machine's actions: each attempt is
-//! a provider stream wrapped in a [`Watchdog`](crate::watchdog::Watchdog) stream (raced against a hedge while
+//! a provider stream wrapped in a [`Watchdog`](crate::engine::watchdog::Watchdog) stream (raced against a hedge while
 //! `race` says so); a failure goes to [`Ladder::decide_within`], once, within
 //! the routes' retry budgets; a handover builds the continuation request from
 //! the text the client already has and streams the new route's answer through
@@ -28,26 +28,25 @@ use futures::{Stream, StreamExt};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use crate::breaker::Transition;
-use crate::cache::{CachedAnswer, ResponseCache, CACHE_MODEL, CACHE_ROUTE};
 use crate::continuation;
-use crate::event::{EngineEvent, EventKind, SessionLog, UpstreamItem};
+use crate::engine::event::{EngineEvent, EventKind, SessionLog, UpstreamItem};
+use crate::engine::watchdog::{Watched, WatchedStream};
 use crate::failure::{Failure, FailureClass, FailureKind};
-use crate::fit::{self, TooSmall};
-use crate::health::{ModelHealth, Permit};
-use crate::hedge::Side;
-use crate::ladder::{AttemptState, Decision, Deferred, Known, Ladder, Route, RouteSet};
-use crate::loopguard::{Loop, LoopGuard};
-use crate::overlap::{Evidence, OverlapTrim, Proof};
+use crate::policy::breaker::Transition;
+use crate::policy::fit::{self, TooSmall};
+use crate::policy::health::{ModelHealth, Permit};
+use crate::policy::ladder::{AttemptState, Decision, Deferred, Known, Ladder, Route, RouteSet};
+use crate::policy::loopguard::{Loop, LoopGuard};
+use crate::policy::overlap::{Evidence, OverlapTrim, Proof};
+use crate::policy::reasoning::Placement;
+use crate::policy::rules::Rules;
 use crate::provider::{ReasoningField, UpstreamRequest};
-use crate::reasoning::Placement;
 use crate::request::{ChatRequest, Message, Usage};
 use crate::rng::SplitMix;
-use crate::rules::Rules;
-use crate::safe_reply::{self, SAFE_REPLY_MODEL, SAFE_REPLY_ROUTE};
+use crate::rungs::cache::{CachedAnswer, ResponseCache, CACHE_MODEL, CACHE_ROUTE};
+use crate::rungs::safe_reply::{self, SAFE_REPLY_MODEL, SAFE_REPLY_ROUTE};
 use crate::spec::{LadderSpec, RequestSpec};
 use crate::usage::{self, AttemptTokens, Tally};
-use crate::watchdog::{Watched, WatchedStream};
 
 mod machine;
 mod race;
@@ -248,8 +247,8 @@ impl Splicer {
 
     /// Starts baton's own probes of the ladder's routes with `probe = "active"`,
     /// published to this splicer's feed; they stop when it is dropped (`None`: no such route).
-    pub fn start_prober(&self) -> Option<crate::probe::Prober> {
-        crate::probe::Prober::for_ladders([&*self.ladder], self.events.clone())
+    pub fn start_prober(&self) -> Option<crate::engine::probe::Prober> {
+        crate::engine::probe::Prober::for_ladders([&*self.ladder], self.events.clone())
     }
 
     /// The ladder it runs.
@@ -563,7 +562,7 @@ struct Attempt {
     /// Its number in the session, from 1.
     number: u32,
     /// The loop guard over its reasoning, when the ladder guards loops.
-    thought: Option<crate::loopguard::TailGuard>,
+    thought: Option<crate::policy::loopguard::TailGuard>,
     /// The breaker's permission; `None` when the breaker skipped the route.
     permit: Option<Permit>,
     watchdog: WatchedStream,

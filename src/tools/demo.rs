@@ -11,23 +11,23 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use crate::breaker::{BreakerConfig, BreakerState};
-use crate::budget::BudgetConfig;
 use crate::continuation::ContinuationMode;
-use crate::deadline::Deadlines;
-use crate::event::{EngineEvent, EventKind};
-use crate::health::RouteHealth;
-use crate::ladder::{Ladder, Route};
+use crate::engine::event::{EngineEvent, EventKind};
+use crate::engine::splice::{Splicer, EVENT_CAPACITY};
 use crate::oracle::fault::{Fault, FaultPlan, FaultScript};
 use crate::oracle::script::Pacing;
 use crate::oracle::server::{spawn, MockConfig};
 use crate::oracle::{answer, Style};
-use crate::overlap::OverlapMode;
+use crate::policy::breaker::{BreakerConfig, BreakerState};
+use crate::policy::budget::BudgetConfig;
+use crate::policy::deadline::Deadlines;
+use crate::policy::health::RouteHealth;
+use crate::policy::ladder::{Ladder, Route};
+use crate::policy::overlap::OverlapMode;
+use crate::policy::reasoning::Phase;
 use crate::provider::openai::OpenAiProvider;
-use crate::reasoning::Phase;
 use crate::record::{RecordOptions, RecordStats, Recorder};
 use crate::request::{ChatRequest, Message, Role};
-use crate::splice::{Splicer, EVENT_CAPACITY};
 use crate::stats::percentile;
 
 /// The demo's primary route, the one that goes down.

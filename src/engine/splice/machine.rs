@@ -20,10 +20,12 @@
 //! Deciding ──Refuse/Local──▶ Failed      Deciding ──Exhausted──▶ Exhausted
 //! ```
 //!
-//! The phase is the session's, across every state: `Thinking` until the client
-//! has answer text, `Answering` after. A handover in `Thinking` starts the
-//! answer afresh (and the reasoning seam is due if the failed attempt's
-//! reasoning reached the client); one in `Answering` continues the text.
+//! The [`Phase`] is the session's, across every state (the same one the
+//! dashboard shows): `Waiting` until the client has anything, `Thinking` once
+//! it has reasoning, `Answering` once it has answer text. A handover before
+//! `Answering` starts the answer afresh (and the reasoning seam is due if the
+//! failed attempt's reasoning reached the client); one in `Answering`
+//! continues the text.
 
 use std::time::Duration;
 
@@ -31,18 +33,9 @@ use crate::continuation::ContinuationMode;
 use crate::engine::watchdog::Watched;
 use crate::failure::{FailureClass, FailureKind};
 use crate::policy::ladder::{AttemptState, Decision, Deferred};
-use crate::policy::reasoning::{self, Placement};
+use crate::policy::reasoning::{self, Phase, Placement};
 use crate::provider::ReasoningField;
 use crate::request::Usage;
-
-/// Where the client's answer stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Phase {
-    /// No answer text yet (reasoning, tool calls, or nothing).
-    Thinking,
-    /// Answer text has begun: a handover continues it.
-    Answering,
-}
 
 /// Where the session stands.
 #[derive(Clone, Debug, PartialEq)]
@@ -231,7 +224,7 @@ impl Machine {
     pub(crate) fn new(first: AttemptState, forward_late: bool) -> Self {
         Machine {
             state: State::Opening,
-            phase: Phase::Thinking,
+            phase: Phase::Waiting,
             at: first,
             forward_late,
             deltas: 0,
@@ -309,7 +302,7 @@ impl Machine {
                 // With no answer yet the prefix is empty and the trim passes
                 // the delta through: a non-empty one reaches the client now.
                 let mut seam = false;
-                if self.phase == Phase::Thinking && !text.is_empty() {
+                if self.phase != Phase::Answering && !text.is_empty() {
                     seam = std::mem::take(&mut self.seam_due);
                     self.phase = Phase::Answering;
                 }
@@ -321,10 +314,14 @@ impl Machine {
                 let placement = reasoning::place(self.late, self.forward_late, self.seam_due);
                 match placement {
                     Placement::Withheld => {}
-                    Placement::Forward => self.wrote_reasoning = true,
+                    Placement::Forward => {
+                        self.wrote_reasoning = true;
+                        self.phase = self.phase.reasoning();
+                    }
                     Placement::AfterSeam => {
                         self.wrote_reasoning = true;
                         self.seam_due = false;
+                        self.phase = self.phase.reasoning();
                     }
                 }
                 actions.push(Action::Reasoning { text, field, placement });
@@ -359,7 +356,7 @@ impl Machine {
     /// Whether a finish with `reason` leaves the client without an answer: no
     /// text and no tool call. A refusal by `content_filter` stays the provider's answer.
     fn answerless(&self, reason: &str) -> bool {
-        reason != "content_filter" && self.phase == Phase::Thinking && self.texts == 0 && self.held.is_empty()
+        reason != "content_filter" && self.phase != Phase::Answering && self.texts == 0 && self.held.is_empty()
     }
 
     /// The current attempt failed with `kind`: it is closed and the ladder decides.
@@ -442,7 +439,7 @@ impl Machine {
                 }
                 self.state = State::HandingOver {
                     to,
-                    afresh: self.phase == Phase::Thinking,
+                    afresh: self.phase != Phase::Answering,
                 };
                 vec![
                     pend,
@@ -463,7 +460,7 @@ impl Machine {
             }
             Decision::Exhausted => {
                 self.state = State::Exhausted;
-                let seam = self.seam_due && self.phase == Phase::Thinking;
+                let seam = self.seam_due && self.phase != Phase::Answering;
                 vec![pend, Action::LastResort { seam }]
             }
         }
@@ -533,6 +530,7 @@ mod tests {
     #[test]
     fn the_first_text_token_moves_thinking_to_answering() {
         let mut m = opened();
+        assert_eq!(m.phase(), Phase::Waiting, "nothing reached the client yet");
         assert_eq!(
             m.on(thought("hmm")),
             vec![

@@ -145,10 +145,12 @@ fn watch_sends_the_operator_key_from_the_environment() {
             .find_map(|w| w.strip_suffix("/v1"))
             .unwrap_or_else(|| panic!("no address in {line:?}"))
             .to_string();
-        let tmux = Tmux {
-            socket: format!("baton-watch-test-{}", std::process::id()),
+        // One tmux server per run: a new session on a server whose last
+        // session was just killed races the server's exit.
+        let tmux_for = |run: &str| Tmux {
+            socket: format!("baton-watch-test-{}-{run}", std::process::id()),
         };
-        let watch = |env: &str| {
+        let watch = |tmux: &Tmux, env: &str| {
             let command = format!("{} watch {base}; sleep 120", env!("CARGO_BIN_EXE_baton"));
             let mut args = vec!["new-session", "-d", "-s", "baton", "-x", "160", "-y", "30"];
             if !env.is_empty() {
@@ -157,12 +159,15 @@ fn watch_sends_the_operator_key_from_the_environment() {
             args.push(&command);
             tmux.run(&args).expect("start tmux");
         };
-        watch("");
-        tmux.wait_for(Duration::from_secs(60), |s| s.contains("401"))
+        let without = tmux_for("without-key");
+        watch(&without, "");
+        without
+            .wait_for(Duration::from_secs(60), |s| s.contains("401"))
             .unwrap_or_else(|s| panic!("no refusal in the header:\n{s}"));
-        tmux.run(&["kill-session", "-t", "baton"]).expect("kill session");
+        drop(without);
         let env = format!("BATON_OPERATOR_KEY={KEY}");
-        watch(&env);
+        let tmux = tmux_for("with-key");
+        watch(&tmux, &env);
         let screen = tmux
             .wait_for(Duration::from_secs(60), |s| s.contains("connected to"))
             .unwrap_or_else(|s| panic!("not connected:\n{s}"));

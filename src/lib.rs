@@ -114,7 +114,7 @@ pub mod tools;
 pub mod usage;
 
 pub use continuation::ContinuationMode;
-pub use engine::event::{EngineEvent, EventKind};
+pub use engine::event::{EngineEvent, EventBus, EventKind, Subscriber};
 pub use engine::splice::{ClientItem, Splicer};
 pub use engine::watchdog::Deadlines;
 pub use failure::{Failure, FailureClass, FailureKind};

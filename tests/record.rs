@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::{json, Value};
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::oneshot;
 
 use baton::config::Config;
-use baton::engine::event::EngineEvent;
+use baton::engine::event::{EngineEvent, EventBus};
 use baton::oracle::fault::{FaultPlan, FaultScript};
 use baton::oracle::provider::MockProvider;
 use baton::oracle::Style;
@@ -229,7 +229,7 @@ fn conversation(tag: &str) -> Vec<Message> {
 #[tokio::test(start_paused = true)]
 async fn sessions_recorded_through_the_library_verify() {
     let dir = TempDir::new("library");
-    let events = broadcast::channel::<EngineEvent>(1 << 16).0;
+    let events = EventBus::new(1 << 16);
     let recorder = Recorder::attach(&events, RecordOptions::new(dir.path())).expect("recorder");
     let repeat = Style {
         repeat_words: 2,
@@ -653,7 +653,7 @@ fn corrupt_lines_unknown_versions_and_old_recordings_name_the_problem() {
 #[test]
 fn a_recording_with_dropped_events_is_not_verified_and_says_so() {
     // The feed overflowed before the recorder read it: its first recv reports the loss.
-    let events = broadcast::channel::<EngineEvent>(4).0;
+    let events = EventBus::new(4);
     let receiver = events.subscribe();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -665,7 +665,7 @@ fn a_recording_with_dropped_events_is_not_verified_and_says_so() {
         .events
         .clone();
     for e in &recorded {
-        let _ = events.send(e.clone());
+        events.send(e.clone());
     }
     let stats = runtime.block_on(async {
         let recorder = Recorder::start(receiver, RecordOptions::new(dir.path())).expect("recorder");
@@ -806,7 +806,7 @@ async fn sessions_answered_by_the_cache_the_safe_reply_or_a_business_rule_verify
     use baton::rungs::safe_reply::SafeReply;
 
     let dir = TempDir::new("rungs");
-    let events = broadcast::channel::<EngineEvent>(1 << 16).0;
+    let events = EventBus::new(1 << 16);
     let recorder = Recorder::attach(&events, RecordOptions::new(dir.path())).expect("recorder");
     let store = Arc::new(ResponseCache::new(CacheLimits::default()));
     let with_cache = |name: &str, uses: CacheUse, fault: &str| {

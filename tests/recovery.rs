@@ -19,7 +19,6 @@ use baton::policy::budget::BudgetConfig;
 use baton::policy::health::RouteHealth;
 use baton::provider::{ChunkStream, Provider, UpstreamRequest};
 use baton::{ChatRequest, EngineEvent, EventKind, FailureKind, Ladder, Message, Role, Route, Splicer};
-use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 /// How the primary fails while it is down.
@@ -140,10 +139,7 @@ async fn traffic(splicer: &Splicer, epoch: Instant, every: Duration, until: Dura
 }
 
 /// Collects the breaker changes on `events` with when they were seen (since `epoch`).
-fn watch_breaker(
-    mut events: broadcast::Receiver<EngineEvent>,
-    epoch: Instant,
-) -> Arc<Mutex<Vec<(Duration, BreakerState)>>> {
+fn watch_breaker(mut events: baton::Subscriber, epoch: Instant) -> Arc<Mutex<Vec<(Duration, BreakerState)>>> {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let out = seen.clone();
     tokio::spawn(async move {

@@ -20,12 +20,11 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use reqwest_eventsource::{retry::Constant, Event as SseEvent, EventSource};
-use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::BroadcastStream;
 
-use crate::engine::event::EngineEvent;
+use crate::engine::event::{EngineEvent, Subscriber};
 use app::{App, Control};
 
 /// How often the screen is redrawn.
@@ -46,9 +45,14 @@ pub enum Feed {
 pub type FeedStream = Pin<Box<dyn Stream<Item = Feed> + Send>>;
 
 /// The in-process event broadcast as a feed; a lagging reader's losses are counted.
-pub fn from_broadcast(events: broadcast::Receiver<EngineEvent>) -> FeedStream {
-    Box::pin(BroadcastStream::new(events).map(|item| match item {
-        Ok(event) => Feed::Event(event),
+pub fn from_broadcast(events: Subscriber) -> FeedStream {
+    let (events, counted) = events.into_parts();
+    // The guard lives in the closure, so the dashboard counts as a listener as long as its feed.
+    Box::pin(BroadcastStream::new(events).map(move |item| match item {
+        Ok(event) => {
+            let _listening = &counted;
+            Feed::Event(event)
+        }
         Err(BroadcastStreamRecvError::Lagged(n)) => Feed::Dropped(n),
     }))
 }

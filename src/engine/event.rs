@@ -3,6 +3,9 @@
 //! The same type is the live feed, the recording line and the replay input,
 //! so a consumer never knows which source it reads.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
@@ -284,17 +287,110 @@ pub enum UpstreamItem {
     },
 }
 
+/// The event broadcast with a count of its subscribers, read without a lock.
+///
+/// `broadcast::Sender::receiver_count()` takes the channel's tail mutex, and
+/// every splicer of a proxy shares one channel: asked per token, it is a
+/// process-wide lock per chunk. The count here is an atomic that only
+/// [`EventBus::subscribe`] and the drop of its [`Subscriber`] touch.
+#[derive(Clone, Debug)]
+pub struct EventBus {
+    sender: broadcast::Sender<EngineEvent>,
+    listeners: Arc<AtomicUsize>,
+}
+
+impl EventBus {
+    /// A new broadcast keeping `capacity` events for slow subscribers.
+    pub fn new(capacity: usize) -> Self {
+        EventBus {
+            sender: broadcast::channel(capacity.max(1)).0,
+            listeners: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// A new subscription, counted until it is dropped.
+    pub fn subscribe(&self) -> Subscriber {
+        let receiver = self.sender.subscribe();
+        Subscriber {
+            receiver,
+            counted: Counted::new(&self.listeners),
+        }
+    }
+
+    /// How many subscriptions are alive (a relaxed read: a subscriber that
+    /// arrives mid-session may miss the events of that instant, as it would anyway).
+    pub fn listeners(&self) -> usize {
+        self.listeners.load(Ordering::Relaxed)
+    }
+
+    /// Whether anyone listens.
+    pub fn listened(&self) -> bool {
+        self.listeners() > 0
+    }
+
+    /// Publishes `event` to the subscribers of this instant (none: it is dropped).
+    pub fn send(&self, event: EngineEvent) {
+        let _ = self.sender.send(event);
+    }
+}
+
+/// One subscription to an [`EventBus`]: a broadcast receiver (it derefs to
+/// one) that counts as a listener while it lives.
+#[derive(Debug)]
+pub struct Subscriber {
+    receiver: broadcast::Receiver<EngineEvent>,
+    counted: Counted,
+}
+
+impl Subscriber {
+    /// The receiver and the guard that keeps it counted, for a consumer that
+    /// wraps the receiver (a stream adapter): keep the guard as long as the receiver.
+    pub fn into_parts(self) -> (broadcast::Receiver<EngineEvent>, Counted) {
+        (self.receiver, self.counted)
+    }
+}
+
+impl std::ops::Deref for Subscriber {
+    type Target = broadcast::Receiver<EngineEvent>;
+    fn deref(&self) -> &Self::Target {
+        &self.receiver
+    }
+}
+
+impl std::ops::DerefMut for Subscriber {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.receiver
+    }
+}
+
+/// Counts one listener of an [`EventBus`] until dropped.
+#[derive(Debug)]
+pub struct Counted(Arc<AtomicUsize>);
+
+impl Counted {
+    fn new(listeners: &Arc<AtomicUsize>) -> Self {
+        listeners.fetch_add(1, Ordering::Relaxed);
+        Counted(listeners.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Stamps and publishes the events of one session.
 #[derive(Clone, Debug)]
 pub struct SessionLog {
     session: Uuid,
     started: Instant,
-    events: broadcast::Sender<EngineEvent>,
+    events: EventBus,
 }
 
 impl SessionLog {
     /// Starts the clock for `session`.
-    pub fn new(session: Uuid, events: broadcast::Sender<EngineEvent>) -> Self {
+    pub fn new(session: Uuid, events: EventBus) -> Self {
         SessionLog {
             session,
             started: Instant::now(),
@@ -307,15 +403,15 @@ impl SessionLog {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// Whether anyone listens (cheap: lets the per-token path skip building events).
+    /// Whether anyone listens (an atomic read: lets the per-token path skip building events).
     pub fn listened(&self) -> bool {
-        self.events.receiver_count() > 0
+        self.events.listened()
     }
 
     /// Publishes `kind`; an event nobody listens to is dropped.
     pub fn emit(&self, kind: EventKind) {
         if self.listened() {
-            let _ = self.events.send(EngineEvent {
+            self.events.send(EngineEvent {
                 session: self.session,
                 t_ms: self.t_ms(),
                 kind,
@@ -348,5 +444,88 @@ mod tests {
         // Older items read as before.
         let old: UpstreamItem = serde_json::from_str(r#"{"type":"text","value":"a"}"#).unwrap();
         assert_eq!(old, UpstreamItem::Text("a".into()));
+    }
+
+    #[test]
+    fn the_listener_count_follows_subscribes_and_drops() {
+        let bus = EventBus::new(8);
+        assert_eq!(bus.listeners(), 0);
+        let a = bus.subscribe();
+        let b = bus.clone().subscribe();
+        assert_eq!(bus.listeners(), 2);
+        drop(a);
+        assert_eq!(bus.listeners(), 1);
+        let (receiver, counted) = b.into_parts();
+        assert_eq!(bus.listeners(), 1, "the parts still count");
+        drop(receiver);
+        assert_eq!(bus.listeners(), 1, "the guard, not the receiver, counts");
+        drop(counted);
+        assert_eq!(bus.listeners(), 0);
+        assert!(!SessionLog::new(Uuid::nil(), bus).listened());
+    }
+
+    #[test]
+    fn a_log_nobody_listens_to_sends_nothing_and_one_listened_to_does() {
+        let bus = EventBus::new(8);
+        let log = SessionLog::new(Uuid::nil(), bus.clone());
+        // A raw receiver is no listener: what nobody counted is never sent.
+        let mut raw = bus.sender.subscribe();
+        log.emit(EventKind::RetryDenied { route: "a".into() });
+        assert!(raw.try_recv().is_err(), "an event was built and sent with no listener");
+        let mut sub = bus.subscribe();
+        log.emit(EventKind::RetryDenied { route: "b".into() });
+        assert_eq!(
+            sub.try_recv().map(|e| e.kind).ok(),
+            Some(EventKind::RetryDenied { route: "b".into() })
+        );
+        assert_eq!(
+            raw.try_recv().map(|e| e.kind).ok(),
+            Some(EventKind::RetryDenied { route: "b".into() })
+        );
+    }
+
+    /// A whole session nobody listens to puts nothing on the channel; the
+    /// same session listened to publishes its deltas.
+    #[tokio::test(start_paused = true)]
+    async fn a_session_nobody_listens_to_builds_no_event() {
+        use crate::oracle::fault::{FaultPlan, FaultScript};
+        use crate::oracle::provider::MockProvider;
+        use crate::oracle::Style;
+        use crate::policy::ladder::{Ladder, Route};
+        use crate::request::{ChatRequest, Message, Role};
+
+        let script: FaultScript = "drop@3".parse().unwrap();
+        let primary = Arc::new(MockProvider::new(FaultPlan::Fixed(script), Style::default()));
+        let fallback = Arc::new(MockProvider::new(
+            FaultPlan::Fixed("none".parse().unwrap()),
+            Style::default(),
+        ));
+        let bus = EventBus::new(1 << 12);
+        let splicer = crate::engine::splice::Splicer::with_events(
+            Ladder::new(vec![
+                Route::new("primary", "big", primary),
+                Route::new("fallback", "small", fallback),
+            ]),
+            bus.clone(),
+        );
+        let request = || ChatRequest::new(vec![Message::new(Role::User, "Tell me about quiet.")]);
+        let mut raw = bus.sender.subscribe();
+        let unheard = splicer.collect(request()).await;
+        assert!(!unheard.text.is_empty() && unheard.handovers.len() == 1, "{unheard:?}");
+        assert!(raw.try_recv().is_err(), "an unheard session published events");
+
+        let _listening = splicer.subscribe();
+        let heard = splicer.collect(request()).await;
+        assert_eq!(heard.text, unheard.text);
+        let mut deltas = String::new();
+        let mut events = 0;
+        while let Ok(e) = raw.try_recv() {
+            events += 1;
+            if let EventKind::Delta { text, .. } = e.kind {
+                deltas.push_str(&text);
+            }
+        }
+        assert!(events > 3, "{events} events");
+        assert_eq!(deltas, heard.text);
     }
 }

@@ -11,11 +11,10 @@
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
-use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::engine::event::{EngineEvent, EventKind, SessionLog, BATON_SESSION};
+use crate::engine::event::{EventBus, EventKind, SessionLog, BATON_SESSION};
 use crate::engine::watchdog::{Watchdog, Watched};
 use crate::failure::FailureKind;
 use crate::policy::health::{ModelHealth, Permit};
@@ -36,10 +35,7 @@ pub struct Prober {
 impl Prober {
     /// Starts probing the actively probed routes of `ladders` (a route shared
     /// by several ladders once); `None` when none is.
-    pub fn for_ladders<'a>(
-        ladders: impl IntoIterator<Item = &'a Ladder>,
-        events: broadcast::Sender<EngineEvent>,
-    ) -> Option<Prober> {
+    pub fn for_ladders<'a>(ladders: impl IntoIterator<Item = &'a Ladder>, events: EventBus) -> Option<Prober> {
         let mut routes: Vec<Route> = Vec::new();
         for route in ladders.into_iter().flat_map(|l| l.routes.iter()) {
             if route.health.probes_actively() && !routes.iter().any(|r| Arc::ptr_eq(&r.health, &route.health)) {
@@ -50,7 +46,7 @@ impl Prober {
     }
 
     /// Starts probing `routes` (whatever their probe mode); `None` when there are none.
-    pub fn start(routes: Vec<Route>, events: broadcast::Sender<EngineEvent>) -> Option<Prober> {
+    pub fn start(routes: Vec<Route>, events: EventBus) -> Option<Prober> {
         if routes.is_empty() {
             return None;
         }

@@ -3,7 +3,7 @@
 //! * `POST /v1/chat/completions`: streaming and not, spliced along the ladder
 //!   the requested model names.
 //! * `GET /v1/models`: the ladders and their routes.
-//! * `GET /events`: the live [`EngineEvent`] feed as SSE.
+//! * `GET /events`: the live [`EngineEvent`](crate::EngineEvent) feed as SSE.
 //! * `GET /metrics`: Prometheus text.
 //! * `GET /healthz`.
 //!
@@ -43,12 +43,12 @@ use axum::{Json, Router};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, watch, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::BroadcastStream;
 
 use crate::config::{glob_match, Config, Secret, ServerLimits};
-use crate::engine::event::EngineEvent;
+use crate::engine::event::EventBus;
 use crate::engine::splice::{Splicer, EVENT_CAPACITY};
 use crate::record::{RecordOptions, Recorder};
 use crate::request::ChatRequest;
@@ -90,7 +90,7 @@ pub struct AppState {
     secrets: crate::record::Secrets,
     /// The metrics `/metrics` renders.
     pub metrics: Metrics,
-    events: broadcast::Sender<EngineEvent>,
+    events: EventBus,
     phase: watch::Receiver<Phase>,
     limits: ServerLimits,
     /// `server.max_body_bytes`: a body declared larger is refused before it is read.
@@ -118,7 +118,7 @@ fn own_keys(config: &Config) -> impl Iterator<Item = &Secret> {
 
 /// Builds the router for `config`; `phase` tells handlers when the server shuts down.
 pub fn router(config: &Config, phase: watch::Receiver<Phase>) -> (Router, Arc<AppState>) {
-    let events = broadcast::channel(EVENT_CAPACITY).0;
+    let events = EventBus::new(EVENT_CAPACITY);
     let entries = config
         .ladders
         .iter()
@@ -408,10 +408,12 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
 
 async fn events_feed(State(state): State<Arc<AppState>>) -> Response {
     let mut phase = state.phase.clone();
-    let events = BroadcastStream::new(state.events.subscribe());
+    let (events, counted) = state.events.subscribe().into_parts();
     let feed_state = state.clone();
-    let feed = events
+    let feed = BroadcastStream::new(events)
         .map(move |item| -> Result<Event, Infallible> {
+            // Held by the stream: the subscriber counts until the client goes.
+            let _listening = &counted;
             Ok(match item {
                 Ok(mut event) => {
                     // The feed shows what a recording would keep, no more.

@@ -51,14 +51,11 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
-use tokio::sync::broadcast::{
-    self,
-    error::{RecvError, TryRecvError},
-};
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::engine::event::{EngineEvent, EventKind};
+use crate::engine::event::{EngineEvent, EventBus, EventKind, Subscriber};
 use crate::request::Message;
 
 /// The recording format version this baton writes and reads.
@@ -340,12 +337,12 @@ enum Msg {
 
 impl Recorder {
     /// Records what `sender` broadcasts (subscribes now).
-    pub fn attach(sender: &broadcast::Sender<EngineEvent>, options: RecordOptions) -> std::io::Result<Recorder> {
+    pub fn attach(sender: &EventBus, options: RecordOptions) -> std::io::Result<Recorder> {
         Recorder::start(sender.subscribe(), options)
     }
 
     /// Records what `events` receives.
-    pub fn start(events: broadcast::Receiver<EngineEvent>, options: RecordOptions) -> std::io::Result<Recorder> {
+    pub fn start(events: Subscriber, options: RecordOptions) -> std::io::Result<Recorder> {
         dir::prepare(&options.dir).map_err(std::io::Error::other)?;
         let counters = Arc::new(Counters::default());
         let (tx, rx) = mpsc::sync_channel(options.queue.max(1));
@@ -410,7 +407,7 @@ impl Recorder {
 
 /// Moves events from the broadcast into the writer's queue, never waiting for it.
 async fn forward(
-    mut events: broadcast::Receiver<EngineEvent>,
+    mut events: Subscriber,
     tx: SyncSender<Msg>,
     mut stop: oneshot::Receiver<()>,
     counters: Arc<Counters>,

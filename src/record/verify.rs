@@ -38,7 +38,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde::Serialize;
-use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -47,7 +47,7 @@ use super::reader::RecordedSession;
 use super::spec::{LadderSpec, RequestSpec};
 use super::FORMAT_VERSION;
 use crate::continuation::ContinuationMode;
-use crate::engine::event::{EngineEvent, EventKind, UpstreamItem};
+use crate::engine::event::{EngineEvent, EventBus, EventKind, UpstreamItem};
 use crate::engine::splice::{Splicer, EVENT_CAPACITY};
 use crate::failure::{FailureClass, FailureKind};
 use crate::policy::deadline::Deadlines;
@@ -1129,8 +1129,9 @@ pub async fn redrive(plan: &Plan) -> Redriven {
         };
         ladder.cache = Some(CacheRung { uses, store });
     }
-    let (tx, mut rx) = broadcast::channel(EVENT_CAPACITY.max(plan.events * 2 + 1024));
-    let splicer = Splicer::with_events(ladder, tx);
+    let bus = EventBus::new(EVENT_CAPACITY.max(plan.events * 2 + 1024));
+    let mut rx = bus.subscribe();
+    let splicer = Splicer::with_events(ladder, bus);
     let mut stream = splicer.splice(request);
     let limit = tokio::time::sleep(VIRTUAL_LIMIT);
     tokio::pin!(limit);

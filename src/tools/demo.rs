@@ -12,7 +12,7 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use crate::continuation::ContinuationMode;
-use crate::engine::event::{EngineEvent, EventKind};
+use crate::engine::event::{EngineEvent, EventBus, EventKind, Subscriber};
 use crate::engine::splice::{Splicer, EVENT_CAPACITY};
 use crate::oracle::fault::{Fault, FaultPlan, FaultScript};
 use crate::oracle::script::Pacing;
@@ -159,7 +159,7 @@ pub struct DemoWorld {
     /// Splicers over two ladder orders, so both fallbacks take part, then the reasoning ladder's.
     pub splicers: Vec<Splicer>,
     /// The one event feed of every splicer.
-    pub events: broadcast::Sender<EngineEvent>,
+    pub events: EventBus,
     /// When the primary's first outage ends.
     pub recovered: Instant,
     _stops: Vec<tokio::sync::oneshot::Sender<()>>,
@@ -304,7 +304,7 @@ impl DemoWorld {
             .with_deadlines(patient)
             .with_continuation(ContinuationMode::Instruct)
             .with_overlap(OverlapMode::Always);
-        let events = broadcast::channel(EVENT_CAPACITY).0;
+        let events = EventBus::new(EVENT_CAPACITY);
         let splicers = vec![
             Splicer::with_events(
                 Ladder::new(vec![primary.clone(), echo.clone(), steady.clone()]).named("echo-first"),
@@ -447,7 +447,7 @@ struct Recovery {
 /// Counts breaker openings and closings on `events` until the feed closes,
 /// times the primary's return after its outage ends at `recovered`, and
 /// counts the handovers that came while a session was thinking.
-async fn count_breaker_changes(mut events: broadcast::Receiver<EngineEvent>, recovered: Instant) -> Recovery {
+async fn count_breaker_changes(mut events: Subscriber, recovered: Instant) -> Recovery {
     let mut r = Recovery::default();
     // Only live sessions: an entry goes when its session ends.
     let mut phases: HashMap<uuid::Uuid, Phase> = HashMap::new();

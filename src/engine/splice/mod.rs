@@ -25,11 +25,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use crate::continuation;
-use crate::engine::event::{EngineEvent, EventKind, SessionLog, UpstreamItem};
+use crate::engine::event::{EventBus, EventKind, SessionLog, Subscriber, UpstreamItem};
 use crate::engine::watchdog::{Watched, WatchedStream};
 use crate::failure::{Failure, FailureClass, FailureKind};
 use crate::policy::breaker::Transition;
@@ -208,7 +207,7 @@ pub type SpliceStream = Pin<Box<dyn Stream<Item = ClientItem> + Send>>;
 #[derive(Clone, Debug)]
 pub struct Splicer {
     ladder: Arc<Ladder>,
-    events: broadcast::Sender<EngineEvent>,
+    events: EventBus,
 }
 
 /// A finished session, collected.
@@ -229,20 +228,25 @@ pub struct Collected {
 impl Splicer {
     /// A splicer over `ladder` with its own event broadcast.
     pub fn new(ladder: Ladder) -> Self {
-        Splicer::with_events(ladder, broadcast::channel(EVENT_CAPACITY).0)
+        Splicer::with_events(ladder, EventBus::new(EVENT_CAPACITY))
     }
 
     /// A splicer publishing to an existing broadcast (several ladders, one feed).
-    pub fn with_events(ladder: Ladder, events: broadcast::Sender<EngineEvent>) -> Self {
+    pub fn with_events(ladder: Ladder, events: EventBus) -> Self {
         Splicer {
             ladder: Arc::new(ladder),
             events,
         }
     }
 
-    /// A new subscription to the event feed.
-    pub fn subscribe(&self) -> broadcast::Receiver<EngineEvent> {
+    /// A new subscription to the event feed (counted: events are built while one lives).
+    pub fn subscribe(&self) -> Subscriber {
         self.events.subscribe()
+    }
+
+    /// The feed it publishes to.
+    pub fn events(&self) -> &EventBus {
+        &self.events
     }
 
     /// Starts baton's own probes of the ladder's routes with `probe = "active"`,

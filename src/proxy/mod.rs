@@ -22,6 +22,7 @@
 
 mod auto_reply;
 mod conn;
+pub mod encode;
 pub mod guard;
 pub mod metrics;
 mod session;

@@ -4,7 +4,7 @@
 //! Messages and OpenAI Responses encoders plug into the same body as the
 //! chat-completions one ([`ChatEncoder`]).
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use serde_json::Value;
 
 use super::wire::{self, ApiError};
@@ -55,9 +55,14 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
-/// Appends `value` as compact JSON (writing into memory cannot fail).
-fn push_json(out: &mut Vec<u8>, value: &Value) {
-    let _ = serde_json::to_writer(&mut *out, value);
+/// [`push_json_str`] into the frame being written.
+fn put_json_str(out: &mut BytesMut, s: &str) {
+    let _ = serde_json::to_writer(out.writer(), s);
+}
+
+/// Appends `value` as compact JSON to the frame being written (writing into memory cannot fail).
+fn put_json(out: &mut BytesMut, value: &Value) {
+    let _ = serde_json::to_writer(out.writer(), value);
 }
 
 impl ChatEncoder {
@@ -109,31 +114,29 @@ impl ChatEncoder {
         }
     }
 
-    /// One chunk whose delta is `{key: text}`.
-    fn delta_str(&mut self, key: &str, text: &str, out: &mut BytesMut) {
+    /// One chunk whose delta is `{key: text}` (`key` is one of ours: plain ASCII, never escaped).
+    fn delta_str(&mut self, key: &'static str, text: &str, out: &mut BytesMut) {
+        // Room for the chunk as written when nothing needs escaping: one reservation per chunk.
+        out.reserve(self.template.len() + key.len() + text.len() + 64);
         out.extend_from_slice(&self.template);
-        let mut field = Vec::with_capacity(key.len() + text.len() + 8);
-        push_json_str(&mut field, key);
-        field.push(b':');
-        push_json_str(&mut field, text);
-        out.extend_from_slice(&field);
+        out.put_u8(b'"');
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(b"\":");
+        put_json_str(out, text);
         self.role(out, true);
         out.extend_from_slice(OPEN_TAIL);
     }
 
     fn tool_calls(&mut self, deltas: &[Value], out: &mut BytesMut) {
-        let mut buf = Vec::new();
         for (index, mut call) in wire::merge_tool_calls(deltas).into_iter().enumerate() {
             if let Value::Object(fields) = &mut call {
                 // Dense from 0, whatever the upstream numbered: the SDK stores calls at `index` in a list.
                 fields.insert("index".into(), Value::from(index));
             }
-            buf.clear();
-            buf.extend_from_slice(&self.template);
-            buf.extend_from_slice(b"\"tool_calls\":[");
-            push_json(&mut buf, &call);
-            buf.push(b']');
-            out.extend_from_slice(&buf);
+            out.extend_from_slice(&self.template);
+            out.extend_from_slice(b"\"tool_calls\":[");
+            put_json(out, &call);
+            out.put_u8(b']');
             self.role(out, true);
             out.extend_from_slice(OPEN_TAIL);
         }
@@ -142,23 +145,19 @@ impl ChatEncoder {
     fn finish(&mut self, reason: &str, out: &mut BytesMut) {
         out.extend_from_slice(&self.template);
         self.role(out, false);
-        let mut tail = Vec::with_capacity(reason.len() + 32);
-        tail.extend_from_slice(b"},\"finish_reason\":");
-        push_json_str(&mut tail, reason);
-        tail.extend_from_slice(b"}]}\n\n");
-        out.extend_from_slice(&tail);
+        out.extend_from_slice(b"},\"finish_reason\":");
+        put_json_str(out, reason);
+        out.extend_from_slice(b"}]}\n\n");
     }
 
     fn usage(&self, tokens: &crate::usage::Tally, out: &mut BytesMut) {
-        let mut buf = Vec::with_capacity(self.head.len() + 256);
-        buf.extend_from_slice(&self.head);
-        push_json_str(&mut buf, &self.model);
-        buf.extend_from_slice(b",\"choices\":[],\"usage\":");
-        push_json(&mut buf, &wire::usage_json(tokens));
-        buf.extend_from_slice(b",\"baton\":{\"usage\":");
-        push_json(&mut buf, &wire::usage_account(tokens));
-        buf.extend_from_slice(b"}}\n\n");
-        out.extend_from_slice(&buf);
+        out.extend_from_slice(&self.head);
+        put_json_str(out, &self.model);
+        out.extend_from_slice(b",\"choices\":[],\"usage\":");
+        put_json(out, &wire::usage_json(tokens));
+        out.extend_from_slice(b",\"baton\":{\"usage\":");
+        put_json(out, &wire::usage_account(tokens));
+        out.extend_from_slice(b"}}\n\n");
     }
 }
 

@@ -248,7 +248,15 @@ struct Live<E> {
     encoder: E,
     /// The item `streamed` waited for, not yet encoded.
     first: Option<ClientItem>,
+    /// Frames are split off this block, so most of them cost no allocation.
+    buf: BytesMut,
 }
+
+/// The block frames are written into; a new one when less than [`FRAME_ROOM`] is left.
+const FRAME_BLOCK: usize = 4096;
+
+/// Room a frame starts with: a chunk or two of text.
+const FRAME_ROOM: usize = 512;
 
 /// A streamed answer's state, shared by its body and its watch task.
 struct Inner<E> {
@@ -293,6 +301,7 @@ impl<E: ClientEncoder + 'static> StreamBody<E> {
                 stream,
                 encoder,
                 first: Some(first),
+                buf: BytesMut::new(),
             }),
             last_word: None,
             handed: None,
@@ -382,23 +391,26 @@ impl<E: ClientEncoder + 'static> http_body::Body for StreamBody<E> {
         let Some(live) = inner.live.as_mut() else {
             return Poll::Ready(inner.last_word.take().map(|word| Ok(Frame::data(word))));
         };
-        let mut out = BytesMut::new();
+        if live.buf.capacity() < FRAME_ROOM {
+            live.buf = BytesMut::with_capacity(FRAME_BLOCK);
+        }
+        let out = &mut live.buf;
         let mut ended = false;
         if let Some(first) = live.first.take() {
-            ended = live.encoder.item(&first, &mut out) == Flow::End;
+            ended = live.encoder.item(&first, out) == Flow::End;
         }
         while !ended && out.len() < FRAME_BUDGET_BYTES {
             match Pin::new(&mut live.stream).poll_next(cx) {
                 Poll::Ready(Some(Ok(item))) => {
                     live.session.see(&item);
-                    ended = live.encoder.item(&item, &mut out) == Flow::End;
+                    ended = live.encoder.item(&item, out) == Flow::End;
                 }
                 Poll::Ready(Some(Err(panic))) => {
                     live.session.panicked(&panic);
                     live.encoder.error(
                         "baton failed while serving this answer (the error was logged); it is incomplete",
                         "internal_error",
-                        &mut out,
+                        out,
                     );
                     ended = true;
                 }
@@ -406,8 +418,9 @@ impl<E: ClientEncoder + 'static> http_body::Body for StreamBody<E> {
                 Poll::Pending => break,
             }
         }
+        let frame = out.split().freeze();
         let over = if ended { inner.live.take() } else { None };
-        let frame = if out.is_empty() {
+        let frame = if frame.is_empty() {
             if ended {
                 Poll::Ready(None)
             } else {
@@ -415,7 +428,7 @@ impl<E: ClientEncoder + 'static> http_body::Body for StreamBody<E> {
             }
         } else {
             inner.handed = Some(Instant::now());
-            Poll::Ready(Some(Ok(Frame::data(out.freeze()))))
+            Poll::Ready(Some(Ok(Frame::data(frame))))
         };
         drop(inner);
         if over.is_some() {

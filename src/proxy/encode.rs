@@ -216,7 +216,7 @@ mod tests {
     use crate::usage::{AttemptTokens, Tally};
     use wire::ChunkWriter;
 
-    /// The bytes the pump wrote before the encoder existed, item by item
+    /// The bytes the old pump task wrote before the encoder existed, item by item
     /// (its `deliver`, over [`ChunkWriter`]): the golden oracle.
     fn old_path(
         writer: &mut ChunkWriter,

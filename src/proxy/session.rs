@@ -323,10 +323,17 @@ enum Stop {
     Shutdown,
 }
 
+/// `at + after`, or a year on when that is past what an `Instant` holds (the
+/// limit is configured in ms up to `u64::MAX`).
+fn later(at: Instant, after: Duration) -> Instant {
+    const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+    at.checked_add(after).or_else(|| at.checked_add(YEAR)).unwrap_or(at)
+}
+
 /// Ends a streamed answer that the client stopped taking for `slow_after`, or
 /// that the shutdown's grace outlived: its last word replaces the rest.
 async fn watch<E: ClientEncoder>(shared: Shared<E>, mut phase: watch::Receiver<Phase>, slow_after: Duration) {
-    let mut check = Instant::now() + slow_after;
+    let mut check = later(Instant::now(), slow_after);
     let stop = loop {
         tokio::select! {
             biased;
@@ -336,10 +343,11 @@ async fn watch<E: ClientEncoder>(shared: Shared<E>, mut phase: watch::Receiver<P
                 if inner.live.is_none() {
                     return;
                 }
+                let now = Instant::now();
                 match inner.handed {
-                    Some(at) if at + slow_after <= Instant::now() => break Stop::SlowClient(slow_after),
-                    Some(at) => check = at + slow_after,
-                    None => check = Instant::now() + slow_after,
+                    Some(at) if now.saturating_duration_since(at) >= slow_after => break Stop::SlowClient(slow_after),
+                    Some(at) => check = later(at, slow_after),
+                    None => check = later(now, slow_after),
                 }
             }
         }
@@ -532,4 +540,17 @@ pub async fn whole(
         emitted_bytes: text.len() as u64,
         tokens: Default::default(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slow_client_limit_past_what_an_instant_holds_is_a_far_deadline_not_a_panic() {
+        let now = Instant::now();
+        let far = later(now, Duration::from_millis(u64::MAX));
+        assert!(far >= now + Duration::from_secs(364 * 24 * 3600), "{:?}", far - now);
+        assert_eq!(later(now, Duration::from_millis(300)), now + Duration::from_millis(300));
+    }
 }

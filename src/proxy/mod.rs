@@ -16,12 +16,13 @@
 //!
 //! Limits (`[server]`): connections have a header read timeout, a keep-alive
 //! idle timeout and a write-stall limit (`conn`); sessions are capped at
-//! `max_sessions` (past it: 503 with `Retry-After`), stream through a bounded
-//! buffer with a slow-client limit, and a panic inside one is caught at its
-//! boundary (`session`).
+//! `max_sessions` (past it: 503 with `Retry-After`), stream through a body
+//! that reads the upstream only as the client takes data, with a slow-client
+//! limit, and a panic inside one is caught at its boundary (`session`).
 
 mod auto_reply;
 mod conn;
+pub mod encode;
 pub mod guard;
 pub mod metrics;
 mod session;
@@ -253,7 +254,7 @@ pub async fn serve(
 async fn chat(State(state): State<Arc<AppState>>, request: Request) -> Response {
     // Whatever the request is waiting for (its body, a first token, a whole
     // answer), the end of the grace period ends it; a stream already under
-    // way is ended by its pump instead, with an error event.
+    // way is ended by its body's watch task instead, with an error event.
     let mut phase = state.phase.clone();
     let served = tokio::select! {
         served = chat_inner(&state, request) => served,

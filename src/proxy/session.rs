@@ -1,37 +1,40 @@
 //! One chat session of the proxy, from its splice stream to the client:
 //! its panic boundary, its bookkeeping, and how its answer leaves (whole, or
-//! streamed through a bounded buffer with a slow-client limit).
+//! streamed by a body that polls the splice stream, with a slow-client limit).
 //!
-//! A streamed answer is pumped by its own task into a buffer of
-//! [`STREAM_BUFFER_CHUNKS`] chunks that the response body drains. When the
-//! client reads slowly the buffer fills, the pump stops pulling the splice
-//! stream, and so the upstream's TCP window closes: backpressure reaches the
-//! upstream, and memory per session stays bounded (this buffer plus hyper's
-//! write queue). The watchdog's stall clock only runs while the splice stream
-//! is polled, so this wait is never taken for an upstream stall. A client
-//! that takes no chunk for `server.slow_client_timeout_ms` gets a
-//! `slow_client` error event instead of the rest, and its upstream is cancelled.
+//! A streamed answer's response body ([`StreamBody`]) polls the splice stream
+//! when hyper asks it for a frame, and encodes what is ready through a
+//! [`ClientEncoder`]. When the client reads slowly hyper's write buffer
+//! fills, hyper stops asking, the splice stream is not polled, and so the
+//! upstream's TCP window closes: backpressure reaches the upstream, and
+//! memory per session stays bounded (one frame plus hyper's write queue). The
+//! watchdog's stall clock only runs while the splice stream is polled, so
+//! this wait is never taken for an upstream stall. A client that takes no
+//! frame for `server.slow_client_timeout_ms` gets a `slow_client` error event
+//! instead of the rest, and its upstream is cancelled.
 
 use std::any::Any;
 use std::convert::Infallible;
-use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use bytes::BytesMut;
 use futures::{Stream, StreamExt};
+use http_body::Frame;
 use serde_json::{json, Value};
-use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
+use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use super::encode::{ChatEncoder, ClientEncoder, Flow};
 use super::metrics::LadderLabels;
 use super::wire::{self, ApiError, ChunkWriter};
 use super::{reached, AppState, Phase};
@@ -41,9 +44,6 @@ use crate::policy::reasoning::OutgoingField;
 use crate::provider::ReasoningField;
 use crate::rungs::cache::CACHE_ROUTE;
 use crate::rungs::safe_reply::SAFE_REPLY_ROUTE;
-
-/// Chunks a streamed answer may hold between its pump and its client.
-pub const STREAM_BUFFER_CHUNKS: usize = 32;
 
 /// A panic caught at a session's boundary, with its message.
 #[derive(Debug)]
@@ -224,228 +224,236 @@ pub async fn streamed(
     if let ClientItem::Failed(error) = &first {
         return Err(ApiError::from_splice(error));
     }
-    let state = session.state.clone();
-    let (chunks, rx) = mpsc::channel(STREAM_BUFFER_CHUNKS);
-    let (last_word, last_rx) = oneshot::channel();
-    let pump = Pump {
-        _active: Active::new(&state),
-        session,
-        stream,
-        writer: ChunkWriter::new(format!("chatcmpl-{}", Uuid::new_v4().simple())),
-        model: String::new(),
-        chunks,
-        last_word: Some(last_word),
-        phase: state.phase.clone(),
-        slow_after: state.limits.slow_client_timeout,
-        include_usage,
-        reasoning_field,
-    };
-    tokio::spawn(pump.run(first));
-    let body = ClientBody {
-        chunks: rx,
-        last_word: Some(last_rx),
-        over: false,
-    };
+    let id = format!("chatcmpl-{}", Uuid::new_v4().simple());
+    let encoder = ChatEncoder::new(&id, wire::now_secs(), include_usage, reasoning_field);
+    let body = StreamBody::new(session, stream, first, encoder);
     Ok(Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")
         .header("x-accel-buffering", "no")
-        .body(Body::from_stream(body))
+        .body(Body::new(body))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
 }
 
-/// Moves one streamed answer from its splice stream into its client's buffer.
-struct Pump {
-    /// Dropped with the pump, bringing the gauge down.
+/// Bytes a ready burst of items may add to one frame before it is handed to hyper.
+pub const FRAME_BUDGET_BYTES: usize = 64 * 1024;
+
+/// What of a streamed answer is still going: dropped (its upstream with it)
+/// the moment the answer ends, however it ends.
+struct Live<E> {
+    /// Dropped with the answer, bringing the gauge down.
     _active: Active,
     session: Session,
     stream: Guarded,
-    writer: ChunkWriter,
-    model: String,
-    chunks: mpsc::Sender<Bytes>,
-    /// The stream's last chunk when it must go out ahead of the buffered ones.
-    last_word: Option<oneshot::Sender<Bytes>>,
-    phase: watch::Receiver<Phase>,
-    slow_after: Duration,
-    include_usage: bool,
-    /// The field reasoning goes out in.
-    reasoning_field: OutgoingField,
+    encoder: E,
+    /// The item `streamed` waited for, not yet encoded.
+    first: Option<ClientItem>,
+    /// Frames are split off this block, so most of them cost no allocation.
+    buf: BytesMut,
 }
 
-/// Whether the pump goes on after delivering.
-enum Sent {
-    Go,
-    Stop,
+/// The block frames are written into; a new one when less than [`FRAME_ROOM`] is left.
+const FRAME_BLOCK: usize = 4096;
+
+/// Room a frame starts with: a chunk or two of text.
+const FRAME_ROOM: usize = 512;
+
+/// A streamed answer's state, shared by its body and its watch task.
+struct Inner<E> {
+    /// `None` once the answer ended.
+    live: Option<Live<E>>,
+    /// The event that ends an answer the watch task stopped, still to be sent.
+    last_word: Option<Bytes>,
+    /// When the body last handed hyper a frame, while hyper has not asked for the next.
+    handed: Option<Instant>,
+    /// The connection task's waker, for the watch task to wake it when it ends the answer.
+    waker: Option<Waker>,
 }
 
-impl Pump {
-    async fn run(mut self, first: ClientItem) {
-        let mut next = Some(first);
-        loop {
-            let item = match next.take() {
-                Some(item) => item,
-                None => tokio::select! {
-                    biased;
-                    () = reached(&mut self.phase, Phase::Stopped) => {
-                        self.end_shutdown();
-                        return;
-                    }
-                    // The client went away: returning drops the splice stream, which cancels the upstream.
-                    () = self.chunks.closed() => return,
-                    item = self.stream.next() => match item {
-                        Some(Ok(item)) => item,
-                        Some(Err(panic)) => {
-                            self.session.panicked(&panic);
-                            self.end(wire::server_error_event(
-                                "baton failed while serving this answer (the error was logged); it is incomplete",
-                                "internal_error",
-                            ));
-                            return;
-                        }
-                        None => return,
-                    },
-                },
-            };
-            if let Sent::Stop = self.deliver(item).await {
-                return;
-            }
-        }
-    }
+type Shared<E> = Arc<Mutex<Inner<E>>>;
 
-    /// Renders `item` into chunks and sends them.
-    async fn deliver(&mut self, item: ClientItem) -> Sent {
-        self.session.see(&item);
-        match item {
-            ClientItem::Text { text, model, .. } => {
-                if *model != *self.model {
-                    self.model = model.to_string();
-                }
-                let chunk = self.writer.text(&self.model, &text);
-                self.send(chunk).await
-            }
-            ClientItem::Reasoning { text, field, model, .. } => {
-                if *model != *self.model {
-                    self.model = model.to_string();
-                }
-                let chunk = self
-                    .writer
-                    .reasoning(&self.model, &text, self.reasoning_field.apply(field));
-                self.send(chunk).await
-            }
-            ClientItem::ToolCalls { deltas, model, .. } => {
-                self.model = model.to_string();
-                let chunk = self.writer.tool_calls(&self.model, &deltas);
-                self.send(chunk).await
-            }
-            ClientItem::Handover(h) => self.send(wire::handover_comment(&h)).await,
-            ClientItem::Done(done) => {
-                let finish = self.writer.finish(&self.model, &done.finish_reason);
-                if let Sent::Stop = self.send(finish).await {
-                    return Sent::Stop;
-                }
-                if self.include_usage {
-                    let usage = self.writer.usage(&self.model, &done.tokens);
-                    if let Sent::Stop = self.send(usage).await {
-                        return Sent::Stop;
-                    }
-                }
-                let _ = self.send(Bytes::from_static(wire::DONE)).await;
-                Sent::Stop
-            }
-            ClientItem::Failed(error) => {
-                // Text was already sent: end with an error, never with [DONE]; its
-                // type and code are what the status would have said before any text.
-                let _ = self.send(ApiError::from_splice(&error).event()).await;
-                Sent::Stop
-            }
-        }
-    }
+fn lock<E>(shared: &Mutex<Inner<E>>) -> MutexGuard<'_, Inner<E>> {
+    // Nothing panics while holding the lock (the stream's panics are caught
+    // inside `Guarded`); if something did, the state is still whole.
+    shared.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
-    /// Puts `chunk` in the client's buffer; waits while it is full, up to the slow-client limit.
-    async fn send(&mut self, chunk: Bytes) -> Sent {
-        let chunk = match self.chunks.try_send(chunk) {
-            Ok(()) => return Sent::Go,
-            Err(TrySendError::Closed(_)) => return Sent::Stop,
-            Err(TrySendError::Full(chunk)) => chunk,
-        };
-        // The buffer is full: the client has taken nothing since it filled.
-        // The timer is only armed here, off the per-token path. (A clone of
-        // the sender, so the room it reserves does not borrow the pump.)
-        let chunks = self.chunks.clone();
-        let room = tokio::select! {
+/// The response body of a streamed answer. It polls the splice stream itself
+/// when hyper asks for the next frame, so a client that reads slowly stops
+/// the upstream through hyper's own backpressure, with no buffer or task in
+/// between; a burst of ready items goes out as one frame.
+///
+/// When hyper's write buffer is full it stops polling the body: what must
+/// happen then (the slow-client limit, the end of the shutdown grace) is the
+/// watch task's, which holds no chunk and wakes once per limit, not per chunk.
+struct StreamBody<E> {
+    shared: Shared<E>,
+    watch: AbortHandle,
+}
+
+impl<E: ClientEncoder + 'static> StreamBody<E> {
+    fn new(session: Session, stream: Guarded, first: ClientItem, encoder: E) -> Self {
+        let state = session.state.clone();
+        let shared = Arc::new(Mutex::new(Inner {
+            live: Some(Live {
+                _active: Active::new(&state),
+                session,
+                stream,
+                encoder,
+                first: Some(first),
+                buf: BytesMut::new(),
+            }),
+            last_word: None,
+            handed: None,
+            waker: None,
+        }));
+        let watch = tokio::spawn(watch(
+            shared.clone(),
+            state.phase.clone(),
+            state.limits.slow_client_timeout,
+        ))
+        .abort_handle();
+        StreamBody { shared, watch }
+    }
+}
+
+/// Why the watch task ended an answer.
+enum Stop {
+    SlowClient(Duration),
+    Shutdown,
+}
+
+/// `at + after`, or a year on when that is past what an `Instant` holds (the
+/// limit is configured in ms up to `u64::MAX`).
+fn later(at: Instant, after: Duration) -> Instant {
+    const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+    at.checked_add(after).or_else(|| at.checked_add(YEAR)).unwrap_or(at)
+}
+
+/// Ends a streamed answer that the client stopped taking for `slow_after`, or
+/// that the shutdown's grace outlived: its last word replaces the rest.
+async fn watch<E: ClientEncoder>(shared: Shared<E>, mut phase: watch::Receiver<Phase>, slow_after: Duration) {
+    let mut check = later(Instant::now(), slow_after);
+    let stop = loop {
+        tokio::select! {
             biased;
-            room = chunks.reserve() => room,
-            () = reached(&mut self.phase, Phase::Stopped) => {
-                self.end_shutdown();
-                return Sent::Stop;
-            }
-            () = tokio::time::sleep(self.slow_after) => {
-                self.session.outcome = "slow_client";
-                self.session.state.metrics.slow_clients.inc();
-                let message = format!(
-                    "the client took no data for {} ms (server.slow_client_timeout_ms); the answer is incomplete",
-                    self.slow_after.as_millis()
-                );
-                self.end(wire::server_error_event(&message, "slow_client"));
-                return Sent::Stop;
-            }
-        };
-        match room {
-            Ok(permit) => {
-                permit.send(chunk);
-                Sent::Go
-            }
-            Err(_) => Sent::Stop,
-        }
-    }
-
-    fn end_shutdown(&mut self) {
-        self.session.outcome = "failed";
-        self.end(wire::server_error_event(
-            "baton is shutting down; the answer is incomplete",
-            wire::SHUTTING_DOWN,
-        ));
-    }
-
-    /// Ends the stream with `chunk`: after what is buffered if there is room,
-    /// else instead of it (a full buffer is a client that is not reading).
-    fn end(&mut self, chunk: Bytes) {
-        if let Err(TrySendError::Full(chunk)) = self.chunks.try_send(chunk) {
-            if let Some(last_word) = self.last_word.take() {
-                let _ = last_word.send(chunk);
-            }
-        }
-    }
-}
-
-/// The response body of a streamed answer: the buffer, unless a last word jumps it.
-struct ClientBody {
-    chunks: mpsc::Receiver<Bytes>,
-    last_word: Option<oneshot::Receiver<Bytes>>,
-    over: bool,
-}
-
-impl Stream for ClientBody {
-    type Item = Result<Bytes, Infallible>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.over {
-            return Poll::Ready(None);
-        }
-        if let Some(last_word) = self.last_word.as_mut() {
-            match Pin::new(last_word).poll(cx) {
-                Poll::Ready(Ok(chunk)) => {
-                    // What was buffered is dropped unsent: the answer ends here.
-                    self.over = true;
-                    self.last_word = None;
-                    return Poll::Ready(Some(Ok(chunk)));
+            () = reached(&mut phase, Phase::Stopped) => break Stop::Shutdown,
+            () = tokio::time::sleep_until(check) => {
+                let inner = lock(&shared);
+                if inner.live.is_none() {
+                    return;
                 }
-                // The pump ended without a last word: what is buffered is the rest.
-                Poll::Ready(Err(_)) => self.last_word = None,
-                Poll::Pending => {}
+                let now = Instant::now();
+                match inner.handed {
+                    Some(at) if now.saturating_duration_since(at) >= slow_after => break Stop::SlowClient(slow_after),
+                    Some(at) => check = later(at, slow_after),
+                    None => check = later(now, slow_after),
+                }
             }
         }
-        self.chunks.poll_recv(cx).map(|chunk| chunk.map(Ok))
+    };
+    let mut inner = lock(&shared);
+    let Some(mut live) = inner.live.take() else {
+        return;
+    };
+    let mut word = BytesMut::new();
+    match stop {
+        Stop::SlowClient(after) => {
+            live.session.outcome = "slow_client";
+            live.session.state.metrics.slow_clients.inc();
+            let message = format!(
+                "the client took no data for {} ms (server.slow_client_timeout_ms); the answer is incomplete",
+                after.as_millis()
+            );
+            live.encoder.error(&message, "slow_client", &mut word);
+        }
+        Stop::Shutdown => {
+            live.session.outcome = "failed";
+            live.encoder.error(
+                "baton is shutting down; the answer is incomplete",
+                wire::SHUTTING_DOWN,
+                &mut word,
+            );
+        }
+    }
+    inner.last_word = Some(word.freeze());
+    let waker = inner.waker.take();
+    drop(inner);
+    // Dropping the stream cancels its upstream; the session counts itself.
+    drop(live);
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+}
+
+impl<E: ClientEncoder + 'static> http_body::Body for StreamBody<E> {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let mut inner = lock(&self.shared);
+        inner.handed = None;
+        if !inner.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            inner.waker = Some(cx.waker().clone());
+        }
+        let Some(live) = inner.live.as_mut() else {
+            return Poll::Ready(inner.last_word.take().map(|word| Ok(Frame::data(word))));
+        };
+        if live.buf.capacity() < FRAME_ROOM {
+            live.buf = BytesMut::with_capacity(FRAME_BLOCK);
+        }
+        let out = &mut live.buf;
+        let mut ended = false;
+        if let Some(first) = live.first.take() {
+            ended = live.encoder.item(&first, out) == Flow::End;
+        }
+        while !ended && out.len() < FRAME_BUDGET_BYTES {
+            match Pin::new(&mut live.stream).poll_next(cx) {
+                Poll::Ready(Some(Ok(item))) => {
+                    live.session.see(&item);
+                    ended = live.encoder.item(&item, out) == Flow::End;
+                }
+                Poll::Ready(Some(Err(panic))) => {
+                    live.session.panicked(&panic);
+                    live.encoder.error(
+                        "baton failed while serving this answer (the error was logged); it is incomplete",
+                        "internal_error",
+                        out,
+                    );
+                    ended = true;
+                }
+                Poll::Ready(None) => ended = true,
+                Poll::Pending => break,
+            }
+        }
+        let frame = out.split().freeze();
+        let over = if ended { inner.live.take() } else { None };
+        let frame = if frame.is_empty() {
+            if ended {
+                Poll::Ready(None)
+            } else {
+                Poll::Pending
+            }
+        } else {
+            inner.handed = Some(Instant::now());
+            Poll::Ready(Some(Ok(Frame::data(frame))))
+        };
+        drop(inner);
+        if over.is_some() {
+            self.watch.abort();
+            drop(over);
+        }
+        frame
+    }
+}
+
+impl<E> Drop for StreamBody<E> {
+    fn drop(&mut self) {
+        // The client went away (or the answer is over): the stream goes now,
+        // which cancels its upstream.
+        self.watch.abort();
+        let live = lock(&self.shared).live.take();
+        drop(live);
     }
 }
 
@@ -532,4 +540,17 @@ pub async fn whole(
         emitted_bytes: text.len() as u64,
         tokens: Default::default(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slow_client_limit_past_what_an_instant_holds_is_a_far_deadline_not_a_panic() {
+        let now = Instant::now();
+        let far = later(now, Duration::from_millis(u64::MAX));
+        assert!(far >= now + Duration::from_secs(364 * 24 * 3600), "{:?}", far - now);
+        assert_eq!(later(now, Duration::from_millis(300)), now + Duration::from_millis(300));
+    }
 }

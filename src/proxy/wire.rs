@@ -275,6 +275,13 @@ pub struct ChunkWriter {
     head: String,
 }
 
+/// Seconds since the epoch, now (0 on a clock before 1970).
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// Appends `s` as a JSON string. Writing a `&str` into a `Vec` cannot fail.
 fn push_json_str(out: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *out, s);
@@ -283,9 +290,11 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
 impl ChunkWriter {
     /// A writer for the answer `id`.
     pub fn new(id: String) -> Self {
-        let created = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        Self::at(id, now_secs())
+    }
+
+    /// A writer for the answer `id` started at `created` (seconds since the epoch).
+    pub fn at(id: String, created: u64) -> Self {
         let head = format!(
             "data: {{\"id\":{},\"object\":\"chat.completion.chunk\",\"created\":{created},\"model\":",
             Value::from(id.as_str())

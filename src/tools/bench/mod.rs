@@ -21,9 +21,12 @@
 //! in 100 µs slots by a pacer thread, so the load is smooth instead of N chunks
 //! landing on the same millisecond tick (tokio's timer resolution).
 //!
-//! The proxy's cost: its CPU time (`utime + stime`) and its read- and
-//! write-like syscalls (`syscr + syscw`) from the request ramp to the last
-//! stream's end, divided by the chunks the clients received; its memory is
+//! The proxy's cost: its CPU time (`utime + stime`, in clock ticks of 10 ms:
+//! a short run's figure is coarse) and its `syscr + syscw` (read(2)/write(2)
+//! and their vectored forms; the kernel does not count recvfrom(2), which is
+//! how tokio reads a socket, so in effect the proxy's socket writes) from the
+//! request ramp to the last stream's end, divided by the chunks the clients
+//! received; its memory is
 //! the peak `VmRSS` during the run (sampled every 10 ms, and `VmHWM` after a
 //! reset) minus its idle `VmRSS` just after start, divided by N. The bench
 //! process's own CPU and memory are reported too, as the harness's.
@@ -294,11 +297,11 @@ pub struct ProxyFigures {
     pub cpu_sys_s: f64,
     /// `(cpu_user_s + cpu_sys_s) / chunks` (µs): the proxy's CPU per forwarded chunk.
     pub cpu_us_per_chunk: f64,
-    /// Read-like syscalls during the run (`syscr` of `/proc/<pid>/io`: read, recvfrom, recvmsg, …, including those that found nothing).
+    /// `syscr` of `/proc/<pid>/io` during the run: read(2)/readv(2) calls only; the proxy's socket reads are recvfrom(2) and not counted.
     pub syscalls_read: u64,
-    /// Write-like syscalls during the run (`syscw`: write, writev, sendto, sendmsg, …).
+    /// `syscw` during the run: write(2)/writev(2) calls, which is how the proxy writes to both sockets.
     pub syscalls_write: u64,
-    /// `(syscalls_read + syscalls_write) / chunks`. Not counted: epoll_wait, futex, accept, connect, close.
+    /// `(syscalls_read + syscalls_write) / chunks`: in effect socket writes per chunk. Not counted: recvfrom, epoll_wait, futex, accept, connect, close.
     pub syscalls_per_chunk: f64,
     /// The proxy's resident set when idle, after start and before the first request (KiB).
     pub rss_idle_kib: u64,

@@ -143,10 +143,12 @@ pub(crate) struct Counters {
     pub(crate) user_us: f64,
     /// System CPU time (µs): `stime`, likewise.
     pub(crate) sys_us: f64,
-    /// `syscr` of `/proc/<pid>/io`: read-like syscalls (read, readv, recvfrom,
-    /// recvmsg, …), whether they returned data or `EAGAIN`.
+    /// `syscr` of `/proc/<pid>/io`: the kernel counts read(2), readv(2),
+    /// pread and sendfile here, never recv/recvfrom/recvmsg; std (so tokio)
+    /// reads a TCP socket with recvfrom(2), so socket reads are not in it.
     pub(crate) syscr: u64,
-    /// `syscw`: write-like syscalls (write, writev, sendto, sendmsg, …).
+    /// `syscw`: write(2), writev(2), pwrite, sendfile; not send/sendto/sendmsg
+    /// (std writes a TCP socket with write(2)/writev(2), so those are in it).
     pub(crate) syscw: u64,
 }
 

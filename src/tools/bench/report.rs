@@ -200,7 +200,7 @@ impl fmt::Display for BenchReport {
         }
         writeln!(
             f,
-            "proxy: the `baton serve` child alone (/proc/<pid>/stat utime+stime; /proc/<pid>/io syscr+syscw, read- and write-like syscalls only; peak VmRSS minus idle)"
+            "proxy: the `baton serve` child alone: CPU utime+stime of /proc/<pid>/stat (10 ms ticks); syscalls syscr+syscw of /proc/<pid>/io (read/write/readv/writev; recvfrom, how sockets are read, is not counted); KiB peak VmRSS minus idle, per stream"
         )?;
         writeln!(f)?;
         writeln!(

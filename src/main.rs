@@ -140,9 +140,11 @@ enum Command {
     /// Measure streaming throughput, added latency per chunk and memory per
     /// stream, directly against a stamped mock upstream and through the proxy.
     ///
-    /// For each stream count, N concurrent streams run directly, then through an
-    /// in-process proxy; prints chunks/s, the proxy's added latency (p50/p99) and
-    /// peak memory per stream. Exits non-zero if any stream failed.
+    /// For each stream count, N concurrent streams run directly, then through a
+    /// `baton serve` child process; prints chunks/s, the proxy's added latency
+    /// (p50/p99) and, for the proxy process alone, CPU µs and read/write
+    /// syscalls per forwarded chunk and memory per stream. Exits non-zero if
+    /// any stream failed.
     ///
     /// `baton bench stall` instead measures the stall policy (see `baton bench stall --help`).
     #[command(args_conflicts_with_subcommands = true)]
@@ -164,9 +166,6 @@ enum Command {
         /// Clients connecting at once while the streams ramp up.
         #[arg(long, default_value_t = 1000)]
         connect_concurrency: usize,
-        /// Set TCP_NODELAY on the proxy's listening socket (accepted sockets inherit it).
-        #[arg(long)]
-        proxy_nodelay: bool,
         /// Print the report as one JSON object on stdout.
         #[arg(long)]
         json: bool,
@@ -351,7 +350,6 @@ async fn main() -> ExitCode {
             chunks,
             interval_ms,
             connect_concurrency,
-            proxy_nodelay,
             json,
         } => {
             let options = baton::tools::bench::BenchOptions {
@@ -360,7 +358,6 @@ async fn main() -> ExitCode {
                 chunks,
                 interval: Duration::from_secs_f64(interval_ms.max(0.0) / 1000.0),
                 connect_concurrency,
-                proxy_nodelay,
                 ..Default::default()
             };
             baton::tools::bench::main(options, json).await

@@ -1,4 +1,4 @@
-//! The real binary: `baton demo --headless --json` and `baton mock`.
+//! The real binary: `baton demo --headless --json`, `baton mock`, `baton soak` and `baton bench`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -138,4 +138,52 @@ fn soak_runs_serve_against_mock_and_every_session_is_intact() {
     }
     assert!(report["fds_end"].as_u64().unwrap_or(0) > 0, "{report}");
     assert!(out.status.success(), "stderr: {stderr}");
+}
+
+#[test]
+fn bench_measures_the_proxy_process_alone_and_reports_its_figures() {
+    // Unpaced, so the run is short; 20 × 100 chunks keep the proxy busy for
+    // well over one clock tick of CPU, so a zero would mean an unread /proc.
+    let out = Command::new(BATON)
+        .args([
+            "bench",
+            "--sizes",
+            "20",
+            "--chunks",
+            "100",
+            "--interval-ms",
+            "0",
+            "--json",
+        ])
+        .output()
+        .expect("run baton bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stderr: {stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("one JSON object on stdout ({e}); stderr: {stderr}"));
+    let size = &report["results"][0];
+    assert_eq!(size["streams"], 20, "{report}");
+    assert_eq!(size["direct"]["errors"], 0, "{report}");
+    assert_eq!(size["proxied"]["errors"], 0, "{report}");
+    assert_eq!(size["proxied"]["chunks"], 2000, "{report}");
+    let positive = |v: &serde_json::Value, key: &str| {
+        let x = v[key].as_f64().unwrap_or_else(|| panic!("no number {key} in {v}"));
+        assert!(x > 0.0, "{key} is {x}: {report}");
+    };
+    positive(size, "ratio");
+    let proxy = &size["proxied"]["proxy"];
+    for key in [
+        "cpu_us_per_chunk",
+        "syscalls_read",
+        "syscalls_write",
+        "syscalls_per_chunk",
+        "rss_idle_kib",
+        "rss_peak_kib",
+        "kib_per_stream",
+    ] {
+        positive(proxy, key);
+    }
+    // A direct run has no proxy to measure.
+    assert!(proxy["pid"].as_u64().unwrap_or(0) > 0, "{report}");
+    assert!(size["direct"]["proxy"].is_null(), "{report}");
 }

@@ -26,16 +26,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::{Child, ChildStdout, Command};
 
 use crate::oracle::answer;
-use crate::tools::bench::{connect, read_head, read_idle, status_kib_of, SseDecoder};
+use crate::tools::bench::proc::{status_kib_of, Child, ChildError};
+use crate::tools::bench::{connect, read_head, read_idle, SseDecoder};
 use crate::tools::demo::{byte_damage, conversation};
 
-/// How long a child may take to print its listening address.
-const STARTUP: Duration = Duration::from_secs(20);
 /// After the load, how long the server may take to close what it no longer needs.
 const DRAIN: Duration = Duration::from_secs(10);
 /// Distinct error messages kept for the report.
@@ -149,21 +147,8 @@ pub enum SoakError {
     #[error("cannot find the baton executable: {0}")]
     Exe(std::io::Error),
     /// A child process could not be started.
-    #[error("cannot start `baton {what}`: {source}")]
-    Spawn {
-        /// Which command.
-        what: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// A child did not say where it listens.
-    #[error("`baton {what}` did not print its address: {detail}")]
-    Startup {
-        /// Which command.
-        what: String,
-        /// What it printed or why reading failed.
-        detail: String,
-    },
+    #[error(transparent)]
+    Child(#[from] ChildError),
     /// The scratch directory or the config file could not be written.
     #[error("cannot write {path}: {source}")]
     Scratch {
@@ -175,87 +160,6 @@ pub enum SoakError {
     /// The options make no sense.
     #[error("{0}")]
     Options(String),
-}
-
-/// A child process that is stopped when dropped.
-struct Server {
-    child: Child,
-    pid: u32,
-    addr: SocketAddr,
-    /// Kept open: a child printing to a closed pipe would fail.
-    _stdout: BufReader<ChildStdout>,
-}
-
-impl Server {
-    /// Starts `exe args…` and waits for its `… listening on http://ADDR/v1` line.
-    async fn start(exe: &Path, args: &[String], stderr: Stdio) -> Result<Server, SoakError> {
-        let what = args.first().cloned().unwrap_or_default();
-        let mut child = Command::new(exe)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|source| SoakError::Spawn {
-                what: what.clone(),
-                source,
-            })?;
-        let startup = |detail: String| SoakError::Startup {
-            what: what.clone(),
-            detail,
-        };
-        let pid = child.id().ok_or_else(|| startup("it exited at once".into()))?;
-        let stdout = child.stdout.take().ok_or_else(|| startup("no stdout".into()))?;
-        let mut stdout = BufReader::new(stdout);
-        let mut line = String::new();
-        match tokio::time::timeout(STARTUP, stdout.read_line(&mut line)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(startup(e.to_string())),
-            Err(_) => return Err(startup(format!("nothing within {} s", STARTUP.as_secs()))),
-        }
-        let addr = listening_address(&line).ok_or_else(|| startup(format!("{:?}", line.trim_end())))?;
-        Ok(Server {
-            child,
-            pid,
-            addr,
-            _stdout: stdout,
-        })
-    }
-
-    /// `/proc/<pid>/…` of this child.
-    fn proc(&self, what: &str) -> String {
-        format!("/proc/{}/{what}", self.pid)
-    }
-
-    fn rss_kib(&self) -> u64 {
-        status_kib_of(&self.proc("status"), "VmRSS:").unwrap_or(0)
-    }
-
-    fn open_fds(&self) -> usize {
-        std::fs::read_dir(self.proc("fd")).map_or(0, |d| d.count())
-    }
-
-    /// SIGTERM, then a kill if it has not exited within a few seconds.
-    async fn stop(mut self) {
-        #[cfg(unix)]
-        // SAFETY: kill(2) on the pid of a child we have not reaped yet.
-        unsafe {
-            libc::kill(self.pid as libc::pid_t, libc::SIGTERM);
-        }
-        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
-        }
-    }
-}
-
-/// The address in a `baton mock`/`baton serve` startup line.
-fn listening_address(line: &str) -> Option<SocketAddr> {
-    let rest = line.split_once("listening on http://")?.1;
-    rest.split_once("/v1")?.0.parse().ok()
 }
 
 /// The proxy's config: the demo's ladders over the three mock upstreams.
@@ -317,8 +221,8 @@ routes = ["primary", "steady", "echo"]
 
 /// The three upstreams and the proxy, all children of this process.
 struct World {
-    upstreams: Vec<Server>,
-    proxy: Server,
+    upstreams: Vec<Child>,
+    proxy: Child,
     scratch: PathBuf,
 }
 
@@ -338,14 +242,14 @@ impl World {
             args
         };
         let seed = options.seed.to_string();
-        let primary = Server::start(&exe, &mock(&["--random-faults", &seed]), Stdio::null()).await?;
-        let echo = Server::start(
+        let primary = Child::start(&exe, &mock(&["--random-faults", &seed]), Stdio::null()).await?;
+        let echo = Child::start(
             &exe,
             &mock(&["--fault", "noprefill", "--repeat-words", "2"]),
             Stdio::null(),
         )
         .await?;
-        let steady = Server::start(&exe, &mock(&["--repeat-words", "1"]), Stdio::null()).await?;
+        let steady = Child::start(&exe, &mock(&["--repeat-words", "1"]), Stdio::null()).await?;
 
         let scratch = std::env::temp_dir().join(format!("baton-soak-{}", std::process::id()));
         let scratch_error = |path: &Path, source| SoakError::Scratch {
@@ -363,7 +267,7 @@ impl World {
             "--config".to_string(),
             config.display().to_string(),
         ];
-        let proxy = Server::start(&exe, &args, Stdio::from(log)).await?;
+        let proxy = Child::start(&exe, &args, Stdio::from(log)).await?;
         Ok(World {
             upstreams: vec![primary, echo, steady],
             proxy,
@@ -792,19 +696,6 @@ pub async fn main(options: SoakOptions, json: bool) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn startup_lines_give_the_address() {
-        assert_eq!(
-            listening_address("baton mock listening on http://127.0.0.1:4100/v1\n"),
-            Some(SocketAddr::from(([127, 0, 0, 1], 4100)))
-        );
-        assert_eq!(
-            listening_address("baton serve listening on http://127.0.0.1:9/v1 (ladders: a, b)"),
-            Some(SocketAddr::from(([127, 0, 0, 1], 9)))
-        );
-        assert_eq!(listening_address("error: no"), None);
-    }
 
     #[test]
     fn metrics_are_summed_by_name_and_gauges_are_known() {

@@ -428,13 +428,19 @@ struct OpenedAttempt {
     opened_ms: u64,
     /// When the failure it follows was detected, pauses of retries since excluded.
     after_failure_ms: Option<u64>,
-    first_item_ms: Option<u64>,
+    /// Its latest upstream item so far: at a handover, the one that made the first byte.
+    last_item_ms: Option<u64>,
 }
 
 /// The handover gap's own cost in one session's events: per handover, from
 /// the failure's detection to the fallback's first byte to the client, minus
-/// the fallback's own time to first token (its first upstream item − its
-/// opening) and minus any retry pause (policy, not cost) in between.
+/// the fallback's own time to first token and minus any retry pause (policy,
+/// not cost) in between.
+///
+/// The fallback's time to first token runs from its opening to the upstream
+/// item that made the client's first byte from it (the last one before the
+/// handover): what it sends that the client never gets (thinking again
+/// after the answer began, a repeated prefix) is the upstream's time, not baton's.
 ///
 /// Feed it the session's events in order; it keeps only what it needs.
 /// Event times are whole milliseconds, each truncated, so one figure is
@@ -467,25 +473,25 @@ impl HandoverCost {
                     route: route.clone(),
                     opened_ms: t,
                     after_failure_ms: self.failure_ms,
-                    first_item_ms: None,
+                    last_item_ms: None,
                 });
             }
             EventKind::Upstream { attempt, .. } => {
                 if let Some(a) = self.attempts.iter_mut().rev().find(|a| a.number == *attempt) {
-                    a.first_item_ms.get_or_insert(t);
+                    a.last_item_ms = Some(t);
                 }
             }
             EventKind::Handover { to, .. } => {
                 let a = self.attempts.iter().rev().find(|a| &a.route == to)?;
-                let first = a.first_item_ms?;
+                let made = a.last_item_ms?;
                 // The failure the fallback answers: the one before it opened,
                 // or, for a hedge opened before it, the one seen since.
                 let failed = a.after_failure_ms.or(self.failure_ms)?;
                 let cost = if a.opened_ms >= failed {
                     t.saturating_sub(failed)
-                        .saturating_sub(first.saturating_sub(a.opened_ms))
+                        .saturating_sub(made.saturating_sub(a.opened_ms))
                 } else {
-                    t.saturating_sub(failed.max(first))
+                    t.saturating_sub(failed.max(made))
                 };
                 self.failure_ms = None;
                 return Some(cost);
@@ -655,6 +661,41 @@ mod tests {
             ),
         ];
         assert_eq!(handover_costs(&events), vec![3]);
+        // A fallback that thinks again after the answer began: its thinking is
+        // withheld, and its time to the first text it gives is its own, not baton's.
+        let rethinks = [
+            at(0, opened("thinker", 1)),
+            at(30, item(1, "The answer")),
+            at(
+                31,
+                EventKind::Delta {
+                    route: "thinker".into(),
+                    text: "The answer".into(),
+                },
+            ),
+            at(400, failed("thinker", 400)),
+            at(401, opened("steady-think", 2)),
+            at(
+                431,
+                EventKind::Upstream {
+                    attempt: 2,
+                    item: UpstreamItem::Reasoning {
+                        text: "again".into(),
+                        field: crate::provider::ReasoningField::ReasoningContent,
+                    },
+                },
+            ),
+            at(700, item(2, " is")),
+            at(701, handover("steady-think")),
+            at(
+                701,
+                EventKind::Delta {
+                    route: "steady-think".into(),
+                    text: " is".into(),
+                },
+            ),
+        ];
+        assert_eq!(handover_costs(&rethinks), vec![2]);
     }
 
     #[test]

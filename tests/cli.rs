@@ -22,9 +22,27 @@ fn headless_demo_reports_every_session_intact_as_json() {
         "doubled_bytes",
         "gap_ms_p50",
         "gap_ms_p99",
+        "handover_overhead_ms_p50",
+        "handover_overhead_ms_p99",
     ] {
         assert!(report.get(key).is_some(), "missing {key} in {report}");
     }
+    for key in ["handover_overhead_ms_p50", "handover_overhead_ms_p99"] {
+        let ms = report[key].as_f64().expect("a number");
+        assert!(ms >= 0.0, "{key} {ms} in {report}");
+    }
+    // Its own cost is part of the gap, so never above it (the gap is the precise figure).
+    assert!(
+        report["handover_overhead_ms_p50"].as_f64().unwrap() <= report["gap_ms_p50"].as_f64().unwrap() + 1.0,
+        "{report}"
+    );
+    let measured = report["handover_overheads_measured"]
+        .as_u64()
+        .expect("handovers measured");
+    assert!(
+        measured > 0 && measured <= report["handovers"].as_u64().unwrap(),
+        "{report}"
+    );
     assert_eq!(report["sessions"], 60);
     assert_eq!(report["intact"], 60);
     assert_eq!(report["lost_bytes"], 0);

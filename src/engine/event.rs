@@ -420,10 +420,306 @@ impl SessionLog {
     }
 }
 
+/// One attempt as [`HandoverCost`] needs it.
+#[derive(Clone, Debug)]
+struct OpenedAttempt {
+    number: u32,
+    route: String,
+    opened_ms: u64,
+    /// When the failure it follows was detected, pauses of retries since excluded.
+    after_failure_ms: Option<u64>,
+    /// Its latest upstream item so far: at a handover, the one that made the first byte.
+    last_item_ms: Option<u64>,
+}
+
+/// The handover gap's own cost in one session's events: per handover, from
+/// the failure's detection to the fallback's first byte to the client, minus
+/// the fallback's own time to first token and minus any retry pause (policy,
+/// not cost) in between.
+///
+/// The fallback's time to first token runs from its opening to the upstream
+/// item that made the client's first byte from it (the last one before the
+/// handover): what it sends that the client never gets (thinking again
+/// after the answer began, a repeated prefix) is the upstream's time, not baton's.
+///
+/// Feed it the session's events in order; it keeps only what it needs.
+/// Event times are whole milliseconds, each truncated, so one figure is
+/// within 2 ms of the truth (and is clamped at zero).
+#[derive(Clone, Debug, Default)]
+pub struct HandoverCost {
+    /// The last failure's time, plus the retry pauses announced since.
+    failure_ms: Option<u64>,
+    /// Attempts that may still hand over, latest last (a session has few).
+    attempts: Vec<OpenedAttempt>,
+}
+
+impl HandoverCost {
+    /// Takes the next event of the session; a handover yields its cost in ms
+    /// (`None`: no failure or no upstream item of its fallback was seen, e.g. lost to lag).
+    pub fn push(&mut self, event: &EngineEvent) -> Option<u64> {
+        let t = event.t_ms;
+        match &event.kind {
+            EventKind::Failure { .. } => self.failure_ms = Some(t),
+            EventKind::Retry { delay_ms, .. } => {
+                self.failure_ms = self.failure_ms.map(|f| f.saturating_add(*delay_ms));
+            }
+            EventKind::AttemptOpened { route, attempt, .. } => {
+                // Bounded: a session opens few attempts, but hostile replays may open many.
+                if self.attempts.len() >= 64 {
+                    self.attempts.remove(0);
+                }
+                self.attempts.push(OpenedAttempt {
+                    number: *attempt,
+                    route: route.clone(),
+                    opened_ms: t,
+                    after_failure_ms: self.failure_ms,
+                    last_item_ms: None,
+                });
+            }
+            EventKind::Upstream { attempt, .. } => {
+                if let Some(a) = self.attempts.iter_mut().rev().find(|a| a.number == *attempt) {
+                    a.last_item_ms = Some(t);
+                }
+            }
+            EventKind::Handover { to, .. } => {
+                let a = self.attempts.iter().rev().find(|a| &a.route == to)?;
+                let made = a.last_item_ms?;
+                // The failure the fallback answers: the one before it opened,
+                // or, for a hedge opened before it, the one seen since.
+                let failed = a.after_failure_ms.or(self.failure_ms)?;
+                let cost = if a.opened_ms >= failed {
+                    t.saturating_sub(failed)
+                        .saturating_sub(made.saturating_sub(a.opened_ms))
+                } else {
+                    t.saturating_sub(failed.max(made))
+                };
+                self.failure_ms = None;
+                return Some(cost);
+            }
+            _ => {}
+        }
+        None
+    }
+}
+
+/// [`HandoverCost`] over one session's events: each handover's own cost in ms, in order.
+pub fn handover_costs<'a>(events: impl IntoIterator<Item = &'a EngineEvent>) -> Vec<u64> {
+    let mut cost = HandoverCost::default();
+    events.into_iter().filter_map(|e| cost.push(e)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::provider::ReasoningField;
+
+    /// A hand-made session's event: `kind` at `t_ms`.
+    fn at(t_ms: u64, kind: EventKind) -> EngineEvent {
+        EngineEvent {
+            session: Uuid::nil(),
+            t_ms,
+            kind,
+        }
+    }
+
+    fn opened(route: &str, attempt: u32) -> EventKind {
+        EventKind::AttemptOpened {
+            route: route.into(),
+            model: "m".into(),
+            attempt,
+            mode: ContinuationMode::Prefill,
+            prefix_bytes: 0,
+            request: UpstreamRequest {
+                model: "m".into(),
+                messages: Vec::new(),
+                params: serde_json::Map::new(),
+                continue_final_message: false,
+            },
+            deadlines: None,
+            seen_echoing: false,
+            stripped: false,
+        }
+    }
+
+    fn failed(route: &str, at_ms: u64) -> EventKind {
+        let cause = FailureKind::Truncated { detail: None };
+        EventKind::Failure {
+            failure: Failure::new(&cause, route, 3, 10, at_ms),
+            cause,
+        }
+    }
+
+    fn handover(to: &str) -> EventKind {
+        EventKind::Handover {
+            from: "primary".into(),
+            to: to.into(),
+            class: FailureClass::Technical,
+            reason: "truncated".into(),
+            prefix_bytes: 10,
+            gap_ms: 0,
+        }
+    }
+
+    fn item(attempt: u32, text: &str) -> EventKind {
+        EventKind::Upstream {
+            attempt,
+            item: UpstreamItem::Text(text.into()),
+        }
+    }
+
+    #[test]
+    fn the_handover_cost_leaves_out_the_fallbacks_ttft_and_the_retry_pause() {
+        let delta = |text: &str| EventKind::Delta {
+            route: "fallback".into(),
+            text: text.into(),
+        };
+        let events = [
+            at(0, opened("primary", 1)),
+            at(30, item(1, "Hello")),
+            at(31, delta("Hello")),
+            // Fails, is retried after 100 ms, fails again: the second failure counts, not the pause.
+            at(50, failed("primary", 50)),
+            at(
+                50,
+                EventKind::Retry {
+                    route: "primary".into(),
+                    delay_ms: 100,
+                },
+            ),
+            at(150, opened("primary", 2)),
+            at(170, failed("primary", 170)),
+            // Opened 2 ms after the failure, first token 40 ms later, first byte out 3 ms after it.
+            at(172, opened("fallback", 3)),
+            at(212, item(3, " world")),
+            at(215, handover("fallback")),
+            at(215, delta(" world")),
+            // A second handover in the same session: 1 + 20 ttft + 4.
+            at(300, failed("fallback", 300)),
+            at(301, opened("steady", 4)),
+            at(321, item(4, "!")),
+            at(325, handover("steady")),
+        ];
+        assert_eq!(handover_costs(&events), vec![5, 5]);
+        // The same session without the second retry: the pause is not cost either way.
+        let direct = [
+            at(0, failed("primary", 0)),
+            at(
+                0,
+                EventKind::Retry {
+                    route: "primary".into(),
+                    delay_ms: 100,
+                },
+            ),
+            at(100, opened("fallback", 2)),
+            at(130, item(2, "x")),
+            at(131, handover("fallback")),
+        ];
+        assert_eq!(handover_costs(&direct), vec![1]);
+    }
+
+    #[test]
+    fn a_handover_during_reasoning_counts_to_its_first_reasoning_byte() {
+        let events = [
+            at(0, opened("thinker", 1)),
+            at(
+                30,
+                EventKind::Upstream {
+                    attempt: 1,
+                    item: UpstreamItem::Reasoning {
+                        text: "hmm".into(),
+                        field: crate::provider::ReasoningField::ReasoningContent,
+                    },
+                },
+            ),
+            at(
+                31,
+                EventKind::Reasoning {
+                    route: "thinker".into(),
+                    text: "hmm".into(),
+                },
+            ),
+            at(400, failed("thinker", 400)),
+            at(401, opened("steady-think", 2)),
+            // Its first item is reasoning, and that is the client's first byte from it.
+            at(
+                431,
+                EventKind::Upstream {
+                    attempt: 2,
+                    item: UpstreamItem::Reasoning {
+                        text: " so".into(),
+                        field: crate::provider::ReasoningField::ReasoningContent,
+                    },
+                },
+            ),
+            at(433, handover("steady-think")),
+            at(
+                433,
+                EventKind::Reasoning {
+                    route: "steady-think".into(),
+                    text: " so".into(),
+                },
+            ),
+        ];
+        assert_eq!(handover_costs(&events), vec![3]);
+        // A fallback that thinks again after the answer began: its thinking is
+        // withheld, and its time to the first text it gives is its own, not baton's.
+        let rethinks = [
+            at(0, opened("thinker", 1)),
+            at(30, item(1, "The answer")),
+            at(
+                31,
+                EventKind::Delta {
+                    route: "thinker".into(),
+                    text: "The answer".into(),
+                },
+            ),
+            at(400, failed("thinker", 400)),
+            at(401, opened("steady-think", 2)),
+            at(
+                431,
+                EventKind::Upstream {
+                    attempt: 2,
+                    item: UpstreamItem::Reasoning {
+                        text: "again".into(),
+                        field: crate::provider::ReasoningField::ReasoningContent,
+                    },
+                },
+            ),
+            at(700, item(2, " is")),
+            at(701, handover("steady-think")),
+            at(
+                701,
+                EventKind::Delta {
+                    route: "steady-think".into(),
+                    text: " is".into(),
+                },
+            ),
+        ];
+        assert_eq!(handover_costs(&rethinks), vec![2]);
+    }
+
+    #[test]
+    fn a_handover_without_what_it_needs_costs_nothing_known() {
+        // No failure seen (lost to lag), then no upstream item of the fallback seen.
+        let events = [
+            at(10, opened("fallback", 2)),
+            at(40, item(2, "x")),
+            at(41, handover("fallback")),
+            at(50, failed("fallback", 50)),
+            at(51, opened("steady", 3)),
+            at(60, handover("steady")),
+        ];
+        assert_eq!(handover_costs(&events), Vec::<u64>::new());
+        // A hedge opened before the failure: from the later of the failure and its first item.
+        let hedged = [
+            at(0, opened("primary", 1)),
+            at(100, opened("fallback", 2)),
+            at(130, item(2, "x")),
+            at(150, failed("primary", 150)),
+            at(152, handover("fallback")),
+        ];
+        assert_eq!(handover_costs(&hedged), vec![2]);
+    }
 
     #[test]
     fn a_reasoning_item_round_trips_and_reads_without_its_field() {

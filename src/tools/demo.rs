@@ -12,7 +12,7 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use crate::continuation::ContinuationMode;
-use crate::engine::event::{EngineEvent, EventBus, EventKind, Subscriber};
+use crate::engine::event::{EngineEvent, EventBus, EventKind, HandoverCost, Subscriber, BATON_SESSION};
 use crate::engine::splice::{Splicer, EVENT_CAPACITY};
 use crate::oracle::fault::{Fault, FaultPlan, FaultScript};
 use crate::oracle::script::Pacing;
@@ -96,6 +96,13 @@ pub struct DemoReport {
     pub gap_ms_p50: f64,
     /// 99th percentile handover gap.
     pub gap_ms_p99: f64,
+    /// Median of the handover gap's own cost: the gap minus the fallback's own
+    /// time to first token (from the events' whole-ms times, so within 2 ms each).
+    pub handover_overhead_ms_p50: f64,
+    /// 99th percentile of the handover gap's own cost.
+    pub handover_overhead_ms_p99: f64,
+    /// Handovers whose own cost the events showed (the others' events were lost to a lagging feed).
+    pub handover_overheads_measured: usize,
     /// Sessions that ended in an error.
     pub failed: usize,
     /// Times a route's circuit breaker opened.
@@ -421,6 +428,11 @@ pub async fn run_headless_recorded(
     let recovery = breakers.await.unwrap_or_default();
     (report.breaker_opened, report.breaker_closed) = (recovery.opened, recovery.closed);
     report.handovers_during_reasoning = recovery.during_reasoning;
+    let mut overheads = recovery.overheads;
+    report.handover_overheads_measured = overheads.len();
+    overheads.sort_by(f64::total_cmp);
+    report.handover_overhead_ms_p50 = percentile(&overheads, 50.0).unwrap_or(0.0);
+    report.handover_overhead_ms_p99 = percentile(&overheads, 99.0).unwrap_or(0.0);
     let ms = |d: Duration| (d.as_secs_f64() * 100_000.0).round() / 100.0;
     report.back_on_primary_ms = recovery.back_on_primary.map(ms);
     report.primary_closed_ms = recovery.primary_closed.map(ms);
@@ -442,20 +454,29 @@ struct Recovery {
     primary_closed: Option<Duration>,
     /// Handovers while the session's client had reasoning and no answer text yet.
     during_reasoning: usize,
+    /// Each handover's own cost in ms (see [`HandoverCost`]), unsorted.
+    overheads: Vec<f64>,
 }
 
 /// Counts breaker openings and closings on `events` until the feed closes,
 /// times the primary's return after its outage ends at `recovered`, and
-/// counts the handovers that came while a session was thinking.
+/// counts the handovers that came while a session was thinking, and
+/// measures each handover's own cost.
 async fn count_breaker_changes(mut events: Subscriber, recovered: Instant) -> Recovery {
     let mut r = Recovery::default();
     // Only live sessions: an entry goes when its session ends.
     let mut phases: HashMap<uuid::Uuid, Phase> = HashMap::new();
+    let mut costs: HashMap<uuid::Uuid, HandoverCost> = HashMap::new();
     loop {
         // Events are published as they happen: the time one is received is its time.
         let since = || Instant::now().checked_duration_since(recovered);
         let event = events.recv().await;
         if let Ok(e) = &event {
+            if e.session != BATON_SESSION {
+                if let Some(ms) = costs.entry(e.session).or_default().push(e) {
+                    r.overheads.push(ms as f64);
+                }
+            }
             match &e.kind {
                 EventKind::Reasoning { .. } => {
                     let phase = phases.entry(e.session).or_default();
@@ -470,6 +491,7 @@ async fn count_breaker_changes(mut events: Subscriber, recovered: Instant) -> Re
                 }
                 EventKind::Finished { .. } | EventKind::Failed { .. } => {
                     phases.remove(&e.session);
+                    costs.remove(&e.session);
                 }
                 _ => {}
             }
@@ -540,6 +562,11 @@ impl std::fmt::Display for DemoReport {
             f,
             "handover gap    p50 {:.1} ms, p99 {:.1} ms",
             self.gap_ms_p50, self.gap_ms_p99
+        )?;
+        writeln!(
+            f,
+            "handover overhead p50 {:.1} ms, p99 {:.1} ms (the gap minus the fallback's own time to first token, in whole ms; {} of {} handovers measured)",
+            self.handover_overhead_ms_p50, self.handover_overhead_ms_p99, self.handover_overheads_measured, self.handovers
         )?;
         writeln!(
             f,

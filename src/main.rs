@@ -227,8 +227,77 @@ enum BenchWhat {
     },
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// The variable that picks `baton serve`'s runtime: `current` (one thread) or a
+/// worker count for the multi-thread runtime; unset, one worker per core.
+const SERVE_RUNTIME_ENV: &str = "BATON_SERVE_WORKER_THREADS";
+
+/// What [`SERVE_RUNTIME_ENV`] asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flavour {
+    /// Tokio's default: multi-thread, one worker per core.
+    Default,
+    /// One current-thread runtime: no cross-thread wake-ups.
+    Current,
+    /// Multi-thread with this many workers.
+    Workers(usize),
+}
+
+impl Flavour {
+    /// One line for `baton check`.
+    fn describe(self) -> String {
+        match self {
+            Flavour::Default => format!("multi-thread, one worker per core ({SERVE_RUNTIME_ENV} unset)"),
+            Flavour::Current => format!("current-thread, one thread ({SERVE_RUNTIME_ENV}=current)"),
+            Flavour::Workers(n) => format!("multi-thread, {n} worker(s) ({SERVE_RUNTIME_ENV}={n})"),
+        }
+    }
+}
+
+/// Reads [`SERVE_RUNTIME_ENV`]; a bad value is an error naming the variable.
+fn serve_flavour(value: Option<&str>) -> Result<Flavour, String> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(Flavour::Default),
+        Some("current") => Ok(Flavour::Current),
+        Some(n) => match n.parse::<usize>() {
+            Ok(n @ 1..=1024) => Ok(Flavour::Workers(n)),
+            _ => Err(format!(
+                "{SERVE_RUNTIME_ENV}={n:?}: expected \"current\" or a worker count from 1 to 1024"
+            )),
+        },
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Only `serve` takes the knob: the bench and soak pass their environment to
+    // their `baton serve` child, and their own harness must not change with it.
+    let flavour = match &cli.command {
+        Command::Serve { .. } => match serve_flavour(std::env::var(SERVE_RUNTIME_ENV).ok().as_deref()) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("baton serve: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => Flavour::Default,
+    };
+    let mut builder = match flavour {
+        Flavour::Current => tokio::runtime::Builder::new_current_thread(),
+        Flavour::Default | Flavour::Workers(_) => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if let Flavour::Workers(n) = flavour {
+        builder.worker_threads(n);
+    }
+    match builder.enable_all().build() {
+        Ok(runtime) => runtime.block_on(run_cli(cli)),
+        Err(e) => {
+            eprintln!("baton: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_cli(cli: Cli) -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -236,7 +305,7 @@ async fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    match cli.command {
         Command::Demo {
             headless,
             sessions,
@@ -279,7 +348,18 @@ async fn main() -> ExitCode {
         Command::Check { config } => match Config::load(&config) {
             Ok(config) => {
                 print!("{}", config.describe());
-                ExitCode::SUCCESS
+                // The runtime knob is the environment's, not the file's; check it here too
+                // so a bad value fails before `baton serve` is started with it.
+                match serve_flavour(std::env::var(SERVE_RUNTIME_ENV).ok().as_deref()) {
+                    Ok(flavour) => {
+                        println!("runtime: {}", flavour.describe());
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("baton check: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
             }
             Err(e) => {
                 eprintln!("baton check: {e}");
@@ -633,6 +713,23 @@ async fn replay_dashboard(paths: &[PathBuf]) -> ExitCode {
         Err(e) => {
             eprintln!("baton: dashboard error: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{serve_flavour, Flavour};
+
+    #[test]
+    fn the_serve_runtime_variable_is_read_and_bounded() {
+        assert_eq!(serve_flavour(None), Ok(Flavour::Default));
+        assert_eq!(serve_flavour(Some("")), Ok(Flavour::Default));
+        assert_eq!(serve_flavour(Some("current")), Ok(Flavour::Current));
+        assert_eq!(serve_flavour(Some(" 2 ")), Ok(Flavour::Workers(2)));
+        for bad in ["0", "1025", "two", "-1"] {
+            let e = serve_flavour(Some(bad)).expect_err(bad);
+            assert!(e.contains("BATON_SERVE_WORKER_THREADS"), "{e}");
         }
     }
 }

@@ -8,8 +8,6 @@
 //! doubled — and the failure on the way was classified as expected.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
 
-mod support;
-
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -1217,6 +1215,24 @@ fn thinking_chunks(messages: &[Message]) -> Vec<String> {
         .collect()
 }
 
+/// `--verify`'s verdict on one session, each event through its JSON line and back.
+fn replays(events: &[baton::EngineEvent]) -> baton::record::verify::Outcome {
+    let events: Vec<baton::EngineEvent> = events
+        .iter()
+        .map(|e| serde_json::from_str(&serde_json::to_string(e).unwrap()).unwrap())
+        .collect();
+    let session = baton::record::reader::RecordedSession {
+        id: events.first().map(|e| e.session).unwrap_or_default(),
+        path: std::path::PathBuf::from("in-memory.jsonl"),
+        events,
+        gaps: Vec::new(),
+        version: baton::record::FORMAT_VERSION,
+        corrupt: false,
+    };
+    let verdicts = baton::record::verify::verify(std::slice::from_ref(&session));
+    verdicts.into_iter().next().map(|v| v.outcome).unwrap()
+}
+
 /// The label of a reasoning-matrix fault at `k`.
 fn thinking_label(fault: &str, k: usize) -> &'static str {
     match fault {
@@ -1283,7 +1299,7 @@ async fn thinking_case(
     // Re-driving costs as much as the case: one echo style of three covers every fault, position and mode.
     if style == STYLES[1] {
         assert_eq!(
-            support::verify_events(&events),
+            replays(&events),
             baton::record::verify::Outcome::Ok { partial: false },
             "[{case}] the recording re-drives the same"
         );

@@ -36,6 +36,10 @@ use crate::policy::ladder::{AttemptState, Decision, Deferred};
 use crate::policy::reasoning::{self, Phase, Placement};
 use crate::provider::ReasoningField;
 use crate::request::Usage;
+use smallvec::{smallvec, SmallVec};
+
+/// What one event leads to: a few actions, inline (one event per token: no allocation for it).
+pub(crate) type Actions = SmallVec<[Action; 4]>;
 
 /// Where the session stands.
 #[derive(Clone, Debug, PartialEq)]
@@ -256,15 +260,15 @@ impl Machine {
     }
 
     /// The next state after `event`, and what the driver does.
-    pub(crate) fn on(&mut self, event: Event) -> Vec<Action> {
+    pub(crate) fn on(&mut self, event: Event) -> Actions {
         match event {
             Event::Opened(at) => {
                 self.begin(at);
-                vec![Action::Read]
+                smallvec![Action::Read]
             }
             Event::Switched(at) => {
                 self.begin(at);
-                Vec::new()
+                Actions::new()
             }
             Event::Item(item) => self.item(item),
             Event::Ended => self.fail(FailureKind::Truncated { detail: None }),
@@ -285,7 +289,7 @@ impl Machine {
     }
 
     /// Counts one token of any channel; the first one ends the first-token wait.
-    fn token(&mut self, actions: &mut Vec<Action>, timed: bool) {
+    fn token(&mut self, actions: &mut Actions, timed: bool) {
         self.deltas += 1;
         if self.deltas == 1 {
             actions.push(Action::FirstToken { timed });
@@ -293,8 +297,8 @@ impl Machine {
         self.state = State::Streaming;
     }
 
-    fn item(&mut self, item: Watched) -> Vec<Action> {
-        let mut actions = Vec::with_capacity(3);
+    fn item(&mut self, item: Watched) -> Actions {
+        let mut actions = Actions::new();
         match item {
             Watched::Text(text) => {
                 self.token(&mut actions, true);
@@ -339,7 +343,7 @@ impl Machine {
                 }
                 self.state = State::Done;
                 let tool_calls = std::mem::take(&mut self.held);
-                return vec![
+                return smallvec![
                     Action::Close {
                         failure: None,
                         deltas: self.deltas,
@@ -360,7 +364,7 @@ impl Machine {
     }
 
     /// The current attempt failed with `kind`: it is closed and the ladder decides.
-    fn fail(&mut self, kind: FailureKind) -> Vec<Action> {
+    fn fail(&mut self, kind: FailureKind) -> Actions {
         if self.wrote_reasoning {
             // The client's reasoning ends in a cut: whoever writes next marks it.
             self.seam_due = true;
@@ -368,7 +372,7 @@ impl Machine {
         self.at.produced_text = self.deltas > 0;
         self.held.clear();
         self.state = State::Deciding { failure: kind.clone() };
-        vec![
+        smallvec![
             Action::Close {
                 failure: Some(kind.clone()),
                 deltas: self.deltas,
@@ -382,13 +386,13 @@ impl Machine {
         ]
     }
 
-    fn decided(&mut self, decision: Decision, deferral: Option<Deferred>) -> Vec<Action> {
+    fn decided(&mut self, decision: Decision, deferral: Option<Deferred>) -> Actions {
         let failure = match std::mem::replace(&mut self.state, State::Failed) {
             State::Deciding { failure } => failure,
             other => {
                 // No failure to decide on: nothing happens.
                 self.state = other;
-                return Vec::new();
+                return Actions::new();
             }
         };
         let route = self.at.route;
@@ -399,7 +403,7 @@ impl Machine {
         match decision {
             Decision::Retry { delay } => {
                 self.state = State::Waiting { route, delay };
-                vec![
+                smallvec![
                     Action::Wait { route, delay },
                     Action::Open {
                         route,
@@ -411,7 +415,7 @@ impl Machine {
             Decision::Return { to, delay } => {
                 let retries = self.deferred.take().map_or(0, |d| d.retries).saturating_add(1);
                 self.state = State::Waiting { route: to, delay };
-                vec![
+                smallvec![
                     Action::Wait { route: to, delay },
                     // The client has nothing yet: the route answers from the start, no handover.
                     Action::Unpend,
@@ -427,7 +431,7 @@ impl Machine {
                     route,
                     delay: Duration::ZERO,
                 };
-                vec![Action::Open {
+                smallvec![Action::Open {
                     route,
                     retries: self.at.retries,
                     mode: Some(ContinuationMode::Instruct),
@@ -441,7 +445,7 @@ impl Machine {
                     to,
                     afresh: self.phase != Phase::Answering,
                 };
-                vec![
+                smallvec![
                     pend,
                     Action::Open {
                         route: to,
@@ -452,16 +456,16 @@ impl Machine {
             }
             Decision::Refuse => {
                 self.state = State::Failed;
-                vec![Action::Refuse { failure }]
+                smallvec![Action::Refuse { failure }]
             }
             Decision::Local => {
                 self.state = State::Failed;
-                vec![Action::Local { failure }]
+                smallvec![Action::Local { failure }]
             }
             Decision::Exhausted => {
                 self.state = State::Exhausted;
                 let seam = self.seam_due && self.phase != Phase::Answering;
-                vec![pend, Action::LastResort { seam }]
+                smallvec![pend, Action::LastResort { seam }]
             }
         }
     }
@@ -469,6 +473,11 @@ impl Machine {
 
 #[cfg(test)]
 mod tests {
+    /// The expected actions, as the machine returns them.
+    macro_rules! actions {
+        ($($a:expr),* $(,)?) => { Actions::from_vec(vec![$($a),*]) };
+    }
+
     use std::sync::Arc;
 
     use super::*;
@@ -490,7 +499,7 @@ mod tests {
     /// A machine whose first attempt on route 0 has opened.
     fn opened() -> Machine {
         let mut m = Machine::new(at(0), false);
-        assert_eq!(m.on(Event::Opened(at(0))), vec![Action::Read]);
+        assert_eq!(m.on(Event::Opened(at(0))), actions![Action::Read]);
         assert_eq!(m.state(), &State::Opening);
         m
     }
@@ -533,7 +542,7 @@ mod tests {
         assert_eq!(m.phase(), Phase::Waiting, "nothing reached the client yet");
         assert_eq!(
             m.on(thought("hmm")),
-            vec![
+            actions![
                 Action::FirstToken { timed: true },
                 Action::Reasoning {
                     text: "hmm".into(),
@@ -549,7 +558,7 @@ mod tests {
         assert_eq!(m.phase(), Phase::Thinking);
         assert_eq!(
             m.on(text("Hi")),
-            vec![
+            actions![
                 Action::Text {
                     text: "Hi".into(),
                     seam: false
@@ -580,7 +589,7 @@ mod tests {
         assert!(matches!(m.state(), State::Deciding { .. }));
         assert_eq!(
             m.on(decided(Decision::HandOver { to: 1 })),
-            vec![
+            actions![
                 Action::Pend {
                     reason: "truncated",
                     class: FailureClass::Technical
@@ -611,7 +620,7 @@ mod tests {
         m.on(Event::Opened(at(1)));
         assert_eq!(
             m.on(text("A")),
-            vec![
+            actions![
                 Action::FirstToken { timed: true },
                 Action::Text {
                     text: "A".into(),
@@ -728,7 +737,7 @@ mod tests {
         })));
         assert_eq!(
             m.on(decided(Decision::Retry { delay })),
-            vec![
+            actions![
                 Action::Wait { route: 0, delay },
                 Action::Open {
                     route: 0,
@@ -743,7 +752,7 @@ mod tests {
         })));
         assert_eq!(
             m.on(decided(Decision::SwitchToInstruct)),
-            vec![Action::Open {
+            actions![Action::Open {
                 route: 0,
                 retries: 0,
                 mode: Some(ContinuationMode::Instruct)
@@ -773,7 +782,7 @@ mod tests {
         let delay = Duration::from_millis(500);
         assert_eq!(
             m.on(decided(Decision::Return { to: 0, delay })),
-            vec![
+            actions![
                 Action::Wait { route: 0, delay },
                 Action::Unpend,
                 Action::Open {
@@ -798,7 +807,7 @@ mod tests {
         m.on(Event::Item(Watched::Failed(policy.clone())));
         assert_eq!(
             m.on(decided(Decision::Refuse)),
-            vec![Action::Refuse { failure: policy }]
+            actions![Action::Refuse { failure: policy }]
         );
         assert_eq!(m.state(), &State::Failed);
         let local = FailureKind::LocalResources {
@@ -807,7 +816,10 @@ mod tests {
         };
         let mut m = opened();
         m.on(Event::Item(Watched::Failed(local.clone())));
-        assert_eq!(m.on(decided(Decision::Local)), vec![Action::Local { failure: local }]);
+        assert_eq!(
+            m.on(decided(Decision::Local)),
+            actions![Action::Local { failure: local }]
+        );
         assert_eq!(m.state(), &State::Failed);
         // Exhausted in thinking, after forwarded reasoning: the rungs' text carries the seam.
         let mut m = opened();
@@ -815,7 +827,7 @@ mod tests {
         m.on(cut());
         assert_eq!(
             m.on(decided(Decision::Exhausted)),
-            vec![
+            actions![
                 Action::Pend {
                     reason: "truncated",
                     class: FailureClass::Technical
@@ -825,7 +837,7 @@ mod tests {
         );
         assert_eq!(m.state(), &State::Exhausted);
         // A decision with nothing to decide on does nothing.
-        assert_eq!(m.on(decided(Decision::Exhausted)), Vec::new());
+        assert_eq!(m.on(decided(Decision::Exhausted)), Actions::new());
     }
 
     #[test]
@@ -834,15 +846,15 @@ mod tests {
         let call = serde_json::json!({"index": 0, "function": {"name": "f"}});
         assert_eq!(
             m.on(Event::Item(Watched::ToolCalls(vec![call.clone()]))),
-            vec![Action::FirstToken { timed: false }, Action::Read]
+            actions![Action::FirstToken { timed: false }, Action::Read]
         );
         assert_eq!(
             m.on(Event::Item(Watched::ToolCalls(vec![call.clone()]))),
-            vec![Action::Read]
+            actions![Action::Read]
         );
         assert_eq!(
             m.on(Event::Item(Watched::Finished("tool_calls".into()))),
-            vec![
+            actions![
                 Action::Close {
                     failure: None,
                     deltas: 2
@@ -926,7 +938,7 @@ mod tests {
                                 actions = m.on(decided(*d));
                                 assert!(ends_in_a_report(&actions), "{d:?} → {actions:?}");
                                 if matches!(actions.last(), Some(Action::Open { .. })) {
-                                    assert_eq!(m.on(Event::Opened(at(0))), vec![Action::Read]);
+                                    assert_eq!(m.on(Event::Opened(at(0))), actions![Action::Read]);
                                 }
                             }
                         }
@@ -940,7 +952,7 @@ mod tests {
     fn a_hedge_switch_starts_the_counts_afresh_without_reading() {
         let mut m = opened();
         assert!(!m.has_content());
-        assert_eq!(m.on(Event::Switched(at(1))), Vec::new());
+        assert_eq!(m.on(Event::Switched(at(1))), Actions::new());
         assert_eq!(
             m.on(text("A"))[0],
             Action::FirstToken { timed: true },

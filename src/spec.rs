@@ -69,23 +69,10 @@ pub struct RouteSpec {
     pub continuation: ContinuationMode,
     /// Whether prefill requests carry `continue_final_message`.
     pub continue_final_message: bool,
-    /// Time-to-first-token deadline.
-    #[serde(rename = "first_token_ms", with = "ms")]
-    pub first_token: Duration,
-    /// Inter-token stall deadline.
-    #[serde(rename = "stall_ms", with = "ms")]
-    pub stall: Duration,
-    /// Whole-attempt deadline.
-    #[serde(rename = "total_ms", with = "ms")]
-    pub total: Duration,
-    /// The reasoning budget: the first answer token's deadline once the model reasons (absent: none, as in older recordings).
-    #[serde(
-        rename = "reasoning_budget_ms",
-        default,
-        with = "crate::serde_ms::opt",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub reasoning_budget: Option<Duration>,
+    /// Its deadlines, as the same `first_token_ms`, `stall_ms`, `total_ms`
+    /// and optional `reasoning_budget_ms` keys as ever.
+    #[serde(flatten)]
+    pub deadlines: Deadlines,
     /// Configured context window in tokens (absent: unknown; recordings made
     /// before windows could be unknown always have one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -200,10 +187,7 @@ impl RouteSpec {
             model: route.model.to_string(),
             continuation: route.continuation,
             continue_final_message: route.continue_final_message,
-            first_token: route.deadlines.first_token,
-            stall: route.deadlines.stall,
-            total: route.deadlines.total,
-            reasoning_budget: route.deadlines.reasoning_budget,
+            deadlines: route.deadlines,
             context_tokens: route.context_tokens,
             adaptive: route.adaptive,
             overlap: route.overlap,
@@ -213,12 +197,7 @@ impl RouteSpec {
 
     /// Its deadlines.
     pub fn deadlines(&self) -> Deadlines {
-        Deadlines {
-            first_token: self.first_token,
-            stall: self.stall,
-            total: self.total,
-            reasoning_budget: self.reasoning_budget,
-        }
+        self.deadlines
     }
 
     /// The route this describes, with `provider` behind it.

@@ -160,15 +160,16 @@ fn soak_runs_serve_against_mock_and_every_session_is_intact() {
 
 #[test]
 fn bench_measures_the_proxy_process_alone_and_reports_its_figures() {
-    // Unpaced, so the run is short; 20 × 100 chunks keep the proxy busy for
-    // well over one clock tick of CPU, so a zero would mean an unread /proc.
+    // Unpaced, so the run is short; 20 × 500 chunks keep the proxy busy for
+    // tens of 10 ms clock ticks of CPU (CPU time is sampled per tick), so a
+    // zero would mean an unread /proc, not bad luck.
     let out = Command::new(BATON)
         .args([
             "bench",
             "--sizes",
             "20",
             "--chunks",
-            "100",
+            "500",
             "--interval-ms",
             "0",
             "--json",
@@ -183,7 +184,7 @@ fn bench_measures_the_proxy_process_alone_and_reports_its_figures() {
     assert_eq!(size["streams"], 20, "{report}");
     assert_eq!(size["direct"]["errors"], 0, "{report}");
     assert_eq!(size["proxied"]["errors"], 0, "{report}");
-    assert_eq!(size["proxied"]["chunks"], 2000, "{report}");
+    assert_eq!(size["proxied"]["chunks"], 10_000, "{report}");
     let positive = |v: &serde_json::Value, key: &str| {
         let x = v[key].as_f64().unwrap_or_else(|| panic!("no number {key} in {v}"));
         assert!(x > 0.0, "{key} is {x}: {report}");

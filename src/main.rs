@@ -130,6 +130,15 @@ enum Command {
         /// Repeat this many of the prefix's last words when continuing.
         #[arg(long, default_value_t = 0)]
         repeat_words: usize,
+        /// Start each continuation with the prefix's trailing whitespace again,
+        /// as a provider that strips it from a prefill does.
+        #[arg(long)]
+        extra_space: bool,
+        /// With --random-faults: outages of 503s to every request, as
+        /// OFFSET,PERIOD,DOWN in ms (the first OFFSET after start, one per
+        /// PERIOD, each DOWN long); outside them half the conversations get the mix.
+        #[arg(long, value_name = "OFFSET,PERIOD,DOWN", value_delimiter = ',', num_args = 1, requires = "random_faults")]
+        outage_ms: Option<Vec<u64>>,
         /// Milliseconds between chunks.
         #[arg(long, default_value_t = 5)]
         interval_ms: u64,
@@ -194,6 +203,19 @@ enum Command {
         /// Print the report as one JSON object on stdout.
         #[arg(long)]
         json: bool,
+    },
+    /// The demo scenario (the demo's, the soak's and demos/'s): print its
+    /// `baton serve` config on the fixed demo ports, or one upstream's `baton mock` arguments.
+    Scenario {
+        /// Print the config (`demos/baton.toml` is this output).
+        #[arg(long, conflicts_with = "mock_args")]
+        print_config: bool,
+        /// Print the `baton mock` arguments of this upstream, one a line, with its demo port.
+        #[arg(long, value_name = "UPSTREAM")]
+        mock_args: Option<String>,
+        /// Seed of the primary's fault mix.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
 }
 
@@ -372,19 +394,32 @@ async fn run_cli(cli: Cli) -> ExitCode {
             random_faults,
             faults_by_model,
             repeat_words,
+            extra_space,
+            outage_ms,
             interval_ms,
             first_token_ms,
         } => {
-            let plan = match (random_faults, faults_by_model) {
-                (_, true) => FaultPlan::ByModel,
-                (Some(seed), false) => FaultPlan::Random { seed },
-                (None, false) => FaultPlan::Fixed(fault),
+            let plan = match (random_faults, faults_by_model, outage_ms.as_deref()) {
+                (_, true, _) => FaultPlan::ByModel,
+                (Some(seed), false, Some(&[offset, period, down])) => FaultPlan::Outage {
+                    seed,
+                    epoch: tokio::time::Instant::now(),
+                    offset: Duration::from_millis(offset),
+                    period: Duration::from_millis(period.max(1)),
+                    down: Duration::from_millis(down),
+                },
+                (_, false, Some(_)) => {
+                    eprintln!("baton mock: --outage-ms takes three numbers: OFFSET,PERIOD,DOWN");
+                    return ExitCode::FAILURE;
+                }
+                (Some(seed), false, None) => FaultPlan::Random { seed },
+                (None, false, None) => FaultPlan::Fixed(fault),
             };
             let config = MockConfig {
                 plan,
                 style: Style {
                     repeat_words,
-                    extra_space: false,
+                    extra_space,
                 },
                 pacing: Pacing {
                     first_token: Duration::from_millis(first_token_ms),
@@ -393,6 +428,11 @@ async fn run_cli(cli: Cli) -> ExitCode {
             };
             mock(port, config).await
         }
+        Command::Scenario {
+            print_config,
+            mock_args,
+            seed,
+        } => scenario(print_config, mock_args.as_deref(), seed),
         Command::Bench {
             what:
                 Some(BenchWhat::Stall {
@@ -503,6 +543,33 @@ async fn demo(headless: bool, sessions: usize, seed: u64, json: bool, record: Op
     } else {
         ExitCode::FAILURE
     }
+}
+
+fn scenario(print_config: bool, upstream: Option<&str>, seed: u64) -> ExitCode {
+    use baton::tools::scenario;
+    match (print_config, upstream) {
+        (true, _) => print!("{}", scenario::demos_config()),
+        (false, Some(name)) => {
+            let (Some(u), Some(port)) = (
+                scenario::UPSTREAMS.iter().find(|u| u.name == name),
+                scenario::demo_port(name),
+            ) else {
+                let names: Vec<&str> = scenario::UPSTREAMS.iter().map(|u| u.name).collect();
+                eprintln!("baton scenario: no upstream {name:?} (there are {})", names.join(", "));
+                return ExitCode::FAILURE;
+            };
+            println!("--port\n{port}");
+            for arg in scenario::mock_args(u, seed, Some(scenario::DEMOS_OUTAGES)) {
+                println!("{arg}");
+            }
+        }
+        (false, None) => {
+            for u in scenario::UPSTREAMS {
+                println!("{}", u.name);
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 async fn mock(port: u16, config: MockConfig) -> ExitCode {

@@ -11,10 +11,9 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use crate::continuation::ContinuationMode;
 use crate::engine::event::{EngineEvent, EventBus, EventKind, HandoverCost, Subscriber, BATON_SESSION};
 use crate::engine::splice::{Splicer, EVENT_CAPACITY};
-use crate::oracle::fault::{Fault, FaultPlan, FaultScript};
+use crate::oracle::fault::{FaultPlan, FaultScript};
 use crate::oracle::script::Pacing;
 use crate::oracle::server::{spawn, MockConfig};
 use crate::oracle::{answer, Style};
@@ -23,12 +22,12 @@ use crate::policy::budget::BudgetConfig;
 use crate::policy::deadline::Deadlines;
 use crate::policy::health::RouteHealth;
 use crate::policy::ladder::{Ladder, Route};
-use crate::policy::overlap::OverlapMode;
 use crate::policy::reasoning::Phase;
 use crate::provider::openai::OpenAiProvider;
 use crate::record::{RecordOptions, RecordStats, Recorder};
 use crate::request::{ChatRequest, Message, Role};
 use crate::stats::percentile;
+use crate::tools::scenario;
 
 /// The demo's primary route, the one that goes down.
 pub const PRIMARY: &str = "primary";
@@ -210,127 +209,92 @@ impl DemoWorld {
             first_token: Duration::from_millis(30),
             interval: Duration::from_millis(4),
         };
-        let upstream = |plan, style| MockConfig { plan, style, pacing };
         let epoch = Instant::now();
-        let outage = FaultPlan::Outage {
-            seed,
-            epoch,
-            offset: outages.offset,
-            period: outages.period,
-            down: outages.down,
-        };
-        let (primary, stop_p) = spawn(upstream(outage, Style::default())).await?;
-        let no_prefill = FaultPlan::Fixed(FaultScript::always(Fault::RejectPrefill));
-        let (echo, stop_e) = spawn(upstream(
-            no_prefill,
-            Style {
-                repeat_words: 2,
-                extra_space: false,
-            },
-        ))
-        .await?;
-        let healthy = FaultPlan::Fixed(FaultScript::NONE);
-        let (steady, stop_s) = spawn(upstream(
-            healthy,
-            Style {
-                repeat_words: 1,
-                extra_space: true,
-            },
-        ))
-        .await?;
-        let steady_addr = steady;
-        // The reasoning model thinks slower than the others answer, so its thinking outlasts its first-token deadline.
-        let (thinker, stop_t) = spawn(MockConfig {
-            plan: FaultPlan::ByModel,
-            style: Style::default(),
-            pacing: Pacing {
-                first_token: pacing.first_token,
-                interval: Duration::from_millis(10),
-            },
-        })
-        .await?;
-
         let client = OpenAiProvider::default_client();
-        let provider = |addr: std::net::SocketAddr| {
-            Arc::new(OpenAiProvider::new(client.clone(), &format!("http://{addr}/v1"), None))
-        };
-        let fast = Deadlines {
-            first_token: Duration::from_millis(1500),
-            stall: Duration::from_millis(400),
-            total: Duration::from_secs(60),
-            reasoning_budget: None,
-        };
-        let patient = Deadlines {
-            first_token: Duration::from_secs(5),
-            stall: Duration::from_secs(2),
-            total: Duration::from_secs(60),
-            reasoning_budget: None,
-        };
-        let mut primary = Route::new(PRIMARY, "oracle-large", provider(primary)).with_deadlines(fast);
-        // The primary is flaky by design (most of its answers break somewhere):
-        // its breaker opens on a run of failures only an outage makes likely,
-        // and probes again soon, so the demo shows it open and close.
-        let breaker = BreakerConfig {
-            consecutive_failures: 8,
-            // A rate can never exceed 1: only a run of failures opens this breaker.
-            failure_rate: 1.0,
-            cool_down: outages.cool_down,
-            // Slow failures (a first-token timeout) are probed more rarely, but
-            // not much: the headless run lasts two seconds, and half the
-            // primary's answers break outside its outage too.
-            max_cool_down: outages.cool_down * 4,
-            // Several probes at once: one slow probe must not keep every session off the primary.
-            probes: 4,
-            ..BreakerConfig::default()
-        };
-        primary.health = Arc::new(RouteHealth::new(breaker, BudgetConfig::default()));
-        let echo = Route::new("echo", "oracle-echo", provider(echo)).with_deadlines(patient);
-        // It echoes a word on every continuation, and says so: one word after a
-        // space is otherwise as likely a genuine repeat, and kept.
-        let steady = Route::new("steady", "oracle-small", provider(steady))
-            .with_deadlines(patient)
-            .with_continuation(ContinuationMode::Instruct)
-            .with_overlap(OverlapMode::Always);
-        // Thinking is tokens: 40 to 70 thoughts at 10 ms outlast the 300 ms first-token deadline.
-        let thinking = Deadlines {
-            first_token: Duration::from_millis(300),
-            stall: Duration::from_millis(400),
-            total: Duration::from_secs(60),
-            reasoning_budget: None,
-        };
-        let mut thinker = Route::new("thinker", "{model}", provider(thinker)).with_deadlines(thinking);
-        // Each scenario is a model of its own, with health of its own: a breaker
-        // opening on a scenario that always fails would hide its handovers.
-        let never_opens = BreakerConfig {
-            consecutive_failures: u32::MAX,
-            failure_rate: 1.0,
-            ..BreakerConfig::default()
-        };
-        thinker.health = Arc::new(RouteHealth::new(never_opens, BudgetConfig::default()));
-        let steady_thinker = Route::new("steady-think", "oracle-think-small", provider(steady_addr))
-            .with_deadlines(patient)
-            .with_continuation(ContinuationMode::Instruct)
-            .with_overlap(OverlapMode::Always);
+        let mut providers = HashMap::new();
+        let mut stops = Vec::new();
+        for upstream in scenario::UPSTREAMS {
+            let plan = match upstream.faults {
+                scenario::Faults::Flaky => FaultPlan::Outage {
+                    seed,
+                    epoch,
+                    offset: outages.offset,
+                    period: outages.period,
+                    down: outages.down,
+                },
+                scenario::Faults::Fixed(script) => FaultPlan::Fixed(script.parse().unwrap_or(FaultScript::NONE)),
+                scenario::Faults::ByModel => FaultPlan::ByModel,
+            };
+            let style = Style {
+                repeat_words: upstream.repeat_words,
+                extra_space: upstream.extra_space,
+            };
+            let pacing = Pacing {
+                interval: upstream.interval_ms.map_or(pacing.interval, Duration::from_millis),
+                ..pacing
+            };
+            let (addr, stop) = spawn(MockConfig { plan, style, pacing }).await?;
+            let provider = Arc::new(OpenAiProvider::new(client.clone(), &format!("http://{addr}/v1"), None));
+            providers.insert(upstream.name, provider);
+            stops.push(stop);
+        }
+        let mut routes = HashMap::new();
+        for r in scenario::ROUTES {
+            let Some(provider) = providers.get(r.upstream) else {
+                continue;
+            };
+            let deadlines = Deadlines {
+                first_token: Duration::from_millis(r.ttft_ms),
+                stall: Duration::from_millis(r.stall_ms),
+                total: Duration::from_millis(r.total_ms),
+                reasoning_budget: None,
+            };
+            let mut route = Route::new(r.name, r.model, provider.clone())
+                .with_deadlines(deadlines)
+                .with_continuation(r.continuation)
+                .with_overlap(r.overlap);
+            let breaker = match r.breaker {
+                scenario::Breaker::Default => None,
+                // The primary is flaky by design (most of its answers break somewhere).
+                scenario::Breaker::Flaky => Some(BreakerConfig {
+                    consecutive_failures: scenario::FLAKY_CONSECUTIVE_FAILURES,
+                    // A rate can never exceed 1: only a run of failures opens this breaker.
+                    failure_rate: 1.0,
+                    cool_down: outages.cool_down,
+                    // Slow failures (a first-token timeout) are probed more rarely, but
+                    // not much: the headless run lasts two seconds, and half the
+                    // primary's answers break outside its outage too.
+                    max_cool_down: outages.cool_down * 4,
+                    // Several probes at once: one slow probe must not keep every session off the primary.
+                    probes: 4,
+                    ..BreakerConfig::default()
+                }),
+                // Each scenario is a model of its own, with health of its own: a breaker
+                // opening on a scenario that always fails would hide its handovers.
+                scenario::Breaker::Never => Some(BreakerConfig {
+                    consecutive_failures: u32::MAX,
+                    failure_rate: 1.0,
+                    ..BreakerConfig::default()
+                }),
+            };
+            if let Some(breaker) = breaker {
+                route.health = Arc::new(RouteHealth::new(breaker, BudgetConfig::default()));
+            }
+            routes.insert(r.name, route);
+        }
         let events = EventBus::new(EVENT_CAPACITY);
-        let splicers = vec![
-            Splicer::with_events(
-                Ladder::new(vec![primary.clone(), echo.clone(), steady.clone()]).named("echo-first"),
-                events.clone(),
-            ),
-            Splicer::with_events(
-                Ladder::new(vec![primary, steady.clone(), echo]).named("steady-first"),
-                events.clone(),
-            ),
-            Splicer::with_events(
-                Ladder::new(vec![thinker, steady_thinker, steady]).named("thinking"),
-                events.clone(),
-            ),
-        ];
+        let splicers = scenario::LADDERS
+            .iter()
+            .map(|l| {
+                let rungs = l.routes.iter().filter_map(|name| routes.get(name).cloned()).collect();
+                Splicer::with_events(Ladder::new(rungs).named(l.name), events.clone())
+            })
+            .collect();
         Ok(DemoWorld {
             splicers,
             events,
             recovered: epoch + outages.offset + outages.down,
-            _stops: vec![stop_p, stop_e, stop_s, stop_t],
+            _stops: stops,
         })
     }
 

@@ -7,6 +7,7 @@ pub mod bench;
 pub mod demo;
 #[cfg(feature = "cli")]
 pub mod report;
+pub mod scenario;
 #[cfg(feature = "cli")]
 pub mod soak;
 #[cfg(feature = "cli")]

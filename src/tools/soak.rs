@@ -4,10 +4,13 @@
 //!
 //! The upstreams and the proxy are child processes of the current executable,
 //! so the resident set and the descriptors measured are the server's own, not
-//! the load generator's. The scenario is the demo's: a primary failing in a
-//! random mix of faults ([`FaultPlan::Random`](crate::oracle::fault::FaultPlan)),
-//! a fallback that rejects prefill and repeats words, and a healthy instruct
-//! fallback, over two ladders so both fallback orders take part.
+//! the load generator's. The scenario is the demo's ([`crate::tools::scenario`]):
+//! a primary failing in a random mix of faults
+//! ([`FaultPlan::Random`](crate::oracle::fault::FaultPlan), no outages, no
+//! breaker opening), a fallback that rejects prefill and repeats words, and a
+//! healthy instruct fallback that repeats a word and a space, over two ladders
+//! so both fallback orders take part (the reasoning ladder is configured but
+//! not driven: the soak checks answer text only).
 //!
 //! Clients are `concurrency` workers taking session numbers from one counter,
 //! so that many streams are open at once until the last few. Each session's
@@ -33,6 +36,7 @@ use crate::oracle::answer;
 use crate::tools::bench::proc::{status_kib_of, Child, ChildError};
 use crate::tools::bench::{connect, read_head, read_idle, SseDecoder};
 use crate::tools::demo::{byte_damage, conversation};
+use crate::tools::scenario;
 
 /// After the load, how long the server may take to close what it no longer needs.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -162,64 +166,19 @@ pub enum SoakError {
     Options(String),
 }
 
-/// The proxy's config: the demo's ladders over the three mock upstreams.
-fn serve_config(primary: SocketAddr, echo: SocketAddr, steady: SocketAddr) -> String {
-    // The breaker never opens: the soak is about every fault, every time, not about skipping the primary.
-    format!(
-        r#"# written by `baton soak`
-[server]
-listen = "127.0.0.1:0"
-shutdown_grace_ms = 1000
-
-[[route]]
-name = "primary"
-provider = "openai"
-base_url = "http://{primary}/v1"
-model = "oracle-large"
-ttft_ms = 1500
-stall_ms = 400
-total_ms = 60000
-breaker_consecutive_failures = 1000000000
-breaker_failure_rate = 1.0
-
-[[route]]
-name = "echo"
-provider = "openai"
-base_url = "http://{echo}/v1"
-model = "oracle-echo"
-ttft_ms = 5000
-stall_ms = 2000
-total_ms = 60000
-breaker_consecutive_failures = 1000000000
-breaker_failure_rate = 1.0
-
-[[route]]
-name = "steady"
-provider = "openai"
-base_url = "http://{steady}/v1"
-model = "oracle-small"
-continuation = "instruct"
-# It echoes a word on every continuation: one word after a space is otherwise ambiguous, and kept.
-overlap = "always"
-ttft_ms = 5000
-stall_ms = 2000
-total_ms = 60000
-breaker_consecutive_failures = 1000000000
-breaker_failure_rate = 1.0
-
-[[ladder]]
-name = "{}"
-routes = ["primary", "echo", "steady"]
-
-[[ladder]]
-name = "{}"
-routes = ["primary", "steady", "echo"]
-"#,
-        LADDERS[0], LADDERS[1]
-    )
+/// The proxy's config: the demo scenario over the mock upstreams at `addrs` (by upstream name).
+fn serve_config(addrs: &BTreeMap<&str, SocketAddr>) -> String {
+    let addr = |name: &str| addrs.get(name).map_or_else(|| "127.0.0.1:0".to_string(), |a| a.to_string());
+    scenario::render_config(&scenario::Render {
+        listen: "127.0.0.1:0",
+        addr: &addr,
+        // The breaker never opens: the soak is about every fault, every time, not about skipping the primary.
+        flaky_cool_down_ms: None,
+        header: "# written by `baton soak` from the demo scenario (src/tools/scenario.rs)\n",
+    })
 }
 
-/// The three upstreams and the proxy, all children of this process.
+/// The scenario's upstreams and the proxy, all children of this process.
 struct World {
     upstreams: Vec<Child>,
     proxy: Child,
@@ -229,27 +188,29 @@ struct World {
 impl World {
     async fn start(options: &SoakOptions) -> Result<World, SoakError> {
         let exe = std::env::current_exe().map_err(SoakError::Exe)?;
-        let pacing = [
-            "--first-token-ms".to_string(),
-            options.first_token_ms.to_string(),
-            "--interval-ms".to_string(),
-            options.interval_ms.to_string(),
-        ];
-        let mock = |extra: &[&str]| {
-            let mut args: Vec<String> = ["mock", "--port", "0"].iter().map(|s| s.to_string()).collect();
-            args.extend(extra.iter().map(|s| s.to_string()));
-            args.extend(pacing.iter().cloned());
+        let mock = |own: &[&str]| {
+            let mut args: Vec<String> = ["mock", "--port", "0", "--first-token-ms"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            args.push(options.first_token_ms.to_string());
+            // The scenario's slower thinker keeps its own pace.
+            if !own.contains(&"--interval-ms") {
+                args.extend(["--interval-ms".to_string(), options.interval_ms.to_string()]);
+            }
+            args.extend(own.iter().map(|s| s.to_string()));
             args
         };
-        let seed = options.seed.to_string();
-        let primary = Child::start(&exe, &mock(&["--random-faults", &seed]), Stdio::null()).await?;
-        let echo = Child::start(
-            &exe,
-            &mock(&["--fault", "noprefill", "--repeat-words", "2"]),
-            Stdio::null(),
-        )
-        .await?;
-        let steady = Child::start(&exe, &mock(&["--repeat-words", "1"]), Stdio::null()).await?;
+        let mut upstreams = Vec::new();
+        let mut addrs = BTreeMap::new();
+        for upstream in scenario::UPSTREAMS {
+            // The primary's random mix without outages: every conversation meets a fault.
+            let own = scenario::mock_args(upstream, options.seed, None);
+            let own: Vec<&str> = own.iter().map(String::as_str).collect();
+            let child = Child::start(&exe, &mock(&own), Stdio::null()).await?;
+            addrs.insert(upstream.name, child.addr);
+            upstreams.push(child);
+        }
 
         let scratch = std::env::temp_dir().join(format!("baton-soak-{}", std::process::id()));
         let scratch_error = |path: &Path, source| SoakError::Scratch {
@@ -258,7 +219,7 @@ impl World {
         };
         std::fs::create_dir_all(&scratch).map_err(|e| scratch_error(&scratch, e))?;
         let config = scratch.join("soak.toml");
-        std::fs::write(&config, serve_config(primary.addr, echo.addr, steady.addr))
+        std::fs::write(&config, serve_config(&addrs))
             .map_err(|e| scratch_error(&config, e))?;
         let log_path = scratch.join("serve.log");
         let log = std::fs::File::create(&log_path).map_err(|e| scratch_error(&log_path, e))?;
@@ -269,7 +230,7 @@ impl World {
         ];
         let proxy = Child::start(&exe, &args, Stdio::from(log)).await?;
         Ok(World {
-            upstreams: vec![primary, echo, steady],
+            upstreams,
             proxy,
             scratch,
         })
@@ -709,7 +670,8 @@ mod tests {
     #[test]
     fn the_config_is_valid() {
         let a = SocketAddr::from(([127, 0, 0, 1], 1));
-        let config = crate::config::Config::parse("soak.toml", &serve_config(a, a, a), &|_| None);
+        let addrs = scenario::UPSTREAMS.iter().map(|u| (u.name, a)).collect();
+        let config = crate::config::Config::parse("soak.toml", &serve_config(&addrs), &|_| None);
         assert!(config.is_ok(), "{config:?}");
     }
 

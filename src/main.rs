@@ -137,7 +137,13 @@ enum Command {
         /// With --random-faults: outages of 503s to every request, as
         /// OFFSET,PERIOD,DOWN in ms (the first OFFSET after start, one per
         /// PERIOD, each DOWN long); outside them half the conversations get the mix.
-        #[arg(long, value_name = "OFFSET,PERIOD,DOWN", value_delimiter = ',', num_args = 1, requires = "random_faults")]
+        #[arg(
+            long,
+            value_name = "OFFSET,PERIOD,DOWN",
+            value_delimiter = ',',
+            num_args = 1,
+            requires = "random_faults"
+        )]
         outage_ms: Option<Vec<u64>>,
         /// Milliseconds between chunks.
         #[arg(long, default_value_t = 5)]

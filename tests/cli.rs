@@ -221,10 +221,18 @@ fn demos_config_is_the_demo_scenario_and_checks() {
         "demos/baton.toml drifted from the scenario: rewrite it with `baton scenario --print-config > demos/baton.toml`"
     );
     let check = Command::new(BATON)
-        .args(["check", "--config", concat!(env!("CARGO_MANIFEST_DIR"), "/demos/baton.toml")])
+        .args([
+            "check",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/demos/baton.toml"),
+        ])
         .output()
         .expect("run baton check");
-    assert!(check.status.success(), "stderr: {}", String::from_utf8_lossy(&check.stderr));
+    assert!(
+        check.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
     let resolved = String::from_utf8_lossy(&check.stdout);
     for ladder in ["echo-first", "steady-first", "thinking"] {
         assert!(resolved.contains(&format!("ladder \"{ladder}\"")), "{resolved}");
@@ -234,9 +242,18 @@ fn demos_config_is_the_demo_scenario_and_checks() {
 #[test]
 fn baton_mock_takes_every_scenario_upstreams_arguments() {
     let script = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/demos/proxy-demo.sh")).unwrap();
-    assert!(script.contains("baton scenario --mock-args"), "the demo script starts the scenario's mocks");
-    let list = Command::new(BATON).arg("scenario").output().expect("run baton scenario");
-    let names: Vec<String> = String::from_utf8_lossy(&list.stdout).lines().map(str::to_string).collect();
+    assert!(
+        script.contains("baton scenario --mock-args"),
+        "the demo script starts the scenario's mocks"
+    );
+    let list = Command::new(BATON)
+        .arg("scenario")
+        .output()
+        .expect("run baton scenario");
+    let names: Vec<String> = String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
     assert_eq!(names, ["primary", "echo", "steady", "thinker"]);
     for (i, name) in names.iter().enumerate() {
         let out = Command::new(BATON)
@@ -244,7 +261,10 @@ fn baton_mock_takes_every_scenario_upstreams_arguments() {
             .output()
             .expect("run baton scenario --mock-args");
         assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
-        let mut args: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+        let mut args: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect();
         assert_eq!(args[..2], ["--port".to_string(), (9001 + i).to_string()], "{name}");
         // Any free port here: the demo ports may be taken on this machine.
         args[1] = "0".into();
@@ -256,7 +276,9 @@ fn baton_mock_takes_every_scenario_upstreams_arguments() {
             .spawn()
             .expect("start baton mock");
         let mut line = String::new();
-        BufReader::new(mock.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        BufReader::new(mock.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         let _ = mock.kill();
         let status = mock.wait().unwrap();
         let mut stderr = String::new();
@@ -266,6 +288,9 @@ fn baton_mock_takes_every_scenario_upstreams_arguments() {
             "{name} {args:?}: {line:?} {status} {stderr}"
         );
     }
-    let steady = Command::new(BATON).args(["scenario", "--mock-args", "steady"]).output().unwrap();
+    let steady = Command::new(BATON)
+        .args(["scenario", "--mock-args", "steady"])
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&steady.stdout).contains("--extra-space"));
 }

@@ -250,11 +250,7 @@ pub struct Render<'a> {
 pub fn render_config(r: &Render<'_>) -> String {
     let mut out = String::new();
     out.push_str(r.header);
-    let _ = write!(
-        out,
-        "\n[server]\nlisten = \"{}\"\nshutdown_grace_ms = 1000\n",
-        r.listen
-    );
+    let _ = write!(out, "\n[server]\nlisten = \"{}\"\nshutdown_grace_ms = 1000\n", r.listen);
     for route in ROUTES {
         let _ = write!(
             out,
@@ -360,7 +356,10 @@ mod tests {
 
     #[test]
     fn mock_args_say_everything_the_upstream_is() {
-        let steady = UPSTREAMS.iter().find(|u| u.name == "steady").map(|u| mock_args(u, 1, None));
+        let steady = UPSTREAMS
+            .iter()
+            .find(|u| u.name == "steady")
+            .map(|u| mock_args(u, 1, None));
         assert_eq!(
             steady,
             Some(vec!["--repeat-words".into(), "1".into(), "--extra-space".into()])

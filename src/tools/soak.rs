@@ -168,7 +168,11 @@ pub enum SoakError {
 
 /// The proxy's config: the demo scenario over the mock upstreams at `addrs` (by upstream name).
 fn serve_config(addrs: &BTreeMap<&str, SocketAddr>) -> String {
-    let addr = |name: &str| addrs.get(name).map_or_else(|| "127.0.0.1:0".to_string(), |a| a.to_string());
+    let addr = |name: &str| {
+        addrs
+            .get(name)
+            .map_or_else(|| "127.0.0.1:0".to_string(), |a| a.to_string())
+    };
     scenario::render_config(&scenario::Render {
         listen: "127.0.0.1:0",
         addr: &addr,
@@ -219,8 +223,7 @@ impl World {
         };
         std::fs::create_dir_all(&scratch).map_err(|e| scratch_error(&scratch, e))?;
         let config = scratch.join("soak.toml");
-        std::fs::write(&config, serve_config(&addrs))
-            .map_err(|e| scratch_error(&config, e))?;
+        std::fs::write(&config, serve_config(&addrs)).map_err(|e| scratch_error(&config, e))?;
         let log_path = scratch.join("serve.log");
         let log = std::fs::File::create(&log_path).map_err(|e| scratch_error(&log_path, e))?;
         let args = [

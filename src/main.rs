@@ -181,6 +181,10 @@ enum Command {
         /// Clients connecting at once while the streams ramp up.
         #[arg(long, default_value_t = 1000)]
         connect_concurrency: usize,
+        /// Keep one `/events` subscriber on the proxy and record every session
+        /// (the proxy's cost with a dashboard and the recorder on).
+        #[arg(long)]
+        events: bool,
         /// Print the report as one JSON object on stdout.
         #[arg(long)]
         json: bool,
@@ -476,6 +480,7 @@ async fn run_cli(cli: Cli) -> ExitCode {
             chunks,
             interval_ms,
             connect_concurrency,
+            events,
             json,
         } => {
             let options = baton::tools::bench::BenchOptions {
@@ -484,6 +489,7 @@ async fn run_cli(cli: Cli) -> ExitCode {
                 chunks,
                 interval: Duration::from_secs_f64(interval_ms.max(0.0) / 1000.0),
                 connect_concurrency,
+                events,
                 ..Default::default()
             };
             baton::tools::bench::main(options, json).await

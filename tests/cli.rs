@@ -208,6 +208,37 @@ fn bench_measures_the_proxy_process_alone_and_reports_its_figures() {
 }
 
 #[test]
+fn bench_with_events_keeps_a_subscriber_that_sees_the_sessions() {
+    let out = Command::new(BATON)
+        .args([
+            "bench",
+            "--sizes",
+            "5",
+            "--chunks",
+            "50",
+            "--interval-ms",
+            "0",
+            "--modes",
+            "proxied",
+            "--events",
+            "--json",
+        ])
+        .output()
+        .expect("run baton bench --events");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stderr: {stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("one JSON object on stdout ({e}); stderr: {stderr}"));
+    assert_eq!(report["options"]["events"], true, "{report}");
+    let proxied = &report["results"][0]["proxied"];
+    assert_eq!(proxied["errors"], 0, "{report}");
+    assert_eq!(proxied["chunks"], 250, "{report}");
+    // Every token is an event on the feed: 250 chunks make far more than a kilobyte of it.
+    let read = proxied["proxy"]["events_bytes"].as_u64().unwrap_or(0);
+    assert!(read > 250 * 20, "the subscriber read {read} bytes: {report}");
+}
+
+#[test]
 fn demos_config_is_the_demo_scenario_and_checks() {
     let out = Command::new(BATON)
         .args(["scenario", "--print-config"])

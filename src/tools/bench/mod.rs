@@ -102,6 +102,8 @@ pub struct BenchOptions {
     /// A client gives up after this long without a byte.
     #[serde(rename = "idle_timeout_ms", serialize_with = "as_ms")]
     pub idle_timeout: Duration,
+    /// Proxied runs keep one `/events` subscriber connected and record every session.
+    pub events: bool,
 }
 
 fn as_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -117,6 +119,7 @@ impl Default for BenchOptions {
             interval: Duration::from_millis(10),
             connect_concurrency: 1_000,
             idle_timeout: Duration::from_secs(60),
+            events: false,
         }
     }
 }
@@ -140,13 +143,16 @@ struct Proxy {
     scratch: PathBuf,
 }
 
-fn proxy_config_text(upstream: SocketAddr) -> String {
+fn proxy_config_text(upstream: SocketAddr, record_dir: Option<&std::path::Path>) -> String {
+    let record = record_dir.map_or(String::new(), |dir| {
+        format!("record_dir = {}\n", toml::Value::String(dir.display().to_string()))
+    });
     format!(
         r#"# written by `baton bench`
 [server]
 listen = "{PROXY_IP}:0"
 shutdown_grace_ms = 1000
-
+{record}
 [[route]]
 name = "stamped"
 provider = "openai"
@@ -164,12 +170,13 @@ max_retries = 0
     )
 }
 
-async fn start_proxy(upstream: SocketAddr, streams: usize) -> Result<Proxy, String> {
+async fn start_proxy(upstream: SocketAddr, streams: usize, record: bool) -> Result<Proxy, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the baton executable: {e}"))?;
     let scratch = std::env::temp_dir().join(format!("baton-bench-{}-{streams}", std::process::id()));
     std::fs::create_dir_all(&scratch).map_err(|e| format!("cannot create {}: {e}", scratch.display()))?;
     let config = scratch.join("bench.toml");
-    std::fs::write(&config, proxy_config_text(upstream))
+    let record_dir = record.then(|| scratch.join("recordings"));
+    std::fs::write(&config, proxy_config_text(upstream, record_dir.as_deref()))
         .map_err(|e| format!("cannot write {}: {e}", config.display()))?;
     let log_path = scratch.join("serve.log");
     let log = std::fs::File::create(&log_path).map_err(|e| format!("cannot write {}: {e}", log_path.display()))?;
@@ -309,6 +316,43 @@ pub struct ProxyFigures {
     pub rss_peak_kib: u64,
     /// `(rss_peak - rss_idle) / streams` (KiB).
     pub kib_per_stream: f64,
+    /// With `--events`: the bytes the `/events` subscriber read during the run.
+    pub events_bytes: Option<u64>,
+}
+
+/// One `/events` reader on the proxy for a whole run, counting what it reads.
+struct Subscriber {
+    bytes: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Subscriber {
+    /// Connects and sends the request; the response is read in the background.
+    async fn start(proxy: SocketAddr) -> Result<Self, String> {
+        let mut socket = connect(CLIENT_PROXIED_IP, proxy)
+            .await
+            .map_err(|e| format!("cannot connect the /events subscriber: {e}"))?;
+        let request = format!("GET /events HTTP/1.1\r\nhost: {proxy}\r\naccept: text/event-stream\r\n\r\n");
+        socket
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| format!("cannot ask for /events: {e}"))?;
+        let bytes = Arc::new(AtomicU64::new(0));
+        let counted = bytes.clone();
+        let task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n @ 1..) = socket.read(&mut buf).await {
+                counted.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        });
+        Ok(Subscriber { bytes, task })
+    }
+
+    /// Stops reading; the bytes read.
+    fn stop(self) -> u64 {
+        self.task.abort();
+        self.bytes.load(Ordering::Relaxed)
+    }
 }
 
 async fn run_once(mode: Mode, streams: usize, options: &BenchOptions) -> Result<RunResult, String> {
@@ -347,7 +391,7 @@ async fn run_once(mode: Mode, streams: usize, options: &BenchOptions) -> Result<
     let (target, source, proxy) = match mode {
         Mode::Direct => (upstream_addr, CLIENT_DIRECT_IP, None),
         Mode::Proxied => {
-            let proxy = match start_proxy(upstream_addr, streams).await {
+            let proxy = match start_proxy(upstream_addr, streams, options.events).await {
                 Ok(proxy) => proxy,
                 Err(e) => {
                     let _ = stop_upstream.send(());
@@ -369,6 +413,21 @@ async fn run_once(mode: Mode, streams: usize, options: &BenchOptions) -> Result<
             child.counters(),
         )
     });
+    // The subscriber connects before the first request, so it sees every session.
+    let events_at = proxy.as_ref().filter(|_| options.events).map(|p| p.child.addr);
+    let subscriber = match events_at {
+        Some(addr) => match Subscriber::start(addr).await {
+            Ok(subscriber) => Some(subscriber),
+            Err(e) => {
+                if let Some(proxy) = proxy {
+                    proxy.stop().await;
+                }
+                let _ = stop_upstream.send(());
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     let clients = Arc::new(Clients::new(source, target, options));
 
     trim_heap();
@@ -442,6 +501,11 @@ async fn run_once(mode: Mode, streams: usize, options: &BenchOptions) -> Result<
         }
         _ => None,
     };
+    let events_bytes = subscriber.map(Subscriber::stop);
+    let proxy_figures = proxy_figures.map(|figures| ProxyFigures {
+        events_bytes,
+        ..figures
+    });
     if let Some(proxy) = proxy {
         proxy.stop().await;
     }
@@ -510,6 +574,7 @@ fn proxy_figures(
         rss_idle_kib,
         rss_peak_kib,
         kib_per_stream: rss_peak_kib.saturating_sub(rss_idle_kib) as f64 / streams.max(1) as f64,
+        events_bytes: None,
     }
 }
 
@@ -616,7 +681,7 @@ mod tests {
 
     #[test]
     fn the_proxy_config_parses() {
-        let text = proxy_config_text("127.0.0.3:9000".parse().expect("addr"));
+        let text = proxy_config_text("127.0.0.3:9000".parse().expect("addr"), None);
         let config = crate::config::Config::parse("bench.toml", &text, &|_| None).expect("valid");
         assert!(config.ladder_for("bench").is_some());
     }

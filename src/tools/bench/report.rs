@@ -202,6 +202,21 @@ impl fmt::Display for BenchReport {
             f,
             "proxy: the `baton serve` child alone: CPU utime+stime of /proc/<pid>/stat (10 ms ticks); syscalls syscr+syscw of /proc/<pid>/io (read/write/readv/writev; recvfrom, how sockets are read, is not counted); KiB peak VmRSS minus idle, per stream"
         )?;
+        if o.events {
+            let read: Vec<String> = self
+                .results
+                .iter()
+                .filter_map(|r| {
+                    let bytes = r.proxied.as_ref()?.proxy.as_ref()?.events_bytes?;
+                    Some(format!("{} streams: {:.1} KiB", r.streams, bytes as f64 / 1024.0))
+                })
+                .collect();
+            writeln!(
+                f,
+                "--events: one /events subscriber connected and every session recorded during the proxied runs (it read {})",
+                read.join(", ")
+            )?;
+        }
         writeln!(f)?;
         writeln!(
             f,

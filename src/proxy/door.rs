@@ -8,6 +8,7 @@ use bytes::BytesMut;
 use serde_json::Value;
 
 use super::encode::{self, Answer, ChatEncoder, ClientEncoder, Flow};
+use super::responses::{self, ResponsesEncoder};
 use super::wire::{self, ApiError, ParsedRequest};
 use crate::engine::splice::ClientItem;
 use crate::policy::reasoning::OutgoingField;
@@ -17,16 +18,19 @@ use crate::policy::reasoning::OutgoingField;
 pub enum Door {
     /// OpenAI chat completions, `POST /v1/chat/completions`.
     Chat,
+    /// OpenAI Responses, `POST /v1/responses`.
+    Responses,
 }
 
 impl Door {
     /// Every door, in the order the 404 message lists them.
-    pub const ALL: [Door; 1] = [Door::Chat];
+    pub const ALL: [Door; 2] = [Door::Chat, Door::Responses];
 
     /// The path a client POSTs to.
     pub fn path(self) -> &'static str {
         match self {
             Door::Chat => "/v1/chat/completions",
+            Door::Responses => "/v1/responses",
         }
     }
 
@@ -39,6 +43,7 @@ impl Door {
     pub fn label(self) -> &'static str {
         match self {
             Door::Chat => "chat_completions",
+            Door::Responses => "responses",
         }
     }
 
@@ -46,6 +51,7 @@ impl Door {
     pub fn parse(self, body: &[u8]) -> Result<ParsedRequest, ApiError> {
         match self {
             Door::Chat => wire::parse_request(body),
+            Door::Responses => responses::parse_request(body),
         }
     }
 
@@ -58,6 +64,11 @@ impl Door {
                 request.include_usage,
                 reasoning_field,
             )),
+            Door::Responses => DoorEncoder::Responses(ResponsesEncoder::new(
+                &wire::new_id("resp_"),
+                &request.model,
+                created,
+            )),
         }
     }
 
@@ -65,13 +76,15 @@ impl Door {
     pub fn whole(self, answer: &Answer, created: u64) -> Value {
         match self {
             Door::Chat => encode::chat_completion(answer, &wire::new_id("chatcmpl-"), created),
+            Door::Responses => responses::response_object(answer, &wire::new_id("resp_"), created),
         }
     }
 
     /// `error` as this door's clients expect it.
     pub fn error_response(self, error: ApiError) -> Response {
         match self {
-            Door::Chat => error.into_response(),
+            // Responses errors are OpenAI-shaped, as chat's are.
+            Door::Chat | Door::Responses => error.into_response(),
         }
     }
 }
@@ -82,18 +95,22 @@ impl Door {
 pub enum DoorEncoder {
     /// Chat-completions chunks.
     Chat(ChatEncoder),
+    /// Responses semantic events.
+    Responses(ResponsesEncoder),
 }
 
 impl ClientEncoder for DoorEncoder {
     fn item(&mut self, item: &ClientItem, out: &mut BytesMut) -> Flow {
         match self {
             DoorEncoder::Chat(e) => e.item(item, out),
+            DoorEncoder::Responses(e) => e.item(item, out),
         }
     }
 
     fn error(&mut self, message: &str, code: &'static str, out: &mut BytesMut) {
         match self {
             DoorEncoder::Chat(e) => e.error(message, code, out),
+            DoorEncoder::Responses(e) => e.error(message, code, out),
         }
     }
 }

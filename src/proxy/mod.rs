@@ -26,6 +26,7 @@ pub mod door;
 pub mod encode;
 pub mod guard;
 pub mod metrics;
+pub mod responses;
 mod session;
 mod status;
 pub mod wire;
@@ -152,6 +153,10 @@ pub fn router(config: &Config, phase: watch::Receiver<Phase>) -> (Router, Arc<Ap
         .route(
             Door::Chat.path(),
             post(|state, request| serve_door(Door::Chat, state, request)),
+        )
+        .route(
+            Door::Responses.path(),
+            post(|state, request| serve_door(Door::Responses, state, request)),
         )
         .route("/v1/models", get(models))
         .route("/events", get(events_feed))

@@ -64,7 +64,11 @@ impl Events {
         let id = self.events[0].1["response"]["id"].as_str().expect("id").to_string();
         assert!(id.starts_with("resp_"), "{id}");
         for (i, (_, data)) in self.events.iter().enumerate() {
-            assert_eq!(data["sequence_number"], json!(i), "sequence numbers count from 0 without gaps");
+            assert_eq!(
+                data["sequence_number"],
+                json!(i),
+                "sequence numbers count from 0 without gaps"
+            );
             if let Some(r) = data.get("response") {
                 assert_eq!(r["id"].as_str(), Some(id.as_str()), "one response id");
             }
@@ -198,7 +202,11 @@ async fn every_fault_streams_the_oracles_answer_in_one_envelope() {
         let response = &done["response"];
         assert_eq!(response["status"], "completed");
         let output = response["output"].as_array().expect("output");
-        assert_eq!(output.len(), 1, "{name}: one message item across the handover: {output:?}");
+        assert_eq!(
+            output.len(),
+            1,
+            "{name}: one message item across the handover: {output:?}"
+        );
         assert_eq!(output[0]["type"], "message");
         assert_eq!(output[0]["content"][0]["text"].as_str(), Some(want.as_str()));
         let done_text = events.of("response.output_text.done");
@@ -210,11 +218,7 @@ async fn every_fault_streams_the_oracles_answer_in_one_envelope() {
                 "{name}: the handover is a comment: {:?}",
                 events.comments
             );
-            assert_eq!(
-                response["baton"]["route_chain"],
-                json!([name, "fallback"]),
-                "{name}"
-            );
+            assert_eq!(response["baton"]["route_chain"], json!([name, "fallback"]), "{name}");
         }
     }
 }
@@ -252,10 +256,22 @@ async fn an_error_before_text_is_a_status_and_an_openai_error_body() {
     }
     // Requests baton cannot honour say so, before any upstream is asked.
     let refused = [
-        (json!({"model": "healthy", "input": "x", "previous_response_id": "resp_1"}), "previous_response_id"),
-        (json!({"model": "healthy", "input": "x", "conversation": "conv_1"}), "conversation"),
-        (json!({"model": "healthy", "input": "x", "tools": [{"type": "web_search"}]}), "web_search"),
-        (json!({"model": "healthy", "input": [{"type": "item_reference", "id": "x"}]}), "item_reference"),
+        (
+            json!({"model": "healthy", "input": "x", "previous_response_id": "resp_1"}),
+            "previous_response_id",
+        ),
+        (
+            json!({"model": "healthy", "input": "x", "conversation": "conv_1"}),
+            "conversation",
+        ),
+        (
+            json!({"model": "healthy", "input": "x", "tools": [{"type": "web_search"}]}),
+            "web_search",
+        ),
+        (
+            json!({"model": "healthy", "input": [{"type": "item_reference", "id": "x"}]}),
+            "item_reference",
+        ),
         (json!({"model": "healthy"}), "input"),
     ];
     for (body, named) in refused {
@@ -271,7 +287,10 @@ async fn an_error_before_text_is_a_status_and_an_openai_error_body() {
     let response = post(&proxy, &stored).await;
     assert_eq!(response.status(), 200);
     let v: Value = response.json().await.expect("json");
-    assert_eq!(v["output_text"].as_str(), Some(answer(&conversation("healthy")).as_str()));
+    assert_eq!(
+        v["output_text"].as_str(),
+        Some(answer(&conversation("healthy")).as_str())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -426,7 +445,10 @@ async fn function_calls_go_through_the_door_and_through_a_handover_mid_call() {
         end: End::Done,
     }])
     .await;
-    let toml = format!("{}[[ladder]]\nname = \"tools\"\nroutes = [\"d\"]\n", route("d", direct.base_url()));
+    let toml = format!(
+        "{}[[ladder]]\nname = \"tools\"\nroutes = [\"d\"]\n",
+        route("d", direct.base_url())
+    );
     let proxy = support::Serve::new(&toml).start().await;
     let v: Value = post(&proxy, &whole).await.json().await.expect("json");
     assert_eq!(v["status"], "completed", "{v}");
@@ -477,13 +499,14 @@ async fn reasoning_is_its_own_item_before_the_message_across_a_handover() {
         }
     }
     // Whole, the reasoning item comes first too.
-    let v: Value = post(&proxy, &request("think", "think", false)).await.json().await.expect("json");
+    let v: Value = post(&proxy, &request("think", "think", false))
+        .await
+        .json()
+        .await
+        .expect("json");
     assert_eq!(v["output"][0]["type"], "reasoning", "{v}");
     assert_eq!(v["output"][1]["type"], "message", "{v}");
-    assert_eq!(
-        v["output_text"].as_str(),
-        Some(answer(&conversation("think")).as_str())
-    );
+    assert_eq!(v["output_text"].as_str(), Some(answer(&conversation("think")).as_str()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -504,7 +527,11 @@ async fn an_anthropic_route_answers_behind_the_door_and_continues_a_cut_answer()
         let (last, done) = events.last();
         assert_eq!(last, "response.completed", "{name}");
         assert_eq!(done["response"]["model"], "claude-oracle", "{name}");
-        let chain = if name == "mixed" { json!(["gpt", "claude"]) } else { json!(["claude"]) };
+        let chain = if name == "mixed" {
+            json!(["gpt", "claude"])
+        } else {
+            json!(["claude"])
+        };
         assert_eq!(done["response"]["baton"]["route_chain"], chain, "{name}");
     }
 }

@@ -64,11 +64,9 @@ impl Door {
                 request.include_usage,
                 reasoning_field,
             )),
-            Door::Responses => DoorEncoder::Responses(ResponsesEncoder::new(
-                &wire::new_id("resp_"),
-                &request.model,
-                created,
-            )),
+            Door::Responses => {
+                DoorEncoder::Responses(ResponsesEncoder::new(&wire::new_id("resp_"), &request.model, created))
+            }
         }
     }
 

@@ -70,7 +70,10 @@ pub fn parse_request(body: &[u8]) -> Result<ParsedRequest, ApiError> {
         Some(_) => return Err(bad("invalid_input", "`input` must be a string or an array of items")),
         None => return Err(bad("missing_input", "`input` is required")),
     }
-    if !messages.iter().any(|m| m.role != Role::System && m.role != Role::Developer) {
+    if !messages
+        .iter()
+        .any(|m| m.role != Role::System && m.role != Role::Developer)
+    {
         return Err(bad("invalid_input", "`input` has no message to answer"));
     }
     let params = params(object)?;
@@ -240,7 +243,11 @@ fn params(mut object: Map<String, Value>) -> Result<Map<String, Value>, ApiError
         }
         params.insert("max_tokens".into(), v);
     }
-    if let Some(effort) = object.get("reasoning").and_then(|r| r.get("effort")).filter(|e| e.is_string()) {
+    if let Some(effort) = object
+        .get("reasoning")
+        .and_then(|r| r.get("effort"))
+        .filter(|e| e.is_string())
+    {
         params.insert("reasoning_effort".into(), effort.clone());
     }
     if let Some(Value::Array(tools)) = object.remove("tools") {
@@ -400,7 +407,8 @@ impl ResponsesEncoder {
         let (id, item, part) = match kind {
             Kind::Message => {
                 let id = wire::new_id("msg_");
-                let item = json!({"id": id, "type": "message", "status": "in_progress", "role": "assistant", "content": []});
+                let item =
+                    json!({"id": id, "type": "message", "status": "in_progress", "role": "assistant", "content": []});
                 (id, item, json!({"type": "output_text", "text": "", "annotations": []}))
             }
             Kind::Reasoning => {
@@ -489,12 +497,16 @@ impl ResponsesEncoder {
         for call in wire::merge_tool_calls(deltas) {
             let index = self.next_index();
             let id = wire::new_id("fc_");
-            let call_id = call.get("id").and_then(Value::as_str).map_or_else(|| wire::new_id("call_"), str::to_string);
+            let call_id = call
+                .get("id")
+                .and_then(Value::as_str)
+                .map_or_else(|| wire::new_id("call_"), str::to_string);
             let name = call.pointer("/function/name").and_then(Value::as_str).unwrap_or("");
-            let arguments = call.pointer("/function/arguments").and_then(Value::as_str).unwrap_or("");
-            let item = |status: &str, arguments: &str| {
-                json!({"id": id, "type": "function_call", "status": status, "call_id": call_id, "name": name, "arguments": arguments})
-            };
+            let arguments = call
+                .pointer("/function/arguments")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let item = |status: &str, arguments: &str| json!({"id": id, "type": "function_call", "status": status, "call_id": call_id, "name": name, "arguments": arguments});
             self.event(
                 "response.output_item.added",
                 json!({"output_index": index, "item": item("in_progress", "")}),

@@ -201,6 +201,14 @@ async fn every_fault_streams_the_oracles_answer_in_one_envelope() {
         assert_eq!(last, "response.completed", "{name}");
         let response = &done["response"];
         assert_eq!(response["status"], "completed");
+        // The oracle reports usage: summed over every attempt, in Responses' shape.
+        let usage = &response["usage"];
+        let (input, output) = (usage["input_tokens"].as_u64(), usage["output_tokens"].as_u64());
+        assert!(
+            input.is_some_and(|n| n > 0) && output.is_some_and(|n| n > 0),
+            "{name}: {usage}"
+        );
+        assert_eq!(usage["total_tokens"].as_u64(), Some(input.unwrap() + output.unwrap()));
         let output = response["output"].as_array().expect("output");
         assert_eq!(
             output.len(),

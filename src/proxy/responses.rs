@@ -402,7 +402,7 @@ impl ResponsesEncoder {
         if self.open.as_ref().is_some_and(|o| o.kind == kind) {
             return;
         }
-        self.close(out);
+        self.close("completed", out);
         let index = self.next_index();
         let (id, item, part) = match kind {
             Kind::Message => {
@@ -442,27 +442,38 @@ impl ResponsesEncoder {
             return;
         };
         open.text.push_str(text);
-        let (index, id) = (open.index, open.id.clone());
-        match kind {
-            Kind::Message => self.event(
-                "response.output_text.delta",
-                json!({"item_id": id, "output_index": index, "content_index": 0, "delta": text, "logprobs": []}),
-                out,
-            ),
-            Kind::Reasoning => self.event(
-                "response.reasoning_text.delta",
-                json!({"item_id": id, "output_index": index, "content_index": 0, "delta": text}),
-                out,
-            ),
+        let kind = match kind {
+            Kind::Message => "response.output_text.delta",
+            Kind::Reasoning => "response.reasoning_text.delta",
+        };
+        // The per-token path: written directly, no JSON value built (the same
+        // fields `event` would write; ids and kinds are ours, never escaped).
+        out.reserve(kind.len() * 2 + open.id.len() + text.len() + 160);
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(kind.as_bytes());
+        out.extend_from_slice(b"\ndata: {\"type\":\"");
+        out.extend_from_slice(kind.as_bytes());
+        out.extend_from_slice(b"\",\"item_id\":\"");
+        out.extend_from_slice(open.id.as_bytes());
+        out.extend_from_slice(b"\",\"output_index\":");
+        out.extend_from_slice(open.index.to_string().as_bytes());
+        out.extend_from_slice(b",\"content_index\":0,\"delta\":");
+        let _ = serde_json::to_writer(bytes::BufMut::writer(&mut *out), text);
+        if kind == "response.output_text.delta" {
+            out.extend_from_slice(b",\"logprobs\":[]");
         }
+        out.extend_from_slice(b",\"sequence_number\":");
+        out.extend_from_slice(self.sequence.to_string().as_bytes());
+        out.extend_from_slice(b"}\n\n");
+        self.sequence += 1;
     }
 
-    /// Closes the open item, if any: its done events, and it joins the output.
-    fn close(&mut self, out: &mut BytesMut) {
+    /// Closes the open item, if any, as `status`: its done events, and it joins the output.
+    fn close(&mut self, status: &str, out: &mut BytesMut) {
         let Some(open) = self.open.take() else {
             return;
         };
-        let item = finished_item(&open, "completed");
+        let item = finished_item(&open, status);
         let (index, id, text) = (open.index, open.id, open.text);
         let (done, part) = match open.kind {
             Kind::Message => (
@@ -493,7 +504,7 @@ impl ResponsesEncoder {
     }
 
     fn tool_calls(&mut self, deltas: &[Value], out: &mut BytesMut) {
-        self.close(out);
+        self.close("completed", out);
         for call in wire::merge_tool_calls(deltas) {
             let index = self.next_index();
             let id = wire::new_id("fc_");
@@ -645,7 +656,16 @@ impl ClientEncoder for ResponsesEncoder {
             }
             ClientItem::Handover(h) => out.extend_from_slice(&wire::handover_comment(h)),
             ClientItem::Done(done) => {
-                self.close(out);
+                // A cut-short answer's last item is incomplete, as OpenAI marks it.
+                let (status, _) = status(&done.finish_reason);
+                self.close(
+                    if status == "incomplete" {
+                        "incomplete"
+                    } else {
+                        "completed"
+                    },
+                    out,
+                );
                 let mut response = self.snapshot("completed", self.output.clone());
                 finish(
                     &mut response,
@@ -681,8 +701,12 @@ pub fn response_object(answer: &Answer, id: &str, created: u64) -> Value {
         }));
     }
     if !answer.text.is_empty() || answer.tool_calls.is_empty() {
+        let item_status = match status(&answer.finish_reason).0 {
+            "incomplete" => "incomplete",
+            _ => "completed",
+        };
         output.push(json!({
-            "id": wire::new_id("msg_"), "type": "message", "status": "completed", "role": "assistant",
+            "id": wire::new_id("msg_"), "type": "message", "status": item_status, "role": "assistant",
             "content": [{"type": "output_text", "text": answer.text, "annotations": []}],
         }));
     }
@@ -707,4 +731,397 @@ pub fn response_object(answer: &Answer, id: &str, created: u64) -> Value {
     // The SDKs compute `output_text` themselves; plain-HTTP clients get it too.
     response["output_text"] = json!(answer.text);
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::engine::splice::{Completion, Handover, SpliceError};
+    use crate::failure::FailureClass;
+    use crate::provider::ReasoningField;
+    use crate::request::Usage;
+    use crate::usage::AttemptTokens;
+
+    fn parse(body: Value) -> Result<ParsedRequest, ApiError> {
+        parse_request(body.to_string().as_bytes())
+    }
+
+    fn code(body: Value) -> &'static str {
+        parse(body).map(|_| ()).expect_err("refused").code
+    }
+
+    #[test]
+    fn a_string_input_and_instructions_are_a_system_and_a_user_message() {
+        let parsed =
+            parse(json!({"model": "m", "input": "hi", "instructions": "Be brief.", "stream": true, "store": true}))
+                .expect("valid");
+        assert_eq!(parsed.model, "m");
+        assert!(parsed.stream);
+        let roles: Vec<Role> = parsed.messages.iter().map(|m| m.role).collect();
+        assert_eq!(roles, [Role::System, Role::User]);
+        assert_eq!(parsed.messages[0].content, "Be brief.");
+        assert_eq!(parsed.messages[1].content, "hi");
+        assert!(parsed.params.is_empty(), "{:?}", parsed.params);
+    }
+
+    #[test]
+    fn items_become_chat_messages() {
+        let parsed = parse(json!({"model": "m", "input": [
+            {"role": "developer", "content": "Rules."},
+            {"type": "message", "role": "user", "content": [
+                {"type": "input_text", "text": "Look:"},
+                {"type": "input_image", "image_url": "data:image/png;base64,AAAA", "detail": "low"},
+            ]},
+            {"role": "assistant", "content": [{"type": "output_text", "text": "Calling."}]},
+            {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+            {"type": "function_call", "call_id": "c2", "name": "g", "arguments": "{\"a\":1}"},
+            {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "dropped"}]},
+            {"type": "function_call_output", "call_id": "c1", "output": "one"},
+            {"type": "function_call_output", "call_id": "c2", "output": [{"type": "input_text", "text": "two"}]},
+        ]}))
+        .expect("valid");
+        let sent: Vec<Value> = parsed
+            .messages
+            .iter()
+            .map(|m| serde_json::to_value(m).expect("serializes"))
+            .collect();
+        assert_eq!(
+            sent,
+            [
+                json!({"role": "developer", "content": "Rules."}),
+                json!({"role": "user", "content": [
+                    {"type": "text", "text": "Look:"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA", "detail": "low"}},
+                ]}),
+                json!({"role": "assistant", "content": "Calling.", "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}},
+                    {"id": "c2", "type": "function", "function": {"name": "g", "arguments": "{\"a\":1}"}},
+                ]}),
+                json!({"role": "tool", "content": "one", "tool_call_id": "c1"}),
+                json!({"role": "tool", "content": "two", "tool_call_id": "c2"}),
+            ]
+        );
+    }
+
+    #[test]
+    fn parameters_are_translated_to_chat_ones() {
+        let parsed = parse(json!({
+            "model": "m", "input": "x", "max_output_tokens": 64, "temperature": 0.5, "top_p": 0.9,
+            "reasoning": {"effort": "high", "summary": "auto"}, "user": "u", "metadata": {"a": "b"},
+            "tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}, "strict": false}],
+            "tool_choice": {"type": "function", "name": "f"},
+            "text": {"format": {"type": "json_schema", "name": "out", "schema": {"type": "object"}, "strict": true}},
+            "truncation": "auto", "include": ["reasoning.encrypted_content"],
+        }))
+        .expect("valid");
+        assert_eq!(
+            Value::Object(parsed.params),
+            json!({
+                "max_tokens": 64, "temperature": 0.5, "top_p": 0.9, "reasoning_effort": "high", "user": "u",
+                "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}, "strict": false}}],
+                "tool_choice": {"type": "function", "function": {"name": "f"}},
+                "response_format": {"type": "json_schema", "json_schema": {"name": "out", "schema": {"type": "object"}, "strict": true}},
+            })
+        );
+    }
+
+    #[test]
+    fn what_baton_cannot_do_is_refused_with_a_reason() {
+        assert_eq!(
+            code(json!({"model": "m", "input": "x", "previous_response_id": "resp_1"})),
+            "unsupported_parameter"
+        );
+        assert_eq!(
+            code(json!({"model": "m", "input": "x", "conversation": {"id": "c"}})),
+            "unsupported_parameter"
+        );
+        assert_eq!(
+            code(json!({"model": "m", "input": "x", "background": true})),
+            "unsupported_parameter"
+        );
+        assert_eq!(
+            code(json!({"model": "m", "input": "x", "tools": [{"type": "file_search"}]})),
+            "unsupported_tool"
+        );
+        assert_eq!(
+            code(json!({"model": "m", "input": "x", "tool_choice": {"type": "web_search"}})),
+            "invalid_tool_choice"
+        );
+        assert_eq!(
+            code(json!({"model": "m", "input": [{"type": "item_reference", "id": "i"}]})),
+            "invalid_input"
+        );
+        assert_eq!(
+            code(
+                json!({"model": "m", "input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]})
+            ),
+            "invalid_input"
+        );
+        assert_eq!(
+            code(json!({"model": "m", "input": [{"role": "wizard", "content": "x"}]})),
+            "invalid_input"
+        );
+        assert_eq!(
+            code(json!({"model": "m", "input": [{"type": "reasoning", "summary": []}]})),
+            "invalid_input"
+        );
+        assert_eq!(code(json!({"model": "m", "input": 5})), "invalid_input");
+        assert_eq!(code(json!({"model": "m"})), "missing_input");
+        assert_eq!(code(json!({"input": "x"})), "missing_model");
+        assert_eq!(
+            code(json!({"model": "m", "input": "x", "stream": "yes"})),
+            "invalid_stream"
+        );
+        assert_eq!(
+            code(json!({"model": "m", "input": "x", "max_output_tokens": -1})),
+            "invalid_max_output_tokens"
+        );
+        let message = parse(json!({"model": "m", "input": "x", "previous_response_id": "r"}))
+            .expect_err("refused")
+            .message;
+        assert!(
+            message.contains("previous_response_id") && message.contains("store"),
+            "{message}"
+        );
+    }
+
+    fn text(t: &str) -> ClientItem {
+        ClientItem::Text {
+            text: t.into(),
+            route: Arc::from("r"),
+            model: Arc::from("up"),
+        }
+    }
+
+    fn thought(t: &str) -> ClientItem {
+        ClientItem::Reasoning {
+            text: t.into(),
+            field: ReasoningField::ReasoningContent,
+            route: Arc::from("r"),
+            model: Arc::from("up"),
+        }
+    }
+
+    fn done(reason: &str) -> ClientItem {
+        let mut tokens = Tally::default();
+        tokens.push(AttemptTokens {
+            attempt: 1,
+            route: "r".into(),
+            model: "up".into(),
+            reported: Some(Usage {
+                prompt_tokens: 10,
+                completion_tokens: 20,
+                reasoning_tokens: Some(5),
+            }),
+            deltas: 3,
+        });
+        ClientItem::Done(Completion {
+            finish_reason: reason.into(),
+            tokens,
+            route_chain: vec!["r".into()],
+            failures: Vec::new(),
+        })
+    }
+
+    /// Runs `items` through an encoder: every event as (type, data), and the comments.
+    fn run(items: &[ClientItem]) -> (Vec<(String, Value)>, Vec<String>) {
+        let mut encoder = ResponsesEncoder::new("resp_t", "asked", 7);
+        let mut out = BytesMut::new();
+        for (i, item) in items.iter().enumerate() {
+            let flow = encoder.item(item, &mut out);
+            let last = matches!(item, ClientItem::Done(_) | ClientItem::Failed(_));
+            assert_eq!(flow == Flow::End, last, "item {i}");
+        }
+        frames(&out)
+    }
+
+    fn frames(out: &[u8]) -> (Vec<(String, Value)>, Vec<String>) {
+        let body = String::from_utf8_lossy(out);
+        let mut events = Vec::new();
+        let mut comments = Vec::new();
+        for frame in body.split("\n\n").filter(|f| !f.is_empty()) {
+            if let Some(c) = frame.strip_prefix(": ") {
+                comments.push(c.to_string());
+                continue;
+            }
+            let (head, data) = frame.split_once('\n').expect("two lines");
+            let kind = head.strip_prefix("event: ").expect("event line");
+            let data: Value = serde_json::from_str(data.strip_prefix("data: ").expect("data")).expect("json");
+            assert_eq!(data["type"], kind);
+            events.push((kind.to_string(), data));
+        }
+        (events, comments)
+    }
+
+    fn kinds(events: &[(String, Value)]) -> Vec<&str> {
+        events.iter().map(|(k, _)| k.as_str()).collect()
+    }
+
+    #[test]
+    fn reasoning_then_text_across_a_handover_is_two_items_in_one_response() {
+        let handover = ClientItem::Handover(Handover {
+            from: Arc::from("a"),
+            to: Arc::from("b"),
+            class: FailureClass::Technical,
+            reason: "stall",
+            prefix_bytes: 3,
+            gap: std::time::Duration::from_millis(1),
+        });
+        let tricky = "quote \" \\ 日本 \u{1}\n";
+        let (events, comments) = run(&[
+            thought("hm"),
+            handover,
+            thought("m"),
+            text(tricky),
+            text("!"),
+            done("stop"),
+        ]);
+        assert_eq!(
+            kinds(&events),
+            [
+                "response.created",
+                "response.in_progress",
+                "response.output_item.added",
+                "response.content_part.added",
+                "response.reasoning_text.delta",
+                "response.reasoning_text.delta",
+                "response.reasoning_text.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "response.output_item.added",
+                "response.content_part.added",
+                "response.output_text.delta",
+                "response.output_text.delta",
+                "response.output_text.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "response.completed",
+            ]
+        );
+        assert_eq!(comments.len(), 1, "the handover is a comment: {comments:?}");
+        for (i, (_, data)) in events.iter().enumerate() {
+            assert_eq!(data["sequence_number"], json!(i));
+        }
+        assert_eq!(events[0].1["response"]["model"], "asked");
+        assert_eq!(events[0].1["response"]["created_at"], 7);
+        let delta = &events[11].1;
+        let item_id = events[9].1["item"]["id"].as_str().expect("id");
+        assert_eq!(
+            *delta,
+            json!({"type": "response.output_text.delta", "item_id": item_id, "output_index": 1, "content_index": 0,
+                   "delta": tricky, "logprobs": [], "sequence_number": 11}),
+            "the direct-written delta is the JSON the general path writes"
+        );
+        let completed = &events[16].1["response"];
+        assert_eq!(completed["status"], "completed");
+        assert_eq!(completed["model"], "up");
+        assert_eq!(completed["output"][0]["content"][0]["text"], "hmm");
+        assert_eq!(completed["output"][1]["content"][0]["text"], format!("{tricky}!"));
+        assert_eq!(
+            completed["usage"],
+            json!({"input_tokens": 10, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 20,
+                   "output_tokens_details": {"reasoning_tokens": 5}, "total_tokens": 30})
+        );
+    }
+
+    #[test]
+    fn length_and_content_filter_are_incomplete_responses() {
+        for (reason, why) in [("length", "max_output_tokens"), ("content_filter", "content_filter")] {
+            let (events, _) = run(&[text("cut"), done(reason)]);
+            let (kind, data) = events.last().expect("events");
+            assert_eq!(kind, "response.incomplete");
+            assert_eq!(data["response"]["status"], "incomplete");
+            assert_eq!(data["response"]["incomplete_details"], json!({"reason": why}));
+            assert_eq!(data["response"]["output"][0]["status"], "incomplete");
+        }
+    }
+
+    #[test]
+    fn tool_calls_close_the_message_and_each_is_an_item() {
+        let calls = ClientItem::ToolCalls {
+            deltas: vec![
+                json!({"index": 2, "id": "call_a", "type": "function", "function": {"name": "f", "arguments": "{\"x\":"}}),
+                json!({"index": 2, "function": {"arguments": "1}"}}),
+                json!({"index": 5, "id": "call_b", "type": "function", "function": {"name": "g", "arguments": "{}"}}),
+            ],
+            route: Arc::from("r"),
+            model: Arc::from("up"),
+        };
+        let (events, _) = run(&[text("Let me check."), calls, done("tool_calls")]);
+        let added: Vec<&Value> = events
+            .iter()
+            .filter(|(k, _)| k == "response.output_item.added")
+            .map(|(_, d)| d)
+            .collect();
+        assert_eq!(added.len(), 3);
+        assert_eq!(added[1]["output_index"], 1);
+        assert_eq!(added[1]["item"]["arguments"], "");
+        assert_eq!(added[2]["item"]["call_id"], "call_b");
+        let output = &events.last().expect("events").1["response"]["output"];
+        assert_eq!(output[0]["type"], "message");
+        assert_eq!(output[1]["arguments"], "{\"x\":1}");
+        assert_eq!(output[2]["name"], "g");
+    }
+
+    #[test]
+    fn failures_are_response_failed_never_completed() {
+        let failed = ClientItem::Failed(SpliceError::Local {
+            resource: "memory".into(),
+            failures: Vec::new(),
+            emitted_bytes: 3,
+            tokens: Tally::default(),
+        });
+        let (events, _) = run(&[text("par"), failed]);
+        let (kind, data) = events.last().expect("events");
+        assert_eq!(kind, "response.failed");
+        assert_eq!(data["response"]["status"], "failed");
+        assert_eq!(data["response"]["error"]["code"], wire::LOCAL_EXHAUSTED);
+        assert_eq!(data["response"]["output"][0]["status"], "incomplete");
+        assert_eq!(data["response"]["output"][0]["content"][0]["text"], "par");
+        assert!(!kinds(&events).contains(&"response.completed"));
+
+        // baton's own stop, even before any item: created first, then failed.
+        let mut encoder = ResponsesEncoder::new("resp_e", "m", 1);
+        let mut out = BytesMut::new();
+        encoder.error("shutting down", "server_shutdown", &mut out);
+        let (events, _) = frames(&out);
+        assert_eq!(
+            kinds(&events),
+            ["response.created", "response.in_progress", "response.failed"]
+        );
+        assert_eq!(
+            events[2].1["response"]["error"],
+            json!({"code": "server_shutdown", "message": "shutting down"})
+        );
+    }
+
+    #[test]
+    fn a_whole_answer_is_a_response_object() {
+        let answer = Answer {
+            text: "Hello".into(),
+            reasoning: Some(("hm".into(), ReasoningField::Reasoning)),
+            tool_calls: vec![json!({"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}})],
+            model: "up".into(),
+            finish_reason: "tool_calls".into(),
+            tokens: Tally::default(),
+            route_chain: vec!["r".into()],
+            failures: 0,
+        };
+        let v = response_object(&answer, "resp_w", 9);
+        assert_eq!(v["id"], "resp_w");
+        assert_eq!(v["object"], "response");
+        assert_eq!(v["status"], "completed");
+        assert_eq!(v["output_text"], "Hello");
+        assert_eq!(v["usage"], Value::Null, "no attempt reported usage");
+        let kinds: Vec<&str> = v["output"]
+            .as_array()
+            .expect("output")
+            .iter()
+            .map(|i| i["type"].as_str().expect("type"))
+            .collect();
+        assert_eq!(kinds, ["reasoning", "message", "function_call"]);
+        assert_eq!(v["output"][2]["call_id"], "call_1");
+    }
 }

@@ -128,3 +128,92 @@ async fn errors_are_the_sdks_typed_exception_before_text_and_never_a_final_respo
         "{cut}"
     );
 }
+
+/// Two parallel calls, streamed the way OpenAI does.
+fn parallel_calls(model: &str) -> Vec<String> {
+    use serde_json::json;
+    use support::{finish, tool};
+    let args = |index: u32, a: &str| json!({"index": index, "function": {"arguments": a}});
+    vec![
+        tool(
+            model,
+            json!({"index": 0, "id": "call_w", "type": "function", "function": {"name": "weather", "arguments": ""}}),
+        ),
+        tool(model, args(0, "{\"place\": ")),
+        tool(model, args(0, "\"Paris\"}")),
+        tool(
+            model,
+            json!({"index": 1, "id": "call_t", "type": "function", "function": {"name": "time", "arguments": ""}}),
+        ),
+        tool(model, args(1, "{\"pla")),
+        tool(model, args(1, "ce\": \"Tokyo\"}")),
+        finish(model, "tool_calls"),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the openai Python SDK in BATON_OPENAI_PYTHON; .ci/run runs it"]
+async fn the_sdk_assembles_reasoning_and_function_call_items_through_handovers_mid_reasoning_and_mid_call() {
+    use serde_json::json;
+    use support::{scripted, tool, End, Reply};
+    let mut stops = Vec::new();
+    let (fallback, stop) = oracle("none", 2).await;
+    stops.push(stop);
+    let (think, stop) = oracle("drop@4", 0).await;
+    stops.push(stop);
+    // The primary dies in the middle of a call's arguments, every time; the fallback makes two calls.
+    let cut = scripted(vec![Reply {
+        data: vec![
+            tool(
+                "p",
+                json!({"index": 0, "id": "call_p", "type": "function", "function": {"name": "weather", "arguments": ""}}),
+            ),
+            tool("p", json!({"index": 0, "function": {"arguments": "{\"place\": \"Pa"}})),
+        ],
+        end: End::Cut,
+    }])
+    .await;
+    let calls = scripted(vec![Reply {
+        data: parallel_calls("f"),
+        end: End::Done,
+    }])
+    .await;
+    let toml = format!(
+        "[[route]]\nname = \"fallback\"\nprovider = \"openai\"\nbase_url = \"{fallback}\"\nmodel = \"oracle-think\"\ncontinuation = \"instruct\"\n\
+         [[route]]\nname = \"think\"\nprovider = \"openai\"\nbase_url = \"{think}\"\nmodel = \"oracle-think\"\n\
+         [[ladder]]\nname = \"mid-reasoning\"\nroutes = [\"think\", \"fallback\"]\n\
+         [[route]]\nname = \"p\"\nprovider = \"openai\"\nbase_url = \"{}\"\nmodel = \"p\"\n\
+         [[route]]\nname = \"f\"\nprovider = \"openai\"\nbase_url = \"{}\"\nmodel = \"f\"\n\
+         [[ladder]]\nname = \"mid-call\"\nroutes = [\"p\", \"f\"]\n",
+        cut.base_url(),
+        calls.base_url(),
+    );
+    let proxy = support::Serve::new(&toml).upstreams(stops).start().await;
+    let base = proxy.url("/v1");
+    let lines = run_python("responses_sdk_items.py", &[&base, "mid-reasoning", "mid-call"]).await;
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let reasoning = &lines[0];
+    assert!(reasoning["error"].is_null(), "{reasoning}");
+    for mode in ["stream", "whole"] {
+        let items = reasoning[mode].as_array().expect("items");
+        let kinds: Vec<&str> = items.iter().map(|i| i["type"].as_str().unwrap_or("")).collect();
+        assert_eq!(kinds, ["reasoning", "message"], "{mode}: {reasoning}");
+        assert!(!items[0]["text"].as_str().unwrap_or("").is_empty(), "{reasoning}");
+        let want = answer(&conversation("mid-reasoning", mode));
+        assert_eq!(items[1]["text"].as_str(), Some(want.as_str()), "{mode}");
+        assert_eq!(
+            reasoning[format!("{mode}_text")].as_str(),
+            Some(want.as_str()),
+            "{mode}"
+        );
+    }
+    let call = &lines[1];
+    assert!(call["error"].is_null(), "{call}");
+    let expected = json!([
+        {"type": "function_call", "call_id": "call_w", "name": "weather", "arguments": "{\"place\": \"Paris\"}"},
+        {"type": "function_call", "call_id": "call_t", "name": "time", "arguments": "{\"place\": \"Tokyo\"}"},
+    ]);
+    assert_eq!(call["stream"], expected, "{call}");
+    assert_eq!(call["whole"], expected, "{call}");
+    assert_eq!(call["stream_text"], "", "{call}");
+}

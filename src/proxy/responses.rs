@@ -7,6 +7,8 @@
 //! `conversation`), built-in tools (web search, file search …), `item_reference`
 //! and file inputs. `store` is accepted and ignored: baton keeps nothing.
 
+use std::fmt::Write as _;
+
 use bytes::BytesMut;
 use serde_json::{json, Map, Value};
 
@@ -456,14 +458,15 @@ impl ResponsesEncoder {
         out.extend_from_slice(b"\",\"item_id\":\"");
         out.extend_from_slice(open.id.as_bytes());
         out.extend_from_slice(b"\",\"output_index\":");
-        out.extend_from_slice(open.index.to_string().as_bytes());
+        // Numbers formatted into the frame itself: no String per token.
+        let _ = write!(out, "{}", open.index);
         out.extend_from_slice(b",\"content_index\":0,\"delta\":");
         let _ = serde_json::to_writer(bytes::BufMut::writer(&mut *out), text);
         if kind == "response.output_text.delta" {
             out.extend_from_slice(b",\"logprobs\":[]");
         }
         out.extend_from_slice(b",\"sequence_number\":");
-        out.extend_from_slice(self.sequence.to_string().as_bytes());
+        let _ = write!(out, "{}", self.sequence);
         out.extend_from_slice(b"}\n\n");
         self.sequence += 1;
     }

@@ -5,11 +5,12 @@
 //! chat-completions one ([`ChatEncoder`]).
 
 use bytes::{BufMut, BytesMut};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::wire::{self, ApiError};
 use crate::engine::splice::ClientItem;
 use crate::policy::reasoning::OutgoingField;
+use crate::provider::ReasoningField;
 
 /// Whether a stream goes on after an item.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,6 +29,55 @@ pub trait ClientEncoder: Send {
     /// Appends the event that ends an answer baton itself stopped (shutdown,
     /// slow client, internal error), with `message` and the stable `code`.
     fn error(&mut self, message: &str, code: &'static str, out: &mut BytesMut);
+}
+
+/// A whole answer, gathered from its items, for a door to render.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Answer {
+    /// The answer text.
+    pub text: String,
+    /// The reasoning and the field it goes out in (the first route's that reasoned).
+    pub reasoning: Option<(String, ReasoningField)>,
+    /// The tool calls, merged (one object per call, numbered densely from 0).
+    pub tool_calls: Vec<Value>,
+    /// The upstream model that wrote the answer's last part.
+    pub model: String,
+    /// The last route's finish reason.
+    pub finish_reason: String,
+    /// Every attempt's tokens.
+    pub tokens: crate::usage::Tally,
+    /// The routes that wrote it, in order.
+    pub route_chain: Vec<String>,
+    /// How many attempts failed on the way.
+    pub failures: usize,
+}
+
+/// A whole answer as one `chat.completion` object with the id `id`.
+pub fn chat_completion(answer: &Answer, id: &str, created: u64) -> Value {
+    let mut message = json!({"role": "assistant", "content": answer.text});
+    if let Some((thought, field)) = &answer.reasoning {
+        message[wire::reasoning_key(*field)] = json!(thought);
+    }
+    if !answer.tool_calls.is_empty() {
+        message["tool_calls"] = json!(answer.tool_calls);
+        if answer.text.is_empty() {
+            // As OpenAI answers a call without words.
+            message["content"] = Value::Null;
+        }
+    }
+    json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": created,
+        "model": answer.model,
+        "choices": [{"index": 0, "message": message, "finish_reason": answer.finish_reason}],
+        "usage": wire::usage_json(&answer.tokens),
+        "baton": {
+            "route_chain": answer.route_chain,
+            "failures": answer.failures,
+            "usage": wire::usage_account(&answer.tokens),
+        },
+    })
 }
 
 /// The text that closes a delta chunk whose finish reason is still open.

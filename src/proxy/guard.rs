@@ -19,8 +19,9 @@ use std::sync::Arc;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
+use super::door::Door;
 use super::wire::ApiError;
 use super::AppState;
 use crate::config::Secret;
@@ -167,6 +168,8 @@ pub async fn layer(State(state): State<Arc<AppState>>, request: Request, next: N
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| *addr);
+    // A refusal is shaped as the door's clients read errors (OpenAI's shape elsewhere).
+    let door = Door::for_path(request.uri().path()).unwrap_or(Door::Chat);
     match check(
         &state.keys,
         request.uri().path(),
@@ -178,7 +181,7 @@ pub async fn layer(State(state): State<Arc<AppState>>, request: Request, next: N
         Err(refusal) => {
             let error = refusal.error();
             state.metrics.reject(error.code);
-            error.into_response()
+            door.error_response(error)
         }
     }
 }

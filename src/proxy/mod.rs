@@ -22,9 +22,11 @@
 
 mod auto_reply;
 mod conn;
+pub mod door;
 pub mod encode;
 pub mod guard;
 pub mod metrics;
+pub mod responses;
 mod session;
 mod status;
 pub mod wire;
@@ -53,6 +55,7 @@ use crate::engine::event::EventBus;
 use crate::engine::splice::{Splicer, EVENT_CAPACITY};
 use crate::record::{RecordOptions, Recorder};
 use crate::request::ChatRequest;
+use door::Door;
 use metrics::Metrics;
 use session::{Guarded, Session};
 use wire::ApiError;
@@ -147,16 +150,26 @@ pub fn router(config: &Config, phase: watch::Receiver<Phase>) -> (Router, Arc<Ap
         recording: std::sync::OnceLock::new(),
     });
     let router = Router::new()
-        .route("/v1/chat/completions", post(chat))
+        .route(
+            Door::Chat.path(),
+            post(|state, request| serve_door(Door::Chat, state, request)),
+        )
+        .route(
+            Door::Responses.path(),
+            post(|state, request| serve_door(Door::Responses, state, request)),
+        )
         .route("/v1/models", get(models))
         .route("/events", get(events_feed))
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|| async {
+            let doors: Vec<&str> = Door::ALL.iter().map(|d| d.path()).collect();
             ApiError {
                 status: StatusCode::NOT_FOUND,
-                message: "no such endpoint; baton serves /v1/chat/completions, /v1/models, /events, /metrics, /healthz"
-                    .into(),
+                message: format!(
+                    "no such endpoint; baton serves {}, /v1/models, /events, /metrics, /healthz",
+                    doors.join(", ")
+                ),
                 kind: "invalid_request_error",
                 code: "not_found",
                 retry_after: None,
@@ -251,25 +264,26 @@ pub async fn serve(
     Ok(())
 }
 
-async fn chat(State(state): State<Arc<AppState>>, request: Request) -> Response {
+/// Serves one request that came through `door`.
+async fn serve_door(door: Door, State(state): State<Arc<AppState>>, request: Request) -> Response {
     // Whatever the request is waiting for (its body, a first token, a whole
     // answer), the end of the grace period ends it; a stream already under
     // way is ended by its body's watch task instead, with an error event.
     let mut phase = state.phase.clone();
     let served = tokio::select! {
-        served = chat_inner(&state, request) => served,
+        served = answer(door, &state, request) => served,
         () = reached(&mut phase, Phase::Stopped) => Err(ApiError::shutting_down()),
     };
     match served {
         Ok(response) => response,
         Err(error) => {
             state.metrics.reject(error.code);
-            error.into_response()
+            door.error_response(error)
         }
     }
 }
 
-async fn chat_inner(state: &Arc<AppState>, request: Request) -> Result<Response, ApiError> {
+async fn answer(door: Door, state: &Arc<AppState>, request: Request) -> Result<Response, ApiError> {
     // A declared length over the limit is refused at once, not after waiting for the body.
     let declared = request
         .headers()
@@ -304,7 +318,7 @@ async fn chat_inner(state: &Arc<AppState>, request: Request) -> Result<Response,
             ApiError::bad_request("invalid_body", rejection.body_text())
         }
     })?;
-    let parsed = wire::parse_request(&body)?;
+    let parsed = door.parse(&body)?;
     let Some(entry) = state.entry_for(&parsed.model) else {
         let known: Vec<&str> = state.entries.iter().map(|e| e.name.as_str()).collect();
         return Err(ApiError {
@@ -334,15 +348,24 @@ async fn chat_inner(state: &Arc<AppState>, request: Request) -> Result<Response,
     let Ok(slot) = state.slots.clone().try_acquire_owned() else {
         return Err(ApiError::overloaded(state.limits.max_sessions));
     };
+    let created = wire::now_secs();
+    let encoder = parsed
+        .stream
+        .then(|| door.encoder(&parsed, created, entry.reasoning_field));
     let mut request = ChatRequest::new(parsed.messages);
     request.params = parsed.params;
     request.model = Some(parsed.model);
-    let session = Session::new(state.clone(), entry.name.clone());
-    let stream = Guarded::new(entry.splicer.splice(request), slot);
-    if parsed.stream {
-        session::streamed(session, stream, parsed.include_usage, entry.reasoning_field).await
-    } else {
-        session::whole(session, stream, entry.reasoning_field).await
+    let mut session = Session::new(state.clone(), entry.name.clone());
+    let mut stream = Guarded::new(entry.splicer.splice(request), slot);
+    match encoder {
+        Some(encoder) => {
+            let first = session::first_item(&mut session, &mut stream).await?;
+            Ok(session::streamed(session, stream, first, encoder))
+        }
+        None => {
+            let answer = session::whole(session, stream, entry.reasoning_field).await?;
+            Ok(Json(door.whole(&answer, created)).into_response())
+        }
     }
 }
 

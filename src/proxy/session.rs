@@ -24,24 +24,21 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use bytes::BytesMut;
 use futures::{Stream, StreamExt};
 use http_body::Frame;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
-use uuid::Uuid;
 
-use super::encode::{ChatEncoder, ClientEncoder, Flow};
+use super::encode::{Answer, ClientEncoder, Flow};
 use super::metrics::LadderLabels;
-use super::wire::{self, ApiError, ChunkWriter};
+use super::wire::{self, ApiError};
 use super::{reached, AppState, Phase};
 use crate::engine::splice::{ClientItem, SpliceError, SpliceStream};
 use crate::live::LiveGuard;
 use crate::policy::reasoning::OutgoingField;
-use crate::provider::ReasoningField;
 use crate::rungs::cache::CACHE_ROUTE;
 use crate::rungs::safe_reply::SAFE_REPLY_ROUTE;
 
@@ -197,15 +194,10 @@ impl Drop for Active {
     }
 }
 
-/// The answer streamed as SSE (its reasoning in the field `reasoning_field` says).
-pub async fn streamed(
-    mut session: Session,
-    mut stream: Guarded,
-    include_usage: bool,
-    reasoning_field: OutgoingField,
-) -> Result<Response, ApiError> {
-    // Wait for the first item: a session that fails before any text gets a
-    // proper HTTP error status instead of a 200 stream with an error inside.
+/// The first item of an answer about to be streamed, or the HTTP error it
+/// gets instead: a session that fails before any text gets a proper status,
+/// not a 200 stream with an error inside.
+pub async fn first_item(session: &mut Session, stream: &mut Guarded) -> Result<ClientItem, ApiError> {
     let first = match stream.next().await {
         Some(Ok(item)) => item,
         Some(Err(panic)) => {
@@ -224,15 +216,23 @@ pub async fn streamed(
     if let ClientItem::Failed(error) = &first {
         return Err(ApiError::from_splice(error));
     }
-    let id = format!("chatcmpl-{}", Uuid::new_v4().simple());
-    let encoder = ChatEncoder::new(&id, wire::now_secs(), include_usage, reasoning_field);
+    Ok(first)
+}
+
+/// The answer streamed as SSE through `encoder`, from its `first` item on.
+pub fn streamed<E: ClientEncoder + 'static>(
+    session: Session,
+    stream: Guarded,
+    first: ClientItem,
+    encoder: E,
+) -> Response {
     let body = StreamBody::new(session, stream, first, encoder);
-    Ok(Response::builder()
+    Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")
         .header("x-accel-buffering", "no")
         .body(Body::new(body))
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
 /// Bytes a ready burst of items may add to one frame before it is handed to hyper.
@@ -457,16 +457,14 @@ impl<E> Drop for StreamBody<E> {
     }
 }
 
-/// The answer as one `chat.completion` (its reasoning in the field `reasoning_field` says).
+/// The whole answer, gathered (its reasoning in the field `reasoning_field` says),
+/// for a door to render; a session that ends without one is an error.
 pub async fn whole(
     mut session: Session,
     mut stream: Guarded,
     reasoning_field: OutgoingField,
-) -> Result<Response, ApiError> {
-    let mut text = String::new();
-    // The reasoning and the field it goes out in (the first route's that reasoned).
-    let mut reasoning: Option<(String, ReasoningField)> = None;
-    let mut model = String::new();
+) -> Result<Answer, ApiError> {
+    let mut answer = Answer::default();
     let mut tool_deltas: Vec<Value> = Vec::new();
     while let Some(item) = stream.next().await {
         let item = match item {
@@ -478,56 +476,32 @@ pub async fn whole(
         };
         session.see(&item);
         match item {
-            ClientItem::Text { text: t, model: m, .. } => {
-                text.push_str(&t);
-                model = m.to_string();
+            ClientItem::Text { text, model, .. } => {
+                answer.text.push_str(&text);
+                model.as_ref().clone_into(&mut answer.model);
             }
-            ClientItem::ToolCalls { deltas, model: m, .. } => {
+            ClientItem::ToolCalls { deltas, model, .. } => {
                 tool_deltas.extend(deltas);
-                model = m.to_string();
+                model.as_ref().clone_into(&mut answer.model);
             }
-            ClientItem::Reasoning {
-                text: t,
-                field,
-                model: m,
-                ..
-            } => {
-                reasoning
+            ClientItem::Reasoning { text, field, model, .. } => {
+                answer
+                    .reasoning
                     .get_or_insert_with(|| (String::new(), reasoning_field.apply(field)))
                     .0
-                    .push_str(&t);
-                if model.is_empty() {
-                    model = m.to_string();
+                    .push_str(&text);
+                if answer.model.is_empty() {
+                    model.as_ref().clone_into(&mut answer.model);
                 }
             }
             ClientItem::Handover(_) => {}
             ClientItem::Done(done) => {
-                let mut message = json!({"role": "assistant", "content": text});
-                if let Some((thought, field)) = reasoning.take() {
-                    message[wire::reasoning_key(field)] = json!(thought);
-                }
-                if !tool_deltas.is_empty() {
-                    message["tool_calls"] = json!(wire::merge_tool_calls(&tool_deltas));
-                    if text.is_empty() {
-                        // As OpenAI answers a call without words.
-                        message["content"] = Value::Null;
-                    }
-                }
-                let writer = ChunkWriter::new(format!("chatcmpl-{}", Uuid::new_v4().simple()));
-                let body = json!({
-                    "id": writer.id(),
-                    "object": "chat.completion",
-                    "created": writer.created(),
-                    "model": model,
-                    "choices": [{"index": 0, "message": message, "finish_reason": done.finish_reason}],
-                    "usage": wire::usage_json(&done.tokens),
-                    "baton": {
-                        "route_chain": done.route_chain,
-                        "failures": done.failures.len(),
-                        "usage": wire::usage_account(&done.tokens),
-                    },
-                });
-                return Ok(Json(body).into_response());
+                answer.tool_calls = wire::merge_tool_calls(&tool_deltas);
+                answer.finish_reason = done.finish_reason;
+                answer.tokens = done.tokens;
+                answer.route_chain = done.route_chain;
+                answer.failures = done.failures.len();
+                return Ok(answer);
             }
             ClientItem::Failed(error) => {
                 // A partial answer is never presented as complete.
@@ -537,7 +511,7 @@ pub async fn whole(
     }
     Err(ApiError::from_splice(&SpliceError::Exhausted {
         failures: Vec::new(),
-        emitted_bytes: text.len() as u64,
+        emitted_bytes: answer.text.len() as u64,
         tokens: Default::default(),
     }))
 }

@@ -257,6 +257,11 @@ fn parse_message(i: usize, value: &Value) -> Result<Message, ApiError> {
     Message::with_content(role, content, extra).map_err(|e| bad(e.to_string()))
 }
 
+/// A fresh answer id: `prefix` and a random UUID's hex.
+pub fn new_id(prefix: &str) -> String {
+    format!("{prefix}{}", uuid::Uuid::new_v4().simple())
+}
+
 /// The chat-completions field reasoning in `field` goes out in.
 pub fn reasoning_key(field: ReasoningField) -> &'static str {
     match field {

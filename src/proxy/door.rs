@@ -1,0 +1,114 @@
+//! The front doors: the client wire formats a request can come through. Each
+//! door parses its own request into baton's [`ParsedRequest`] (one ladder
+//! behind every door), encodes the spliced items into its own stream or whole
+//! answer, and shapes errors the way its SDKs read them.
+
+use axum::response::{IntoResponse, Response};
+use bytes::BytesMut;
+use serde_json::Value;
+
+use super::encode::{self, Answer, ChatEncoder, ClientEncoder, Flow};
+use super::responses::{self, ResponsesEncoder};
+use super::wire::{self, ApiError, ParsedRequest};
+use crate::engine::splice::ClientItem;
+use crate::policy::reasoning::OutgoingField;
+
+/// A client wire format baton answers in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Door {
+    /// OpenAI chat completions, `POST /v1/chat/completions`.
+    Chat,
+    /// OpenAI Responses, `POST /v1/responses`.
+    Responses,
+}
+
+impl Door {
+    /// Every door, in the order the 404 message lists them.
+    pub const ALL: [Door; 2] = [Door::Chat, Door::Responses];
+
+    /// The path a client POSTs to.
+    pub fn path(self) -> &'static str {
+        match self {
+            Door::Chat => "/v1/chat/completions",
+            Door::Responses => "/v1/responses",
+        }
+    }
+
+    /// The door whose path is `path`, if any.
+    pub fn for_path(path: &str) -> Option<Door> {
+        Door::ALL.into_iter().find(|d| d.path() == path)
+    }
+
+    /// The short name metrics, logs and recordings use.
+    pub fn label(self) -> &'static str {
+        match self {
+            Door::Chat => "chat_completions",
+            Door::Responses => "responses",
+        }
+    }
+
+    /// Parses a request body sent to this door.
+    pub fn parse(self, body: &[u8]) -> Result<ParsedRequest, ApiError> {
+        match self {
+            Door::Chat => wire::parse_request(body),
+            Door::Responses => responses::parse_request(body),
+        }
+    }
+
+    /// The encoder of one streamed answer with the id `id`, started at `created`.
+    pub fn encoder(self, request: &ParsedRequest, created: u64, reasoning_field: OutgoingField) -> DoorEncoder {
+        match self {
+            Door::Chat => DoorEncoder::Chat(ChatEncoder::new(
+                &wire::new_id("chatcmpl-"),
+                created,
+                request.include_usage,
+                reasoning_field,
+            )),
+            Door::Responses => {
+                DoorEncoder::Responses(ResponsesEncoder::new(&wire::new_id("resp_"), &request.model, created))
+            }
+        }
+    }
+
+    /// The whole (non-streamed) answer's body.
+    pub fn whole(self, answer: &Answer, created: u64) -> Value {
+        match self {
+            Door::Chat => encode::chat_completion(answer, &wire::new_id("chatcmpl-"), created),
+            Door::Responses => responses::response_object(answer, &wire::new_id("resp_"), created),
+        }
+    }
+
+    /// `error` as this door's clients expect it.
+    pub fn error_response(self, error: ApiError) -> Response {
+        match self {
+            // Responses errors are OpenAI-shaped, as chat's are.
+            Door::Chat | Door::Responses => error.into_response(),
+        }
+    }
+}
+
+/// One streamed answer's encoder, whichever door it is for: an enum, not a
+/// box, so the body's per-item call is a match, not a virtual call.
+#[derive(Clone, Debug)]
+pub enum DoorEncoder {
+    /// Chat-completions chunks.
+    Chat(ChatEncoder),
+    /// Responses semantic events.
+    Responses(ResponsesEncoder),
+}
+
+impl ClientEncoder for DoorEncoder {
+    fn item(&mut self, item: &ClientItem, out: &mut BytesMut) -> Flow {
+        match self {
+            DoorEncoder::Chat(e) => e.item(item, out),
+            DoorEncoder::Responses(e) => e.item(item, out),
+        }
+    }
+
+    fn error(&mut self, message: &str, code: &'static str, out: &mut BytesMut) {
+        match self {
+            DoorEncoder::Chat(e) => e.error(message, code, out),
+            DoorEncoder::Responses(e) => e.error(message, code, out),
+        }
+    }
+}

@@ -127,7 +127,7 @@ pub fn check(
     match endpoint(path) {
         Endpoint::Open => Ok(()),
         Endpoint::Client => match &keys.client {
-            Some(key) => bearer(headers, key),
+            Some(key) => client_key(headers, key),
             None => {
                 local_browser_rules(headers)?;
                 if method == Method::POST && !is_json(headers) {
@@ -197,6 +197,18 @@ fn bearer(headers: &HeaderMap, key: &Secret) -> Result<(), Refusal> {
         Some(given) if constant_time_eq(given.as_bytes(), key.expose().as_bytes()) => Ok(()),
         Some(_) => Err(Refusal::WrongKey),
         None => Err(Refusal::MissingKey),
+    }
+}
+
+/// A client key as a bearer or, as Anthropic's SDKs send it, in `x-api-key`.
+fn client_key(headers: &HeaderMap, key: &Secret) -> Result<(), Refusal> {
+    match headers.get("x-api-key").map(|v| v.as_bytes()) {
+        Some(given) if constant_time_eq(given, key.expose().as_bytes()) => Ok(()),
+        Some(_) => match bearer(headers, key) {
+            Err(Refusal::MissingKey) => Err(Refusal::WrongKey),
+            other => other,
+        },
+        None => bearer(headers, key),
     }
 }
 

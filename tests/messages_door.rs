@@ -364,3 +364,216 @@ async fn the_client_key_is_taken_as_x_api_key_or_bearer() {
         assert_eq!(v["error"]["type"], "authentication_error", "{v}");
     }
 }
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_calls_go_through_the_door_and_through_a_handover_mid_call() {
+    let primary = scripted(vec![Reply {
+        data: vec![
+            tool("p", json!({"index": 0, "id": "call_p", "type": "function", "function": {"name": "weather", "arguments": ""}})),
+            tool("p", json!({"index": 0, "function": {"arguments": "{\"place\": \"Pa"}})),
+        ],
+        end: End::Cut,
+    }])
+    .await;
+    let fallback = scripted(vec![Reply {
+        data: parallel_calls("f"),
+        end: End::Done,
+    }])
+    .await;
+    let route = |name: &str, url: String| {
+        format!("[[route]]\nname = \"{name}\"\nprovider = \"openai\"\nbase_url = \"{url}\"\nmodel = \"{name}\"\n")
+    };
+    let toml = format!(
+        "{}{}[[ladder]]\nname = \"tools\"\nroutes = [\"p\", \"f\"]\n",
+        route("p", primary.base_url()),
+        route("f", fallback.base_url()),
+    );
+    let proxy = support::Serve::new(&toml).start().await;
+    let body = json!({
+        "model": "tools",
+        "stream": true,
+        "max_tokens": 300,
+        "system": "Use tools.",
+        "messages": [
+            {"role": "user", "content": [
+                {"type": "text", "text": "Weather in Paris, time in Tokyo?"},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}},
+            ]},
+            {"role": "assistant", "content": [
+                {"type": "thinking", "thinking": "dropped", "signature": "sig"},
+                {"type": "text", "text": "Checking Oslo first."},
+                {"type": "tool_use", "id": "toolu_0", "name": "weather", "input": {"place": "Oslo"}},
+            ]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_0", "content": [{"type": "text", "text": "cold"}]},
+                {"type": "text", "text": "Now the others."},
+            ]},
+        ],
+        "tools": [
+            {"name": "weather", "description": "Weather", "input_schema": {"type": "object", "properties": {"place": {"type": "string"}}}},
+            {"name": "time", "input_schema": {"type": "object"}},
+        ],
+        "tool_choice": {"type": "any"},
+        "stop_sequences": ["END"],
+        "temperature": 0.5,
+        "metadata": {"user_id": "u-1"},
+    });
+    let events = stream(&proxy, &body).await;
+    events.check_envelope();
+    assert_eq!(events.blocks(), ["tool_use", "tool_use"]);
+    let starts = events.of("content_block_start");
+    let calls: Vec<(&str, &str)> = starts
+        .iter()
+        .map(|d| {
+            let block = &d["content_block"];
+            assert_eq!(block["input"], json!({}), "input starts empty, as Anthropic streams it");
+            (block["id"].as_str().expect("id"), block["name"].as_str().expect("name"))
+        })
+        .collect();
+    assert_eq!(
+        calls,
+        [("call_w", "weather"), ("call_t", "time")],
+        "the half call of the cut attempt never reaches the client"
+    );
+    let json_deltas: Vec<&str> = events
+        .of("content_block_delta")
+        .iter()
+        .map(|d| {
+            assert_eq!(d["delta"]["type"], "input_json_delta");
+            d["delta"]["partial_json"].as_str().expect("partial_json")
+        })
+        .collect();
+    assert_eq!(json_deltas, ["{\"place\": \"Paris\"}", "{\"place\": \"Tokyo\"}"]);
+    assert_eq!(events.of("message_delta")[0]["delta"]["stop_reason"], "tool_use");
+
+    // What went upstream: the Messages request as chat completions.
+    let sent = primary.bodies();
+    let sent = &sent[0];
+    assert_eq!(
+        sent["messages"],
+        json!([
+            {"role": "system", "content": "Use tools."},
+            {"role": "user", "content": [
+                {"type": "text", "text": "Weather in Paris, time in Tokyo?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+            ]},
+            {"role": "assistant", "content": "Checking Oslo first.", "tool_calls": [{"id": "toolu_0", "type": "function", "function": {"name": "weather", "arguments": "{\"place\":\"Oslo\"}"}}]},
+            {"role": "tool", "content": "cold", "tool_call_id": "toolu_0"},
+            {"role": "user", "content": "Now the others."},
+        ]),
+        "{sent}"
+    );
+    assert_eq!(
+        sent["tools"],
+        json!([
+            {"type": "function", "function": {"name": "weather", "description": "Weather", "parameters": {"type": "object", "properties": {"place": {"type": "string"}}}}},
+            {"type": "function", "function": {"name": "time", "parameters": {"type": "object"}}},
+        ])
+    );
+    assert_eq!(sent["tool_choice"], "required");
+    assert_eq!(sent["max_tokens"], 300);
+    assert_eq!(sent["stop"], json!(["END"]));
+    assert_eq!(sent["temperature"], 0.5);
+    assert_eq!(sent["user"], "u-1");
+    assert!(sent.get("metadata").is_none() && sent.get("system").is_none() && sent.get("stop_sequences").is_none());
+
+    // The whole answer has the same calls, their inputs parsed.
+    let mut whole = body.clone();
+    whole["stream"] = json!(false);
+    let direct = scripted(vec![Reply {
+        data: parallel_calls("d"),
+        end: End::Done,
+    }])
+    .await;
+    let toml = format!(
+        "{}[[ladder]]\nname = \"tools\"\nroutes = [\"d\"]\n",
+        route("d", direct.base_url())
+    );
+    let proxy = support::Serve::new(&toml).start().await;
+    let v: Value = post(&proxy, &whole).await.json().await.expect("json");
+    assert_eq!(v["stop_reason"], "tool_use", "{v}");
+    assert_eq!(
+        v["content"],
+        json!([
+            {"type": "tool_use", "id": "call_w", "name": "weather", "input": {"place": "Paris"}},
+            {"type": "tool_use", "id": "call_t", "name": "time", "input": {"place": "Tokyo"}},
+        ])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thinking_is_its_own_block_before_the_text_across_a_handover() {
+    let mut stops = Vec::new();
+    let (fallback, stop) = oracle("none", 2).await;
+    stops.push(stop);
+    let mut toml = format!(
+        "[[route]]\nname = \"fallback\"\nprovider = \"openai\"\nbase_url = \"{fallback}\"\nmodel = \"oracle-think\"\ncontinuation = \"instruct\"\n"
+    );
+    for (name, fault) in [("think", "none"), ("think-drop", "drop@4"), ("answer-drop", "drop@40")] {
+        let (url, stop) = oracle(fault, 0).await;
+        stops.push(stop);
+        toml.push_str(&format!(
+            "[[route]]\nname = \"{name}\"\nprovider = \"openai\"\nbase_url = \"{url}\"\nmodel = \"oracle-think\"\n\
+             [[ladder]]\nname = \"{name}\"\nroutes = [\"{name}\", \"fallback\"]\n"
+        ));
+    }
+    let proxy = support::Serve::new(&toml).upstreams(stops).start().await;
+    for name in ["think", "think-drop", "answer-drop"] {
+        let events = stream(&proxy, &request(name, name, true)).await;
+        events.check_envelope();
+        let messages = conversation(name);
+        assert_eq!(events.text(), answer(&messages), "{name}");
+        assert_eq!(events.blocks(), ["thinking", "text"], "{name}");
+        let thought = events.deltas("thinking_delta", "thinking");
+        assert!(!thought.is_empty(), "{name}");
+        if name == "think" {
+            assert_eq!(thought, thinking(&messages), "{name}");
+        } else {
+            assert_eq!(events.comments.len(), 1, "{name}: one handover: {:?}", events.comments);
+            assert_eq!(
+                events.of("message_delta")[0]["baton"]["route_chain"],
+                json!([name, "fallback"])
+            );
+        }
+    }
+    let v: Value = post(&proxy, &request("think", "think", false))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(v["content"][0]["type"], "thinking", "{v}");
+    assert_eq!(
+        v["content"][0]["thinking"].as_str(),
+        Some(thinking(&conversation("think")).as_str())
+    );
+    assert_eq!(v["content"][1]["type"], "text", "{v}");
+    assert_eq!(
+        v["content"][1]["text"].as_str(),
+        Some(answer(&conversation("think")).as_str())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anthropic_route_answers_behind_the_door_and_continues_a_cut_answer() {
+    let (openai, stop_o) = oracle("drop@15", 0).await;
+    let (claude, stop_c) = oracle("none", 0).await;
+    let toml = format!(
+        "[[route]]\nname = \"gpt\"\nprovider = \"openai\"\nbase_url = \"{openai}\"\nmodel = \"oracle-large\"\n\
+         [[route]]\nname = \"claude\"\nprovider = \"anthropic\"\nbase_url = \"{claude}\"\nmodel = \"claude-oracle\"\n\
+         [[ladder]]\nname = \"claude\"\nroutes = [\"claude\"]\n\
+         [[ladder]]\nname = \"mixed\"\nroutes = [\"gpt\", \"claude\"]\n"
+    );
+    let proxy = support::Serve::new(&toml).upstreams(vec![stop_o, stop_c]).start().await;
+    for name in ["claude", "mixed"] {
+        let events = stream(&proxy, &request(name, name, true)).await;
+        events.check_envelope();
+        assert_eq!(events.text(), answer(&conversation(name)), "{name}");
+        let (last, _) = events.last();
+        assert_eq!(last, "message_stop", "{name}");
+        let chain = if name == "mixed" {
+            json!(["gpt", "claude"])
+        } else {
+            json!(["claude"])
+        };
+        assert_eq!(events.of("message_delta")[0]["baton"]["route_chain"], chain, "{name}");
+    }
+}

@@ -577,3 +577,35 @@ async fn an_anthropic_route_answers_behind_the_door_and_continues_a_cut_answer()
         assert_eq!(events.of("message_delta")[0]["baton"]["route_chain"], chain, "{name}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn count_tokens_is_batons_estimate_and_refusals_are_anthropic_shaped() {
+    let proxy = support::Serve::new(
+        "[[route]]\nname = \"oracle\"\nprovider = \"mock\"\nmodel = \"oracle\"\n[[ladder]]\nname = \"m\"\nroutes = [\"oracle\"]\n",
+    )
+    .start()
+    .await;
+    let count = |body: Value| {
+        reqwest::Client::new()
+            .post(proxy.url("/v1/messages/count_tokens"))
+            .json(&body)
+            .send()
+    };
+    let short = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+    let long =
+        json!({"model": "m", "system": "Be brief.", "messages": [{"role": "user", "content": "word ".repeat(400)}]});
+    let mut counts = Vec::new();
+    for body in [short, long] {
+        let response = count(body).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let v: Value = response.json().await.unwrap();
+        counts.push(v["input_tokens"].as_u64().expect("input_tokens"));
+    }
+    assert!(counts[0] > 0 && counts[1] > counts[0] + 400, "{counts:?}");
+    let response = count(json!({"model": "m"})).await.unwrap();
+    assert_eq!(response.status(), 400);
+    let v: Value = response.json().await.unwrap();
+    assert_eq!(v["type"], "error", "{v}");
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("messages"), "{v}");
+}

@@ -38,9 +38,12 @@ impl Door {
         }
     }
 
-    /// The door whose path is `path`, if any.
+    /// The door whose path is `path` or a sub-path of it (`/v1/messages/count_tokens`), if any.
     pub fn for_path(path: &str) -> Option<Door> {
-        Door::ALL.into_iter().find(|d| d.path() == path)
+        Door::ALL.into_iter().find(|d| {
+            path.strip_prefix(d.path())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
     }
 
     /// The short name metrics, logs and recordings use.

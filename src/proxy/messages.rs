@@ -609,3 +609,30 @@ pub fn message_object(answer: &Answer, id: &str) -> Value {
         },
     })
 }
+
+/// The path of Anthropic's token-counting endpoint, beside the door.
+pub const COUNT_TOKENS_PATH: &str = "/v1/messages/count_tokens";
+
+/// `POST /v1/messages/count_tokens`: `{"input_tokens": N}`, baton's estimate
+/// of the conversation (no upstream asked, so no tokenizer's exact count).
+pub fn count_tokens(body: &[u8]) -> Response {
+    let counted = serde_json::from_slice::<Value>(body)
+        .map_err(|e| bad("invalid_json", format!("the request body is not valid JSON: {e}")))
+        .and_then(|mut value| {
+            // Counting needs no `max_tokens`; the Messages parser does.
+            if let Some(object) = value.as_object_mut() {
+                object.entry("max_tokens").or_insert(json!(1));
+            }
+            parse_request(value.to_string().as_bytes())
+        });
+    match counted {
+        Ok(parsed) => {
+            let tools = parsed.params.get("tools").map_or(0, |t| t.to_string().len());
+            // Tool definitions count too; at the same four bytes a token the estimate takes.
+            let tokens = crate::request::estimate_tokens(&parsed.messages)
+                .saturating_add(u32::try_from(tools / 4).unwrap_or(u32::MAX));
+            axum::Json(json!({"input_tokens": tokens})).into_response()
+        }
+        Err(error) => error_response(error),
+    }
+}

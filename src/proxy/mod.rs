@@ -163,6 +163,10 @@ pub fn router(config: &Config, phase: watch::Receiver<Phase>) -> (Router, Arc<Ap
             Door::Messages.path(),
             post(|state, request| serve_door(Door::Messages, state, request)),
         )
+        .route(
+            messages::COUNT_TOKENS_PATH,
+            post(|body: Bytes| async move { messages::count_tokens(&body) }),
+        )
         .route("/v1/models", get(models))
         .route("/events", get(events_feed))
         .route("/metrics", get(metrics_text))

@@ -424,4 +424,26 @@ mod tests {
             StatusCode::FORBIDDEN
         );
     }
+    #[test]
+    fn the_client_key_also_opens_client_endpoints_as_x_api_key_but_never_operator_ones() {
+        let k = keys(Some("client-key-1"), Some("operator-key-1"));
+        let remote = Some(SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7)), 5000));
+        let given = |key: &str| headers(&[("host", "evil.example"), ("x-api-key", key)]);
+        assert_eq!(
+            check(&k, "/v1/messages", &Method::POST, &given("client-key-1"), remote),
+            Ok(())
+        );
+        assert_eq!(
+            check(&k, "/v1/messages", &Method::POST, &given("client-key-2"), remote),
+            Err(Refusal::WrongKey)
+        );
+        // A wrong x-api-key beside a right bearer: the bearer decides, as before.
+        let both = headers(&[("x-api-key", "guess"), ("authorization", "Bearer client-key-1")]);
+        assert_eq!(check(&k, "/v1/chat/completions", &Method::POST, &both, remote), Ok(()));
+        assert_eq!(
+            check(&k, "/metrics", &Method::GET, &given("operator-key-1"), LOOPBACK),
+            Err(Refusal::MissingKey),
+            "operator endpoints take only the bearer"
+        );
+    }
 }

@@ -636,3 +636,424 @@ pub fn count_tokens(body: &[u8]) -> Response {
         Err(error) => error_response(error),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::engine::splice::{Completion, Handover, SpliceError};
+    use crate::failure::FailureClass;
+    use crate::provider::ReasoningField;
+    use crate::request::Usage;
+    use crate::usage::AttemptTokens;
+
+    fn parse(body: Value) -> Result<ParsedRequest, ApiError> {
+        parse_request(body.to_string().as_bytes())
+    }
+
+    fn code(body: Value) -> &'static str {
+        parse(body).map(|_| ()).expect_err("refused").code
+    }
+
+    #[test]
+    fn system_blocks_and_tool_results_become_chat_messages() {
+        let parsed = parse(json!({
+            "model": "m", "max_tokens": 10, "stream": true,
+            "system": [{"type": "text", "text": "One."}, {"type": "text", "text": "Two.", "cache_control": {"type": "ephemeral"}}],
+            "messages": [
+                {"role": "user", "content": [{"type": "image", "source": {"type": "url", "url": "https://x/i.png"}}, {"type": "text", "text": "What?"}]},
+                {"role": "assistant", "content": [
+                    {"type": "redacted_thinking", "data": "x"},
+                    {"type": "tool_use", "id": "t1", "name": "f", "input": {"a": 1}},
+                ]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "t1", "content": "ok"},
+                    {"type": "tool_result", "tool_use_id": "t2", "is_error": true},
+                ]},
+                {"role": "assistant", "content": "Done"},
+            ],
+        }))
+        .expect("valid");
+        assert!(parsed.stream);
+        let sent: Vec<Value> = parsed
+            .messages
+            .iter()
+            .map(|m| serde_json::to_value(m).expect("serializes"))
+            .collect();
+        assert_eq!(
+            sent,
+            [
+                json!({"role": "system", "content": "One.\n\nTwo."}),
+                json!({"role": "user", "content": [
+                    {"type": "image_url", "image_url": {"url": "https://x/i.png"}},
+                    {"type": "text", "text": "What?"},
+                ]}),
+                json!({"role": "assistant", "content": "", "tool_calls": [
+                    {"id": "t1", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}},
+                ]}),
+                json!({"role": "tool", "content": "ok", "tool_call_id": "t1"}),
+                json!({"role": "tool", "content": "Error: ", "tool_call_id": "t2"}),
+                json!({"role": "assistant", "content": "Done"}),
+            ]
+        );
+    }
+
+    #[test]
+    fn parameters_are_translated_to_chat_ones() {
+        let parsed = parse(json!({
+            "model": "m", "max_tokens": 64, "messages": [{"role": "user", "content": "x"}],
+            "temperature": 0.5, "top_p": 0.9, "top_k": 5, "stop_sequences": ["A", "B"],
+            "thinking": {"type": "enabled", "budget_tokens": 2048},
+            "metadata": {"user_id": "u"},
+            "tools": [{"name": "f", "description": "F", "input_schema": {"type": "object"}, "cache_control": {"type": "ephemeral"}}],
+            "tool_choice": {"type": "tool", "name": "f", "disable_parallel_tool_use": true},
+            "service_tier": "auto",
+        }))
+        .expect("valid");
+        assert_eq!(
+            Value::Object(parsed.params),
+            json!({
+                "max_tokens": 64, "temperature": 0.5, "top_p": 0.9, "top_k": 5, "stop": ["A", "B"],
+                "thinking": {"type": "enabled", "budget_tokens": 2048}, "user": "u",
+                "tools": [{"type": "function", "function": {"name": "f", "description": "F", "parameters": {"type": "object"}}}],
+                "tool_choice": {"type": "function", "function": {"name": "f"}},
+                "parallel_tool_calls": false,
+            })
+        );
+        for (choice, want) in [
+            ("auto", json!("auto")),
+            ("any", json!("required")),
+            ("none", json!("none")),
+        ] {
+            let parsed = parse(json!({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}], "tool_choice": {"type": choice}}))
+                .expect("valid");
+            assert_eq!(parsed.params["tool_choice"], want, "{choice}");
+        }
+    }
+
+    #[test]
+    fn what_baton_cannot_take_is_refused_naming_the_field() {
+        let user =
+            |content: Value| json!({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": content}]});
+        assert_eq!(
+            code(json!({"model": "m", "messages": [{"role": "user", "content": "x"}]})),
+            "missing_max_tokens"
+        );
+        assert_eq!(
+            code(json!({"model": "m", "max_tokens": 0, "messages": []})),
+            "invalid_max_tokens"
+        );
+        assert_eq!(
+            code(json!({"model": "m", "max_tokens": 1, "messages": []})),
+            "invalid_messages"
+        );
+        assert_eq!(code(json!({"max_tokens": 1, "messages": []})), "missing_model");
+        assert_eq!(
+            code(user(json!([{"type": "document", "source": {}}]))),
+            "invalid_messages"
+        );
+        assert_eq!(
+            code(user(
+                json!([{"type": "image", "source": {"type": "file", "file_id": "f"}}])
+            )),
+            "invalid_messages"
+        );
+        assert_eq!(
+            code(user(json!([{"type": "tool_use", "id": "a", "name": "b"}]))),
+            "invalid_messages"
+        );
+        assert_eq!(code(user(json!(5))), "invalid_messages");
+        let mut body = user(json!("x"));
+        body["system"] = json!([{"type": "image"}]);
+        assert_eq!(code(body), "invalid_system");
+        let mut body = user(json!("x"));
+        body["thinking"] = json!({"type": "enabled"});
+        assert_eq!(code(body), "invalid_thinking");
+        let mut body = user(json!("x"));
+        body["tools"] = json!([{"type": "bash_20250124", "name": "bash"}]);
+        assert_eq!(code(body), "unsupported_tool");
+        let mut body = user(json!("x"));
+        body["stop_sequences"] = json!("END");
+        assert_eq!(code(body), "invalid_stop_sequences");
+        let message = parse(json!({"model": "m", "max_tokens": 1, "messages": [{"role": "system", "content": "x"}]}))
+            .expect_err("refused")
+            .message;
+        assert!(
+            message.contains("messages[0]") && message.contains("system"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn errors_carry_anthropics_type_for_their_status() {
+        for (status, kind) in [
+            (400, "invalid_request_error"),
+            (401, "authentication_error"),
+            (403, "permission_error"),
+            (404, "not_found_error"),
+            (413, "request_too_large"),
+            (429, "rate_limit_error"),
+            (500, "api_error"),
+            (502, "api_error"),
+            (503, "overloaded_error"),
+            (529, "overloaded_error"),
+        ] {
+            assert_eq!(
+                error_type(StatusCode::from_u16(status).expect("status")),
+                kind,
+                "{status}"
+            );
+        }
+        let response = error_response(ApiError::overloaded(3));
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1", "Retry-After kept");
+    }
+
+    fn text(t: &str) -> ClientItem {
+        ClientItem::Text {
+            text: t.into(),
+            route: Arc::from("r"),
+            model: Arc::from("up"),
+        }
+    }
+
+    fn thought(t: &str) -> ClientItem {
+        ClientItem::Reasoning {
+            text: t.into(),
+            field: ReasoningField::ReasoningContent,
+            route: Arc::from("r"),
+            model: Arc::from("up"),
+        }
+    }
+
+    fn done(reason: &str) -> ClientItem {
+        let mut tokens = Tally::default();
+        tokens.push(AttemptTokens {
+            attempt: 1,
+            route: "r".into(),
+            model: "up".into(),
+            reported: Some(Usage {
+                prompt_tokens: 10,
+                completion_tokens: 20,
+                reasoning_tokens: Some(5),
+            }),
+            deltas: 3,
+        });
+        ClientItem::Done(Completion {
+            finish_reason: reason.into(),
+            tokens,
+            route_chain: vec!["r".into()],
+            failures: Vec::new(),
+        })
+    }
+
+    fn frames(out: &[u8]) -> (Vec<(String, Value)>, Vec<String>) {
+        let body = String::from_utf8_lossy(out);
+        let mut events = Vec::new();
+        let mut comments = Vec::new();
+        for frame in body.split("\n\n").filter(|f| !f.is_empty()) {
+            if let Some(c) = frame.strip_prefix(": ") {
+                comments.push(c.to_string());
+                continue;
+            }
+            let (head, data) = frame.split_once('\n').expect("two lines");
+            let kind = head.strip_prefix("event: ").expect("event line");
+            let data: Value = serde_json::from_str(data.strip_prefix("data: ").expect("data")).expect("json");
+            assert_eq!(data["type"], kind);
+            events.push((kind.to_string(), data));
+        }
+        (events, comments)
+    }
+
+    fn run(items: &[ClientItem]) -> (Vec<(String, Value)>, Vec<String>) {
+        let mut encoder = MessagesEncoder::new("msg_t", "asked");
+        let mut out = BytesMut::new();
+        for (i, item) in items.iter().enumerate() {
+            let flow = encoder.item(item, &mut out);
+            let last = matches!(item, ClientItem::Done(_) | ClientItem::Failed(_));
+            assert_eq!(flow == Flow::End, last, "item {i}");
+        }
+        frames(&out)
+    }
+
+    fn kinds(events: &[(String, Value)]) -> Vec<&str> {
+        events.iter().map(|(k, _)| k.as_str()).collect()
+    }
+
+    #[test]
+    fn thinking_then_text_across_a_handover_is_two_blocks_in_one_message() {
+        let handover = ClientItem::Handover(Handover {
+            from: Arc::from("a"),
+            to: Arc::from("b"),
+            class: FailureClass::Technical,
+            reason: "stall",
+            prefix_bytes: 3,
+            gap: std::time::Duration::from_millis(1),
+        });
+        let tricky = "quote \" \\ 日本 \u{1}\n";
+        let (events, comments) = run(&[
+            thought("hm"),
+            handover,
+            thought("m"),
+            text(tricky),
+            text("!"),
+            done("stop"),
+        ]);
+        assert_eq!(
+            kinds(&events),
+            [
+                "message_start",
+                "ping",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop",
+            ]
+        );
+        assert_eq!(comments.len(), 1, "the handover is a comment: {comments:?}");
+        assert_eq!(
+            events[0].1["message"],
+            json!({"id": "msg_t", "type": "message", "role": "assistant", "model": "asked", "content": [],
+                   "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 0, "output_tokens": 0}})
+        );
+        assert_eq!(
+            events[2].1["content_block"],
+            json!({"type": "thinking", "thinking": "", "signature": ""})
+        );
+        assert_eq!(
+            events[3].1,
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "hm"}})
+        );
+        assert_eq!(
+            events[6].1,
+            json!({"type": "content_block_start", "index": 1, "content_block": {"type": "text", "text": ""}})
+        );
+        assert_eq!(
+            events[7].1,
+            json!({"type": "content_block_delta", "index": 1, "delta": {"type": "text_delta", "text": tricky}}),
+            "the direct-written delta is the JSON the general path writes"
+        );
+        assert_eq!(events[9].1["index"], 1);
+        let delta = &events[10].1;
+        assert_eq!(
+            delta["delta"],
+            json!({"stop_reason": "end_turn", "stop_sequence": null})
+        );
+        assert_eq!(delta["usage"], json!({"input_tokens": 10, "output_tokens": 20}));
+    }
+
+    #[test]
+    fn finish_reasons_are_anthropic_stop_reasons() {
+        for (reason, want) in [
+            ("stop", "end_turn"),
+            ("length", "max_tokens"),
+            ("tool_calls", "tool_use"),
+            ("content_filter", "refusal"),
+        ] {
+            let (events, _) = run(&[text("x"), done(reason)]);
+            let delta = events
+                .iter()
+                .find(|(k, _)| k == "message_delta")
+                .expect("message_delta");
+            assert_eq!(delta.1["delta"]["stop_reason"], want, "{reason}");
+        }
+    }
+
+    #[test]
+    fn tool_calls_close_the_text_and_each_is_a_tool_use_block() {
+        let calls = ClientItem::ToolCalls {
+            deltas: vec![
+                json!({"index": 2, "id": "call_a", "type": "function", "function": {"name": "f", "arguments": "{\"x\":"}}),
+                json!({"index": 2, "function": {"arguments": "1}"}}),
+                json!({"index": 5, "id": "call_b", "type": "function", "function": {"name": "g", "arguments": ""}}),
+            ],
+            route: Arc::from("r"),
+            model: Arc::from("up"),
+        };
+        let (events, _) = run(&[text("Let me check."), calls, done("tool_calls")]);
+        let starts: Vec<&Value> = events
+            .iter()
+            .filter(|(k, _)| k == "content_block_start")
+            .map(|(_, d)| d)
+            .collect();
+        assert_eq!(starts.len(), 3);
+        assert_eq!(
+            starts[1],
+            &json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "call_a", "name": "f", "input": {}}})
+        );
+        assert_eq!(starts[2]["index"], 2);
+        let json_deltas: Vec<&Value> = events
+            .iter()
+            .filter(|(_, d)| d["delta"]["type"] == "input_json_delta")
+            .map(|(_, d)| d)
+            .collect();
+        assert_eq!(json_deltas.len(), 1, "no delta for empty arguments");
+        assert_eq!(json_deltas[0]["delta"]["partial_json"], "{\"x\":1}");
+        assert_eq!(json_deltas[0]["index"], 1);
+        let stops = events.iter().filter(|(k, _)| k == "content_block_stop").count();
+        assert_eq!(stops, 3);
+    }
+
+    #[test]
+    fn failures_are_error_events_never_message_stop() {
+        let failed = ClientItem::Failed(SpliceError::Local {
+            resource: "memory".into(),
+            failures: Vec::new(),
+            emitted_bytes: 3,
+            tokens: Tally::default(),
+        });
+        let (events, _) = run(&[text("par"), failed]);
+        let (kind, data) = events.last().expect("events");
+        assert_eq!(kind, "error");
+        assert_eq!(data["error"]["type"], "overloaded_error");
+        assert!(!kinds(&events).contains(&"message_stop"));
+
+        let mut encoder = MessagesEncoder::new("msg_e", "m");
+        let mut out = BytesMut::new();
+        encoder.error("shutting down", wire::SHUTTING_DOWN, &mut out);
+        let (events, _) = frames(&out);
+        assert_eq!(kinds(&events), ["message_start", "ping", "error"]);
+        assert_eq!(
+            events[2].1,
+            json!({"type": "error", "error": {"type": "overloaded_error", "message": "shutting down"}})
+        );
+    }
+
+    #[test]
+    fn a_whole_answer_is_a_message_object() {
+        let answer = Answer {
+            text: "Hello".into(),
+            reasoning: Some(("hm".into(), ReasoningField::Reasoning)),
+            tool_calls: vec![
+                json!({"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}}),
+                json!({"id": "call_2", "type": "function", "function": {"name": "g", "arguments": "not json"}}),
+            ],
+            model: "up".into(),
+            finish_reason: "tool_calls".into(),
+            tokens: Tally::default(),
+            route_chain: vec!["r".into()],
+            failures: 0,
+        };
+        let v = message_object(&answer, "msg_w");
+        assert_eq!(v["id"], "msg_w");
+        assert_eq!(v["type"], "message");
+        assert_eq!(v["stop_reason"], "tool_use");
+        assert_eq!(v["usage"], json!({"input_tokens": 0, "output_tokens": 0}));
+        assert_eq!(
+            v["content"],
+            json!([
+                {"type": "thinking", "thinking": "hm", "signature": ""},
+                {"type": "text", "text": "Hello"},
+                {"type": "tool_use", "id": "call_1", "name": "f", "input": {"a": 1}},
+                {"type": "tool_use", "id": "call_2", "name": "g", "input": "not json"},
+            ])
+        );
+    }
+}

@@ -1,5 +1,5 @@
 //! One text delta → client bytes, per door encoder: the chat-completions
-//! encoder against the Responses one, item by item as the streamed body
+//! encoder against the Responses and Messages ones, item by item as the streamed body
 //! drives them (no network, no splicer).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // bench code: a failed step is a failed bench
 
@@ -8,6 +8,7 @@ use std::sync::Arc;
 use baton::engine::splice::ClientItem;
 use baton::policy::reasoning::OutgoingField;
 use baton::proxy::encode::{ChatEncoder, ClientEncoder};
+use baton::proxy::messages::MessagesEncoder;
 use baton::proxy::responses::ResponsesEncoder;
 use bytes::BytesMut;
 use divan::{black_box, Bencher};
@@ -44,6 +45,21 @@ fn responses_text_delta(bencher: Bencher) {
     let item = token();
     let mut out = BytesMut::with_capacity(1 << 16);
     // The envelope and the message item are opened once, before the measured deltas.
+    encoder.item(&item, &mut out);
+    bencher.bench_local(|| {
+        out.clear();
+        encoder.item(black_box(&item), &mut out);
+        out.len()
+    });
+}
+
+/// Messages: one `content_block_delta` event per token.
+#[divan::bench]
+fn messages_text_delta(bencher: Bencher) {
+    let mut encoder = MessagesEncoder::new("msg_bench", "bench");
+    let item = token();
+    let mut out = BytesMut::with_capacity(1 << 16);
+    // `message_start` and the text block are opened once, before the measured deltas.
     encoder.item(&item, &mut out);
     bencher.bench_local(|| {
         out.clear();

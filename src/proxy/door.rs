@@ -8,6 +8,7 @@ use bytes::BytesMut;
 use serde_json::Value;
 
 use super::encode::{self, Answer, ChatEncoder, ClientEncoder, Flow};
+use super::messages::{self, MessagesEncoder};
 use super::responses::{self, ResponsesEncoder};
 use super::wire::{self, ApiError, ParsedRequest};
 use crate::engine::splice::ClientItem;
@@ -20,23 +21,29 @@ pub enum Door {
     Chat,
     /// OpenAI Responses, `POST /v1/responses`.
     Responses,
+    /// Anthropic Messages, `POST /v1/messages`.
+    Messages,
 }
 
 impl Door {
     /// Every door, in the order the 404 message lists them.
-    pub const ALL: [Door; 2] = [Door::Chat, Door::Responses];
+    pub const ALL: [Door; 3] = [Door::Chat, Door::Responses, Door::Messages];
 
     /// The path a client POSTs to.
     pub fn path(self) -> &'static str {
         match self {
             Door::Chat => "/v1/chat/completions",
             Door::Responses => "/v1/responses",
+            Door::Messages => "/v1/messages",
         }
     }
 
-    /// The door whose path is `path`, if any.
+    /// The door whose path is `path` or a sub-path of it (`/v1/messages/count_tokens`), if any.
     pub fn for_path(path: &str) -> Option<Door> {
-        Door::ALL.into_iter().find(|d| d.path() == path)
+        Door::ALL.into_iter().find(|d| {
+            path.strip_prefix(d.path())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
     }
 
     /// The short name metrics, logs and recordings use.
@@ -44,6 +51,7 @@ impl Door {
         match self {
             Door::Chat => "chat_completions",
             Door::Responses => "responses",
+            Door::Messages => "messages",
         }
     }
 
@@ -52,6 +60,7 @@ impl Door {
         match self {
             Door::Chat => wire::parse_request(body),
             Door::Responses => responses::parse_request(body),
+            Door::Messages => messages::parse_request(body),
         }
     }
 
@@ -67,6 +76,7 @@ impl Door {
             Door::Responses => {
                 DoorEncoder::Responses(ResponsesEncoder::new(&wire::new_id("resp_"), &request.model, created))
             }
+            Door::Messages => DoorEncoder::Messages(MessagesEncoder::new(&wire::new_id("msg_"), &request.model)),
         }
     }
 
@@ -75,6 +85,7 @@ impl Door {
         match self {
             Door::Chat => encode::chat_completion(answer, &wire::new_id("chatcmpl-"), created),
             Door::Responses => responses::response_object(answer, &wire::new_id("resp_"), created),
+            Door::Messages => messages::message_object(answer, &wire::new_id("msg_")),
         }
     }
 
@@ -83,6 +94,7 @@ impl Door {
         match self {
             // Responses errors are OpenAI-shaped, as chat's are.
             Door::Chat | Door::Responses => error.into_response(),
+            Door::Messages => messages::error_response(error),
         }
     }
 }
@@ -95,6 +107,8 @@ pub enum DoorEncoder {
     Chat(ChatEncoder),
     /// Responses semantic events.
     Responses(ResponsesEncoder),
+    /// Anthropic Messages events.
+    Messages(MessagesEncoder),
 }
 
 impl ClientEncoder for DoorEncoder {
@@ -102,6 +116,7 @@ impl ClientEncoder for DoorEncoder {
         match self {
             DoorEncoder::Chat(e) => e.item(item, out),
             DoorEncoder::Responses(e) => e.item(item, out),
+            DoorEncoder::Messages(e) => e.item(item, out),
         }
     }
 
@@ -109,6 +124,7 @@ impl ClientEncoder for DoorEncoder {
         match self {
             DoorEncoder::Chat(e) => e.error(message, code, out),
             DoorEncoder::Responses(e) => e.error(message, code, out),
+            DoorEncoder::Messages(e) => e.error(message, code, out),
         }
     }
 }

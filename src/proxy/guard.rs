@@ -127,7 +127,7 @@ pub fn check(
     match endpoint(path) {
         Endpoint::Open => Ok(()),
         Endpoint::Client => match &keys.client {
-            Some(key) => bearer(headers, key),
+            Some(key) => client_key(headers, key),
             None => {
                 local_browser_rules(headers)?;
                 if method == Method::POST && !is_json(headers) {
@@ -197,6 +197,18 @@ fn bearer(headers: &HeaderMap, key: &Secret) -> Result<(), Refusal> {
         Some(given) if constant_time_eq(given.as_bytes(), key.expose().as_bytes()) => Ok(()),
         Some(_) => Err(Refusal::WrongKey),
         None => Err(Refusal::MissingKey),
+    }
+}
+
+/// A client key as a bearer or, as Anthropic's SDKs send it, in `x-api-key`.
+fn client_key(headers: &HeaderMap, key: &Secret) -> Result<(), Refusal> {
+    match headers.get("x-api-key").map(|v| v.as_bytes()) {
+        Some(given) if constant_time_eq(given, key.expose().as_bytes()) => Ok(()),
+        Some(_) => match bearer(headers, key) {
+            Err(Refusal::MissingKey) => Err(Refusal::WrongKey),
+            other => other,
+        },
+        None => bearer(headers, key),
     }
 }
 
@@ -410,6 +422,28 @@ mod tests {
         assert_eq!(
             Refusal::ClientKeyOnOperatorEndpoint.error().status,
             StatusCode::FORBIDDEN
+        );
+    }
+    #[test]
+    fn the_client_key_also_opens_client_endpoints_as_x_api_key_but_never_operator_ones() {
+        let k = keys(Some("client-key-1"), Some("operator-key-1"));
+        let remote = Some(SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7)), 5000));
+        let given = |key: &str| headers(&[("host", "evil.example"), ("x-api-key", key)]);
+        assert_eq!(
+            check(&k, "/v1/messages", &Method::POST, &given("client-key-1"), remote),
+            Ok(())
+        );
+        assert_eq!(
+            check(&k, "/v1/messages", &Method::POST, &given("client-key-2"), remote),
+            Err(Refusal::WrongKey)
+        );
+        // A wrong x-api-key beside a right bearer: the bearer decides, as before.
+        let both = headers(&[("x-api-key", "guess"), ("authorization", "Bearer client-key-1")]);
+        assert_eq!(check(&k, "/v1/chat/completions", &Method::POST, &both, remote), Ok(()));
+        assert_eq!(
+            check(&k, "/metrics", &Method::GET, &given("operator-key-1"), LOOPBACK),
+            Err(Refusal::MissingKey),
+            "operator endpoints take only the bearer"
         );
     }
 }

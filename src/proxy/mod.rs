@@ -25,6 +25,7 @@ mod conn;
 pub mod door;
 pub mod encode;
 pub mod guard;
+pub mod messages;
 pub mod metrics;
 pub mod responses;
 mod session;
@@ -157,6 +158,14 @@ pub fn router(config: &Config, phase: watch::Receiver<Phase>) -> (Router, Arc<Ap
         .route(
             Door::Responses.path(),
             post(|state, request| serve_door(Door::Responses, state, request)),
+        )
+        .route(
+            Door::Messages.path(),
+            post(|state, request| serve_door(Door::Messages, state, request)),
+        )
+        .route(
+            messages::COUNT_TOKENS_PATH,
+            post(|body: Bytes| async move { messages::count_tokens(&body) }),
         )
         .route("/v1/models", get(models))
         .route("/events", get(events_feed))

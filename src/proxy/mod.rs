@@ -1,7 +1,10 @@
-//! `baton serve`: an OpenAI-compatible proxy in front of the splicer.
+//! `baton serve`: a proxy in front of the splicer, with three front doors
+//! ([`door::Door`]), each streaming and not, spliced along the ladder the
+//! requested model names:
 //!
-//! * `POST /v1/chat/completions`: streaming and not, spliced along the ladder
-//!   the requested model names.
+//! * `POST /v1/chat/completions`: OpenAI chat completions.
+//! * `POST /v1/messages` (and `/v1/messages/count_tokens`): Anthropic Messages ([`messages`]).
+//! * `POST /v1/responses`: OpenAI Responses ([`responses`]).
 //! * `GET /v1/models`: the ladders and their routes.
 //! * `GET /events`: the live [`EngineEvent`](crate::EngineEvent) feed as SSE.
 //! * `GET /metrics`: Prometheus text.

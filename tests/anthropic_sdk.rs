@@ -10,19 +10,10 @@
 
 mod support;
 
-use baton::oracle::{answer, Style};
+use baton::oracle::answer;
 use baton::{Message, Role};
 use serde_json::{json, Value};
-use support::{finish, scripted, tool, End, Reply};
-
-const FAULTS: [(&str, &str); 6] = [
-    ("stall", "stall@20"),
-    ("drop", "drop@15"),
-    ("malformed", "malformed@9"),
-    ("error-event", "error@30"),
-    ("unavailable", "503"),
-    ("healthy", "none"),
-];
+use support::{finish, oracle, scripted, tool, End, Reply, FAULTS};
 
 fn conversation(model: &str, mode: &str) -> Vec<Message> {
     vec![
@@ -31,60 +22,19 @@ fn conversation(model: &str, mode: &str) -> Vec<Message> {
     ]
 }
 
-async fn oracle(fault: &str, repeat_words: usize) -> (String, tokio::sync::oneshot::Sender<()>) {
-    support::oracle_upstream(
-        fault,
-        Style {
-            repeat_words,
-            extra_space: false,
-        },
-    )
-    .await
-}
-
 /// Runs `tests/anthropic_sdk.py` with the SDK's python and reads its JSON lines.
 async fn run_sdk(base: &str, models: &[&str]) -> Vec<Value> {
     let python = std::env::var_os("BATON_ANTHROPIC_PYTHON")
         .expect("set BATON_ANTHROPIC_PYTHON to a python with the anthropic SDK installed (bash .ci/run does)");
-    let script = format!("{}/tests/anthropic_sdk.py", env!("CARGO_MANIFEST_DIR"));
-    let output = tokio::process::Command::new(python)
-        .arg(script)
-        .arg(base)
-        .args(models)
-        .output();
-    let output = tokio::time::timeout(std::time::Duration::from_secs(240), output)
-        .await
-        .expect("the Python run finished")
-        .expect("python ran");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "python failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect()
+    let mut args = vec![base];
+    args.extend_from_slice(models);
+    support::run_script(python, "anthropic_sdk.py", &args).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the anthropic Python SDK in BATON_ANTHROPIC_PYTHON; .ci/run runs it"]
 async fn the_official_sdk_reads_the_oracles_answer_through_the_messages_door_through_every_fault() {
-    let mut stops = Vec::new();
-    let (fallback, stop) = oracle("none", 2).await;
-    stops.push(stop);
-    let mut toml = format!(
-        "[[route]]\nname = \"fallback\"\nprovider = \"openai\"\nbase_url = \"{fallback}\"\nmodel = \"oracle-small\"\ncontinuation = \"instruct\"\n"
-    );
-    for (name, fault) in FAULTS {
-        let (url, stop) = oracle(fault, 0).await;
-        stops.push(stop);
-        toml.push_str(&format!(
-            "[[route]]\nname = \"{name}\"\nprovider = \"openai\"\nbase_url = \"{url}\"\nmodel = \"oracle-large\"\nstall_ms = 1000\n\
-             [[ladder]]\nname = \"{name}\"\nroutes = [\"{name}\", \"fallback\"]\n"
-        ));
-    }
+    let (toml, stops) = support::fault_ladders().await;
     let proxy = support::Serve::new(&toml).upstreams(stops).start().await;
     // The SDK appends `/v1/messages` itself.
     let base = proxy.url("");

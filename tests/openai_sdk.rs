@@ -7,19 +7,10 @@
 
 mod support;
 
-use baton::oracle::{answer, Style};
+use baton::oracle::answer;
 use baton::{Message, Role};
 use serde_json::json;
-use support::{finish, run_python, scripted, tool, End, Reply};
-
-const FAULTS: [(&str, &str); 6] = [
-    ("stall", "stall@20"),
-    ("drop", "drop@15"),
-    ("malformed", "malformed@9"),
-    ("error-event", "error@30"),
-    ("unavailable", "503"),
-    ("healthy", "none"),
-];
+use support::{finish, run_python, scripted, tool, End, Reply, FAULTS};
 
 fn conversation(model: &str, mode: &str) -> Vec<Message> {
     vec![
@@ -28,34 +19,10 @@ fn conversation(model: &str, mode: &str) -> Vec<Message> {
     ]
 }
 
-async fn oracle(fault: &str, repeat_words: usize) -> (String, tokio::sync::oneshot::Sender<()>) {
-    support::oracle_upstream(
-        fault,
-        Style {
-            repeat_words,
-            extra_space: false,
-        },
-    )
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the openai Python SDK in BATON_OPENAI_PYTHON; .ci/run runs it"]
 async fn the_official_openai_sdk_gets_the_oracles_answer_through_every_fault() {
-    let mut stops = Vec::new();
-    let (fallback, stop) = oracle("none", 2).await;
-    stops.push(stop);
-    let mut toml = format!(
-        "[[route]]\nname = \"fallback\"\nprovider = \"openai\"\nbase_url = \"{fallback}\"\nmodel = \"oracle-small\"\ncontinuation = \"instruct\"\n"
-    );
-    for (name, fault) in FAULTS {
-        let (url, stop) = oracle(fault, 0).await;
-        stops.push(stop);
-        toml.push_str(&format!(
-            "[[route]]\nname = \"{name}\"\nprovider = \"openai\"\nbase_url = \"{url}\"\nmodel = \"oracle-large\"\nstall_ms = 1000\n\
-             [[ladder]]\nname = \"{name}\"\nroutes = [\"{name}\", \"fallback\"]\n"
-        ));
-    }
+    let (toml, stops) = support::fault_ladders().await;
     let proxy = support::Serve::new(&toml).upstreams(stops).start().await;
     let base = proxy.url("/v1");
     let mut args = vec![base.as_str()];

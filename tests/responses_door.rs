@@ -8,10 +8,10 @@
 
 mod support;
 
-use baton::oracle::{answer, thinking, Style};
+use baton::oracle::{answer, thinking};
 use baton::{Message, Role};
 use serde_json::{json, Value};
-use support::{finish, scripted, tool, End, Reply};
+use support::{finish, oracle, scripted, tool, End, Reply, FAULTS};
 
 /// A streamed Responses body as the client read it.
 struct Events {
@@ -109,17 +109,6 @@ impl Events {
     }
 }
 
-async fn oracle(fault: &str, repeat_words: usize) -> (String, tokio::sync::oneshot::Sender<()>) {
-    support::oracle_upstream(
-        fault,
-        Style {
-            repeat_words,
-            extra_space: false,
-        },
-    )
-    .await
-}
-
 fn conversation(tag: &str) -> Vec<Message> {
     vec![
         Message::new(Role::System, "You answer through the Responses door."),
@@ -155,31 +144,9 @@ async fn stream(proxy: &support::Served, body: &Value) -> Events {
     Events::parse(&response.text().await.expect("body"))
 }
 
-const FAULTS: [(&str, &str); 6] = [
-    ("stall", "stall@20"),
-    ("drop", "drop@15"),
-    ("malformed", "malformed@9"),
-    ("error-event", "error@30"),
-    ("unavailable", "503"),
-    ("healthy", "none"),
-];
-
 /// A ladder per fault, each `[fault, fallback]`, and a lone `503` ladder that fails before text.
 async fn fault_proxy() -> support::Served {
-    let mut stops = Vec::new();
-    let (fallback, stop) = oracle("none", 2).await;
-    stops.push(stop);
-    let mut toml = format!(
-        "[[route]]\nname = \"fallback\"\nprovider = \"openai\"\nbase_url = \"{fallback}\"\nmodel = \"oracle-small\"\ncontinuation = \"instruct\"\n"
-    );
-    for (name, fault) in FAULTS {
-        let (url, stop) = oracle(fault, 0).await;
-        stops.push(stop);
-        toml.push_str(&format!(
-            "[[route]]\nname = \"{name}\"\nprovider = \"openai\"\nbase_url = \"{url}\"\nmodel = \"oracle-large\"\nstall_ms = 1000\n\
-             [[ladder]]\nname = \"{name}\"\nroutes = [\"{name}\", \"fallback\"]\n"
-        ));
-    }
+    let (mut toml, mut stops) = support::fault_ladders().await;
     let (down, stop) = oracle("503", 0).await;
     stops.push(stop);
     toml.push_str(&format!(
@@ -467,22 +434,10 @@ async fn function_calls_go_through_the_door_and_through_a_handover_mid_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reasoning_is_its_own_item_before_the_message_across_a_handover() {
-    let mut stops = Vec::new();
-    let (fallback, stop) = oracle("none", 2).await;
-    stops.push(stop);
-    let mut toml = format!(
-        "[[route]]\nname = \"fallback\"\nprovider = \"openai\"\nbase_url = \"{fallback}\"\nmodel = \"oracle-think\"\ncontinuation = \"instruct\"\n"
-    );
-    for (name, fault) in [("think", "none"), ("think-drop", "drop@4"), ("answer-drop", "drop@40")] {
-        let (url, stop) = oracle(fault, 0).await;
-        stops.push(stop);
-        toml.push_str(&format!(
-            "[[route]]\nname = \"{name}\"\nprovider = \"openai\"\nbase_url = \"{url}\"\nmodel = \"oracle-think\"\n\
-             [[ladder]]\nname = \"{name}\"\nroutes = [\"{name}\", \"fallback\"]\n"
-        ));
-    }
+    let faults = [("think", "none"), ("think-drop", "drop@4"), ("answer-drop", "drop@40")];
+    let (toml, stops) = support::ladders("oracle-think", "oracle-think", &faults).await;
     let proxy = support::Serve::new(&toml).upstreams(stops).start().await;
-    for name in ["think", "think-drop", "answer-drop"] {
+    for (name, _) in faults {
         let events = stream(&proxy, &request(name, name, true)).await;
         events.check_envelope();
         let messages = conversation(name);

@@ -164,6 +164,59 @@ pub async fn oracle_upstream(fault: &str, style: baton::oracle::Style) -> (Strin
     (format!("http://{addr}/v1"), stop)
 }
 
+/// An oracle upstream with `fault` whose continuations repeat the prefix's last `repeat_words` words.
+pub async fn oracle(fault: &str, repeat_words: usize) -> (String, tokio::sync::oneshot::Sender<()>) {
+    oracle_upstream(
+        fault,
+        baton::oracle::Style {
+            repeat_words,
+            extra_space: false,
+        },
+    )
+    .await
+}
+
+/// The faults every front door is tested through: a ladder name and its primary's fault script.
+pub const FAULTS: [(&str, &str); 6] = [
+    ("stall", "stall@20"),
+    ("drop", "drop@15"),
+    ("malformed", "malformed@9"),
+    ("error-event", "error@30"),
+    ("unavailable", "503"),
+    ("healthy", "none"),
+];
+
+/// One ladder per fault of [`FAULTS`], `[fault, fallback]`, over one instruct
+/// fallback that repeats two words: the config and the upstreams' stop handles.
+pub async fn fault_ladders() -> (String, Vec<tokio::sync::oneshot::Sender<()>>) {
+    ladders("oracle-large", "oracle-small", &FAULTS).await
+}
+
+/// One ladder per `(name, fault)`: a primary serving `model` with that fault,
+/// then one instruct fallback serving `fallback_model` that repeats two words.
+/// The config and the upstreams' stop handles.
+pub async fn ladders(
+    model: &str,
+    fallback_model: &str,
+    faults: &[(&str, &str)],
+) -> (String, Vec<tokio::sync::oneshot::Sender<()>>) {
+    let mut stops = Vec::new();
+    let (fallback, stop) = oracle("none", 2).await;
+    stops.push(stop);
+    let mut toml = format!(
+        "[[route]]\nname = \"fallback\"\nprovider = \"openai\"\nbase_url = \"{fallback}\"\nmodel = \"{fallback_model}\"\ncontinuation = \"instruct\"\n"
+    );
+    for (name, fault) in faults {
+        let (url, stop) = oracle(fault, 0).await;
+        stops.push(stop);
+        toml.push_str(&format!(
+            "[[route]]\nname = \"{name}\"\nprovider = \"openai\"\nbase_url = \"{url}\"\nmodel = \"{model}\"\nstall_ms = 1000\n\
+             [[ladder]]\nname = \"{name}\"\nroutes = [\"{name}\", \"fallback\"]\n"
+        ));
+    }
+    (toml, stops)
+}
+
 /// An oracle upstream whose continuations repeat the prefix's last two words (the overlap trim must drop them).
 pub async fn oracle_repeating(fault: &str) -> (String, tokio::sync::oneshot::Sender<()>) {
     oracle_upstream(
@@ -483,10 +536,15 @@ pub fn python() -> std::ffi::OsString {
         .expect("set BATON_OPENAI_PYTHON to a python with openai and langchain-openai installed (bash .ci/run does)")
 }
 
-/// Runs `tests/<script>` with `args` and reads its JSON lines.
+/// Runs `tests/<script>` with `args` under the openai SDK's Python and reads its JSON lines.
 pub async fn run_python(script: &str, args: &[&str]) -> Vec<serde_json::Value> {
+    run_script(python(), script, args).await
+}
+
+/// Runs `tests/<script>` with `args` under `python` and reads its JSON lines.
+pub async fn run_script(python: std::ffi::OsString, script: &str, args: &[&str]) -> Vec<serde_json::Value> {
     let script = format!("{}/tests/{script}", env!("CARGO_MANIFEST_DIR"));
-    let output = tokio::process::Command::new(python()).arg(script).args(args).output();
+    let output = tokio::process::Command::new(python).arg(script).args(args).output();
     let output = tokio::time::timeout(std::time::Duration::from_secs(240), output)
         .await
         .expect("the Python run finished")

@@ -11,7 +11,7 @@
 //! is below it (`tests/layering.rs` fails on any cycle between modules).
 //!
 //! * Vocabulary, at the root: [`failure`] (failure kinds and their classes),
-//!   [`request`] (the caller's conversation), [`usage`] (a session's tokens
+//!   [`request`] (the caller's conversation), [`door`] (the client API it came through), [`usage`] (a session's tokens
 //!   across its attempts), [`stats`] (percentiles), [`rng`] (the small
 //!   deterministic generator), [`serde_ms`] (durations as milliseconds),
 //!   [`redact`] (secrets out of upstream error text before any sink sees it).
@@ -91,6 +91,7 @@ pub mod config;
 pub mod continuation;
 #[cfg(feature = "dashboard")]
 pub mod dashboard;
+pub mod door;
 pub mod engine;
 pub mod failure;
 #[cfg(feature = "fuzzing")]
@@ -114,6 +115,7 @@ pub mod tools;
 pub mod usage;
 
 pub use continuation::ContinuationMode;
+pub use door::Door;
 pub use engine::event::{EngineEvent, EventBus, EventKind, Subscriber};
 pub use engine::splice::{ClientItem, Splicer};
 pub use engine::watchdog::Deadlines;

@@ -212,6 +212,8 @@ pub struct ChatRequest {
     pub messages: Vec<Message>,
     /// Request fields baton does not interpret (temperature, stop, tools …), passed upstream unchanged.
     pub params: Map<String, Value>,
+    /// The client API it came through, when it came through one (the proxy's doors).
+    pub door: Option<crate::door::Door>,
 }
 
 impl ChatRequest {
@@ -222,6 +224,7 @@ impl ChatRequest {
             model: None,
             messages,
             params: Map::new(),
+            door: None,
         }
     }
 }

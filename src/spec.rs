@@ -120,6 +120,9 @@ pub struct RequestSpec {
     /// Pass-through request fields.
     #[serde(default)]
     pub params: Map<String, Value>,
+    /// The client API it came through (absent for library callers and older recordings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub door: Option<crate::door::Door>,
 }
 
 impl LadderSpec {
@@ -220,6 +223,7 @@ impl RequestSpec {
             model: request.model.clone(),
             messages: request.messages.clone(),
             params: request.params.clone(),
+            door: request.door,
         }
     }
 
@@ -229,6 +233,7 @@ impl RequestSpec {
         request.session = session;
         request.model = self.model.clone();
         request.params = self.params.clone();
+        request.door = self.door;
         request
     }
 }

@@ -574,7 +574,7 @@ async fn assert_proxy_handed_over(proxy: &Served, conversation: &[Message], reas
     let metrics = proxy.get("/metrics").await;
     for line in [
         format!("baton_failures_total{{route=\"hostile\",class=\"technical\",kind=\"{reason}\"}} 1"),
-        "baton_sessions_total{ladder=\"chat\",outcome=\"complete\"} 1".to_string(),
+        "baton_sessions_total{ladder=\"chat\",outcome=\"complete\",door=\"chat_completions\"} 1".to_string(),
         "baton_active_streams 0".to_string(),
     ] {
         assert!(metrics.contains(&line), "missing {line:?} in\n{metrics}");

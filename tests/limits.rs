@@ -338,7 +338,10 @@ async fn clients_vanishing_before_their_request_is_complete_leave_nothing_behind
     recovers(&proxy).await;
     let text = assert_samples(
         &proxy,
-        &[("baton_sessions_total{ladder=\"ok\",outcome=\"complete\"}", 1.0)],
+        &[(
+            "baton_sessions_total{ladder=\"ok\",outcome=\"complete\",door=\"chat_completions\"}",
+            1.0,
+        )],
     )
     .await;
     assert!(
@@ -358,7 +361,7 @@ async fn a_client_vanishing_while_waiting_for_the_first_token_cancels_the_upstre
         vanish(&proxy, raw, &[]).await;
         let cancelled = sample(
             &proxy.get("/metrics").await,
-            "baton_sessions_total{ladder=\"slow\",outcome=\"cancelled\"}",
+            "baton_sessions_total{ladder=\"slow\",outcome=\"cancelled\",door=\"chat_completions\"}",
         );
         assert_eq!(cancelled, Some(i as f64 + 1.0), "stream: {stream}");
     }
@@ -378,7 +381,10 @@ async fn a_client_vanishing_mid_stream_cancels_the_upstream() {
         &proxy,
         &[
             ("baton_active_streams", 0.0),
-            ("baton_sessions_total{ladder=\"stalls\",outcome=\"cancelled\"}", 1.0),
+            (
+                "baton_sessions_total{ladder=\"stalls\",outcome=\"cancelled\",door=\"chat_completions\"}",
+                1.0,
+            ),
         ],
     )
     .await;
@@ -433,7 +439,10 @@ async fn a_client_vanishing_during_a_handover_cancels_the_fallback() {
     vanish(&proxy, raw, &[]).await;
     wait_for(
         &proxy,
-        &[("baton_sessions_total{ladder=\"handover\",outcome=\"cancelled\"}", 1.0)],
+        &[(
+            "baton_sessions_total{ladder=\"handover\",outcome=\"cancelled\",door=\"chat_completions\"}",
+            1.0,
+        )],
     )
     .await;
     recovers(&proxy).await;
@@ -541,7 +550,10 @@ async fn a_client_pausing_longer_than_the_stall_deadline_still_gets_every_byte()
         &proxy,
         &[
             ("baton_slow_clients_total", 0.0),
-            ("baton_sessions_total{ladder=\"big\",outcome=\"complete\"}", 1.0),
+            (
+                "baton_sessions_total{ladder=\"big\",outcome=\"complete\",door=\"chat_completions\"}",
+                1.0,
+            ),
         ],
     )
     .await;
@@ -559,7 +571,10 @@ async fn a_client_that_stops_reading_gets_an_error_event_and_its_session_is_free
         &proxy,
         &[
             ("baton_slow_clients_total", 1.0),
-            ("baton_sessions_total{ladder=\"big\",outcome=\"slow_client\"}", 1.0),
+            (
+                "baton_sessions_total{ladder=\"big\",outcome=\"slow_client\",door=\"chat_completions\"}",
+                1.0,
+            ),
             ("baton_live_sessions", 0.0),
             ("baton_upstream_connections_open", 0.0),
         ],
@@ -591,7 +606,10 @@ async fn a_connection_that_accepts_nothing_is_closed_after_the_write_stall_timeo
         &proxy,
         &[
             ("baton_connections_closed_total{reason=\"write_stall\"}", 1.0),
-            ("baton_sessions_total{ladder=\"big\",outcome=\"cancelled\"}", 1.0),
+            (
+                "baton_sessions_total{ladder=\"big\",outcome=\"cancelled\",door=\"chat_completions\"}",
+                1.0,
+            ),
             ("baton_live_sessions", 0.0),
             ("baton_upstream_connections_open", 0.0),
         ],
@@ -723,8 +741,14 @@ async fn a_panic_inside_a_session_is_that_clients_error_only() {
         &proxy,
         &[
             ("baton_session_panics_total", 2.0),
-            ("baton_sessions_total{ladder=\"late\",outcome=\"panicked\"}", 1.0),
-            ("baton_sessions_total{ladder=\"early\",outcome=\"panicked\"}", 1.0),
+            (
+                "baton_sessions_total{ladder=\"late\",outcome=\"panicked\",door=\"chat_completions\"}",
+                1.0,
+            ),
+            (
+                "baton_sessions_total{ladder=\"early\",outcome=\"panicked\",door=\"chat_completions\"}",
+                1.0,
+            ),
         ],
     )
     .await;

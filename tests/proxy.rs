@@ -454,7 +454,7 @@ async fn models_health_metrics_and_the_event_feed() {
     for line in [
         "baton_handovers_total{from=\"primary\",to=\"fallback\",class=\"technical\"} 1",
         "baton_failures_total{route=\"primary\",class=\"technical\",kind=\"stall\"} 1",
-        "baton_sessions_total{ladder=\"chat\",outcome=\"complete\"} 1",
+        "baton_sessions_total{ladder=\"chat\",outcome=\"complete\",door=\"chat_completions\"} 1",
         "baton_handover_gap_seconds_count 1",
         "baton_ttft_seconds_count{ladder=\"chat\"} 1",
         "baton_breaker_state{route=\"primary\",model=\"big\"} 0",

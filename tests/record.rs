@@ -955,3 +955,145 @@ async fn every_attempts_tokens_are_recorded_and_verified() {
     }
     assert_eq!(support::verify_events(&older), Outcome::Ok { partial: false });
 }
+
+// ------------------------------------------------------- doors
+
+/// A session through each front door is recorded with its door, which the
+/// summary counts, the dashboard shows and a replay keeps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_door_a_session_came_through_is_recorded_summarized_and_shown() {
+    use baton::dashboard::app::App;
+    use baton::Door;
+
+    let dir = TempDir::new("doors");
+    let (ladders, stops) = support::ladders("oracle-large", "oracle-small", &[("drop", "drop@15")]).await;
+    let toml = format!("[server]\nrecord_dir = \"{}\"\n{ladders}", dir.path().display());
+    let mut proxy = support::Serve::new(&toml).upstreams(stops).start().await;
+    let client = reqwest::Client::new();
+    let asks = [
+        (
+            Door::Chat,
+            json!({"model": "drop", "stream": true, "messages": [{"role": "user", "content": "door chat"}]}),
+        ),
+        (
+            Door::Messages,
+            json!({"model": "drop", "stream": true, "max_tokens": 400, "messages": [{"role": "user", "content": "door messages"}]}),
+        ),
+        (
+            Door::Responses,
+            json!({"model": "drop", "stream": true, "input": "door responses"}),
+        ),
+    ];
+    for (door, body) in &asks {
+        let response = client
+            .post(proxy.url(door.path()))
+            .json(body)
+            .send()
+            .await
+            .expect("request");
+        assert!(response.status().is_success(), "{door:?}: {}", response.status());
+        let text = response.text().await.expect("body");
+        // Each door streamed its own wire, through the handover.
+        assert!(text.contains(": baton handover"), "{door:?}: {text}");
+    }
+    // And /metrics counts each door's session.
+    let metrics = proxy.get("/metrics").await;
+    for (door, _) in &asks {
+        let line = format!(
+            "baton_sessions_total{{ladder=\"drop\",outcome=\"complete\",door=\"{}\"}} 1",
+            door.label()
+        );
+        assert!(metrics.contains(&line), "{line} in:\n{metrics}");
+    }
+    proxy.stop();
+    let result = tokio::time::timeout(Duration::from_secs(30), proxy.join_handle())
+        .await
+        .expect("the proxy stopped");
+    assert!(matches!(result, Ok(Ok(()))), "{result:?}");
+
+    let recording = reader::read(&[dir.path().to_path_buf()]);
+    assert!(recording.errors.is_empty(), "{:?}", recording.errors);
+    assert_eq!(recording.sessions.len(), asks.len());
+    let mut doors: Vec<Option<Door>> = recording.sessions.iter().map(RecordedSession::door).collect();
+    doors.sort_by_key(|d| d.map(Door::label));
+    assert_eq!(doors, [Some(Door::Chat), Some(Door::Messages), Some(Door::Responses)]);
+    // The conversation each door's request became was recorded with it.
+    for s in &recording.sessions {
+        let started = s.events.first().expect("events");
+        let EventKind::SessionStarted {
+            request: Some(request), ..
+        } = &started.kind
+        else {
+            panic!("{:?}", started.kind);
+        };
+        let door = request.door.expect("a door");
+        let asked = format!("door {}", door.label().trim_end_matches("_completions"));
+        assert_eq!(
+            request.messages.last().map(|m| m.content.as_str()),
+            Some(asked.as_str())
+        );
+    }
+
+    let summaries: Vec<_> = recording.sessions.iter().map(baton::record::summary::session).collect();
+    let totals = baton::record::summary::totals(&summaries, 1, 0);
+    let by_door: Vec<(&str, usize)> = totals.sessions_by_door.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    assert_eq!(by_door, [("chat_completions", 1), ("messages", 1), ("responses", 1)]);
+    assert!(
+        totals
+            .to_string()
+            .contains("doors           chat_completions 1, messages 1, responses 1"),
+        "{totals}"
+    );
+    for s in &summaries {
+        let door = s.door.expect("a door").label();
+        assert!(s.to_string().contains(door), "{s}");
+    }
+
+    // A replay re-drives each with its door.
+    let verdicts = verify::verify(&recording.sessions);
+    assert_all_ok(&verdicts);
+
+    // The dashboard names the door in the session list (wide enough) and the transcript title.
+    let mut app = App::new("recording");
+    for s in &recording.sessions {
+        for e in &s.events {
+            app.on_event(e, Duration::from_millis(e.t_ms));
+        }
+    }
+    let screen = render(&app, 180, 40);
+    let header = screen
+        .lines()
+        .find(|l| l.contains("route chain"))
+        .expect("the session list");
+    assert!(header.contains("door"), "{screen}");
+    for s in &recording.sessions {
+        let short = &s.id.simple().to_string()[..8];
+        let row = screen
+            .lines()
+            .find(|l| l.contains(short) && !l.contains("Transcript"))
+            .expect("a row");
+        let shown = match s.door().expect("a door") {
+            Door::Chat => "chat",
+            Door::Messages => "messages",
+            Door::Responses => "responses",
+        };
+        assert!(row.contains(shown), "{short} via {shown}:\n{screen}");
+    }
+    let selected = app.selected_session().expect("a selection");
+    let title = screen
+        .lines()
+        .find(|l| l.contains("Transcript"))
+        .expect("the transcript");
+    assert!(title.contains(selected.door_text()), "{title}");
+}
+
+/// `app` drawn into a `width` × `height` test terminal, as text.
+fn render(app: &baton::dashboard::app::App, width: u16, height: u16) -> String {
+    let mut terminal =
+        ratatui::Terminal::new(ratatui::backend::TestBackend::new(width, height)).expect("test terminal");
+    terminal.draw(|f| baton::dashboard::ui::draw(f, app)).expect("draw");
+    let buffer = terminal.backend().buffer();
+    (0..height)
+        .map(|y| (0..width).map(|x| buffer[(x, y)].symbol()).collect::<String>() + "\n")
+        .collect()
+}

@@ -119,6 +119,7 @@ impl App {
                 needle.is_empty()
                     || s.short_id().contains(&needle)
                     || s.ladder.to_lowercase().contains(&needle)
+                    || s.door_text().contains(&needle)
                     || s.status.as_str().contains(&needle)
                     || s.state_text().contains(&needle)
                     || s.chain_text().to_lowercase().contains(&needle)

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
+use crate::door::Door;
 use crate::engine::event::{EngineEvent, EventKind};
 use crate::failure::{FailureClass, FailureKind};
 use crate::policy::breaker::BreakerState;
@@ -79,6 +80,8 @@ pub struct SessionView {
     pub id: Uuid,
     /// The ladder serving it.
     pub ladder: String,
+    /// The client API it came through (none for library callers).
+    pub door: Option<Door>,
     /// Where it stands.
     pub status: Status,
     /// Thinking or answering, as its client's deltas show.
@@ -109,6 +112,7 @@ impl SessionView {
         SessionView {
             id,
             ladder,
+            door: None,
             status: Status::Streaming,
             phase: Phase::Waiting,
             chain: Vec::new(),
@@ -126,6 +130,16 @@ impl SessionView {
     /// The first 8 hex digits of the id.
     pub fn short_id(&self) -> String {
         self.id.simple().to_string()[..8].to_string()
+    }
+
+    /// The door it came through, short: `chat`, `messages`, `responses`, or `-`.
+    pub fn door_text(&self) -> &'static str {
+        match self.door {
+            Some(Door::Chat) => "chat",
+            Some(Door::Messages) => "messages",
+            Some(Door::Responses) => "responses",
+            None => "-",
+        }
     }
 
     /// The route chain as `a → b`.
@@ -528,7 +542,7 @@ impl Model {
         self.events += 1;
         let id = event.session;
         match &event.kind {
-            EventKind::SessionStarted { ladder, .. } => {
+            EventKind::SessionStarted { ladder, request, .. } => {
                 self.total_sessions += 1;
                 self.rates.bump(now, 1, 0, 0);
                 if self.index.contains_key(&id) {
@@ -541,7 +555,9 @@ impl Model {
                     }
                 }
                 self.index.insert(id, self.evicted + self.sessions.len());
-                self.sessions.push_back(SessionView::new(id, ladder.clone(), now));
+                let mut view = SessionView::new(id, ladder.clone(), now);
+                view.door = request.as_ref().and_then(|r| r.door);
+                self.sessions.push_back(view);
             }
             EventKind::AttemptOpened { route, model, .. } => {
                 let r = self.route(route);

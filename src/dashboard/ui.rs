@@ -294,8 +294,9 @@ fn draw_sessions(frame: &mut Frame, area: Rect, app: &App) {
     let visible = app.visible_sessions();
     let selected = app.selected_session().map(|s| s.id);
     let height = area.height.saturating_sub(3) as usize;
-    // Narrow terminals drop the ladder and age columns rather than truncating every one.
+    // Narrow terminals drop the door, ladder and age columns rather than truncating every one.
     let wide = area.width >= 70;
+    let doors = area.width >= 82;
     let at = visible.iter().position(|s| Some(s.id) == selected).unwrap_or(0);
     let skip = at.saturating_sub(height.saturating_sub(1));
     let rows = visible.iter().skip(skip).take(height).map(|s| {
@@ -316,6 +317,9 @@ fn draw_sessions(frame: &mut Frame, area: Rect, app: &App) {
             cells.insert(1, Cell::from(s.ladder.clone()));
             cells.push(Cell::from(age(app.now, s.seen_at)));
         }
+        if doors {
+            cells.insert(2, Cell::from(s.door_text()));
+        }
         let row = Row::new(cells);
         if Some(s.id) == selected {
             row.style(Style::new().add_modifier(Modifier::REVERSED))
@@ -324,18 +328,21 @@ fn draw_sessions(frame: &mut Frame, area: Rect, app: &App) {
         }
     });
     let (header, widths) = if wide {
-        (
-            Row::new(["id", "ladder", "status", "route chain", "tokens", "hand", "age"]),
-            vec![
-                Constraint::Length(8),
-                Constraint::Length(12),
-                Constraint::Length(11),
-                Constraint::Min(16),
-                Constraint::Length(6),
-                Constraint::Length(4),
-                Constraint::Length(6),
-            ],
-        )
+        let mut header = vec!["id", "ladder", "status", "route chain", "tokens", "hand", "age"];
+        let mut widths = vec![
+            Constraint::Length(8),
+            Constraint::Length(12),
+            Constraint::Length(11),
+            Constraint::Min(16),
+            Constraint::Length(6),
+            Constraint::Length(4),
+            Constraint::Length(6),
+        ];
+        if doors {
+            header.insert(2, "door");
+            widths.insert(2, Constraint::Length(9));
+        }
+        (Row::new(header), widths)
     } else {
         (
             Row::new(["id", "status", "route chain", "tok", "hand"]),
@@ -409,8 +416,12 @@ fn draw_transcript(frame: &mut Frame, area: Rect, app: &App, focused: bool) {
             }
         }
     }
+    let door = match session.door {
+        Some(_) => format!(" · {}", session.door_text()),
+        None => String::new(),
+    };
     let title = format!(
-        "Transcript {} · {} · {}{}",
+        "Transcript {}{door} · {} · {}{}",
         session.short_id(),
         session.chain_text(),
         session.state_text(),

@@ -14,47 +14,10 @@ use super::wire::{self, ApiError, ParsedRequest};
 use crate::engine::splice::ClientItem;
 use crate::policy::reasoning::OutgoingField;
 
-/// A client wire format baton answers in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Door {
-    /// OpenAI chat completions, `POST /v1/chat/completions`.
-    Chat,
-    /// OpenAI Responses, `POST /v1/responses`.
-    Responses,
-    /// Anthropic Messages, `POST /v1/messages`.
-    Messages,
-}
+pub use crate::door::Door;
 
+/// What the proxy does for each door.
 impl Door {
-    /// Every door, in the order the 404 message lists them.
-    pub const ALL: [Door; 3] = [Door::Chat, Door::Responses, Door::Messages];
-
-    /// The path a client POSTs to.
-    pub fn path(self) -> &'static str {
-        match self {
-            Door::Chat => "/v1/chat/completions",
-            Door::Responses => "/v1/responses",
-            Door::Messages => "/v1/messages",
-        }
-    }
-
-    /// The door whose path is `path` or a sub-path of it (`/v1/messages/count_tokens`), if any.
-    pub fn for_path(path: &str) -> Option<Door> {
-        Door::ALL.into_iter().find(|d| {
-            path.strip_prefix(d.path())
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-        })
-    }
-
-    /// The short name metrics, logs and recordings use.
-    pub fn label(self) -> &'static str {
-        match self {
-            Door::Chat => "chat_completions",
-            Door::Responses => "responses",
-            Door::Messages => "messages",
-        }
-    }
-
     /// Parses a request body sent to this door.
     pub fn parse(self, body: &[u8]) -> Result<ParsedRequest, ApiError> {
         match self {

@@ -18,6 +18,8 @@ pub struct SessionLabels {
     pub ladder: String,
     /// `complete`, `failed`, `refused` or `cancelled`.
     pub outcome: String,
+    /// The front door it came through ([`Door::label`](crate::Door::label)).
+    pub door: String,
 }
 
 /// Labels of a handover.
@@ -414,12 +416,13 @@ impl Metrics {
         }
     }
 
-    /// Counts a session's end.
-    pub fn session(&self, ladder: &str, outcome: &str) {
+    /// Counts the end of a session that came through `door`.
+    pub fn session(&self, ladder: &str, door: crate::Door, outcome: &str) {
         self.sessions
             .get_or_create(&SessionLabels {
                 ladder: ladder.to_string(),
                 outcome: outcome.to_string(),
+                door: door.label().to_string(),
             })
             .inc();
     }

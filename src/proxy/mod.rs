@@ -367,7 +367,8 @@ async fn answer(door: Door, state: &Arc<AppState>, request: Request) -> Result<R
     let mut request = ChatRequest::new(parsed.messages);
     request.params = parsed.params;
     request.model = Some(parsed.model);
-    let mut session = Session::new(state.clone(), entry.name.clone());
+    request.door = Some(door);
+    let mut session = Session::new(state.clone(), entry.name.clone(), door);
     let mut stream = Guarded::new(entry.splicer.splice(request), slot);
     match encoder {
         Some(encoder) => {

@@ -36,6 +36,7 @@ use super::encode::{Answer, ClientEncoder, Flow};
 use super::metrics::LadderLabels;
 use super::wire::{self, ApiError};
 use super::{reached, AppState, Phase};
+use crate::door::Door;
 use crate::engine::splice::{ClientItem, SpliceError, SpliceStream};
 use crate::live::LiveGuard;
 use crate::policy::reasoning::OutgoingField;
@@ -108,17 +109,19 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
 pub struct Session {
     state: Arc<AppState>,
     ladder: String,
+    door: Door,
     started: Instant,
     first_byte: bool,
     outcome: &'static str,
 }
 
 impl Session {
-    /// A session on `ladder`, starting now.
-    pub fn new(state: Arc<AppState>, ladder: String) -> Self {
+    /// A session on `ladder` through `door`, starting now.
+    pub fn new(state: Arc<AppState>, ladder: String, door: Door) -> Self {
         Session {
             state,
             ladder,
+            door,
             started: Instant::now(),
             first_byte: false,
             outcome: "cancelled",
@@ -174,7 +177,7 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        self.state.metrics.session(&self.ladder, self.outcome);
+        self.state.metrics.session(&self.ladder, self.door, self.outcome);
     }
 }
 

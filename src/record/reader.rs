@@ -60,6 +60,14 @@ impl RecordedSession {
             .unwrap_or("?")
     }
 
+    /// The client API it came through, when its start says (the proxy's sessions).
+    pub fn door(&self) -> Option<crate::door::Door> {
+        self.events.iter().find_map(|e| match &e.kind {
+            EventKind::SessionStarted { request, .. } => request.as_ref().and_then(|r| r.door),
+            _ => None,
+        })
+    }
+
     /// Whether its last event (`finished` or `failed`) was recorded.
     pub fn ended(&self) -> bool {
         self.events

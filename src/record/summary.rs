@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::human_bytes;
 use super::reader::{RecordedSession, Recording};
+use crate::door::Door;
 use crate::engine::event::{EngineEvent, EventKind, UpstreamItem};
 use crate::usage::{self, AttemptTokens, Tally};
 
@@ -21,6 +22,8 @@ pub struct SessionSummary {
     pub file: PathBuf,
     /// Its ladder.
     pub ladder: String,
+    /// The client API it came through (none for library callers and older recordings).
+    pub door: Option<Door>,
     /// `finished`, `failed` or `incomplete` (the recording stops before the end).
     pub outcome: &'static str,
     /// The finish reason, when it finished.
@@ -96,6 +99,8 @@ pub struct Totals {
     pub attempts: u64,
     /// Handovers.
     pub handovers: usize,
+    /// Sessions by the door they came through (`library` for none).
+    pub sessions_by_door: BTreeMap<String, usize>,
     /// Handovers by reason.
     pub handovers_by_reason: BTreeMap<String, usize>,
     /// Failures by kind.
@@ -137,6 +142,7 @@ pub fn session(s: &RecordedSession) -> SessionSummary {
         session: s.id,
         file: s.file().to_path_buf(),
         ladder: s.ladder().to_string(),
+        door: s.door(),
         outcome: "incomplete",
         finish_reason: None,
         error: None,
@@ -269,6 +275,8 @@ pub fn totals(sessions: &[SessionSummary], files: usize, bytes: u64) -> Totals {
             "failed" => t.failed += 1,
             _ => t.incomplete += 1,
         }
+        let door = s.door.map_or("library", Door::label);
+        *t.sessions_by_door.entry(door.to_string()).or_default() += 1;
         t.attempts += u64::from(s.attempts);
         t.handovers += s.handovers.len();
         for h in &s.handovers {
@@ -308,7 +316,8 @@ impl std::fmt::Display for SessionSummary {
         } else {
             self.route_chain.join(" → ")
         };
-        write!(f, "{id}  {:<14} {:<16} {chain}", self.ladder, outcome)?;
+        let door = self.door.map_or("-", Door::label);
+        write!(f, "{id}  {:<14} {door:<16} {:<16} {chain}", self.ladder, outcome)?;
         if self.failures.is_empty() {
             write!(f, "  no failures")?;
         } else {
@@ -366,6 +375,7 @@ impl std::fmt::Display for Totals {
             self.files,
             human_bytes(self.recording_bytes)
         )?;
+        writeln!(f, "doors           {}", list(&self.sessions_by_door))?;
         writeln!(f, "attempts        {}", self.attempts)?;
         writeln!(
             f,

@@ -5,10 +5,11 @@
 //! chat-completions one ([`ChatEncoder`]).
 
 use bytes::{BufMut, BytesMut};
+use futures::{Stream, StreamExt};
 use serde_json::{json, Value};
 
 use super::wire::{self, ApiError};
-use crate::engine::splice::ClientItem;
+use crate::engine::splice::{ClientItem, SpliceError};
 use crate::policy::reasoning::OutgoingField;
 use crate::provider::ReasoningField;
 
@@ -50,6 +51,83 @@ pub struct Answer {
     pub route_chain: Vec<String>,
     /// How many attempts failed on the way.
     pub failures: usize,
+}
+
+/// Gathers a whole answer from its items, one at a time: how a non-streamed
+/// answer is made, by the proxy and by anyone embedding the splicer.
+#[derive(Clone, Debug, Default)]
+pub struct Gather {
+    answer: Answer,
+    tool_deltas: Vec<Value>,
+    reasoning_field: OutgoingField,
+}
+
+impl Gather {
+    /// A gatherer whose reasoning goes out in the field `reasoning_field` says.
+    pub fn new(reasoning_field: OutgoingField) -> Self {
+        Gather {
+            reasoning_field,
+            ..Gather::default()
+        }
+    }
+
+    /// Takes the next item; the item that ends the answer returns it, or the
+    /// error the client gets instead: a partial answer is never presented as complete.
+    pub fn item(&mut self, item: ClientItem) -> Option<Result<Answer, ApiError>> {
+        let answer = &mut self.answer;
+        match item {
+            ClientItem::Text { text, model, .. } => {
+                answer.text.push_str(&text);
+                model.as_ref().clone_into(&mut answer.model);
+            }
+            ClientItem::ToolCalls { deltas, model, .. } => {
+                self.tool_deltas.extend(deltas);
+                model.as_ref().clone_into(&mut answer.model);
+            }
+            ClientItem::Reasoning { text, field, model, .. } => {
+                answer
+                    .reasoning
+                    .get_or_insert_with(|| (String::new(), self.reasoning_field.apply(field)))
+                    .0
+                    .push_str(&text);
+                if answer.model.is_empty() {
+                    model.as_ref().clone_into(&mut answer.model);
+                }
+            }
+            ClientItem::Handover(_) => {}
+            ClientItem::Done(done) => {
+                answer.tool_calls = wire::merge_tool_calls(&self.tool_deltas);
+                answer.finish_reason = done.finish_reason;
+                answer.tokens = done.tokens;
+                answer.route_chain = done.route_chain;
+                answer.failures = done.failures.len();
+                return Some(Ok(std::mem::take(answer)));
+            }
+            ClientItem::Failed(error) => return Some(Err(ApiError::from_splice(&error))),
+        }
+        None
+    }
+
+    /// The error for items that stopped before one ended the answer.
+    pub fn cut_short(&self) -> ApiError {
+        ApiError::from_splice(&SpliceError::Exhausted {
+            failures: Vec::new(),
+            emitted_bytes: self.answer.text.len() as u64,
+            tokens: Default::default(),
+        })
+    }
+}
+
+/// The whole answer of `items` (a [`crate::Splicer::splice`] stream), gathered by a [`Gather`].
+pub async fn gather(items: impl Stream<Item = ClientItem>, reasoning_field: OutgoingField) -> Result<Answer, ApiError> {
+    let mut gather = Gather::new(reasoning_field);
+    let mut items = std::pin::pin!(items);
+    while let Some(item) = items.next().await {
+        if let Some(done) = gather.item(item) {
+            return done;
+        }
+    }
+    Err(gather.cut_short())
 }
 
 /// A whole answer as one `chat.completion` object with the id `id`.

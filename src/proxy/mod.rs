@@ -58,7 +58,6 @@ use crate::config::{glob_match, Config, Secret, ServerLimits};
 use crate::engine::event::EventBus;
 use crate::engine::splice::{Splicer, EVENT_CAPACITY};
 use crate::record::{RecordOptions, Recorder};
-use crate::request::ChatRequest;
 use door::Door;
 use metrics::Metrics;
 use session::{Guarded, Session};
@@ -364,10 +363,7 @@ async fn answer(door: Door, state: &Arc<AppState>, request: Request) -> Result<R
     let encoder = parsed
         .stream
         .then(|| door.encoder(&parsed, created, entry.reasoning_field));
-    let mut request = ChatRequest::new(parsed.messages);
-    request.params = parsed.params;
-    request.model = Some(parsed.model);
-    request.door = Some(door);
+    let request = parsed.into_chat_request(door);
     let mut session = Session::new(state.clone(), entry.name.clone(), door);
     let mut stream = Guarded::new(entry.splicer.splice(request), slot);
     match encoder {

@@ -27,12 +27,11 @@ use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
 use futures::{Stream, StreamExt};
 use http_body::Frame;
-use serde_json::Value;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use super::encode::{Answer, ClientEncoder, Flow};
+use super::encode::{Answer, ClientEncoder, Flow, Gather};
 use super::metrics::LadderLabels;
 use super::wire::{self, ApiError};
 use super::{reached, AppState, Phase};
@@ -467,8 +466,7 @@ pub async fn whole(
     mut stream: Guarded,
     reasoning_field: OutgoingField,
 ) -> Result<Answer, ApiError> {
-    let mut answer = Answer::default();
-    let mut tool_deltas: Vec<Value> = Vec::new();
+    let mut gather = Gather::new(reasoning_field);
     while let Some(item) = stream.next().await {
         let item = match item {
             Ok(item) => item,
@@ -478,45 +476,11 @@ pub async fn whole(
             }
         };
         session.see(&item);
-        match item {
-            ClientItem::Text { text, model, .. } => {
-                answer.text.push_str(&text);
-                model.as_ref().clone_into(&mut answer.model);
-            }
-            ClientItem::ToolCalls { deltas, model, .. } => {
-                tool_deltas.extend(deltas);
-                model.as_ref().clone_into(&mut answer.model);
-            }
-            ClientItem::Reasoning { text, field, model, .. } => {
-                answer
-                    .reasoning
-                    .get_or_insert_with(|| (String::new(), reasoning_field.apply(field)))
-                    .0
-                    .push_str(&text);
-                if answer.model.is_empty() {
-                    model.as_ref().clone_into(&mut answer.model);
-                }
-            }
-            ClientItem::Handover(_) => {}
-            ClientItem::Done(done) => {
-                answer.tool_calls = wire::merge_tool_calls(&tool_deltas);
-                answer.finish_reason = done.finish_reason;
-                answer.tokens = done.tokens;
-                answer.route_chain = done.route_chain;
-                answer.failures = done.failures.len();
-                return Ok(answer);
-            }
-            ClientItem::Failed(error) => {
-                // A partial answer is never presented as complete.
-                return Err(ApiError::from_splice(&error));
-            }
+        if let Some(done) = gather.item(item) {
+            return done;
         }
     }
-    Err(ApiError::from_splice(&SpliceError::Exhausted {
-        failures: Vec::new(),
-        emitted_bytes: answer.text.len() as u64,
-        tokens: Default::default(),
-    }))
+    Err(gather.cut_short())
 }
 
 #[cfg(test)]

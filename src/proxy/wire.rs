@@ -7,7 +7,7 @@ use serde_json::{json, Map, Value};
 
 use crate::engine::splice::{Handover, SpliceError};
 use crate::provider::ReasoningField;
-use crate::request::{Message, Role};
+use crate::request::{ChatRequest, Message, Role};
 use crate::usage::Tally;
 
 /// An OpenAI-style error response: `{"error": {"message", "type", "code"}}`.
@@ -166,6 +166,18 @@ pub struct ParsedRequest {
     pub stream: bool,
     /// Send a usage chunk before `[DONE]`?
     pub include_usage: bool,
+}
+
+impl ParsedRequest {
+    /// The request the splicer takes: the conversation, the fields passed
+    /// upstream, the model asked for and the `door` it came through.
+    pub fn into_chat_request(self, door: crate::door::Door) -> ChatRequest {
+        let mut request = ChatRequest::new(self.messages);
+        request.params = self.params;
+        request.model = Some(self.model);
+        request.door = Some(door);
+        request
+    }
 }
 
 /// Parses a `POST /v1/chat/completions` body.

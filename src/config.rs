@@ -1457,8 +1457,8 @@ mod tests {
         let dropping = |list: &str| GOOD.replace("stall_ms = 500", &format!("stall_ms = 500\ndrop_params = {list}"));
         let config = Config::parse("baton.toml", &dropping(r#"["top_k", "thinking"]"#), &env).expect("valid");
         let ladder = config.ladder_for("chat").expect("the chat ladder");
-        assert_eq!(&*ladder.routes[0].drop_params, ["top_k", "thinking"]);
-        assert!(ladder.routes[1].drop_params.is_empty(), "unset: none dropped");
+        assert_eq!(&*ladder.ladder.routes[0].drop_params, ["top_k", "thinking"]);
+        assert!(ladder.ladder.routes[1].drop_params.is_empty(), "unset: none dropped");
         let described = config.describe();
         assert!(described.contains(", drops top_k, thinking"), "{described}");
         assert_eq!(described.matches("drops").count(), 1, "{described}");

@@ -197,6 +197,9 @@ pub struct RouteSection {
     pub ttft_per_1k_prompt_ms: Option<u64>,
     /// Context window (tokens).
     pub context_tokens: Option<u32>,
+    /// Request fields never sent to this route (ones its upstream refuses).
+    #[serde(default)]
+    pub drop_params: Vec<String>,
     /// Open the circuit breaker after this many failures in a row (default 5).
     pub breaker_consecutive_failures: Option<u32>,
     /// …or when more than this fraction of the window's requests failed (default 0.5).
@@ -560,6 +563,9 @@ impl Config {
                 }
                 route = route.with_context(tokens);
             }
+            check_drop_params(&r.drop_params)
+                .map_err(|(j, problem)| invalid(format!("{}[{j}]", key("drop_params")), problem))?;
+            route = route.with_drop_params(r.drop_params.iter().cloned());
             let breaker = breaker_config(r, &key).map_err(|(k, problem)| invalid(k, problem))?;
             let budget = budget_config(r, &key).map_err(|(k, problem)| invalid(k, problem))?;
             route.health = Arc::new(RouteHealth::new(breaker, budget));
@@ -765,7 +771,7 @@ impl Config {
                     }
                 };
                 out.push_str(&format!(
-                    "  {}. {} → model {:?}{}, {}, ttft {ttft}, stall {stall}, total {} ms{}, context {}\n",
+                    "  {}. {} → model {:?}{}, {}, ttft {ttft}, stall {stall}, total {} ms{}, context {}{}\n",
                     i + 1,
                     r.name,
                     &*r.model,
@@ -783,13 +789,37 @@ impl Config {
                     r.context_tokens.map_or_else(
                         || "unknown until an error states it".to_string(),
                         |t| format!("{t} tokens")
-                    )
+                    ),
+                    if r.drop_params.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", drops {}", r.drop_params.join(", "))
+                    }
                 ));
                 out.push_str(&format!("     {}\n", describe_breaker(r.health.breaker_config())));
             }
         }
         out
     }
+}
+
+/// The request fields baton sets itself on every attempt: never the client's, so never dropped.
+const OWN_FIELDS: [&str; 4] = ["model", "messages", "stream", "stream_options"];
+
+/// A route's `drop_params`: the index of the first bad name and why.
+fn check_drop_params(names: &[String]) -> Result<(), (usize, String)> {
+    for (j, name) in names.iter().enumerate() {
+        if name.trim().is_empty() {
+            return Err((j, "must not be empty".into()));
+        }
+        if OWN_FIELDS.contains(&name.as_str()) {
+            return Err((
+                j,
+                format!("{name:?} is set by baton itself, not passed on from the request"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A route's breaker and probing, for `baton check`.
@@ -1420,6 +1450,32 @@ mod tests {
             late.contains("`route[0].reasoning_budget_ms`") && late.contains("not below total_ms"),
             "{late}"
         );
+    }
+
+    #[test]
+    fn drop_params_names_request_fields_baton_does_not_set() {
+        let dropping = |list: &str| GOOD.replace("stall_ms = 500", &format!("stall_ms = 500\ndrop_params = {list}"));
+        let config = Config::parse("baton.toml", &dropping(r#"["top_k", "thinking"]"#), &env).expect("valid");
+        let ladder = config.ladder_for("chat").expect("the chat ladder");
+        assert_eq!(&*ladder.ladder.routes[0].drop_params, ["top_k", "thinking"]);
+        assert!(ladder.ladder.routes[1].drop_params.is_empty(), "unset: none dropped");
+        let described = config.describe();
+        assert!(described.contains(", drops top_k, thinking"), "{described}");
+        assert_eq!(described.matches("drops").count(), 1, "{described}");
+        let empty = error(&dropping(r#"["top_k", " "]"#));
+        assert!(
+            empty.contains("`route[0].drop_params[1]`") && empty.contains("must not be empty"),
+            "{empty}"
+        );
+        for own in OWN_FIELDS {
+            let refused = error(&dropping(&format!("[{own:?}]")));
+            assert!(
+                refused.contains("`route[0].drop_params[0]`") && refused.contains("set by baton itself"),
+                "{refused}"
+            );
+        }
+        let typed = error(&dropping(r#""top_k""#));
+        assert!(typed.contains("drop_params"), "{typed}");
     }
 
     #[test]

@@ -88,6 +88,9 @@ pub struct RouteSpec {
     /// the session began (absent: none), so a replay skips the same routes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub learned_context_tokens: Option<u32>,
+    /// Request fields never sent to it (absent: none, as in recordings made before there were any).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drop_params: Vec<String>,
 }
 
 /// The ladder's retry policy.
@@ -195,6 +198,7 @@ impl RouteSpec {
             adaptive: route.adaptive,
             overlap: route.overlap,
             learned_context_tokens: None,
+            drop_params: route.drop_params.to_vec(),
         }
     }
 
@@ -209,7 +213,8 @@ impl RouteSpec {
             .with_continuation(self.continuation)
             .with_deadlines(self.deadlines())
             .with_adaptive(self.adaptive)
-            .with_overlap(self.overlap);
+            .with_overlap(self.overlap)
+            .with_drop_params(self.drop_params.iter().cloned());
         route.context_tokens = self.context_tokens;
         route.continue_final_message = self.continue_final_message;
         route
@@ -262,7 +267,8 @@ mod tests {
                 .with_adaptive(Adaptive {
                     stall: Some(AdaptiveStall::default()),
                     ttft_per_1k_prompt: Duration::from_millis(300),
-                }),
+                })
+                .with_drop_params(["top_k"]),
         ])
         .named("chat");
         ladder.retry.max_retries = 5;
@@ -279,6 +285,11 @@ mod tests {
         assert!(json.contains("\"stall_ms\":400"), "{json}");
         assert!(json.contains("\"ttft_per_1k_prompt_ms\":300"), "{json}");
         assert!(json.contains(r#""hedge":{"after_ms":250,"min_samples":7}"#), "{json}");
+        assert_eq!(
+            json.matches(r#""drop_params":["top_k"]"#).count(),
+            1,
+            "only b drops: {json}"
+        );
         assert_eq!(
             json.matches("\"adaptive\"").count(),
             2,
@@ -301,6 +312,7 @@ mod tests {
             "first_token_ms":10000,"stall_ms":3000,"total_ms":300000,"context_tokens":128000}"#;
         let spec: RouteSpec = serde_json::from_str(old).expect("old route");
         assert!(spec.adaptive.is_fixed(), "{spec:?}");
+        assert!(spec.drop_params.is_empty(), "{spec:?}");
         let p: Arc<dyn Provider> = Arc::new(MockProvider::new(FaultPlan::Fixed(FaultScript::NONE), Style::default()));
         assert!(spec.build(p).adaptive.is_fixed());
     }

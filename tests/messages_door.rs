@@ -564,3 +564,47 @@ async fn count_tokens_is_batons_estimate_and_refusals_are_anthropic_shaped() {
     assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
     assert!(v["error"]["message"].as_str().unwrap().contains("messages"), "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routes_drop_params_never_reach_its_upstream_and_other_routes_get_them() {
+    let answer = || Reply {
+        data: vec![support::text("u", "Hi."), finish("u", "stop")],
+        end: End::Done,
+    };
+    let dropping = scripted(vec![answer()]).await;
+    let keeping = scripted(vec![answer()]).await;
+    let toml = format!(
+        "[[route]]\nname = \"dropping\"\nprovider = \"openai\"\nbase_url = \"{}\"\nmodel = \"u\"\n\
+         drop_params = [\"top_k\", \"thinking\"]\n\
+         [[route]]\nname = \"keeping\"\nprovider = \"openai\"\nbase_url = \"{}\"\nmodel = \"u\"\n\
+         [[ladder]]\nname = \"dropping\"\nroutes = [\"dropping\"]\n\
+         [[ladder]]\nname = \"keeping\"\nroutes = [\"keeping\"]\n",
+        dropping.base_url(),
+        keeping.base_url(),
+    );
+    let proxy = support::Serve::new(&toml).start().await;
+    for (ladder, upstream) in [("dropping", &dropping), ("keeping", &keeping)] {
+        let mut body = request(ladder, ladder, true);
+        body["top_k"] = json!(40);
+        body["temperature"] = json!(0.3);
+        body["thinking"] = json!({"type": "enabled", "budget_tokens": 2048});
+        let events = stream(&proxy, &body).await;
+        events.check_envelope();
+        assert_eq!(events.text(), "Hi.", "{ladder}");
+        let sent = upstream.bodies();
+        assert_eq!(sent.len(), 1, "{ladder}: {sent:?}");
+        let sent = &sent[0];
+        assert_eq!(sent["temperature"], 0.3, "{ladder}: {sent}");
+        assert_eq!(sent["max_tokens"], 1024, "{ladder}: {sent}");
+        if ladder == "dropping" {
+            assert!(sent.get("top_k").is_none() && sent.get("thinking").is_none(), "{sent}");
+        } else {
+            assert_eq!(sent["top_k"], 40, "{sent}");
+            assert_eq!(
+                sent["thinking"],
+                json!({"type": "enabled", "budget_tokens": 2048}),
+                "{sent}"
+            );
+        }
+    }
+}

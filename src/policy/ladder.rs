@@ -9,6 +9,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde_json::{Map, Value};
+
 use crate::continuation::{ContinuationMode, DEFAULT_INSTRUCTION};
 use crate::failure::{FailureClass, FailureKind};
 use crate::policy::deadline::{self, Adaptive, Deadlines};
@@ -53,6 +55,8 @@ pub struct Route {
     pub overlap: OverlapMode,
     /// Who decides its retries, deadlines and hedges: [`Live`] health, or a replay's script.
     pub decisions: Arc<dyn Decisions>,
+    /// Request fields never sent to it (ones its upstream refuses).
+    pub drop_params: Arc<[String]>,
 }
 
 impl Route {
@@ -71,6 +75,7 @@ impl Route {
             price_per_1k: None,
             overlap: OverlapMode::Auto,
             decisions: Arc::new(Live),
+            drop_params: Arc::new([]),
         }
     }
 
@@ -102,6 +107,21 @@ impl Route {
     pub fn with_decisions(mut self, decisions: Arc<dyn Decisions>) -> Self {
         self.decisions = decisions;
         self
+    }
+
+    /// The same route never sending the request fields `names`.
+    pub fn with_drop_params<S: Into<String>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
+        self.drop_params = names.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The pass-through fields an attempt on this route sends: `params` without its `drop_params`.
+    pub fn sent_params(&self, params: &Map<String, Value>) -> Map<String, Value> {
+        params
+            .iter()
+            .filter(|(k, _)| !self.drop_params.contains(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// The same route with a context window of `tokens`.
@@ -182,6 +202,7 @@ impl std::fmt::Debug for Route {
             .field("adaptive", &self.adaptive)
             .field("context_tokens", &self.context_tokens)
             .field("overlap", &self.overlap)
+            .field("drop_params", &self.drop_params)
             .finish_non_exhaustive()
     }
 }
@@ -534,6 +555,22 @@ mod tests {
             mode: ContinuationMode::Prefill,
             produced_text,
         }
+    }
+
+    #[test]
+    fn a_route_sends_every_param_but_its_dropped_ones() {
+        let provider: Arc<dyn Provider> =
+            Arc::new(MockProvider::new(FaultPlan::Fixed(FaultScript::NONE), Style::default()));
+        let params: Map<String, Value> = serde_json::from_value(serde_json::json!({
+            "temperature": 0.2, "top_k": 40, "thinking": {"type": "enabled", "budget_tokens": 2048}
+        }))
+        .expect("a map");
+        let plain = Route::new("a", "m", provider.clone());
+        assert_eq!(plain.sent_params(&params), params, "nothing dropped by default");
+        let dropping = plain.with_drop_params(["top_k", "thinking", "not_sent_anyway"]);
+        let sent = dropping.sent_params(&params);
+        assert_eq!(sent.keys().collect::<Vec<_>>(), ["temperature"], "{sent:?}");
+        assert_eq!(sent["temperature"], params["temperature"]);
     }
 
     #[test]

@@ -38,7 +38,7 @@ impl<'r> Session<'r> {
         let upstream = UpstreamRequest {
             model: model.to_string(),
             messages,
-            params: self.request.params.clone(),
+            params: route.sent_params(&self.request.params),
             continue_final_message: route.continue_final_message
                 && state.mode == continuation::ContinuationMode::Prefill
                 && !self.emitted.is_empty(),

@@ -48,7 +48,34 @@ pub struct ConfigFile {
     /// `[[ladder]]`.
     #[serde(default, rename = "ladder")]
     pub ladders: Vec<LadderSection>,
+    /// `[state]`.
+    #[serde(default)]
+    pub state: StateSection,
 }
+
+/// `[state]`: where instances share health, learned facts and the cache.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateSection {
+    /// `redis://host:port/db` (not with `redis_url_env`).
+    pub redis_url: Option<String>,
+    /// Environment variable holding the Redis URL (for one with a password).
+    pub redis_url_env: Option<String>,
+    /// Prepended to every key and to the channel; default `baton:`.
+    pub key_prefix: Option<String>,
+}
+
+/// Where state is shared, validated.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StateConfig {
+    /// The Redis URL, if state is shared (never printed: it may hold a password).
+    pub redis_url: Option<Secret>,
+    /// The key and channel prefix.
+    pub key_prefix: String,
+}
+
+/// The prefix keys get when `[state]` names none.
+pub const DEFAULT_KEY_PREFIX: &str = "baton:";
 
 /// `[server]`.
 #[derive(Debug, Default, Deserialize)]
@@ -347,6 +374,8 @@ pub struct Config {
     pub limits: ServerLimits,
     /// The ladders, in file order.
     pub ladders: Vec<ResolvedLadder>,
+    /// `[state]`: shared with other instances, or not.
+    pub state: StateConfig,
 }
 
 /// A secret string that never shows in `Debug` or logs.
@@ -678,7 +707,9 @@ impl Config {
                 reasoning_field: l.reasoning_field.or(raw.server.reasoning_field).unwrap_or_default(),
             });
         }
+        let state = state_config(&raw.state, &secret).map_err(|(k, problem)| invalid(k, problem))?;
         Ok(Config {
+            state,
             listen,
             api_key,
             operator_key,
@@ -702,6 +733,13 @@ impl Config {
     /// The resolved ladders as text, for `baton check` (no secrets).
     pub fn describe(&self) -> String {
         let mut out = format!("listen {}\n", self.listen);
+        match &self.state.redis_url {
+            Some(_) => out.push_str(&format!(
+                "state: shared through Redis, keys under {:?} (read locally, written in the background)\n",
+                self.state.key_prefix
+            )),
+            None => out.push_str("state: this instance's own memory (no [state] redis_url)\n"),
+        }
         let l = &self.limits;
         out.push_str(&format!(
             "limits: {} sessions, header read {} ms, keep-alive {} ms, slow client {} ms, write stall {} ms\n",
@@ -823,6 +861,65 @@ fn check_drop_params(names: &[String]) -> Result<(), (usize, String)> {
 }
 
 /// A route's breaker and probing, for `baton check`.
+/// Validates `[state]`: one of the URL keys at most, a `redis://` URL, a usable prefix.
+fn state_config(
+    raw: &StateSection,
+    secret: &dyn Fn(String, &str) -> Result<Secret, ConfigError>,
+) -> Result<StateConfig, (String, String)> {
+    let key_prefix = raw.key_prefix.clone().unwrap_or_else(|| DEFAULT_KEY_PREFIX.to_string());
+    if key_prefix.is_empty() || key_prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err((
+            "state.key_prefix".into(),
+            format!("{key_prefix:?} must be non-empty, without spaces or control characters"),
+        ));
+    }
+    let (key, url) = match (&raw.redis_url, &raw.redis_url_env) {
+        (Some(_), Some(_)) => {
+            return Err((
+                "state.redis_url_env".into(),
+                "give the URL or the variable holding it, not both".into(),
+            ))
+        }
+        (Some(url), None) => ("state.redis_url", Secret(url.clone())),
+        (None, Some(var)) => (
+            "state.redis_url_env",
+            secret("state.redis_url_env".into(), var).map_err(|e| match e {
+                ConfigError::Invalid { key, problem, .. } => (key, problem),
+                other => ("state.redis_url_env".into(), other.to_string()),
+            })?,
+        ),
+        (None, None) => {
+            return Ok(StateConfig {
+                redis_url: None,
+                key_prefix,
+            })
+        }
+    };
+    let text = url.expose();
+    if !(text.starts_with("redis://") || text.starts_with("redis+unix://") || text.starts_with("unix://")) {
+        // Only the scheme is shown: the rest may hold a password.
+        let scheme = text
+            .split("://")
+            .next()
+            .filter(|s| s.len() < text.len())
+            .unwrap_or("none");
+        return Err((
+            key.into(),
+            format!("the URL's scheme is {scheme:?}; baton speaks redis:// (or redis+unix://) to Redis"),
+        ));
+    }
+    if !cfg!(feature = "redis") {
+        return Err((
+            key.into(),
+            "this build of baton has no Redis support (the `redis` feature)".into(),
+        ));
+    }
+    Ok(StateConfig {
+        redis_url: Some(url),
+        key_prefix,
+    })
+}
+
 fn describe_breaker(b: &BreakerConfig) -> String {
     let probe = match b.probe {
         ProbeMode::Passive => "the next request is the probe",
@@ -1271,6 +1368,64 @@ mod tests {
         let described = format!("{}{config:?}", config.describe());
         assert!(described.contains("2. fallback"), "{described}");
         assert!(!described.contains("secret"), "{described}");
+    }
+
+    #[test]
+    fn state_is_local_by_default_and_a_redis_section_is_checked_key_by_key() {
+        let local = Config::parse("baton.toml", GOOD, &env).expect("valid");
+        assert_eq!(local.state.redis_url, None);
+        assert!(local.describe().contains("state: this instance's own memory"));
+
+        let shared = Config::parse(
+            "baton.toml",
+            &format!("[state]\nredis_url = \"redis://:hunter2@127.0.0.1:6379/0\"\n{GOOD}"),
+            &env,
+        )
+        .expect("valid");
+        assert_eq!(shared.state.key_prefix, DEFAULT_KEY_PREFIX);
+        let described = format!("{}{:?}", shared.describe(), shared.state);
+        assert!(
+            described.contains("shared through Redis, keys under \"baton:\""),
+            "{described}"
+        );
+        assert!(
+            !described.contains("hunter2"),
+            "the URL's password never shows: {described}"
+        );
+
+        let from_env = Config::parse(
+            "baton.toml",
+            &format!("[state]\nredis_url_env = \"PRIMARY_KEY\"\nkey_prefix = \"a:\"\n{GOOD}"),
+            &env,
+        );
+        let problem = from_env.expect_err("not a URL").to_string();
+        assert!(
+            problem.contains("`state.redis_url_env`")
+                && problem.contains("\"none\"")
+                && !problem.contains("upstream-secret"),
+            "{problem}"
+        );
+        for (section, key, says) in [
+            (
+                "redis_url = \"redis://h\"\nredis_url_env = \"X\"",
+                "state.redis_url_env",
+                "not both",
+            ),
+            ("redis_url = \"https://user:pw@h\"", "state.redis_url", "\"https\""),
+            (
+                "redis_url_env = \"NOT_SET\"",
+                "state.redis_url_env",
+                "NOT_SET is not set",
+            ),
+            ("key_prefix = \"\"", "state.key_prefix", "non-empty"),
+            ("key_prefix = \"a b\"", "state.key_prefix", "without spaces"),
+        ] {
+            let e = error(&format!("[state]\n{section}\n{GOOD}"));
+            assert!(e.contains(&format!("`{key}`")) && e.contains(says), "{section}: {e}");
+            assert!(!e.contains("pw@"), "{e}");
+        }
+        let unknown = error(&format!("[state]\nredis = \"x\"\n{GOOD}"));
+        assert!(unknown.contains("redis"), "{unknown}");
     }
 
     #[test]

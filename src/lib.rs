@@ -110,6 +110,7 @@ pub mod rng;
 pub mod rungs;
 pub mod serde_ms;
 pub mod spec;
+pub mod state;
 pub mod stats;
 pub mod tools;
 pub mod usage;

@@ -357,6 +357,39 @@ impl Breaker {
         })
     }
 
+    /// Opens it until `until`, as another instance sharing its state decided:
+    /// a closed or open breaker is open until the later of the two ends; one
+    /// with probes in flight is left to them. Returns the change it made.
+    pub fn force_open(&mut self, now: Instant, until: Instant) -> Option<Transition> {
+        let before = self.state(now);
+        self.phase = match self.phase {
+            Phase::Closed => Phase::Open { until },
+            Phase::Open { until: own } => Phase::Open { until: own.max(until) },
+            half_open @ Phase::HalfOpen { .. } => half_open,
+        };
+        let after = self.state(now);
+        (before != after).then_some(Transition {
+            from: before,
+            to: after,
+        })
+    }
+
+    /// Closes it, as another instance's successful probe did: the bad window
+    /// is forgotten, as after a probe of its own. Returns the change it made.
+    pub fn force_close(&mut self, now: Instant) -> Option<Transition> {
+        let before = self.state(now);
+        if self.phase != Phase::Closed {
+            self.phase = Phase::Closed;
+            self.outcomes.clear();
+            self.consecutive = 0;
+            self.failed_probes = 0;
+        }
+        (before != BreakerState::Closed).then_some(Transition {
+            from: before,
+            to: BreakerState::Closed,
+        })
+    }
+
     /// Open, until the cool-down for a failure that cost `cost` and just ended at `now` has passed.
     fn open(&self, now: Instant, cost: Duration) -> Phase {
         let started = now.checked_sub(cost).unwrap_or(now);
@@ -405,6 +438,42 @@ mod tests {
         from: BreakerState::Open,
         to: BreakerState::HalfOpen,
     };
+
+    #[test]
+    fn another_instances_opening_and_closing_apply_and_a_later_end_wins() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(config());
+        let opened = b.force_open(t0, t0 + Duration::from_secs(10));
+        assert_eq!(opened.map(|t| t.to), Some(BreakerState::Open));
+        assert_eq!(b.try_acquire(t0 + Duration::from_secs(1)), Admission::Skipped);
+        // An earlier end does not shorten it; a later one lengthens it.
+        assert_eq!(b.force_open(t0, t0 + Duration::from_secs(5)), None);
+        assert_eq!(b.next_probe(), Some(t0 + Duration::from_secs(10)));
+        assert_eq!(b.force_open(t0, t0 + Duration::from_secs(20)), None);
+        assert_eq!(b.next_probe(), Some(t0 + Duration::from_secs(20)));
+        let closed = b.force_close(t0 + Duration::from_secs(2));
+        assert_eq!(
+            closed.map(|t| (t.from, t.to)),
+            Some((BreakerState::Open, BreakerState::Closed))
+        );
+        assert_eq!(b.force_close(t0 + Duration::from_secs(3)), None);
+        // The window was forgotten: it takes the full count of failures to open again.
+        for i in 0..3 {
+            assert_eq!(b.record(t0 + Duration::from_secs(4 + i), Outcome::of(true, FAST)), None);
+        }
+        assert!(b.record(t0 + Duration::from_secs(8), Outcome::of(true, FAST)).is_some());
+    }
+
+    #[test]
+    fn a_half_open_breaker_is_left_to_its_probe() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(config());
+        b.force_open(t0, t0 + Duration::from_secs(1));
+        let later = t0 + Duration::from_secs(2);
+        assert_eq!(b.try_probe(later), allowed(true, Some(TO_HALF_OPEN)));
+        assert_eq!(b.force_open(later, later + Duration::from_secs(30)), None);
+        assert_eq!(b.state(later), BreakerState::HalfOpen);
+    }
 
     #[test]
     fn consecutive_failures_open_it_and_a_probe_closes_it() {

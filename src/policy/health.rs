@@ -277,6 +277,26 @@ impl ModelHealth {
         transition
     }
 
+    /// Opens its breaker until `until` because another instance sharing the
+    /// state opened its own (waking the prober); the change it made.
+    pub fn shared_open(&self, until: Instant) -> Option<Transition> {
+        let transition = lock(&self.breaker).force_open(Instant::now(), until);
+        if transition.is_some_and(|t| t.to == BreakerState::Open) {
+            self.opened.notify_one();
+        }
+        transition
+    }
+
+    /// Closes its breaker because another instance's probe succeeded; the change it made.
+    pub fn shared_close(&self) -> Option<Transition> {
+        lock(&self.breaker).force_close(Instant::now())
+    }
+
+    /// The echo modes it has been seen in (see [`Self::seen_echoing`]).
+    pub fn echo_modes(&self) -> Vec<ContinuationMode> {
+        lock(&self.echoes).clone()
+    }
+
     /// The upstream model's name.
     pub fn name(&self) -> &Arc<str> {
         &self.model

@@ -139,6 +139,16 @@ pub struct Metrics {
     pub upstream_tokens: Family<TokenLabels, Counter>,
     /// Text deltas of attempts that reported no usage, by route and model (chunks, not tokens).
     pub upstream_unreported_deltas: Family<RouteModelLabels, Counter>,
+    /// Whether state is shared with other instances (1) or kept in this one's memory (0).
+    pub state_shared: Gauge,
+    /// Whether the shared-state store answers now (always 1 unshared).
+    pub state_connected: Gauge,
+    /// Shared-state updates waiting to be written.
+    pub state_pending: Gauge,
+    /// How long the last batch of shared-state updates waited to be written (ms).
+    pub state_lag_ms: Gauge,
+    /// Shared-state updates by what became of them: `sent`, `received`, `dropped`, `ignored`; and store `errors`.
+    pub state_updates: Family<StateLabels, Counter>,
     /// One reader at a time brings `hedges` (and `recordings_lost`) up to date, so none is counted twice.
     hedges_sync: std::sync::Mutex<()>,
     /// The models each route's token metrics name (at most [`MAX_MODELS_PER_ROUTE`]).
@@ -180,6 +190,13 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+/// Labels of a shared-state count.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// `sent`, `received`, `dropped`, `ignored` or `errors`.
+    pub what: String,
+}
+
 /// Labels of a rejected request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RejectLabels {
@@ -219,6 +236,36 @@ impl Metrics {
         let probes = Family::<ProbeLabels, Counter>::default();
         let hedges = Family::<HedgeLabels, Counter>::default();
         let recordings_lost = Counter::default();
+        let state_shared = Gauge::default();
+        let state_connected = Gauge::default();
+        let state_pending = Gauge::default();
+        let state_lag_ms = Gauge::default();
+        let state_updates = Family::<StateLabels, Counter>::default();
+        registry.register(
+            "state_shared",
+            "Whether health, learned facts and the cache are shared with other instances ([state] redis_url)",
+            state_shared.clone(),
+        );
+        registry.register(
+            "state_connected",
+            "Whether the shared-state store answers now (while 0, this instance works on its local state)",
+            state_connected.clone(),
+        );
+        registry.register(
+            "state_pending",
+            "Shared-state updates waiting to be written",
+            state_pending.clone(),
+        );
+        registry.register(
+            "state_lag_ms",
+            "How long the last batch of shared-state updates waited to be written (ms)",
+            state_lag_ms.clone(),
+        );
+        registry.register(
+            "state_updates",
+            "Shared-state updates sent, received from other instances, dropped (queue full) or ignored (not understood), and store errors",
+            state_updates.clone(),
+        );
         let upstream_tokens = Family::<TokenLabels, Counter>::default();
         let upstream_unreported_deltas = Family::<RouteModelLabels, Counter>::default();
         registry.register("sessions", "Sessions by ladder and outcome", sessions.clone());
@@ -329,6 +376,11 @@ impl Metrics {
             upstream_unreported_deltas.clone(),
         );
         Metrics {
+            state_shared,
+            state_connected,
+            state_pending,
+            state_lag_ms,
+            state_updates,
             registry,
             sessions,
             handovers,
@@ -374,6 +426,27 @@ impl Metrics {
     pub fn recordings_lost(&self, lost: u64) {
         let _one = self.hedges_sync.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         catch_up(&self.recordings_lost, lost);
+    }
+
+    /// Shows the shared-state backend's `status`.
+    pub fn state(&self, status: &crate::state::Status) {
+        self.state_shared.set(i64::from(status.shared));
+        self.state_connected.set(i64::from(status.connected));
+        self.state_pending.set(status.pending as i64);
+        self.state_lag_ms.set(status.lag_ms as i64);
+        let _one = self.hedges_sync.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (what, total) in [
+            ("sent", status.sent),
+            ("received", status.received),
+            ("dropped", status.dropped),
+            ("ignored", status.ignored),
+            ("errors", status.errors),
+        ] {
+            catch_up(
+                &self.state_updates.get_or_create(&StateLabels { what: what.into() }),
+                total,
+            );
+        }
     }
 
     /// Forgets every (route, model) gauge, before they are set again from the

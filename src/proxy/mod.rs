@@ -58,6 +58,8 @@ use crate::config::{glob_match, Config, Secret, ServerLimits};
 use crate::engine::event::EventBus;
 use crate::engine::splice::{Splicer, EVENT_CAPACITY};
 use crate::record::{RecordOptions, Recorder};
+use crate::state::sync::Syncing;
+use crate::state::StateBackend;
 use door::Door;
 use metrics::Metrics;
 use session::{Guarded, Session};
@@ -106,6 +108,8 @@ pub struct AppState {
     slots: Arc<Semaphore>,
     /// The recorder's figures, once `serve` has started one (`/metrics` shows its losses).
     recording: std::sync::OnceLock<crate::record::StatsHandle>,
+    /// Where health, facts and the cache are shared, once `serve` has started it.
+    shared_state: std::sync::OnceLock<Arc<dyn StateBackend>>,
 }
 
 impl AppState {
@@ -151,6 +155,7 @@ pub fn router(config: &Config, phase: watch::Receiver<Phase>) -> (Router, Arc<Ap
         max_body_bytes: config.max_body_bytes,
         slots: Arc::new(Semaphore::new(config.limits.max_sessions.min(Semaphore::MAX_PERMITS))),
         recording: std::sync::OnceLock::new(),
+        shared_state: std::sync::OnceLock::new(),
     });
     let router = Router::new()
         .route(
@@ -238,6 +243,8 @@ pub async fn serve(
         }
         None => None,
     };
+    // Shared state: local reads, background writes; alive as long as the server.
+    let _shared = share_state(config, &state)?;
     let grace = config.shutdown_grace;
     let limits = conn::ConnLimits {
         header_read: config.limits.header_read_timeout,
@@ -378,6 +385,57 @@ async fn answer(door: Door, state: &Arc<AppState>, request: Request) -> Result<R
     }
 }
 
+/// Starts sharing health, facts and the cache as `[state]` says: nothing to
+/// start for one instance alone; with Redis, its background task and the
+/// driver that feeds it (both stop when the returned handles drop).
+fn share_state(config: &Config, state: &AppState) -> std::io::Result<Option<(Arc<dyn StateBackend>, Syncing)>> {
+    let Some(url) = &config.state.redis_url else {
+        return Ok(None);
+    };
+    let shared = Arc::new(crate::state::Shared::new(
+        uuid::Uuid::new_v4(),
+        config.ladders.iter().map(|l| &l.ladder),
+        state.events.clone(),
+    ));
+    let backend = redis_backend(url, &config.state.key_prefix, shared.clone())?;
+    let _ = state.shared_state.set(backend.clone());
+    tracing::info!(prefix = %config.state.key_prefix, instance = %shared.instance(), "sharing state through Redis");
+    let syncing = crate::state::sync::start(shared, backend.clone());
+    Ok(Some((backend, syncing)))
+}
+
+#[cfg(feature = "redis")]
+fn redis_backend(
+    url: &Secret,
+    prefix: &str,
+    shared: Arc<crate::state::Shared>,
+) -> std::io::Result<Arc<dyn StateBackend>> {
+    let settings = crate::state::redis::RedisSettings {
+        url: url.clone(),
+        key_prefix: prefix.to_string(),
+    };
+    match crate::state::redis::RedisBackend::start(settings, shared) {
+        Ok(backend) => Ok(backend),
+        Err(e) => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("state.redis_url: {e}"),
+        )),
+    }
+}
+
+#[cfg(not(feature = "redis"))]
+fn redis_backend(
+    _url: &Secret,
+    _prefix: &str,
+    _shared: Arc<crate::state::Shared>,
+) -> std::io::Result<Arc<dyn StateBackend>> {
+    // `Config::parse` refuses a Redis URL in a build without Redis; this is the same answer.
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "state.redis_url: this build of baton has no Redis support (the `redis` feature)",
+    ))
+}
+
 /// A listener on `addr` with room for `backlog` connections not yet accepted
 /// (`server.listen_backlog`; tokio's `bind` takes 128, too few for a burst).
 pub fn bind(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
@@ -430,6 +488,11 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
     if let Some(recording) = state.recording.get() {
         state.metrics.recordings_lost(recording.stats().write_errors);
     }
+    let status = state
+        .shared_state
+        .get()
+        .map_or_else(|| crate::state::Memory.status(), |backend| backend.status());
+    state.metrics.state(&status);
     state.metrics.live_sessions.set(crate::live::sessions());
     state.metrics.upstream_connections_open.set(crate::live::upstreams());
     (

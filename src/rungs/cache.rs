@@ -145,6 +145,20 @@ pub struct Hit {
 pub struct ResponseCache {
     limits: CacheLimits,
     inner: Mutex<Store>,
+    /// Told of every answer a session stores (the shared state's feed).
+    on_put: std::sync::OnceLock<PutHook>,
+}
+
+/// What a [`PutHook`] calls with each answer a session stores: its key and the answer.
+pub type OnPut = dyn Fn(&str, &CachedAnswer) + Send + Sync;
+
+/// A function told of each answer a session stores.
+pub struct PutHook(Box<OnPut>);
+
+impl std::fmt::Debug for PutHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PutHook")
+    }
 }
 
 #[derive(Debug, Default)]
@@ -178,7 +192,19 @@ impl ResponseCache {
         ResponseCache {
             limits,
             inner: Mutex::new(Store::default()),
+            on_put: std::sync::OnceLock::new(),
         }
+    }
+
+    /// How long an answer stays fresh.
+    pub fn ttl(&self) -> Duration {
+        self.limits.ttl
+    }
+
+    /// Tells `hook` of every answer [`Self::put`] stores from now on (once: a
+    /// second hook is refused and returned).
+    pub fn on_put(&self, hook: impl Fn(&str, &CachedAnswer) + Send + Sync + 'static) -> Result<(), PutHook> {
+        self.on_put.set(PutHook(Box::new(hook)))
     }
 
     /// The cache key of `request`.
@@ -227,13 +253,31 @@ impl ResponseCache {
         })
     }
 
-    /// Stores `answer` under `key`, evicting the oldest answers past the bounds.
-    /// An answer bigger than the whole byte bound is not stored.
+    /// Stores `answer` under `key`, evicting the oldest answers past the bounds,
+    /// and tells the [`Self::on_put`] hook. An answer bigger than the whole
+    /// byte bound is not stored.
     pub fn put(&self, key: String, answer: CachedAnswer) {
+        if let Some(hook) = self.on_put.get() {
+            (hook.0)(&key, &answer);
+        }
+        self.insert(key, answer, Duration::ZERO);
+    }
+
+    /// Stores an answer another instance stored `age` ago (the hook is not told:
+    /// it came from the shared state). One already stale is not stored.
+    pub fn put_shared(&self, key: String, answer: CachedAnswer, age: Duration) {
+        if age < self.limits.ttl {
+            self.insert(key, answer, age);
+        }
+    }
+
+    fn insert(&self, key: String, answer: CachedAnswer, age: Duration) {
         let size = key.len() + answer.bytes();
         if size > self.limits.max_bytes || self.limits.max_entries == 0 {
             return;
         }
+        let now = Instant::now();
+        let stored = now.checked_sub(age).unwrap_or(now);
         let mut store = self.lock();
         store.remove(&key);
         while store.entries.len() >= self.limits.max_entries || store.bytes + size > self.limits.max_bytes {
@@ -244,7 +288,7 @@ impl ResponseCache {
         }
         store.bytes += size;
         store.order.push_back(key.clone());
-        store.entries.insert(key, (Instant::now(), Arc::new(answer)));
+        store.entries.insert(key, (stored, Arc::new(answer)));
     }
 
     /// Answers stored now.

@@ -1376,22 +1376,24 @@ mod tests {
         assert_eq!(local.state.redis_url, None);
         assert!(local.describe().contains("state: this instance's own memory"));
 
-        let shared = Config::parse(
-            "baton.toml",
-            &format!("[state]\nredis_url = \"redis://:hunter2@127.0.0.1:6379/0\"\n{GOOD}"),
-            &env,
-        )
-        .expect("valid");
-        assert_eq!(shared.state.key_prefix, DEFAULT_KEY_PREFIX);
-        let described = format!("{}{:?}", shared.describe(), shared.state);
-        assert!(
-            described.contains("shared through Redis, keys under \"baton:\""),
-            "{described}"
-        );
-        assert!(
-            !described.contains("hunter2"),
-            "the URL's password never shows: {described}"
-        );
+        let with_redis = format!("[state]\nredis_url = \"redis://:hunter2@127.0.0.1:6379/0\"\n{GOOD}");
+        if cfg!(feature = "redis") {
+            let shared = Config::parse("baton.toml", &with_redis, &env).expect("valid");
+            assert_eq!(shared.state.key_prefix, DEFAULT_KEY_PREFIX);
+            let described = format!("{}{:?}", shared.describe(), shared.state);
+            assert!(
+                described.contains("shared through Redis, keys under \"baton:\""),
+                "{described}"
+            );
+            assert!(
+                !described.contains("hunter2"),
+                "the URL's password never shows: {described}"
+            );
+        } else {
+            let e = error(&with_redis);
+            assert!(e.contains("`state.redis_url`") && e.contains("`redis` feature"), "{e}");
+            assert!(!e.contains("hunter2"), "{e}");
+        }
 
         let from_env = Config::parse(
             "baton.toml",

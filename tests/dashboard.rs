@@ -915,3 +915,22 @@ fn once_the_answer_begins_the_phase_is_answering_and_the_answer_is_not_dimmed() 
         "{narrow}"
     );
 }
+
+#[test]
+fn the_header_says_whether_state_is_shared_and_whether_its_store_answers() {
+    let mut app = app();
+    let header = |app: &App| render(app, 160, 40).lines().next().unwrap_or_default().to_string();
+    assert!(!header(&app).contains("state shared"), "{}", header(&app));
+    let shared = |connected| EventKind::SharedState {
+        backend: "redis".into(),
+        connected,
+    };
+    app.on_event(&ev(0, 0, shared(true)), Duration::from_millis(4100));
+    assert!(header(&app).contains("state shared (redis)"), "{}", header(&app));
+    app.on_event(&ev(0, 0, shared(false)), Duration::from_millis(4200));
+    assert!(
+        header(&app).contains("state shared (redis down: local)"),
+        "{}",
+        header(&app)
+    );
+}

@@ -458,6 +458,9 @@ pub struct Model {
     pub total_failed: u64,
     /// The source's connection status, if it has one.
     pub status: Option<String>,
+    /// Where the watched instance shares its state, and whether that store
+    /// answers (`None`: not shared, or not said yet).
+    pub shared_state: Option<(String, bool)>,
 }
 
 /// How a failure reads at a splice point: `⟫ stall 3.0 s after 143 tokens`.
@@ -591,6 +594,7 @@ impl Model {
             // A probe's verdict shows as the breaker change it causes.
             | EventKind::Probe { .. }
             | EventKind::ContextFitted { .. } => {}
+            EventKind::SharedState { backend, connected } => self.shared_state = Some((backend.clone(), *connected)),
             EventKind::Breaker { route, model, to, .. } => {
                 let r = self.route(route);
                 match model {

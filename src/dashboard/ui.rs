@@ -105,6 +105,17 @@ fn draw_header(frame: &mut Frame, area: Rect, app: &App) {
         "· sessions {} · handovers {} · failed {} · events {} · dropped {} ",
         m.total_sessions, m.total_handovers, m.total_failed, m.events, m.dropped
     )));
+    match &m.shared_state {
+        Some((backend, true)) => spans.push(Span::styled(
+            format!("state shared ({backend}) "),
+            Style::new().fg(Color::Green),
+        )),
+        Some((backend, false)) => spans.push(Span::styled(
+            format!("state shared ({backend} down: local) "),
+            Style::new().fg(Color::Red),
+        )),
+        None => {}
+    }
     if app.replay.is_some() {
         spans.push(Span::styled(
             " REPLAY ",

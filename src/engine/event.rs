@@ -173,6 +173,15 @@ pub enum EventKind {
         /// The state after.
         to: BreakerState,
     },
+    /// Where this instance's health, facts and cache are shared, and whether
+    /// that store answers (session [`BATON_SESSION`]; sent on every change and
+    /// every few seconds, so a dashboard that attaches later learns it too).
+    SharedState {
+        /// `redis`.
+        backend: String,
+        /// The store answers; while not, the instance works on its local state.
+        connected: bool,
+    },
     /// baton's own probe of an open breaker ended (session [`BATON_SESSION`]).
     Probe {
         /// The route.

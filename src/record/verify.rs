@@ -513,8 +513,9 @@ pub fn transcript(events: &[EngineEvent]) -> Transcript {
             | EventKind::Reasoning { .. }
             | EventKind::FirstToken { .. }
             | EventKind::Breaker { .. }
-            // baton's own probes belong to no session.
+            // baton's own probes and its shared-state news belong to no session.
             | EventKind::Probe { .. }
+            | EventKind::SharedState { .. }
             // A denied retry shows as the handover that follows it.
             | EventKind::RetryDenied { .. }
             // What fitting dropped shows in the attempt's request, which is compared.

@@ -184,6 +184,7 @@ impl Worker {
                 tracing::debug!(error = %lost, "shared state: Redis not reachable");
             }
             self.counters.connected.store(false, Ordering::Relaxed);
+            self.shared.announce_backend("redis", false);
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(BACKOFF.1);
         }
@@ -216,6 +217,7 @@ impl Worker {
         }
         tracing::info!(prefix = %self.prefix, "shared state: connected to Redis");
         self.counters.connected.store(true, Ordering::Relaxed);
+        self.shared.announce_backend("redis", true);
         *was_connected = true;
         *backoff = BACKOFF.0;
         let mut messages = pubsub.into_on_message();
@@ -248,6 +250,8 @@ impl Worker {
                     if let Err(lost) = bounded(redis::cmd("PING").query_async::<String>(&mut conn)).await {
                         return lost;
                     }
+                    // Again now and then, for a dashboard that attached since.
+                    self.shared.announce_backend("redis", true);
                 }
             }
         }

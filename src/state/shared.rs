@@ -257,6 +257,14 @@ impl Shared {
         }
     }
 
+    /// Tells this instance's listeners where its state is shared and whether that store answers.
+    pub fn announce_backend(&self, backend: &str, connected: bool) {
+        SessionLog::new(BATON_SESSION, self.events.clone()).emit(EventKind::SharedState {
+            backend: backend.to_string(),
+            connected,
+        });
+    }
+
     /// An answer stored here, as an update.
     pub fn cache_update(ladder: &str, key: &str, answer: &CachedAnswer) -> Update {
         Update::Cache {

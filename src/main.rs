@@ -185,6 +185,10 @@ enum Command {
         /// (the proxy's cost with a dashboard and the recorder on).
         #[arg(long)]
         events: bool,
+        /// Share the proxy's state through this Redis (`[state] redis_url`,
+        /// e.g. redis://127.0.0.1:6379/0): its cost with shared state on.
+        #[arg(long, value_name = "URL")]
+        redis: Option<String>,
         /// Print the report as one JSON object on stdout.
         #[arg(long)]
         json: bool,
@@ -481,6 +485,7 @@ async fn run_cli(cli: Cli) -> ExitCode {
             interval_ms,
             connect_concurrency,
             events,
+            redis,
             json,
         } => {
             let options = baton::tools::bench::BenchOptions {
@@ -490,6 +495,7 @@ async fn run_cli(cli: Cli) -> ExitCode {
                 interval: Duration::from_secs_f64(interval_ms.max(0.0) / 1000.0),
                 connect_concurrency,
                 events,
+                redis_url: redis,
                 ..Default::default()
             };
             baton::tools::bench::main(options, json).await

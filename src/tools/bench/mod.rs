@@ -104,6 +104,8 @@ pub struct BenchOptions {
     pub idle_timeout: Duration,
     /// Proxied runs keep one `/events` subscriber connected and record every session.
     pub events: bool,
+    /// Proxied runs share state through this Redis (`[state] redis_url`).
+    pub redis_url: Option<String>,
 }
 
 fn as_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -120,6 +122,7 @@ impl Default for BenchOptions {
             connect_concurrency: 1_000,
             idle_timeout: Duration::from_secs(60),
             events: false,
+            redis_url: None,
         }
     }
 }
@@ -143,9 +146,15 @@ struct Proxy {
     scratch: PathBuf,
 }
 
-fn proxy_config_text(upstream: SocketAddr, record_dir: Option<&std::path::Path>) -> String {
+fn proxy_config_text(upstream: SocketAddr, record_dir: Option<&std::path::Path>, redis_url: Option<&str>) -> String {
     let record = record_dir.map_or(String::new(), |dir| {
         format!("record_dir = {}\n", toml::Value::String(dir.display().to_string()))
+    });
+    let state = redis_url.map_or(String::new(), |url| {
+        format!(
+            "[state]\nredis_url = {}\nkey_prefix = \"baton-bench:\"\n",
+            toml::Value::String(url.to_string())
+        )
     });
     format!(
         r#"# written by `baton bench`
@@ -166,17 +175,22 @@ total_ms = 3600000
 name = "bench"
 routes = ["stamped"]
 max_retries = 0
-"#
+{state}"#
     )
 }
 
-async fn start_proxy(upstream: SocketAddr, streams: usize, record: bool) -> Result<Proxy, String> {
+async fn start_proxy(
+    upstream: SocketAddr,
+    streams: usize,
+    record: bool,
+    redis_url: Option<&str>,
+) -> Result<Proxy, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the baton executable: {e}"))?;
     let scratch = std::env::temp_dir().join(format!("baton-bench-{}-{streams}", std::process::id()));
     std::fs::create_dir_all(&scratch).map_err(|e| format!("cannot create {}: {e}", scratch.display()))?;
     let config = scratch.join("bench.toml");
     let record_dir = record.then(|| scratch.join("recordings"));
-    std::fs::write(&config, proxy_config_text(upstream, record_dir.as_deref()))
+    std::fs::write(&config, proxy_config_text(upstream, record_dir.as_deref(), redis_url))
         .map_err(|e| format!("cannot write {}: {e}", config.display()))?;
     let log_path = scratch.join("serve.log");
     let log = std::fs::File::create(&log_path).map_err(|e| format!("cannot write {}: {e}", log_path.display()))?;
@@ -391,7 +405,7 @@ async fn run_once(mode: Mode, streams: usize, options: &BenchOptions) -> Result<
     let (target, source, proxy) = match mode {
         Mode::Direct => (upstream_addr, CLIENT_DIRECT_IP, None),
         Mode::Proxied => {
-            let proxy = match start_proxy(upstream_addr, streams, options.events).await {
+            let proxy = match start_proxy(upstream_addr, streams, options.events, options.redis_url.as_deref()).await {
                 Ok(proxy) => proxy,
                 Err(e) => {
                     let _ = stop_upstream.send(());
@@ -681,9 +695,21 @@ mod tests {
 
     #[test]
     fn the_proxy_config_parses() {
-        let text = proxy_config_text("127.0.0.3:9000".parse().expect("addr"), None);
+        let text = proxy_config_text("127.0.0.3:9000".parse().expect("addr"), None, None);
         let config = crate::config::Config::parse("bench.toml", &text, &|_| None).expect("valid");
         assert!(config.ladder_for("bench").is_some());
+        assert_eq!(config.state.redis_url, None);
+        let shared = proxy_config_text(
+            "127.0.0.3:9000".parse().expect("addr"),
+            None,
+            Some("redis://127.0.0.1:1/0"),
+        );
+        let config = crate::config::Config::parse("bench.toml", &shared, &|_| None).expect("valid");
+        assert_eq!(
+            config.state.redis_url.as_ref().map(|u| u.expose()),
+            Some("redis://127.0.0.1:1/0")
+        );
+        assert_eq!(config.state.key_prefix, "baton-bench:");
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub struct RouteHealth {
     models: Mutex<Models>,
     /// Woken when one of its models' breakers opens, so an active prober need not poll.
     opened: Arc<Notify>,
+    /// Its models' samples for other instances.
+    outbox: Arc<Outbox>,
 }
 
 /// The models a route has served, least recently used dropped first.
@@ -107,6 +109,51 @@ pub struct ModelHealth {
     probes: [AtomicU64; 2],
     /// The route's wake-up for its active prober.
     opened: Arc<Notify>,
+    /// Samples taken here, for other instances (only while state is shared).
+    outbox: Arc<Outbox>,
+}
+
+/// First-token times and inter-token gaps a route's models took since they
+/// were last sent to other instances: kept only while state is shared, at
+/// most [`OUTBOX_SAMPLES`] of each per model (the rest are this instance's alone).
+#[derive(Debug, Default)]
+pub struct Outbox {
+    /// State is shared: collect.
+    on: AtomicBool,
+    samples: Mutex<HashMap<Arc<str>, Samples>>,
+}
+
+/// Samples of one model waiting to be sent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Samples {
+    /// Times to first token.
+    pub ttft: Vec<Duration>,
+    /// Inter-token gaps.
+    pub gaps: Vec<Duration>,
+}
+
+/// Samples of each kind one model keeps for the others between two sends.
+pub const OUTBOX_SAMPLES: usize = 256;
+
+impl Outbox {
+    fn push(&self, model: &Arc<str>, ttft: Option<Duration>, gaps: &[Duration]) {
+        if !self.on.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut all = lock(&self.samples);
+        // Bounded like the models themselves: a route keeps at most MAX_MODELS.
+        if all.len() >= MAX_MODELS && !all.contains_key(model) {
+            return;
+        }
+        let s = all.entry(model.clone()).or_default();
+        if let Some(t) = ttft {
+            if s.ttft.len() < OUTBOX_SAMPLES {
+                s.ttft.push(t);
+            }
+        }
+        let room = OUTBOX_SAMPLES.saturating_sub(s.gaps.len());
+        s.gaps.extend(gaps.iter().take(room));
+    }
 }
 
 impl Default for RouteHealth {
@@ -190,7 +237,21 @@ impl RouteHealth {
             budget,
             models: Mutex::new(Models::default()),
             opened: Arc::new(Notify::new()),
+            outbox: Arc::new(Outbox::default()),
         }
+    }
+
+    /// From now on, keeps its models' new samples for other instances ([`Self::take_samples`]).
+    pub fn share_samples(&self) {
+        self.outbox.on.store(true, Ordering::Relaxed);
+    }
+
+    /// The samples its models took since the last call, by model.
+    pub fn take_samples(&self) -> Vec<(Arc<str>, Samples)> {
+        let mut all = lock(&self.outbox.samples);
+        let mut out: Vec<_> = all.drain().filter(|(_, s)| *s != Samples::default()).collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
     }
 
     /// The health of upstream `model` on this route, created on first use.
@@ -213,7 +274,9 @@ impl RouteHealth {
                 models.map.remove(&oldest);
             }
         }
-        let health = Arc::new(ModelHealth::new(model.into(), self.breaker, self.budget).waking(self.opened.clone()));
+        let health = Arc::new(
+            ModelHealth::new(model.into(), self.breaker, self.budget).waking(self.opened.clone(), self.outbox.clone()),
+        );
         models.map.insert(health.model.clone(), (health.clone(), now));
         health
     }
@@ -256,12 +319,14 @@ impl ModelHealth {
             attempts: AtomicU64::new(0),
             probes: [AtomicU64::new(0), AtomicU64::new(0)],
             opened: Arc::new(Notify::new()),
+            outbox: Arc::new(Outbox::default()),
         }
     }
 
-    /// The same health, waking `opened` whenever its breaker opens.
-    fn waking(mut self, opened: Arc<Notify>) -> Self {
+    /// The same health, waking `opened` whenever its breaker opens and keeping samples in its route's `outbox`.
+    fn waking(mut self, opened: Arc<Notify>, outbox: Arc<Outbox>) -> Self {
         self.opened = opened;
+        self.outbox = outbox;
         self
     }
 
@@ -369,6 +434,12 @@ impl ModelHealth {
 
     /// Adds inter-token gaps seen by one attempt.
     pub fn record_gaps(&self, gaps: &[std::time::Duration]) {
+        self.record_shared_gaps(gaps);
+        self.outbox.push(&self.model, None, gaps);
+    }
+
+    /// Adds inter-token gaps another instance saw (not sent back).
+    pub fn record_shared_gaps(&self, gaps: &[std::time::Duration]) {
         let mut sample = lock(&self.gaps);
         for gap in gaps {
             sample.push(*gap);
@@ -392,6 +463,12 @@ impl ModelHealth {
 
     /// Records an attempt's time to first token (a first-token timeout counts as its deadline).
     pub fn record_ttft(&self, ttft: std::time::Duration) {
+        self.record_shared_ttft(ttft);
+        self.outbox.push(&self.model, Some(ttft), &[]);
+    }
+
+    /// Records a time to first token another instance saw (not sent back).
+    pub fn record_shared_ttft(&self, ttft: std::time::Duration) {
         lock(&self.ttft).record(Instant::now(), ttft);
     }
 

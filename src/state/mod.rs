@@ -14,11 +14,14 @@
 //!   half a cool-down longer than its opener, so the opener's probe serves the
 //!   fleet (another instance probes only if the opener went away);
 //! * learned facts: rejects prefill, a stated context window, echoes in a mode;
+//! * first-token times and inter-token gaps (at most
+//!   [`OUTBOX_SAMPLES`](crate::policy::health::OUTBOX_SAMPLES) of each per
+//!   model per send, merged into each instance's own bounded windows), so
+//!   adaptive deadlines, latency ceilings and hedging learn from the fleet;
 //! * the response cache: an answer stored by one instance answers on all.
 //!
-//! Retry budgets, first-token times and inter-token gaps stay per instance: a
-//! budget protects this instance's upstream calls, and the timing statistics
-//! feed deadlines that each instance's own samples already fill quickly.
+//! Retry budgets stay per instance: a budget bounds the extra load this
+//! instance's retries put on an upstream, which its own deposits measure.
 
 #[cfg(feature = "redis")]
 pub mod redis;

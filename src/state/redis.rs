@@ -351,6 +351,8 @@ impl Worker {
                         .arg(FACT_TTL.as_millis() as u64)
                         .ignore();
                 }
+                // Samples are news, not state: only announced.
+                Update::Samples { .. } => {}
                 Update::Cache { ladder, stored_ms, .. } => {
                     let ttl = self.shared.cache_ttl(ladder).unwrap_or_default().as_millis() as u64;
                     let left = (stored_ms + ttl).saturating_sub(now);

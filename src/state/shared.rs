@@ -12,12 +12,14 @@ use uuid::Uuid;
 use super::update::{unix_ms, Envelope, Fact, Update};
 use crate::engine::event::{EventBus, EventKind, SessionLog, BATON_SESSION};
 use crate::policy::breaker::{BreakerState, Transition};
-use crate::policy::health::{ModelHealth, RouteHealth};
+use crate::policy::health::{ModelHealth, RouteHealth, OUTBOX_SAMPLES};
 use crate::policy::ladder::Ladder;
 use crate::rungs::cache::{CachedAnswer, ResponseCache};
 
 /// Cool-downs another instance reports that end further ahead than this are not ours.
 const MAX_COOL_DOWN: Duration = Duration::from_secs(24 * 3600);
+/// A first-token time or gap longer than this (µs) is not one any deadline allows.
+const MAX_SAMPLE_US: u64 = 3_600_000_000;
 
 /// The routes and caches of this instance's ladders, by name, and what it last told or heard of each.
 #[derive(Debug)]
@@ -86,6 +88,7 @@ impl Shared {
         let mut caches = HashMap::new();
         for ladder in ladders {
             for route in &ladder.routes {
+                route.health.share_samples();
                 routes.entry(route.name.clone()).or_insert_with(|| route.health.clone());
             }
             if let Some(cache) = &ladder.cache {
@@ -160,6 +163,20 @@ impl Shared {
             }
         }
         *seen = kept;
+        drop(seen);
+        // Samples are news once: a catch-up after a reconnection has none to repeat.
+        if !everything {
+            for (route, health) in &self.routes {
+                for (model, samples) in health.take_samples() {
+                    out.push(Update::Samples {
+                        route: route.to_string(),
+                        model: model.to_string(),
+                        ttft_us: samples.ttft.iter().map(|d| d.as_micros() as u64).collect(),
+                        gaps_us: samples.gaps.iter().map(|d| d.as_micros() as u64).collect(),
+                    });
+                }
+            }
+        }
         out
     }
 
@@ -209,6 +226,31 @@ impl Shared {
                 // Known here now: not news to send back.
                 let facts = current(&target).facts;
                 self.note(&name, &target, |seen| seen.facts = facts);
+                Ok(())
+            }
+            Update::Samples {
+                route,
+                model,
+                ttft_us,
+                gaps_us,
+            } => {
+                let (_, health) = self.route(&route)?;
+                if ttft_us.len() > OUTBOX_SAMPLES || gaps_us.len() > OUTBOX_SAMPLES {
+                    return Err(Ignored::Invalid(format!(
+                        "{} and {} samples, more than the {OUTBOX_SAMPLES} an instance sends",
+                        ttft_us.len(),
+                        gaps_us.len()
+                    )));
+                }
+                if ttft_us.iter().chain(&gaps_us).any(|us| *us > MAX_SAMPLE_US) {
+                    return Err(Ignored::Invalid("a sample longer than an hour".into()));
+                }
+                let target = health.model(&model);
+                for us in ttft_us {
+                    target.record_shared_ttft(Duration::from_micros(us));
+                }
+                let gaps: Vec<Duration> = gaps_us.into_iter().map(Duration::from_micros).collect();
+                target.record_shared_gaps(&gaps);
                 Ok(())
             }
             Update::Cache {
@@ -377,6 +419,39 @@ mod tests {
         b.apply(Envelope::new(a.instance(), closing)).expect("applied");
         assert_eq!(model_b.state(), BreakerState::Closed);
         assert_eq!(b.changes(false), []);
+    }
+
+    #[tokio::test]
+    async fn samples_taken_here_are_sent_once_and_merged_there_bounded() {
+        let (a, health_a, _) = instance(1);
+        let (b, health_b, _) = instance(2);
+        let model_a = health_a.model("m");
+        for ms in [100, 200, 300] {
+            model_a.record_ttft(Duration::from_millis(ms));
+        }
+        model_a.record_gaps(&vec![Duration::from_millis(7); OUTBOX_SAMPLES + 50]);
+        let told = a.changes(false);
+        let [Update::Samples { ttft_us, gaps_us, .. }] = told.as_slice() else {
+            panic!("{told:?}");
+        };
+        assert_eq!(ttft_us, &[100_000, 200_000, 300_000]);
+        assert_eq!(gaps_us.len(), OUTBOX_SAMPLES, "bounded between two sends");
+        assert_eq!(a.changes(false), [], "sent once");
+        b.apply(Envelope::new(a.instance(), told[0].clone())).expect("applied");
+        let model_b = health_b.model("m");
+        assert_eq!(model_b.gap_count(), OUTBOX_SAMPLES);
+        assert!(model_b.ttft_p95_of(3).is_some());
+        assert_eq!(b.changes(false), [], "what came in is not sent back");
+        let huge = Update::Samples {
+            route: "r".into(),
+            model: "m".into(),
+            ttft_us: vec![u64::MAX],
+            gaps_us: Vec::new(),
+        };
+        assert!(matches!(
+            b.apply(Envelope::new(a.instance(), huge)),
+            Err(Ignored::Invalid(_))
+        ));
     }
 
     #[tokio::test]

@@ -34,6 +34,18 @@ pub enum Update {
         /// What.
         fact: Fact,
     },
+    /// First-token times and inter-token gaps a (route, model) took (for
+    /// adaptive deadlines, latency ceilings and hedging); sent, not stored.
+    Samples {
+        /// The route.
+        route: String,
+        /// The upstream model.
+        model: String,
+        /// Times to first token, in µs.
+        ttft_us: Vec<u64>,
+        /// Inter-token gaps, in µs.
+        gaps_us: Vec<u64>,
+    },
     /// An answer a ladder's cache stored.
     Cache {
         /// The ladder.
@@ -105,7 +117,9 @@ impl Envelope {
         }
         let envelope: Envelope = serde_json::from_value(value).map_err(|e| format!("not an update: {e}"))?;
         let names: &[&str] = match &envelope.update {
-            Update::Breaker { route, model, .. } | Update::Fact { route, model, .. } => &[route, model],
+            Update::Breaker { route, model, .. }
+            | Update::Fact { route, model, .. }
+            | Update::Samples { route, model, .. } => &[route, model],
             Update::Cache { ladder, .. } => &[ladder],
         };
         if names.iter().any(|n| n.len() > MAX_NAME_BYTES) {
@@ -120,6 +134,7 @@ impl Envelope {
         let (kind, id) = match &self.update {
             Update::Breaker { route, model, .. } => ("breaker", serde_json::json!([route, model])),
             Update::Fact { route, model, fact } => ("fact", serde_json::json!([route, model, fact])),
+            Update::Samples { route, model, .. } => ("samples", serde_json::json!([route, model])),
             Update::Cache { ladder, key, .. } => ("cache", serde_json::json!([ladder, key])),
         };
         format!("{prefix}{kind}:{id}")

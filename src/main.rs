@@ -215,6 +215,10 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         interval_ms: u64,
         /// Print the report as one JSON object on stdout.
+        /// Share the server's state through this Redis (`[state] redis_url`,
+        /// e.g. redis://127.0.0.1:6379/0): the cost per session with it on.
+        #[arg(long, value_name = "URL")]
+        redis: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -505,6 +509,7 @@ async fn run_cli(cli: Cli) -> ExitCode {
             concurrency,
             seed,
             interval_ms,
+            redis,
             json,
         } => {
             let options = baton::tools::soak::SoakOptions {
@@ -512,6 +517,7 @@ async fn run_cli(cli: Cli) -> ExitCode {
                 concurrency: concurrency as usize,
                 seed,
                 interval_ms,
+                redis_url: redis,
                 ..Default::default()
             };
             baton::tools::soak::main(options, json).await

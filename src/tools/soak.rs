@@ -65,6 +65,8 @@ pub struct SoakOptions {
     pub interval_ms: u64,
     /// A client gives up on a session when no byte came for this long (s).
     pub idle_timeout_s: u64,
+    /// The server shares its state through this Redis (`[state] redis_url`).
+    pub redis_url: Option<String>,
 }
 
 impl Default for SoakOptions {
@@ -76,6 +78,7 @@ impl Default for SoakOptions {
             first_token_ms: 20,
             interval_ms: 5,
             idle_timeout_s: 60,
+            redis_url: None,
         }
     }
 }
@@ -134,6 +137,9 @@ pub struct SoakReport {
     pub elapsed_s: f64,
     /// Sessions per second.
     pub sessions_per_second: f64,
+    /// The server's CPU time (user + system) per session during the load, in µs
+    /// (`None` where `/proc` cannot tell).
+    pub server_cpu_us_per_session: Option<f64>,
     /// Some of the errors and damages, each once.
     pub samples: Vec<String>,
     /// Every session intact, no byte lost or doubled.
@@ -167,19 +173,26 @@ pub enum SoakError {
 }
 
 /// The proxy's config: the demo scenario over the mock upstreams at `addrs` (by upstream name).
-fn serve_config(addrs: &BTreeMap<&str, SocketAddr>) -> String {
+fn serve_config(addrs: &BTreeMap<&str, SocketAddr>, redis_url: Option<&str>) -> String {
     let addr = |name: &str| {
         addrs
             .get(name)
             .map_or_else(|| "127.0.0.1:0".to_string(), |a| a.to_string())
     };
-    scenario::render_config(&scenario::Render {
+    let mut config = scenario::render_config(&scenario::Render {
         listen: "127.0.0.1:0",
         addr: &addr,
         // The breaker never opens: the soak is about every fault, every time, not about skipping the primary.
         flaky_cool_down_ms: None,
         header: "# written by `baton soak` from the demo scenario (src/tools/scenario.rs)\n",
-    })
+    });
+    if let Some(url) = redis_url {
+        config.push_str(&format!(
+            "\n[state]\nredis_url = {}\nkey_prefix = \"baton-soak:\"\n",
+            toml::Value::String(url.to_string())
+        ));
+    }
+    config
 }
 
 /// The scenario's upstreams and the proxy, all children of this process.
@@ -223,7 +236,8 @@ impl World {
         };
         std::fs::create_dir_all(&scratch).map_err(|e| scratch_error(&scratch, e))?;
         let config = scratch.join("soak.toml");
-        std::fs::write(&config, serve_config(&addrs)).map_err(|e| scratch_error(&config, e))?;
+        std::fs::write(&config, serve_config(&addrs, options.redis_url.as_deref()))
+            .map_err(|e| scratch_error(&config, e))?;
         let log_path = scratch.join("serve.log");
         let log = std::fs::File::create(&log_path).map_err(|e| scratch_error(&log_path, e))?;
         let args = [
@@ -510,6 +524,7 @@ async fn drive(world: &World, options: SoakOptions) -> Result<SoakReport, SoakEr
         samples: Mutex::new(Vec::new()),
         finished: AtomicBool::new(false),
     });
+    let cpu_start = proxy.counters();
     let started = Instant::now();
     let watcher = tokio::spawn(watch(load.clone(), proxy.proc("status"), started, rss.clone()));
     let workers: Vec<_> = (0..options.concurrency.min(options.sessions))
@@ -522,6 +537,13 @@ async fn drive(world: &World, options: SoakOptions) -> Result<SoakReport, SoakEr
     }
     load.finished.store(true, Ordering::Relaxed);
     let elapsed = started.elapsed().as_secs_f64();
+    let server_cpu_us_per_session = match (cpu_start, proxy.counters()) {
+        (Some(a), Some(b)) => {
+            let spent = b.since(&a);
+            Some((spent.user_us + spent.sys_us) / options.sessions.max(1) as f64)
+        }
+        _ => None,
+    };
     let _ = watcher.await;
 
     // Drained: wait for the server to let go of what the sessions held.
@@ -566,6 +588,7 @@ async fn drive(world: &World, options: SoakOptions) -> Result<SoakReport, SoakEr
         gauges_end,
         elapsed_s: elapsed,
         sessions_per_second: options.sessions as f64 / elapsed.max(1e-9),
+        server_cpu_us_per_session,
         samples: load.samples.lock().map(|s| s.clone()).unwrap_or_default(),
         all_intact: intact == options.sessions && lost_bytes == 0 && doubled_bytes == 0,
         options,
@@ -597,6 +620,17 @@ impl fmt::Display for SoakReport {
             "  sessions     {} intact, {} damaged, {} errors ({:.1} s, {:.0} sessions/s)",
             self.intact, self.damaged, self.errors, self.elapsed_s, self.sessions_per_second
         )?;
+        if let Some(us) = self.server_cpu_us_per_session {
+            writeln!(
+                f,
+                "  server CPU   {us:.0} µs per session (user + system){}",
+                if o.redis_url.is_some() {
+                    ", state shared through Redis"
+                } else {
+                    ""
+                }
+            )?;
+        }
         writeln!(
             f,
             "  bytes        {} lost, {} doubled; {} handovers, {} failed upstream attempts",
@@ -674,8 +708,12 @@ mod tests {
     fn the_config_is_valid() {
         let a = SocketAddr::from(([127, 0, 0, 1], 1));
         let addrs = scenario::UPSTREAMS.iter().map(|u| (u.name, a)).collect();
-        let config = crate::config::Config::parse("soak.toml", &serve_config(&addrs), &|_| None);
+        let config = crate::config::Config::parse("soak.toml", &serve_config(&addrs, None), &|_| None);
         assert!(config.is_ok(), "{config:?}");
+        let shared = serve_config(&addrs, Some("redis://127.0.0.1:1/0"));
+        let config = crate::config::Config::parse("soak.toml", &shared, &|_| None).expect("valid");
+        assert_eq!(config.state.key_prefix, "baton-soak:");
+        assert!(config.state.redis_url.is_some());
     }
 
     #[test]

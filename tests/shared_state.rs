@@ -143,26 +143,6 @@ async fn until_metric(instance: &support::Served, line: &str) -> String {
     panic!("never saw {line:?} in:\n{metrics}");
 }
 
-/// `instance`'s count of updates received from the others.
-async fn received(instance: &support::Served) -> u64 {
-    let metrics = instance.get("/metrics").await;
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("baton_state_updates_total{what=\"received\"} "))
-        .map_or(0, |n| n.parse().expect("a count"))
-}
-
-/// Polls until `instance` has received more than `before` updates.
-async fn until_received_more_than(instance: &support::Served, before: u64) {
-    for _ in 0..300 {
-        if received(instance).await > before {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("no update arrived after the {before} before");
-}
-
 /// A whole chat answer (`stream: false`) to `content` from ladder `model`.
 async fn ask(instance: &support::Served, model: &str, content: &str) -> Value {
     let response = instance
@@ -265,17 +245,17 @@ async fn a_prefill_rejection_learned_on_one_instance_and_a_cached_answer_serve_t
     let v = ask(&a, "chat", "learn on A").await;
     assert_eq!(text_of(&v), answer(&conversation("learn on A")), "{v}");
     assert_eq!(v["baton"]["failures"], 2, "{v}");
-    until_received_more_than(&b, 0).await;
+    until_metric(&b, "baton_rejects_prefill{route=\"fallback\",model=\"small\"} 1").await;
     // B continues by instruction at once: only the drop fails.
     let v = ask(&b, "chat", "use on B").await;
     assert_eq!(text_of(&v), answer(&conversation("use on B")), "{v}");
     assert_eq!(v["baton"]["failures"], 1, "B used what A learned: {v}");
 
     // An answer A's cache stored answers on B.
-    let before = received(&b).await;
+    until_metric(&b, "baton_cache_entries{ladder=\"cached\"} 0").await;
     let v = ask(&a, "cached", "cache me").await;
     assert_eq!(chain(&v), ["fallback"], "{v}");
-    until_received_more_than(&b, before).await;
+    until_metric(&b, "baton_cache_entries{ladder=\"cached\"} 1").await;
     let v = ask(&b, "cached", "cache me").await;
     assert_eq!(chain(&v), ["cache"], "{v}");
     assert_eq!(text_of(&v), answer(&conversation("cache me")));

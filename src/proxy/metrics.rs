@@ -127,6 +127,10 @@ pub struct Metrics {
     pub stall_deadline: Family<ModelLabels, Gauge>,
     /// Each (route, model)'s context window as its errors stated it (tokens; only where one was learned).
     pub learned_window: Family<ModelLabels, Gauge>,
+    /// 1 for each (route, model) learned to reject prefill (continued by instruction since).
+    pub rejects_prefill: Family<ModelLabels, Gauge>,
+    /// Answers each ladder's response cache holds now.
+    pub cache_entries: Family<LadderLabels, Gauge>,
     /// Attempts each (route, model)'s breaker let through (brought up to its count when /metrics is read).
     pub model_attempts: Family<ModelLabels, Counter>,
     /// Probes of each (route, model)'s open breaker by outcome, `ok` or `failed` (brought up to its count when /metrics is read).
@@ -232,6 +236,8 @@ impl Metrics {
         let breaker_state = Family::<ModelLabels, Gauge>::default();
         let stall_deadline = Family::<ModelLabels, Gauge>::default();
         let learned_window = Family::<ModelLabels, Gauge>::default();
+        let rejects_prefill = Family::<ModelLabels, Gauge>::default();
+        let cache_entries = Family::<LadderLabels, Gauge>::default();
         let model_attempts = Family::<ModelLabels, Counter>::default();
         let probes = Family::<ProbeLabels, Counter>::default();
         let hedges = Family::<HedgeLabels, Counter>::default();
@@ -346,6 +352,16 @@ impl Metrics {
             learned_window.clone(),
         );
         registry.register(
+            "rejects_prefill",
+            "1 for each route and upstream model learned to reject a prefill (continued by instruction since)",
+            rejects_prefill.clone(),
+        );
+        registry.register(
+            "cache_entries",
+            "Answers each ladder's response cache holds now",
+            cache_entries.clone(),
+        );
+        registry.register(
             "model_attempts",
             "Attempts sent per route and upstream model (those its breaker let through)",
             model_attempts.clone(),
@@ -399,6 +415,8 @@ impl Metrics {
             breaker_state,
             stall_deadline,
             learned_window,
+            rejects_prefill,
+            cache_entries,
             model_attempts,
             probes,
             hedges,
@@ -455,6 +473,7 @@ impl Metrics {
         self.breaker_state.clear();
         self.stall_deadline.clear();
         self.learned_window.clear();
+        self.rejects_prefill.clear();
     }
 
     /// Sets what `route` knows of `health`'s model: breaker state, the stall
@@ -473,6 +492,9 @@ impl Metrics {
         self.stall_deadline
             .get_or_create(&labels)
             .set(i64::try_from(stall.as_millis()).unwrap_or(i64::MAX));
+        if health.rejects_prefill() {
+            self.rejects_prefill.get_or_create(&labels).set(1);
+        }
         if let Some(window) = health.learned_window() {
             self.learned_window.get_or_create(&labels).set(i64::from(window));
         }

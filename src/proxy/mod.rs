@@ -484,6 +484,16 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
         if let Some(policy) = &ladder.hedge {
             state.metrics.hedges(&ladder.name, policy);
         }
+        if let Some(cache) = &ladder.cache {
+            let labels = metrics::LadderLabels {
+                ladder: ladder.name.clone(),
+            };
+            state
+                .metrics
+                .cache_entries
+                .get_or_create(&labels)
+                .set(cache.store.len() as i64);
+        }
     }
     if let Some(recording) = state.recording.get() {
         state.metrics.recordings_lost(recording.stats().write_errors);

@@ -212,6 +212,7 @@ impl Worker {
             .into_iter()
             .map(|u| (Instant::now(), u))
             .collect();
+        // Announced too: an instance that reconnected first has already read the store.
         if let Err(lost) = self.write(&mut conn, everything, false).await {
             return lost;
         }
@@ -310,17 +311,18 @@ impl Worker {
         }
     }
 
-    /// Writes `batch` (latest values, then the updates on the channel if `announce`).
+    /// Writes `batch`: each update's latest value, and the update on the
+    /// channel. `queued`: it came from the queue (whose pending count it leaves).
     async fn write(
         &self,
         conn: &mut MultiplexedConnection,
         batch: Vec<(Instant, Update)>,
-        announce: bool,
+        queued: bool,
     ) -> Result<(), Lost> {
         if batch.is_empty() {
             return Ok(());
         }
-        let queued = if announce { batch.len() } else { 0 };
+        let queued = if queued { batch.len() } else { 0 };
         let oldest = batch.iter().map(|(t, _)| *t).min().unwrap_or_else(Instant::now);
         let mut pipe = redis::pipe();
         let channel = self.channel();
@@ -355,16 +357,14 @@ impl Worker {
                 Update::Samples { .. } => {}
                 Update::Cache { ladder, stored_ms, .. } => {
                     let ttl = self.shared.cache_ttl(ladder).unwrap_or_default().as_millis() as u64;
-                    let left = (stored_ms + ttl).saturating_sub(now);
+                    let left = stored_ms.saturating_add(ttl).saturating_sub(now);
                     if left == 0 {
                         continue;
                     }
                     pipe.cmd("SET").arg(&key).arg(&json).arg("PX").arg(left).ignore();
                 }
             }
-            if announce {
-                pipe.cmd("PUBLISH").arg(&channel).arg(&json).ignore();
-            }
+            pipe.cmd("PUBLISH").arg(&channel).arg(&json).ignore();
         }
         let result = bounded(pipe.query_async::<()>(conn)).await;
         if queued > 0 {

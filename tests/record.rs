@@ -1072,12 +1072,18 @@ async fn the_door_a_session_came_through_is_recorded_summarized_and_shown() {
             .lines()
             .find(|l| l.contains(short) && !l.contains("Transcript"))
             .expect("a row");
-        let shown = match s.door().expect("a door") {
-            Door::Chat => "chat",
-            Door::Messages => "messages",
-            Door::Responses => "responses",
-        };
-        assert!(row.contains(shown), "{short} via {shown}:\n{screen}");
+        let view = app
+            .model()
+            .sessions
+            .iter()
+            .find(|v| v.id == s.id)
+            .expect("a session view");
+        assert_eq!(view.door, s.door(), "{short}");
+        assert!(
+            row.contains(view.door_text()),
+            "{short} via {}:\n{screen}",
+            view.door_text()
+        );
     }
     let selected = app.selected_session().expect("a selection");
     let title = screen

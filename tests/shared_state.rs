@@ -143,6 +143,21 @@ async fn until_metric(instance: &support::Served, line: &str) -> String {
     panic!("never saw {line:?} in:\n{metrics}");
 }
 
+/// Two instances of `toml` (the first keeping `upstreams` alive), once both are connected to Redis.
+async fn pair(toml: &str, upstreams: Vec<tokio::sync::oneshot::Sender<()>>) -> (support::Served, support::Served) {
+    let a = support::Serve::new(toml).upstreams(upstreams).start().await;
+    let b = support::Serve::new(toml).start().await;
+    for instance in [&a, &b] {
+        until_metric(instance, "baton_state_connected 1").await;
+    }
+    (a, b)
+}
+
+/// The oracle's answer to a conversation of one user message, `content`.
+fn oracle_answer(content: &str) -> String {
+    answer(&[Message::new(Role::User, content)])
+}
+
 /// A whole chat answer (`stream: false`) to `content` from ladder `model`.
 async fn ask(instance: &support::Served, model: &str, content: &str) -> Value {
     let response = instance
@@ -173,10 +188,8 @@ async fn failures_on_one_instance_open_the_breaker_on_the_other_and_a_probe_ther
          [[ladder]]\nname = \"chat\"\nroutes = [\"primary\", \"fallback\"]\nmax_retries = 0\n",
         state(&redis)
     );
-    let a = support::Serve::new(&toml).upstreams(vec![stop]).start().await;
-    let b = support::Serve::new(&toml).start().await;
+    let (a, b) = pair(&toml, vec![stop]).await;
     for instance in [&a, &b] {
-        until_metric(instance, "baton_state_connected 1").await;
         until_metric(instance, "baton_state_shared 1").await;
     }
     let open = "baton_breaker_state{route=\"primary\",model=\"big\"} 2";
@@ -234,21 +247,16 @@ async fn a_prefill_rejection_learned_on_one_instance_and_a_cached_answer_serve_t
          [[ladder]]\nname = \"cached\"\nroutes = [\"fallback\"]\nmax_retries = 0\ncache = \"first\"\n",
         state(&redis)
     );
-    let a = support::Serve::new(&toml).upstreams(vec![s1, s2]).start().await;
-    let b = support::Serve::new(&toml).start().await;
-    for instance in [&a, &b] {
-        until_metric(instance, "baton_state_connected 1").await;
-    }
-    let conversation = |c: &str| vec![Message::new(Role::User, c)];
+    let (a, b) = pair(&toml, vec![s1, s2]).await;
 
     // A learns that the fallback rejects prefill: the drop, the rejection, then the answer by instruction.
     let v = ask(&a, "chat", "learn on A").await;
-    assert_eq!(text_of(&v), answer(&conversation("learn on A")), "{v}");
+    assert_eq!(text_of(&v), oracle_answer("learn on A"), "{v}");
     assert_eq!(v["baton"]["failures"], 2, "{v}");
     until_metric(&b, "baton_rejects_prefill{route=\"fallback\",model=\"small\"} 1").await;
     // B continues by instruction at once: only the drop fails.
     let v = ask(&b, "chat", "use on B").await;
-    assert_eq!(text_of(&v), answer(&conversation("use on B")), "{v}");
+    assert_eq!(text_of(&v), oracle_answer("use on B"), "{v}");
     assert_eq!(v["baton"]["failures"], 1, "B used what A learned: {v}");
 
     // An answer A's cache stored answers on B.
@@ -258,7 +266,7 @@ async fn a_prefill_rejection_learned_on_one_instance_and_a_cached_answer_serve_t
     until_metric(&b, "baton_cache_entries{ladder=\"cached\"} 1").await;
     let v = ask(&b, "cached", "cache me").await;
     assert_eq!(chain(&v), ["cache"], "{v}");
-    assert_eq!(text_of(&v), answer(&conversation("cache me")));
+    assert_eq!(text_of(&v), oracle_answer("cache me"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,11 +285,7 @@ async fn with_redis_gone_both_answer_byte_for_byte_and_they_resync_when_it_is_ba
          [[ladder]]\nname = \"flaky\"\nroutes = [\"primary\", \"fallback\"]\nmax_retries = 0\n",
         state(&redis)
     );
-    let a = support::Serve::new(&toml).upstreams(vec![s1, s2]).start().await;
-    let b = support::Serve::new(&toml).start().await;
-    for instance in [&a, &b] {
-        until_metric(instance, "baton_state_connected 1").await;
-    }
+    let (a, b) = pair(&toml, vec![s1, s2]).await;
 
     redis.kill().await;
     for instance in [&a, &b] {
@@ -292,7 +296,7 @@ async fn with_redis_gone_both_answer_byte_for_byte_and_they_resync_when_it_is_ba
         for i in 0..3 {
             let content = format!("redis down, {name} {i}");
             let v = ask(instance, "chat", &content).await;
-            assert_eq!(text_of(&v), answer(&[Message::new(Role::User, content.clone())]), "{v}");
+            assert_eq!(text_of(&v), oracle_answer(&content), "{v}");
             assert_eq!(chain(&v), ["cut", "fallback"], "{v}");
         }
     }
@@ -339,6 +343,6 @@ async fn garbage_in_redis_is_ignored_and_counted_never_fatal() {
     assert!(redis.command("PUBLISH baton-test:updates garbage").await.is_some());
     until_metric(&a, "baton_state_updates_total{what=\"ignored\"} 4").await;
     let v = ask(&a, "chat", "still fine").await;
-    assert_eq!(text_of(&v), answer(&[Message::new(Role::User, "still fine")]));
+    assert_eq!(text_of(&v), oracle_answer("still fine"));
     until_metric(&a, "baton_state_connected 1").await;
 }

@@ -243,8 +243,8 @@ pub async fn serve(
         }
         None => None,
     };
-    // Shared state: local reads, background writes; alive as long as the server.
-    let _shared = share_state(config, &state)?;
+    // Shared state: local reads, background writes; fed as long as the server runs.
+    let _syncing = share_state(config, &state)?;
     let grace = config.shutdown_grace;
     let limits = conn::ConnLimits {
         header_read: config.limits.header_read_timeout,
@@ -386,9 +386,10 @@ async fn answer(door: Door, state: &Arc<AppState>, request: Request) -> Result<R
 }
 
 /// Starts sharing health, facts and the cache as `[state]` says: nothing to
-/// start for one instance alone; with Redis, its background task and the
-/// driver that feeds it (both stop when the returned handles drop).
-fn share_state(config: &Config, state: &AppState) -> std::io::Result<Option<(Arc<dyn StateBackend>, Syncing)>> {
+/// start for one instance alone; with Redis, its background task (kept in
+/// `state`, for `/metrics`) and the driver that feeds it (stopped when the
+/// returned handle drops).
+fn share_state(config: &Config, state: &AppState) -> std::io::Result<Option<Syncing>> {
     let Some(url) = &config.state.redis_url else {
         return Ok(None);
     };
@@ -400,8 +401,7 @@ fn share_state(config: &Config, state: &AppState) -> std::io::Result<Option<(Arc
     let backend = redis_backend(url, &config.state.key_prefix, shared.clone())?;
     let _ = state.shared_state.set(backend.clone());
     tracing::info!(prefix = %config.state.key_prefix, instance = %shared.instance(), "sharing state through Redis");
-    let syncing = crate::state::sync::start(shared, backend.clone());
-    Ok(Some((backend, syncing)))
+    Ok(Some(crate::state::sync::start(shared, backend)))
 }
 
 #[cfg(feature = "redis")]

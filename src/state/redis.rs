@@ -11,7 +11,7 @@
 //! and it retries with a capped backoff. Data it does not understand (another
 //! version, another type, garbage) is ignored with a warning.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,7 +59,6 @@ pub struct RedisBackend {
 #[derive(Debug, Default)]
 struct Counters {
     connected: AtomicBool,
-    pending: AtomicUsize,
     lag_ms: AtomicU64,
     sent: AtomicU64,
     dropped: AtomicU64,
@@ -102,13 +101,8 @@ impl StateBackend for RedisBackend {
     }
 
     fn publish(&self, update: Update) {
-        match self.queue.try_send((Instant::now(), update)) {
-            Ok(()) => {
-                self.counters.pending.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(_) => {
-                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+        if self.queue.try_send((Instant::now(), update)).is_err() {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -117,7 +111,8 @@ impl StateBackend for RedisBackend {
         Status {
             shared: true,
             connected: c.connected.load(Ordering::Relaxed),
-            pending: c.pending.load(Ordering::Relaxed),
+            // Waiting in the queue: its size less the room left.
+            pending: self.queue.max_capacity() - self.queue.capacity(),
             lag_ms: c.lag_ms.load(Ordering::Relaxed),
             sent: c.sent.load(Ordering::Relaxed),
             dropped: c.dropped.load(Ordering::Relaxed),
@@ -213,7 +208,7 @@ impl Worker {
             .map(|u| (Instant::now(), u))
             .collect();
         // Announced too: an instance that reconnected first has already read the store.
-        if let Err(lost) = self.write(&mut conn, everything, false).await {
+        if let Err(lost) = self.write(&mut conn, everything).await {
             return lost;
         }
         tracing::info!(prefix = %self.prefix, "shared state: connected to Redis");
@@ -231,11 +226,8 @@ impl Worker {
                     None => return Lost::Closed,
                 },
                 first = self.rx.recv() => {
-                    let Some(first) = first else {
-                        // The backend is gone: nothing more to send. Keep receiving.
-                        std::future::pending::<()>().await;
-                        return Lost::Closed;
-                    };
+                    // The queue closes only with the backend, whose drop ends this task.
+                    let Some(first) = first else { return Lost::Closed };
                     let mut batch = vec![first];
                     while batch.len() < BATCH {
                         match self.rx.try_recv() {
@@ -243,7 +235,7 @@ impl Worker {
                             Err(_) => break,
                         }
                     }
-                    if let Err(lost) = self.write(&mut conn, batch, true).await {
+                    if let Err(lost) = self.write(&mut conn, batch).await {
                         return lost;
                     }
                 }
@@ -311,18 +303,11 @@ impl Worker {
         }
     }
 
-    /// Writes `batch`: each update's latest value, and the update on the
-    /// channel. `queued`: it came from the queue (whose pending count it leaves).
-    async fn write(
-        &self,
-        conn: &mut MultiplexedConnection,
-        batch: Vec<(Instant, Update)>,
-        queued: bool,
-    ) -> Result<(), Lost> {
+    /// Writes `batch`: each update's latest value, and the update on the channel.
+    async fn write(&self, conn: &mut MultiplexedConnection, batch: Vec<(Instant, Update)>) -> Result<(), Lost> {
         if batch.is_empty() {
             return Ok(());
         }
-        let queued = if queued { batch.len() } else { 0 };
         let oldest = batch.iter().map(|(t, _)| *t).min().unwrap_or_else(Instant::now);
         let mut pipe = redis::pipe();
         let channel = self.channel();
@@ -366,14 +351,7 @@ impl Worker {
             }
             pipe.cmd("PUBLISH").arg(&channel).arg(&json).ignore();
         }
-        let result = bounded(pipe.query_async::<()>(conn)).await;
-        if queued > 0 {
-            self.counters.pending.fetch_sub(
-                queued.min(self.counters.pending.load(Ordering::Relaxed)),
-                Ordering::Relaxed,
-            );
-        }
-        result?;
+        bounded(pipe.query_async::<()>(conn)).await?;
         self.counters.sent.fetch_add(batch.len() as u64, Ordering::Relaxed);
         self.counters
             .lag_ms
